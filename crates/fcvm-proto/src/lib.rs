@@ -1,0 +1,197 @@
+//! Wire types of the fcvm agent session, shared by the host (`fcvm`) and the guest agent
+//! (`fc-agent`). No I/O lives here: [`codec`] turns [`Frame`]s into bytes and back.
+//!
+//! One byte stream (a virtio-serial port on QEMU, a vsock connection on Firecracker) carries one
+//! multiplexed session. Every frame names a logical stream:
+//!
+//! ```text
+//! stream 0            control: Hello/HelloAck, Restored/RestoreComplete, Prepare/Prepared, Log
+//! stream 1..          one per process: Start → Started → Stdout/Stderr… → Exit | Error
+//!                     (the host allocates ids; the container's main process is just a stream
+//!                     whose Start targets `Target::Container`)
+//! ```
+//!
+//! Every new host connection begins with `Hello{epoch}`; the agent drops all session state that
+//! belongs to another epoch (DESIGN §4). After a snapshot restore the host sends
+//! `Restored{epoch}` and waits for `RestoreComplete{epoch}` before it calls the VM ready.
+
+pub mod codec;
+
+use serde::{Deserialize, Serialize};
+
+/// Bumped on every incompatible change of [`Msg`]; checked in the Hello exchange.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The control stream.
+pub const CONTROL: u32 = 0;
+
+/// Largest payload chunk either side puts into one Stdout/Stderr/Stdin frame.
+pub const MAX_CHUNK: usize = 32 * 1024;
+
+/// Stdin bytes the host may send on a stream before the agent grants more with `Credit`.
+pub const INITIAL_STDIN_CREDIT: u32 = 256 * 1024;
+
+/// Name of the virtio-serial port the agent talks on (QEMU backend).
+pub const PORT_NAME: &str = "fcvm.agent";
+
+/// vsock port the agent dials on the Firecracker backend.
+pub const VSOCK_PORT: u32 = 1024;
+
+/// One unit on the wire: a message on a logical stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Frame {
+    pub stream: u32,
+    pub msg: Msg,
+}
+
+impl Frame {
+    pub fn control(msg: Msg) -> Self {
+        Frame {
+            stream: CONTROL,
+            msg,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Msg {
+    // ---- control stream ------------------------------------------------------------------
+    /// host → agent: first frame of every host connection. A new epoch discards all old state.
+    Hello { epoch: u64, version: u32 },
+    /// agent → host: the session of `epoch` is open.
+    HelloAck {
+        epoch: u64,
+        version: u32,
+        info: AgentInfo,
+    },
+    /// host → agent: the VM was restored from a snapshot; run the restore steps.
+    Restored { epoch: u64, plan: RestorePlan },
+    /// agent → host: every restore step ran and every server accepts work again.
+    RestoreComplete { epoch: u64 },
+    /// agent → host: a restore step failed; the host must not use this VM.
+    RestoreFailed { epoch: u64, error: String },
+    /// host → agent: mount the image and get the container ready (no user process yet).
+    Prepare(ContainerPlan),
+    /// agent → host: the container root is mounted; `Start{Container}` may follow.
+    Prepared,
+    /// agent → host: preparing failed.
+    PrepareFailed { error: String },
+    /// agent → host: a message for the VM's log (the agent never fails silently).
+    Log { level: LogLevel, message: String },
+    /// host → agent: power the VM off (flush disks first).
+    Shutdown,
+
+    // ---- process streams -----------------------------------------------------------------
+    /// host → agent: start a process on this stream.
+    Start { spec: ProcessSpec, target: Target },
+    /// agent → host: the process runs; `spawn_us` is how long the guest took to spawn it.
+    Started { pid: u32, spawn_us: u64 },
+    /// host → agent: stdin bytes (only up to the credit the agent granted).
+    Stdin(Vec<u8>),
+    /// host → agent: stdin is at its end.
+    StdinEof,
+    /// agent → host: the host may send this many more stdin bytes.
+    Credit(u32),
+    /// host → agent: the terminal changed size.
+    Resize { rows: u16, cols: u16 },
+    /// host → agent: deliver a signal to the process.
+    Signal(i32),
+    /// agent → host: output.
+    Stdout(Vec<u8>),
+    Stderr(Vec<u8>),
+    /// agent → host: the process ended (final frame of the stream).
+    Exit { code: i32 },
+    /// agent → host: the process could not run (final frame of the stream).
+    Error { kind: ErrorKind, message: String },
+    /// host → agent: the client went away: kill the process and forget the stream.
+    Close,
+}
+
+/// What the agent tells the host about itself in `HelloAck`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AgentInfo {
+    pub agent_version: String,
+    pub kernel: String,
+    /// Guest uptime (ms) when the session opened: the kernel boot + agent start.
+    pub uptime_ms: u64,
+    /// Whether the container was prepared in an earlier epoch (true after a restore).
+    pub prepared: bool,
+}
+
+/// Everything that shapes the container's root, sent once per VM (before any snapshot).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ContainerPlan {
+    /// Filesystem of the read-only image disk ("erofs" or "ext4").
+    pub image_fstype: String,
+    /// Hostname of the VM and the container.
+    pub hostname: String,
+}
+
+/// A process to run: already merged from image config and flags by the host.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProcessSpec {
+    pub args: Vec<String>,
+    /// `KEY=VALUE` entries.
+    pub env: Vec<String>,
+    /// Working directory; empty means "/".
+    pub cwd: String,
+    /// `user[:group]`, names or ids; empty means root.
+    pub user: String,
+    pub tty: bool,
+    /// Whether the host forwards stdin (else the process gets /dev/null).
+    pub stdin: bool,
+    pub rows: u16,
+    pub cols: u16,
+}
+
+/// Where a process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Target {
+    /// The container's main process (`crun run`); only one per VM.
+    Container,
+    /// Joins the running container (`crun exec`).
+    ContainerExec,
+    /// In the VM itself, outside the container.
+    Vm,
+}
+
+/// Why a process could not run; the host maps these to podman's exit codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorKind {
+    /// 127
+    NotFound,
+    /// 126
+    NotExecutable,
+    /// 125: anything else (no container, bad user, runtime failure…)
+    Failed,
+}
+
+impl ErrorKind {
+    pub fn exit_code(self) -> i32 {
+        match self {
+            ErrorKind::NotFound => 127,
+            ErrorKind::NotExecutable => 126,
+            ErrorKind::Failed => 125,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LogLevel {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+/// What a restored VM must change before it serves again (DESIGN §4, step 3).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RestorePlan {
+    /// Host wall clock at the time of the Restored message (ns since the Unix epoch).
+    pub clock_unix_ns: u64,
+    /// Fresh entropy for the guest RNG.
+    pub random_seed: Vec<u8>,
+    /// New identity for clones; None keeps the snapshot's.
+    pub hostname: Option<String>,
+    pub machine_id: Option<String>,
+}

@@ -1,0 +1,1 @@
+//! Guest assets (`fcvm setup`): kernel and initramfs. (stub — being written)

@@ -1,0 +1,1 @@
+//! Images: reference → read-only root filesystem image + config. (stub — being written)
