@@ -20,7 +20,8 @@ fn quiet() -> bool {
 }
 
 fn is_tty() -> bool {
-    nix::unistd::isatty(std::io::stderr()).unwrap_or(false)
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal()
 }
 
 /// Starts a step: a spinner on a terminal, a "==> msg" line otherwise.
