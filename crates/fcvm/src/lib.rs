@@ -10,6 +10,8 @@
 //! 6. [`run`] ties them together for `fcvm podman run`.
 
 pub mod assets;
+pub mod attach;
+pub mod exec;
 pub mod image;
 pub mod paths;
 pub mod progress;

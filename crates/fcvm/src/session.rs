@@ -1,1 +1,321 @@
-//! stub
+//! Host side of the agent session (DESIGN §4): one connection to the VM's channel socket,
+//! multiplexed into a control stream and one stream per process.
+//!
+//! 1. [`Session::connect`] dials the channel socket (retrying until the VMM has created it),
+//!    starts a reader and a writer task, and sends `Hello{epoch}` until the agent answers
+//!    `HelloAck{epoch}`. The resend is needed because the guest kernel discards port data that
+//!    arrives before the agent opened the port; the ack, not a timer, is the readiness signal.
+//! 2. Control replies (`Prepared`, `RestoreComplete`, …) arrive on one queue; `Log` frames go
+//!    to tracing and the VM's agent log.
+//! 3. [`Session::start`] opens a process stream; [`Process`] yields its frames.
+//!
+//! If the connection drops, every stream ends (`recv` returns `None`) and the control queue
+//! closes: callers turn that into "VM connection lost", never a hang.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use fcvm_proto::codec::{self, Decoder};
+use fcvm_proto::{AgentInfo, Frame, LogLevel, Msg, ProcessSpec, Target, PROTOCOL_VERSION};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::sync::mpsc;
+
+use crate::vmm::Vmm;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("VM exited before its agent answered ({0})")]
+    VmExited(String),
+    #[error("Agent did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("Agent speaks protocol {0}, fcvm speaks {PROTOCOL_VERSION}")]
+    Version(u32),
+    #[error("Connection to the VM's agent was lost")]
+    Lost,
+    #[error("Cannot connect to the agent socket {0}")]
+    Connect(PathBuf, #[source] std::io::Error),
+    #[error("{0}")]
+    Agent(String),
+}
+
+type Streams = Arc<Mutex<HashMap<u32, mpsc::UnboundedSender<Msg>>>>;
+
+pub struct Session {
+    out: mpsc::UnboundedSender<Frame>,
+    control: tokio::sync::Mutex<mpsc::UnboundedReceiver<Msg>>,
+    streams: Streams,
+    next_id: AtomicU32,
+    pub epoch: u64,
+    pub info: AgentInfo,
+}
+
+/// How often Hello is resent while the agent has not opened its port yet.
+const HELLO_RESEND: Duration = Duration::from_millis(20);
+
+impl Session {
+    /// Connects to the agent of a freshly started (or restored) VM and opens session `epoch`.
+    /// `vmm` is polled so that a VM that dies during boot ends the wait with its reason.
+    /// `log` receives the agent's Log frames (the VM's agent.log).
+    pub async fn connect(
+        sock: &Path,
+        epoch: u64,
+        vmm: &mut dyn Vmm,
+        timeout: Duration,
+        log: Option<PathBuf>,
+    ) -> Result<Session, SessionError> {
+        let start = Instant::now();
+        let stream = loop {
+            match UnixStream::connect(sock).await {
+                Ok(s) => break s,
+                Err(e) => {
+                    if let Some(why) = vmm.try_exited() {
+                        return Err(SessionError::VmExited(why));
+                    }
+                    if start.elapsed() > timeout {
+                        return Err(SessionError::Connect(sock.into(), e));
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        };
+        let session = Session::over(stream, epoch, log);
+        let mut ctl = session.control.lock().await;
+        let mut tick = tokio::time::interval(HELLO_RESEND);
+        let info = loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    if let Some(why) = vmm.try_exited() {
+                        return Err(SessionError::VmExited(why));
+                    }
+                    if start.elapsed() > timeout {
+                        return Err(SessionError::Timeout(timeout));
+                    }
+                    session.send_control(Msg::Hello { epoch, version: PROTOCOL_VERSION });
+                }
+                m = ctl.recv() => match m {
+                    Some(Msg::HelloAck { epoch: e, version, info }) if e == epoch => {
+                        if version != PROTOCOL_VERSION {
+                            return Err(SessionError::Version(version));
+                        }
+                        break info;
+                    }
+                    Some(other) => tracing::debug!(?other, "ignored before HelloAck"),
+                    None => {
+                        // The socket closed: QEMU is going away; report why if it has.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        return Err(match vmm.try_exited() {
+                            Some(why) => SessionError::VmExited(why),
+                            None => SessionError::Lost,
+                        });
+                    }
+                },
+            }
+        };
+        drop(ctl);
+        Ok(Session { info, ..session })
+    }
+
+    /// Wraps an already connected stream without a handshake: used by `fcvm exec`, whose peer
+    /// is the exec server of the fcvm process that owns the VM (it relays to the agent).
+    pub fn client(stream: UnixStream) -> Session {
+        Session::over(stream, 0, None)
+    }
+
+    /// Wraps an already connected stream (the handshake is the caller's).
+    fn over(stream: UnixStream, epoch: u64, log: Option<PathBuf>) -> Session {
+        let (mut rd, mut wr) = stream.into_split();
+        let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Frame>();
+        let (ctl_tx, ctl_rx) = mpsc::unbounded_channel::<Msg>();
+        let streams: Streams = Arc::default();
+
+        tokio::spawn(async move {
+            while let Some(f) = out_rx.recv().await {
+                let bytes = match codec::encode(&f) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::warn!("dropping frame that does not encode: {e}");
+                        continue;
+                    }
+                };
+                if wr.write_all(&bytes).await.is_err() {
+                    break;
+                }
+            }
+        });
+
+        let streams_rd = streams.clone();
+        tokio::spawn(async move {
+            let mut dec = Decoder::new();
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut log = log.and_then(|p| {
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .ok()
+            });
+            loop {
+                let n = match rd.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                dec.feed(&buf[..n]);
+                while let Some(r) = dec.next_frame() {
+                    let frame = match r {
+                        Ok(f) => f,
+                        Err(e) => {
+                            tracing::warn!("bad frame from agent dropped: {e}");
+                            continue;
+                        }
+                    };
+                    if frame.stream == fcvm_proto::CONTROL {
+                        if let Msg::Log { level, message } = &frame.msg {
+                            log_agent(*level, message, log.as_mut());
+                            continue;
+                        }
+                        let _ = ctl_tx.send(frame.msg);
+                    } else {
+                        let tx = streams_rd.lock().expect("streams").get(&frame.stream).cloned();
+                        match tx {
+                            Some(tx) => {
+                                let _ = tx.send(frame.msg);
+                            }
+                            None => tracing::debug!(stream = frame.stream, "frame for unknown stream"),
+                        }
+                    }
+                }
+            }
+            // Connection gone: end every stream and the control queue.
+            streams_rd.lock().expect("streams").clear();
+            drop(ctl_tx);
+        });
+
+        Session {
+            out: out_tx,
+            control: tokio::sync::Mutex::new(ctl_rx),
+            streams,
+            next_id: AtomicU32::new(1),
+            epoch,
+            info: AgentInfo::default(),
+        }
+    }
+
+    pub fn send_control(&self, msg: Msg) {
+        let _ = self.out.send(Frame::control(msg));
+    }
+
+    /// Sends a control request and waits for the first reply `pick` accepts
+    /// (`Ok` = success, `Err` = the agent's error text); other control frames are skipped.
+    pub async fn request<T>(
+        &self,
+        msg: Msg,
+        timeout: Duration,
+        mut pick: impl FnMut(Msg) -> Option<Result<T, String>>,
+    ) -> Result<T, SessionError> {
+        let mut ctl = self.control.lock().await;
+        self.send_control(msg);
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, ctl.recv()).await {
+                Err(_) => return Err(SessionError::Timeout(timeout)),
+                Ok(None) => return Err(SessionError::Lost),
+                Ok(Some(m)) => match pick(m) {
+                    Some(Ok(v)) => return Ok(v),
+                    Some(Err(e)) => return Err(SessionError::Agent(e)),
+                    None => {}
+                },
+            }
+        }
+    }
+
+    /// Opens a process stream and sends `Start`. Frames arrive through the returned [`Process`].
+    pub fn start(&self, spec: ProcessSpec, target: Target) -> Process {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.streams.lock().expect("streams").insert(id, tx);
+        let _ = self.out.send(Frame {
+            stream: id,
+            msg: Msg::Start { spec, target },
+        });
+        Process {
+            id,
+            rx,
+            out: self.out.clone(),
+            streams: self.streams.clone(),
+            done: false,
+        }
+    }
+}
+
+fn log_agent(level: LogLevel, message: &str, file: Option<&mut std::fs::File>) {
+    match level {
+        LogLevel::Error => tracing::error!("agent: {message}"),
+        LogLevel::Warn => tracing::warn!("agent: {message}"),
+        LogLevel::Info => tracing::info!("agent: {message}"),
+        LogLevel::Debug => tracing::debug!("agent: {message}"),
+    }
+    if let Some(f) = file {
+        let _ = writeln!(f, "{level:?}: {message}");
+    }
+}
+
+/// One process stream. Dropping it before the process ended sends `Close` (the agent kills it).
+pub struct Process {
+    pub id: u32,
+    rx: mpsc::UnboundedReceiver<Msg>,
+    out: mpsc::UnboundedSender<Frame>,
+    streams: Streams,
+    done: bool,
+}
+
+impl Process {
+    /// Next frame of this stream; `None` when the connection is gone.
+    pub async fn recv(&mut self) -> Option<Msg> {
+        let m = self.rx.recv().await;
+        if matches!(m, Some(Msg::Exit { .. }) | Some(Msg::Error { .. }) | None) {
+            self.done = true;
+        }
+        m
+    }
+
+    pub fn send(&self, msg: Msg) {
+        self.sender().send(msg);
+    }
+
+    /// A handle that sends on this stream while another task receives.
+    pub fn sender(&self) -> ProcessSender {
+        ProcessSender {
+            id: self.id,
+            out: self.out.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct ProcessSender {
+    id: u32,
+    out: mpsc::UnboundedSender<Frame>,
+}
+
+impl ProcessSender {
+    pub fn send(&self, msg: Msg) {
+        let _ = self.out.send(Frame {
+            stream: self.id,
+            msg,
+        });
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.streams.lock().expect("streams").remove(&self.id);
+        if !self.done {
+            self.send(Msg::Close);
+        }
+    }
+}

@@ -1,0 +1,51 @@
+//! `fcvm exec --name VM [--vm] [-i] [-t] -- CMD…`: run a command in a running VM's container
+//! (default) or in the VM itself.
+
+use anyhow::Result;
+use clap::Args;
+use fcvm::paths::Dirs;
+
+#[derive(Args)]
+pub struct ExecArgs {
+    /// The VM (name or id).
+    #[arg(long)]
+    name: String,
+    /// Run in the VM, outside the container.
+    #[arg(long)]
+    vm: bool,
+    /// Forward stdin.
+    #[arg(short = 'i', long)]
+    interactive: bool,
+    /// Allocate a terminal.
+    #[arg(short = 't', long)]
+    tty: bool,
+    /// Environment variable KEY=VALUE.
+    #[arg(short = 'e', long = "env")]
+    env: Vec<String>,
+    /// Working directory.
+    #[arg(short = 'w', long)]
+    workdir: Option<String>,
+    /// User (name or uid[:gid]).
+    #[arg(short = 'u', long)]
+    user: Option<String>,
+    /// Command and arguments.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+    command: Vec<String>,
+}
+
+pub async fn run(dirs: &Dirs, a: ExecArgs) -> Result<i32> {
+    fcvm::exec::exec(
+        dirs,
+        fcvm::exec::ExecOptions {
+            name: a.name,
+            vm: a.vm,
+            command: a.command,
+            env: a.env,
+            workdir: a.workdir,
+            user: a.user,
+            interactive: a.interactive,
+            tty: a.tty,
+        },
+    )
+    .await
+}

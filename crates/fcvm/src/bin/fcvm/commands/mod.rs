@@ -1,0 +1,7 @@
+//! One file per verb: parse, call the library, add context.
+
+pub mod exec;
+pub mod ls;
+pub mod podman;
+pub mod rm;
+pub mod setup;

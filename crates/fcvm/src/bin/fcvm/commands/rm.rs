@@ -1,0 +1,29 @@
+//! `fcvm rm NAME…`: remove dead VMs' leftovers; `--force` also stops running ones.
+
+use anyhow::Result;
+use clap::Args;
+use fcvm::paths::Dirs;
+
+#[derive(Args)]
+pub struct RmArgs {
+    /// Stop a running VM first.
+    #[arg(short, long)]
+    force: bool,
+    /// VM names or ids.
+    #[arg(required = true)]
+    names: Vec<String>,
+}
+
+pub fn run(dirs: &Dirs, a: RmArgs) -> Result<i32> {
+    let mut code = 0;
+    for name in &a.names {
+        match fcvm::vm::find(dirs, name).and_then(|(d, st)| fcvm::vm::remove(&d, &st, a.force)) {
+            Ok(()) => println!("{name}"),
+            Err(e) => {
+                eprintln!("Error: {e}");
+                code = 125;
+            }
+        }
+    }
+    Ok(code)
+}

@@ -1,0 +1,95 @@
+//! `fcvm`: the command line. Parses arguments with clap and calls the library; each command
+//! lives in `commands/<verb>.rs`. Exit codes follow podman: 125 for fcvm's own errors, else
+//! the container's code (126/127 for a command that cannot run / is not found).
+
+mod commands;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "fcvm", version, about = "Run OCI container images inside microVMs")]
+struct Cli {
+    /// More log output (repeat for more).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build the guest kernel and initramfs (done on demand by `podman run` too).
+    Setup,
+    /// Podman-compatible commands.
+    Podman {
+        #[command(subcommand)]
+        command: commands::podman::PodmanCommand,
+    },
+    /// Run a command in a running VM (its container by default).
+    Exec(commands::exec::ExecArgs),
+    /// List VMs.
+    #[command(alias = "ps")]
+    Ls(commands::ls::LsArgs),
+    /// Remove a VM's leftovers (a dead VM), or stop and remove a running one with --force.
+    Rm(commands::rm::RmArgs),
+}
+
+fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) if !e.use_stderr() => e.exit(), // --help, --version
+        Err(e) => {
+            // podman's contract: a usage error is fcvm's own error (125), on one line.
+            let msg = e.to_string();
+            let first = msg.lines().next().unwrap_or("").trim_start_matches("error: ");
+            eprintln!("Error: {first}");
+            std::process::exit(125);
+        }
+    };
+    let level = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FCVM_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
+        )
+        .with_writer(std::io::stderr)
+        .without_time()
+        .init();
+    let dirs = fcvm::paths::Dirs::from_env();
+    // One thread: the VMM's parent-death signal is tied to the thread that spawned it, and
+    // this one lives as long as the process.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let result = rt.block_on(async {
+        match cli.command {
+            Command::Setup => commands::setup::run(&dirs).await,
+            Command::Podman { command } => commands::podman::run(&dirs, command).await,
+            Command::Exec(a) => commands::exec::run(&dirs, a).await,
+            Command::Ls(a) => commands::ls::run(&dirs, a),
+            Command::Rm(a) => commands::rm::run(&dirs, a),
+        }
+    });
+    let code = match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("Error: {}", chain(&e));
+            125
+        }
+    };
+    drop(rt);
+    std::process::exit(code);
+}
+
+/// "outer: inner: innermost" on one line.
+fn chain(e: &anyhow::Error) -> String {
+    e.chain()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(": ")
+}

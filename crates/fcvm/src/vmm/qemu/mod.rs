@@ -1,0 +1,116 @@
+//! QEMU backend: `qemu-system-x86_64 -M microvm`, KVM or TCG.
+//!
+//! The QEMU process is owned by the fcvm process that started it: it gets `PR_SET_PDEATHSIG`
+//! (SIGKILL) so it dies with fcvm, and its own process group so a terminal's Ctrl-C reaches
+//! fcvm (which stops the container cleanly) and not QEMU directly.
+
+pub mod cmdline;
+pub mod qmp;
+
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use super::{Vmm, VmmError, VmmKind, VmSpec};
+
+pub const QEMU_BIN: &str = "qemu-system-x86_64";
+
+pub struct Qemu {
+    child: Child,
+    dir: PathBuf,
+    exited: Option<String>,
+}
+
+/// Path of the QEMU binary, or an error saying how to install it.
+pub fn find_binary() -> Result<PathBuf, VmmError> {
+    if let Some(p) = std::env::var_os("FCVM_QEMU") {
+        let p = PathBuf::from(p);
+        if p.is_file() {
+            return Ok(p);
+        }
+        return Err(VmmError::Missing(p.display().to_string(), "qemu-system-x86".into()));
+    }
+    crate::util::which(QEMU_BIN)
+        .ok_or_else(|| VmmError::Missing(QEMU_BIN.into(), "qemu-system-x86".into()))
+}
+
+impl Qemu {
+    pub fn start(spec: &VmSpec) -> Result<Qemu, VmmError> {
+        let bin = find_binary()?;
+        let args = cmdline::args(spec, cmdline::host_tsc_khz());
+        let stderr = std::fs::File::create(spec.dir.join("qemu.log"))
+            .map_err(|e| VmmError::Spawn(QEMU_BIN.into(), e))?;
+        let mut cmd = Command::new(&bin);
+        cmd.args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        // SAFETY: only async-signal-safe calls (prctl, setpgid) between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::setpgid(0, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .map_err(|e| VmmError::Spawn(QEMU_BIN.into(), e))?;
+        tracing::debug!(pid = child.id(), "started {}", bin.display());
+        Ok(Qemu {
+            child,
+            dir: spec.dir.clone(),
+            exited: None,
+        })
+    }
+}
+
+impl Vmm for Qemu {
+    fn kind(&self) -> VmmKind {
+        VmmKind::Qemu
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn agent_socket(&self) -> PathBuf {
+        self.dir.join(cmdline::AGENT_SOCK)
+    }
+
+    fn try_exited(&mut self) -> Option<String> {
+        if self.exited.is_none() {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                self.exited = Some(describe(st));
+            }
+        }
+        self.exited.clone()
+    }
+
+    fn kill(&mut self) {
+        if self.try_exited().is_none() {
+            let _ = self.child.kill();
+            if let Ok(st) = self.child.wait() {
+                self.exited = Some(describe(st));
+            }
+        }
+    }
+}
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn describe(st: std::process::ExitStatus) -> String {
+    match (st.code(), st.signal()) {
+        (Some(c), _) => format!("exited with code {c}"),
+        (None, Some(s)) => format!("killed by signal {s}"),
+        _ => st.to_string(),
+    }
+}
