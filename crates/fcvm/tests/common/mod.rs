@@ -1,0 +1,111 @@
+//! Fixtures shared by the integration tests: the fcvm binary under test, one shared data
+//! directory (guest assets and images are built once and reused by every test), bounded waits,
+//! and checks that a test left no VM, process or file behind.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Shared data dir: `FCVM_TEST_DATA_DIR` (scripts/test.sh sets it) or target/fcvm-test-data.
+pub fn data_dir() -> PathBuf {
+    std::env::var_os("FCVM_TEST_DATA_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/fcvm-test-data")
+        })
+}
+
+pub fn fcvm() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_fcvm"));
+    c.env("FCVM_DATA_DIR", data_dir())
+        .env("FCVM_QUIET", "1")
+        .stdin(Stdio::null());
+    c
+}
+
+/// A name unique to this test process.
+pub fn name(tag: &str) -> String {
+    format!("t-{tag}-{}", std::process::id())
+}
+
+/// Runs fcvm to completion, failing the test (with its output) if it takes longer than `limit`.
+pub fn run(args: &[&str], limit: Duration) -> Output {
+    let child = fcvm()
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn fcvm");
+    wait_output(child, limit, args)
+}
+
+pub fn wait_output(mut child: Child, limit: Duration, what: &[&str]) -> Output {
+    let start = Instant::now();
+    loop {
+        if child.try_wait().expect("try_wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "fcvm {what:?} did not finish within {limit:?}\nstdout: {}\nstderr: {}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// `fcvm ls --json` as values.
+pub fn ls() -> Vec<serde_json::Value> {
+    let out = run(&["ls", "--json"], Duration::from_secs(30));
+    assert!(out.status.success(), "ls failed: {}", text(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("ls --json parses")
+}
+
+pub fn vm(name: &str) -> Option<serde_json::Value> {
+    ls().into_iter().find(|v| v["name"] == name)
+}
+
+/// Polls until `cond` holds, failing after `limit` with `what`.
+pub fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Whether any process has `needle` on its command line (e.g. a VM's directory).
+pub fn process_with_arg(needle: &str) -> Option<u32> {
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) {
+            if String::from_utf8_lossy(&cmd).contains(needle) {
+                return Some(pid);
+            }
+        }
+    }
+    None
+}
+
+/// A VM of this name left nothing: no record, no directory, no VMM process.
+pub fn assert_gone(name: &str, id: Option<&str>) {
+    assert!(vm(name).is_none(), "VM {name} still listed");
+    if let Some(id) = id {
+        let dir = data_dir().join("vms").join(id);
+        assert!(!dir.exists(), "VM directory {} left behind", dir.display());
+        assert_eq!(process_with_arg(&dir.display().to_string()), None, "VMM of {name} still running");
+    }
+}
+
+pub const BOOT: Duration = Duration::from_secs(300);

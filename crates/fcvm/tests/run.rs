@@ -1,0 +1,185 @@
+//! `fcvm podman run` end to end, with real QEMU VMs running the real agent and crun.
+//!
+//! Plan: every test runs the built-in busybox image (built once into the shared data dir) and
+//! asserts on output, exit codes and what is left behind: output and codes propagate with
+//! stderr kept apart; env/workdir/user/entrypoint/hostname take effect; 127/126 for commands
+//! that cannot run; SIGTERM to fcvm stops a long-running container and leaves nothing;
+//! SIGKILL of QEMU is reported, not hung on; SIGKILL of fcvm leaves a `dead` VM (its QEMU
+//! gone) that `fcvm rm` removes; bad input exits 125 and creates no VM.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+
+const IMG: &str = "builtin:busybox";
+
+fn run_ok(args: &[&str]) -> (i32, String, String) {
+    let out = run(args, BOOT);
+    (
+        out.status.code().unwrap_or(-1),
+        text(&out.stdout),
+        text(&out.stderr),
+    )
+}
+
+#[test]
+fn output_and_exit_code_propagate_with_stderr_apart() {
+    let n = name("out");
+    let (code, out, err) = run_ok(&[
+        "podman", "run", "--name", &n, IMG, "--", "sh", "-c",
+        "echo to-stdout; echo to-stderr >&2; exit 42",
+    ]);
+    assert_eq!(code, 42, "stderr: {err}");
+    assert_eq!(out, "to-stdout\n");
+    assert!(err.contains("to-stderr"), "{err}");
+    assert!(!out.contains("to-stderr"));
+    assert_gone(&n, None);
+}
+
+#[test]
+fn env_workdir_user_entrypoint_and_hostname_take_effect() {
+    let n = name("flags");
+    let (code, out, err) = run_ok(&[
+        "podman", "run", "--name", &n, "-e", "FOO=bar baz", "--env", "EMPTY=", "-w", "/tmp",
+        "-u", "nobody", "--hostname", "box1", "--entrypoint", "/bin/sh", IMG, "-c",
+        "echo \"$FOO\"; echo \"[$EMPTY]\"; pwd; id -u; hostname",
+    ]);
+    assert_eq!(code, 0, "stderr: {err}");
+    assert_eq!(out, "bar baz\n[]\n/tmp\n65534\nbox1\n");
+}
+
+#[test]
+fn missing_command_is_127_and_non_executable_is_126() {
+    let (code, out, err) = run_ok(&["podman", "run", "--name", &name("nf"), IMG, "no-such-cmd"]);
+    assert_eq!(code, 127, "out: {out} err: {err}");
+    assert!(err.contains("no-such-cmd") && err.contains("not found"), "{err}");
+    let (code, _, err) = run_ok(&["podman", "run", "--name", &name("nx"), IMG, "/etc/passwd"]);
+    assert_eq!(code, 126, "err: {err}");
+    assert!(err.to_lowercase().contains("permission denied"), "{err}");
+}
+
+#[test]
+fn sigterm_stops_a_long_running_container_and_leaves_nothing() {
+    let n = name("term");
+    let child = fcvm()
+        .args(["podman", "run", "--name", &n, IMG, "--", "sh", "-c", "echo started; exec sleep 1000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("VM running", BOOT, || {
+        vm(&n).is_some_and(|v| v["observed"] == "running")
+    });
+    let id = vm(&n).unwrap()["id"].as_str().unwrap().to_string();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let out = wait_output(child, Duration::from_secs(60), &["run", "term"]);
+    assert!(text(&out.stdout).contains("started"));
+    // sleep as PID 1 of its namespace ignores TERM: fcvm escalates to KILL.
+    assert_eq!(out.status.code(), Some(137), "stderr: {}", text(&out.stderr));
+    assert_gone(&n, Some(&id));
+}
+
+#[test]
+fn sigkill_of_qemu_is_reported_not_hung_on() {
+    let n = name("qkill");
+    let child = fcvm()
+        .args(["podman", "run", "--name", &n, IMG, "--", "sleep", "1000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("VM running", BOOT, || {
+        vm(&n).is_some_and(|v| v["observed"] == "running")
+    });
+    let v = vm(&n).unwrap();
+    let id = v["id"].as_str().unwrap().to_string();
+    let qpid = v["vmm_pid"].as_i64().unwrap() as i32;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(qpid), nix::sys::signal::Signal::SIGKILL)
+        .unwrap();
+    let out = wait_output(child, Duration::from_secs(60), &["run", "qkill"]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "stderr: {err}");
+    assert!(err.contains("killed by signal 9"), "{err}");
+    assert_gone(&n, Some(&id));
+}
+
+#[test]
+fn sigkill_of_fcvm_leaves_a_dead_vm_that_rm_removes() {
+    let n = name("fkill");
+    let mut child = fcvm()
+        .args(["podman", "run", "--name", &n, IMG, "--", "sleep", "1000"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("VM running", BOOT, || {
+        vm(&n).is_some_and(|v| v["observed"] == "running")
+    });
+    let id = vm(&n).unwrap()["id"].as_str().unwrap().to_string();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Its QEMU dies with it (parent-death signal); ls tells the truth.
+    wait_for("VM reported dead", Duration::from_secs(30), || {
+        vm(&n).is_some_and(|v| v["observed"] == "dead")
+    });
+    let dir = data_dir().join("vms").join(&id);
+    wait_for("QEMU gone", Duration::from_secs(30), || {
+        process_with_arg(&dir.display().to_string()).is_none()
+    });
+    // The name stays taken until the leftovers are removed.
+    let (code, _, err) = run_ok(&["podman", "run", "--name", &n, IMG, "true"]);
+    assert_eq!(code, 125);
+    assert!(err.contains("fcvm rm"), "{err}");
+    let out = run(&["rm", &n], Duration::from_secs(30));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_gone(&n, Some(&id));
+}
+
+#[test]
+fn bad_input_exits_125_and_creates_nothing() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["-e", "=x", IMG, "true"], "--env"),
+        (&["--mem", "64", IMG, "true"], "--mem"),
+        (&["--bogus-flag", IMG, "true"], "--bogus-flag"),
+        (&["--hypervisor", "nope", IMG, "true"], "nope"),
+        (&["oci:/nonexistent/layout", "true"], "/nonexistent/layout"),
+    ];
+    for (i, (rest, needle)) in cases.iter().enumerate() {
+        let n = name(&format!("bad{i}"));
+        let mut args = vec!["podman", "run", "--name", &n];
+        args.extend_from_slice(rest);
+        let out = run(&args, Duration::from_secs(120));
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(125), "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: error should name {needle:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: one-line error expected: {err}");
+        assert!(vm(&n).is_none(), "{args:?} left a VM record");
+    }
+    for (args, needle) in [
+        (vec!["podman", "run", "--name", "a/b", IMG, "true"], "Invalid name"),
+        (vec!["rm", "no-such-vm-xyz"], "no-such-vm-xyz"),
+    ] {
+        let out = run(&args, Duration::from_secs(60));
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(125), "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    // QEMU missing: say how to install it.
+    let n = name("noqemu");
+    let out = fcvm()
+        .env("FCVM_QEMU", "/nonexistent/qemu-system-x86_64")
+        .args(["podman", "run", "--name", &n, IMG, "true"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(125));
+    let err = text(&out.stderr);
+    assert!(err.contains("apt-get install qemu-system-x86"), "{err}");
+    assert!(vm(&n).is_none());
+}
