@@ -1,1 +1,59 @@
-fn main() {}
+//! fc-agent: the guest agent, PID 1 of every fcvm VM (DESIGN §3, §4).
+//!
+//! 1. `/init` (stage 1, [`init::stage1`]): pseudo filesystems, kernel modules, root moved to a
+//!    tmpfs, then exec `/init stage2`;
+//! 2. stage 2 ([`init::stage2`]): cgroup2, devpts, tmpfs mounts, loopback up, child reaper;
+//! 3. the channel ([`channel`]): the `fcvm.agent` virtio-serial port, one reader and one writer
+//!    thread; prints `fc-agent: ready`;
+//! 4. the session ([`session`]) obeys the host until `Shutdown`.
+//!
+//! Run as anything but PID 1 it only prints its version: it is not meant to run on a host.
+
+mod channel;
+mod container;
+mod init;
+mod log;
+mod oci;
+mod pathres;
+mod process;
+mod pump;
+mod reaper;
+mod restore;
+mod session;
+mod users;
+
+use std::time::Duration;
+
+fn main() {
+    if std::process::id() != 1 {
+        println!(
+            "fc-agent {} (runs as PID 1 in an fcvm VM)",
+            env!("CARGO_PKG_VERSION")
+        );
+        return;
+    }
+    if std::env::args().nth(1).as_deref() != Some("stage2") {
+        init::stage1(); // returns only if the root could not be moved
+    }
+    init::stage2();
+    reaper::start();
+    serve()
+}
+
+fn serve() -> ! {
+    let (out, rx, queued) = channel::Outbox::new();
+    log::set_outbox(out.clone());
+    let port = loop {
+        match channel::open_port(Duration::from_secs(10)) {
+            Ok(p) => break p,
+            Err(e) => error!("{e}; still waiting"),
+        }
+    };
+    if let Err(e) = channel::start_writer(&port, rx, queued) {
+        error!("channel writer: {e}");
+    }
+    // The host waits for this exact text on the console.
+    log::console_raw(&format!("fc-agent: ready uptime_ms={}", log::uptime_ms()));
+    let mut session = session::Session::new(out);
+    channel::read_loop(port, |f| session.handle(f))
+}

@@ -134,6 +134,11 @@ impl Session {
         let streams: Streams = Arc::default();
 
         tokio::spawn(async move {
+            // A lone delimiter first: the guest may hold half a frame from an earlier host
+            // (after a restore it never saw that host leave); this ends it as a bad frame.
+            if wr.write_all(&[0]).await.is_err() {
+                return;
+            }
             while let Some(f) = out_rx.recv().await {
                 let bytes = match codec::encode(&f) {
                     Ok(b) => b,

@@ -47,7 +47,12 @@ pub enum Accel {
 }
 
 impl Accel {
-    /// KVM if `/dev/kvm` opens read-write, else TCG. `FCVM_ACCEL=tcg|kvm` forces one.
+    /// KVM if `/dev/kvm` opens read-write and is backed by hardware virtualisation
+    /// (kvm_intel/kvm_amd), else TCG. `FCVM_ACCEL=tcg|kvm` forces one.
+    ///
+    /// Some sandboxes expose a `/dev/kvm` from `kvm_pvm` (a paravirtual KVM without VMX/SVM):
+    /// it opens and creates VMs, but Debian's kernel dies early in it with "KVM internal
+    /// error … emulation failure" (seen here), so only the hardware modules count.
     pub fn detect() -> Accel {
         match std::env::var("FCVM_ACCEL").as_deref() {
             Ok("tcg") => return Accel::Tcg,
@@ -58,7 +63,10 @@ impl Accel {
             .read(true)
             .write(true)
             .open("/dev/kvm")
-            .is_ok();
+            .is_ok()
+            && ["kvm_intel", "kvm_amd"]
+                .iter()
+                .any(|m| std::path::Path::new("/sys/module").join(m).exists());
         if usable {
             Accel::Kvm
         } else {

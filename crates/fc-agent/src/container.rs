@@ -1,0 +1,169 @@
+//! The container's root filesystem (Prepare) and identity files.
+//!
+//! Prepare (once per VM, idempotent):
+//! 1. the virtio disk whose `/sys/block/vd*/ro` is 1 is the image, the other the writable disk;
+//! 2. image (ro, `plan.image_fstype`) → /mnt/image, writable (ext4) → /mnt/rw;
+//! 3. overlay `lower=/mnt/image, upper=/mnt/rw/upper, work=/mnt/rw/work` → /run/fcvm/rootfs;
+//! 4. hostname for the VM; /etc/hostname, /etc/hosts and resolv.conf inside the container.
+//!
+//! The OCI config that `crun` runs it with is written by [`crate::oci`].
+
+use fcvm_proto::ContainerPlan;
+use nix::mount::{mount, MsFlags};
+use std::path::{Path, PathBuf};
+
+pub const ROOTFS: &str = "/run/fcvm/rootfs";
+pub const BUNDLE: &str = "/run/fcvm/bundle";
+/// The crun container id (one container per VM).
+pub const ID: &str = "fcvm";
+pub const CRUN: &str = "/usr/bin/crun";
+
+fn e<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> String + '_ {
+    move |err| format!("{what}: {err}")
+}
+
+/// The image and writable disks under `sys_block` (`/sys/block`): (image, writable) device names.
+pub fn find_disks(sys_block: &Path) -> (Option<String>, Option<String>) {
+    let mut names: Vec<String> = std::fs::read_dir(sys_block)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("vd"))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    let (mut img, mut rw) = (None, None);
+    for n in names {
+        let ro = std::fs::read_to_string(sys_block.join(&n).join("ro")).unwrap_or_default();
+        if ro.trim() == "1" {
+            img.get_or_insert(n);
+        } else {
+            rw.get_or_insert(n);
+        }
+    }
+    (img, rw)
+}
+
+/// `/etc/hosts` of the container.
+pub fn hosts_text(hostname: &str) -> String {
+    let mut s = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    if !hostname.is_empty() {
+        s.push_str(&format!("127.0.0.1\t{hostname}\n"));
+    }
+    s
+}
+
+fn is_mounted(path: &str) -> bool {
+    std::fs::read_to_string("/proc/mounts")
+        .map(|m| m.lines().any(|l| l.split(' ').nth(1) == Some(path)))
+        .unwrap_or(false)
+}
+
+fn do_mount(
+    src: &str,
+    dst: &str,
+    fstype: &str,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), String> {
+    if is_mounted(dst) {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dst).map_err(e(&format!("mkdir {dst}")))?;
+    mount(Some(src), dst, Some(fstype), flags, data)
+        .map_err(|err| format!("mount {src} on {dst} ({fstype}): {}", err.desc()))
+}
+
+/// Mounts the container root (idempotent: mounted steps are skipped).
+pub fn prepare(plan: &ContainerPlan) -> Result<(), String> {
+    let (img, rw) = find_disks(Path::new("/sys/block"));
+    let img = img.ok_or("No image disk found")?;
+    let rw = rw.ok_or("No writable disk found")?;
+    let fstype = if plan.image_fstype.is_empty() {
+        "erofs"
+    } else {
+        &plan.image_fstype
+    };
+    do_mount(
+        &format!("/dev/{img}"),
+        "/mnt/image",
+        fstype,
+        MsFlags::MS_RDONLY,
+        None,
+    )?;
+    do_mount(
+        &format!("/dev/{rw}"),
+        "/mnt/rw",
+        "ext4",
+        MsFlags::empty(),
+        None,
+    )?;
+    for d in ["/mnt/rw/upper", "/mnt/rw/work"] {
+        std::fs::create_dir_all(d).map_err(e(&format!("mkdir {d}")))?;
+    }
+    do_mount(
+        "overlay",
+        ROOTFS,
+        "overlay",
+        MsFlags::empty(),
+        Some("lowerdir=/mnt/image,upperdir=/mnt/rw/upper,workdir=/mnt/rw/work"),
+    )?;
+    set_identity(Some(&plan.hostname), None)
+}
+
+/// Sets the VM's hostname and writes the container's identity files (hostname, hosts,
+/// resolv.conf, machine-id) — used by Prepare and by restore steps.
+pub fn set_identity(hostname: Option<&str>, machine_id: Option<&str>) -> Result<(), String> {
+    let root = PathBuf::from(ROOTFS);
+    let etc = root.join("etc");
+    let prepared = is_mounted(ROOTFS);
+    if prepared {
+        std::fs::create_dir_all(&etc).map_err(e("mkdir /etc in the container"))?;
+    }
+    if let Some(h) = hostname.filter(|h| !h.is_empty()) {
+        nix::unistd::sethostname(h).map_err(|err| format!("sethostname {h}: {}", err.desc()))?;
+        if prepared {
+            std::fs::write(etc.join("hostname"), format!("{h}\n"))
+                .map_err(e("write /etc/hostname"))?;
+            std::fs::write(etc.join("hosts"), hosts_text(h)).map_err(e("write /etc/hosts"))?;
+        }
+    }
+    if let Some(id) = machine_id.filter(|m| !m.is_empty()) {
+        let _ = std::fs::write("/etc/machine-id", format!("{id}\n"));
+        if prepared {
+            std::fs::write(etc.join("machine-id"), format!("{id}\n"))
+                .map_err(e("write /etc/machine-id"))?;
+        }
+    }
+    if prepared {
+        if let Ok(r) = std::fs::read("/etc/resolv.conf") {
+            std::fs::write(etc.join("resolv.conf"), r).map_err(e("write /etc/resolv.conf"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether the container root is mounted.
+pub fn prepared() -> bool {
+    is_mounted(ROOTFS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disks_by_ro_flag() {
+        let dir = std::env::temp_dir().join(format!("fc-agent-disks-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        for (n, ro) in [("vda", "0"), ("vdb", "1"), ("loop0", "1")] {
+            std::fs::create_dir_all(dir.join(n)).unwrap();
+            std::fs::write(dir.join(n).join("ro"), format!("{ro}\n")).unwrap();
+        }
+        assert_eq!(find_disks(&dir), (Some("vdb".into()), Some("vda".into())));
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(find_disks(&dir), (None, None));
+        assert!(hosts_text("box").contains("127.0.0.1\tbox"));
+    }
+}

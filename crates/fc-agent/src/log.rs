@@ -1,0 +1,82 @@
+//! Agent logging: every line goes to the console (`/dev/console`, the host captures ttyS0 to a
+//! file) prefixed `fc-agent:` with the guest uptime, and — once a session is open — also to the
+//! host as a `Log{level, message}` frame on the control stream (DESIGN: never fail silently).
+
+use crate::channel::Outbox;
+use fcvm_proto::{Frame, LogLevel, Msg};
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+
+static OUTBOX: OnceLock<Outbox> = OnceLock::new();
+static SESSION_OPEN: AtomicBool = AtomicBool::new(false);
+
+/// Installs the outbox that Log frames travel through.
+pub fn set_outbox(out: Outbox) {
+    let _ = OUTBOX.set(out);
+}
+
+/// Waits (bounded) until every queued frame has been written.
+pub fn flush(timeout: std::time::Duration) {
+    let t0 = std::time::Instant::now();
+    while let Some(out) = OUTBOX.get() {
+        if out.pending() == 0 || t0.elapsed() > timeout {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
+/// Marks whether a host session is open (Log frames are only sent then).
+pub fn set_session_open(open: bool) {
+    SESSION_OPEN.store(open, Ordering::SeqCst);
+}
+
+/// Seconds since boot (CLOCK_BOOTTIME), for log prefixes and `AgentInfo::uptime_ms`.
+pub fn uptime_ms() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+}
+
+/// Writes one line to the console only (never fails, never panics).
+pub fn console(msg: &str) {
+    let t = uptime_ms();
+    let line = format!("fc-agent: [{:>4}.{:03}] {msg}\n", t / 1000, t % 1000);
+    let _ = std::io::stderr().write_all(line.as_bytes());
+}
+
+/// Writes `line` to the console as is (plus a newline).
+pub fn console_raw(line: &str) {
+    let _ = std::io::stderr().write_all(format!("{line}\n").as_bytes());
+}
+
+/// Console line plus a Log frame when a session is open.
+pub fn log(level: LogLevel, msg: &str) {
+    console(msg);
+    if SESSION_OPEN.load(Ordering::SeqCst) {
+        if let Some(out) = OUTBOX.get() {
+            out.send(Frame::control(Msg::Log {
+                level,
+                message: msg.to_string(),
+            }));
+        }
+    }
+}
+
+#[macro_export]
+macro_rules! info {
+    ($($a:tt)*) => { $crate::log::log(fcvm_proto::LogLevel::Info, &format!($($a)*)) };
+}
+#[macro_export]
+macro_rules! warn {
+    ($($a:tt)*) => { $crate::log::log(fcvm_proto::LogLevel::Warn, &format!($($a)*)) };
+}
+#[macro_export]
+macro_rules! error {
+    ($($a:tt)*) => { $crate::log::log(fcvm_proto::LogLevel::Error, &format!($($a)*)) };
+}

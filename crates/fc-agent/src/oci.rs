@@ -1,0 +1,298 @@
+//! The container's OCI runtime config, as podman would generate it: pid/ipc/uts/mount
+//! namespaces (the VM's network is shared), the standard mounts, podman's default
+//! capabilities, `RLIMIT_NOFILE` 1048576, masked and read-only /proc and /sys paths.
+//! `crun run` reads [`spec`] from /run/fcvm/bundle/config.json; `crun exec --process` reads a
+//! [`process`] alone.
+
+use crate::container::ROOTFS;
+use oci_spec::runtime::{
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxDeviceCgroupBuilder,
+    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResourcesBuilder, Mount, MountBuilder,
+    PosixRlimitBuilder, PosixRlimitType, Process, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
+    UserBuilder,
+};
+use std::path::Path;
+
+fn e<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> String + '_ {
+    move |err| format!("{what}: {err}")
+}
+
+/// podman's default capability set.
+const CAPS: [Capability; 11] = [
+    Capability::Chown,
+    Capability::DacOverride,
+    Capability::Fowner,
+    Capability::Fsetid,
+    Capability::Kill,
+    Capability::NetBindService,
+    Capability::Setfcap,
+    Capability::Setgid,
+    Capability::Setpcap,
+    Capability::Setuid,
+    Capability::SysChroot,
+];
+
+/// The process part of a config (also `crun exec --process`'s JSON).
+#[derive(Debug, Clone, Default)]
+pub struct ProcConfig {
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+    /// The pty slave (`/dev/pts/N` of the VM) bound at /dev/console (`crun run` with a tty).
+    pub console: Option<String>,
+}
+
+/// The OCI process for `p` (terminal off: a pty, if any, is our own stdio).
+pub fn process(p: &ProcConfig) -> Result<Process, String> {
+    let all: std::collections::HashSet<Capability> = CAPS.into_iter().collect();
+    let granted = if p.uid == 0 {
+        all.clone()
+    } else {
+        Default::default()
+    };
+    let caps = LinuxCapabilitiesBuilder::default()
+        .bounding(all)
+        .effective(granted.clone())
+        .permitted(granted)
+        .inheritable(std::collections::HashSet::new())
+        .ambient(std::collections::HashSet::new())
+        .build()
+        .map_err(e("capabilities"))?;
+    let mut user = UserBuilder::default().uid(p.uid).gid(p.gid);
+    if !p.groups.is_empty() {
+        user = user.additional_gids(p.groups.clone());
+    }
+    let rlimit = PosixRlimitBuilder::default()
+        .typ(PosixRlimitType::RlimitNofile)
+        .hard(1_048_576u64)
+        .soft(1_048_576u64)
+        .build()
+        .map_err(e("rlimit"))?;
+    ProcessBuilder::default()
+        .terminal(false)
+        .user(user.build().map_err(e("user"))?)
+        .args(p.args.clone())
+        .env(p.env.clone())
+        .cwd(if p.cwd.is_empty() { "/" } else { &p.cwd })
+        .capabilities(caps)
+        .rlimits(vec![rlimit])
+        .build()
+        .map_err(e("process"))
+}
+
+fn mnt(dest: &str, typ: &str, src: &str, opts: &[&str]) -> Result<Mount, String> {
+    MountBuilder::default()
+        .destination(dest)
+        .typ(typ)
+        .source(src)
+        .options(opts.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .build()
+        .map_err(e("mount"))
+}
+
+/// The container's runtime config.
+pub fn spec(p: &ProcConfig, hostname: &str) -> Result<Spec, String> {
+    let mut mounts = vec![
+        mnt("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
+        mnt(
+            "/dev",
+            "tmpfs",
+            "tmpfs",
+            &["nosuid", "strictatime", "mode=755", "size=65536k"],
+        )?,
+        mnt(
+            "/dev/pts",
+            "devpts",
+            "devpts",
+            &[
+                "nosuid",
+                "noexec",
+                "newinstance",
+                "ptmxmode=0666",
+                "mode=0620",
+                "gid=5",
+            ],
+        )?,
+        mnt(
+            "/dev/shm",
+            "tmpfs",
+            "shm",
+            &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+        )?,
+        mnt(
+            "/dev/mqueue",
+            "mqueue",
+            "mqueue",
+            &["nosuid", "noexec", "nodev"],
+        )?,
+        mnt(
+            "/sys",
+            "sysfs",
+            "sysfs",
+            &["nosuid", "noexec", "nodev", "ro"],
+        )?,
+        mnt(
+            "/sys/fs/cgroup",
+            "cgroup",
+            "cgroup",
+            &["nosuid", "noexec", "nodev", "relatime", "ro"],
+        )?,
+    ];
+    if let Some(c) = &p.console {
+        mounts.push(mnt(
+            "/dev/console",
+            "bind",
+            c,
+            &["bind", "nosuid", "noexec"],
+        )?);
+    }
+    let namespaces = [
+        LinuxNamespaceType::Pid,
+        LinuxNamespaceType::Ipc,
+        LinuxNamespaceType::Uts,
+        LinuxNamespaceType::Mount,
+    ]
+    .into_iter()
+    .map(|t| LinuxNamespaceBuilder::default().typ(t).build())
+    .collect::<Result<Vec<_>, _>>()
+    .map_err(e("namespace"))?;
+    let deny_all = LinuxDeviceCgroupBuilder::default()
+        .allow(false)
+        .access("rwm")
+        .build()
+        .map_err(e("devices"))?;
+    let strs = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let linux = LinuxBuilder::default()
+        .namespaces(namespaces)
+        .resources(
+            LinuxResourcesBuilder::default()
+                .devices(vec![deny_all])
+                .build()
+                .map_err(e("resources"))?,
+        )
+        .masked_paths(strs(&[
+            "/proc/acpi",
+            "/proc/asound",
+            "/proc/kcore",
+            "/proc/keys",
+            "/proc/latency_stats",
+            "/proc/timer_list",
+            "/proc/timer_stats",
+            "/proc/sched_debug",
+            "/sys/firmware",
+            "/proc/scsi",
+        ]))
+        .readonly_paths(strs(&[
+            "/proc/bus",
+            "/proc/fs",
+            "/proc/irq",
+            "/proc/sys",
+            "/proc/sysrq-trigger",
+        ]))
+        .build()
+        .map_err(e("linux"))?;
+    let mut b = SpecBuilder::default()
+        .version("1.0.0")
+        .root(
+            RootBuilder::default()
+                .path(ROOTFS)
+                .readonly(false)
+                .build()
+                .map_err(e("root"))?,
+        )
+        .process(process(p)?)
+        .mounts(mounts)
+        .linux(linux);
+    if !hostname.is_empty() {
+        b = b.hostname(hostname);
+    }
+    b.build().map_err(e("spec"))
+}
+
+/// Writes `value` as JSON to `path` (creating the parent).
+pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), String> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(e("mkdir bundle"))?;
+    }
+    let text = serde_json::to_vec_pretty(value).map_err(e("config json"))?;
+    std::fs::write(path, text).map_err(e(&format!("write {}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_has_what_podman_would_generate() {
+        let p = ProcConfig {
+            args: vec!["sh".into(), "-c".into(), "echo hi".into()],
+            env: vec!["PATH=/bin".into()],
+            cwd: String::new(),
+            uid: 1000,
+            gid: 1000,
+            groups: vec![10],
+            console: None,
+        };
+        let v = serde_json::to_value(spec(&p, "box").unwrap()).unwrap();
+        assert_eq!(v["root"]["path"], ROOTFS);
+        assert_eq!(v["root"]["readonly"], false);
+        assert_eq!(v["hostname"], "box");
+        assert_eq!(v["process"]["cwd"], "/");
+        assert_eq!(v["process"]["terminal"], false);
+        assert_eq!(v["process"]["user"]["uid"], 1000);
+        assert_eq!(v["process"]["user"]["additionalGids"][0], 10);
+        assert_eq!(v["process"]["args"][2], "echo hi");
+        assert_eq!(v["process"]["rlimits"][0]["type"], "RLIMIT_NOFILE");
+        assert_eq!(v["process"]["rlimits"][0]["hard"], 1_048_576);
+        let ns: Vec<&str> = v["linux"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(ns, ["pid", "ipc", "uts", "mount"]);
+        let dests: Vec<&str> = v["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["destination"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            dests,
+            [
+                "/proc",
+                "/dev",
+                "/dev/pts",
+                "/dev/shm",
+                "/dev/mqueue",
+                "/sys",
+                "/sys/fs/cgroup"
+            ]
+        );
+        let caps = &v["process"]["capabilities"];
+        assert_eq!(caps["bounding"].as_array().unwrap().len(), 11);
+        assert!(caps["bounding"]
+            .as_array()
+            .unwrap()
+            .contains(&"CAP_NET_BIND_SERVICE".into()));
+        // non-root: bounding only
+        assert_eq!(caps["effective"].as_array().unwrap().len(), 0);
+        assert!(v["linux"]["maskedPaths"]
+            .as_array()
+            .unwrap()
+            .contains(&"/proc/kcore".into()));
+    }
+
+    #[test]
+    fn root_gets_effective_caps() {
+        let p = ProcConfig {
+            args: vec!["true".into()],
+            ..Default::default()
+        };
+        let v = serde_json::to_value(process(&p).unwrap()).unwrap();
+        assert_eq!(v["capabilities"]["effective"].as_array().unwrap().len(), 11);
+    }
+}

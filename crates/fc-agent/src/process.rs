@@ -1,0 +1,440 @@
+//! Process streams: one per `Start`, whatever its [`Target`].
+//!
+//! 1. [`start`] checks the command (user, executable) inside the right root, so the host gets
+//!    podman's error kinds before anything runs; then it wires stdio (pipes, or a pty whose
+//!    slave is all three), spawns (`crun run`, `crun exec --process`, or the command itself)
+//!    and sends `Started{pid, spawn_us}`;
+//! 2. its output and stdin threads live in [`crate::pump`].
+//!
+//! Every frame goes through [`Stream::send`], which a new epoch can [`Stream::cancel`]: once
+//! cancelled, nothing more of the stream reaches the host.
+
+use crate::channel::Outbox;
+use crate::container::{BUNDLE, CRUN, ID, ROOTFS};
+use crate::oci::{self, ProcConfig};
+use crate::pathres::{find_executable, path_of, Lookup, DEFAULT_PATH};
+use crate::pump::{pump, stdin_loop, StdinMsg};
+use crate::reaper::{self, cstrings, Cmd};
+use fcvm_proto::{ErrorKind, Frame, Msg, ProcessSpec, Target};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+pub const CONTAINER_PIDFILE: &str = "/run/fcvm/container.pid";
+
+/// A running process stream.
+pub struct Stream {
+    pub id: u32,
+    pub target: Target,
+    /// The spawned process (crun for container targets).
+    pub pid: i32,
+    /// Where crun writes the pid of the process inside the container.
+    pub(crate) pidfile: Option<PathBuf>,
+    pub(crate) out: Outbox,
+    alive: Mutex<bool>,
+    pub(crate) finished: AtomicBool,
+    pub(crate) stdin: Mutex<Option<SyncSender<StdinMsg>>>,
+    tty: Option<OwnedFd>,
+}
+
+pub type StartError = (ErrorKind, String);
+
+impl Stream {
+    /// Sends a frame of this stream unless it was cancelled.
+    pub fn send(&self, msg: Msg) {
+        if let Ok(alive) = self.alive.lock() {
+            if *alive {
+                self.out.send(Frame {
+                    stream: self.id,
+                    msg,
+                });
+            }
+        }
+    }
+
+    /// Stops every further frame of this stream (a new epoch took over).
+    pub fn cancel(&self) {
+        if let Ok(mut alive) = self.alive.lock() {
+            *alive = false;
+        }
+    }
+
+    pub fn finished(&self) -> bool {
+        self.finished.load(Ordering::SeqCst)
+    }
+
+    /// Queues stdin; false if the stream takes no stdin or the host overran its credit.
+    pub fn stdin(&self, msg: StdinMsg) -> bool {
+        let guard = self.stdin.lock().ok();
+        match guard.as_ref().and_then(|g| g.as_ref()) {
+            Some(tx) => tx.try_send(msg).is_ok(),
+            None => false,
+        }
+    }
+
+    /// The pid signals go to: the process inside the container if crun reported it.
+    fn inner_pid(&self) -> i32 {
+        self.pidfile
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .filter(|p: &i32| *p > 1)
+            .unwrap_or(self.pid)
+    }
+
+    pub fn signal(&self, sig: i32) -> Result<(), String> {
+        let pid = self.inner_pid();
+        // SAFETY: kill(2) with a pid we spawned (or crun reported) and a caller's signal number.
+        if unsafe { libc::kill(pid, sig) } != 0 {
+            return Err(format!(
+                "kill {pid} {sig}: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        Ok(())
+    }
+
+    /// SIGKILL: the process group for VM processes, the container-side process otherwise.
+    pub fn kill(&self) {
+        let inner = self.inner_pid();
+        // SAFETY: kill(2) on pids we spawned; errors (already gone) are irrelevant.
+        unsafe {
+            libc::kill(inner, libc::SIGKILL);
+            if self.target == Target::Vm {
+                libc::kill(-self.pid, libc::SIGKILL);
+            } else if self.target == Target::ContainerExec || inner == self.pid {
+                libc::kill(self.pid, libc::SIGKILL);
+            }
+        }
+    }
+
+    pub fn resize(&self, rows: u16, cols: u16) {
+        if let Some(m) = &self.tty {
+            set_winsize(m.as_raw_fd(), rows, cols);
+        }
+    }
+}
+
+fn set_winsize(fd: RawFd, rows: u16, cols: u16) {
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads a valid winsize.
+    unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) };
+}
+
+fn failed(msg: impl Into<String>) -> StartError {
+    (ErrorKind::Failed, msg.into())
+}
+
+fn os<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> StartError {
+    move |e| failed(format!("{what}: {e}"))
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), StartError> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(os("pipe"))
+}
+
+fn cloexec(fd: &OwnedFd) {
+    // SAFETY: setting FD_CLOEXEC on an fd we own.
+    unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
+}
+
+fn dup(fd: &OwnedFd) -> Result<OwnedFd, StartError> {
+    fd.try_clone().map_err(os("dup"))
+}
+
+/// The environment a process gets: the host's entries plus PATH, HOME (and TERM on a tty).
+pub fn full_env(spec: &ProcessSpec, home: &str) -> Vec<String> {
+    let mut env = spec.env.clone();
+    let has = |env: &[String], k: &str| env.iter().any(|e| e.split('=').next() == Some(k));
+    if !has(&env, "PATH") {
+        env.push(format!("PATH={DEFAULT_PATH}"));
+    }
+    if !has(&env, "HOME") {
+        env.push(format!("HOME={home}"));
+    }
+    if spec.tty && !has(&env, "TERM") {
+        env.push("TERM=xterm".into());
+    }
+    env
+}
+
+/// Error for a command that is missing or not executable, in podman's words.
+pub fn lookup_error(target: Target, name: &str, l: &Lookup) -> Option<StartError> {
+    let vm = target == Target::Vm;
+    match l {
+        Lookup::Found { .. } => None,
+        Lookup::NotFound if vm => Some((
+            ErrorKind::NotFound,
+            format!("executable file `{name}` not found in $PATH"),
+        )),
+        Lookup::NotFound => {
+            let where_ = if name.contains('/') { "" } else { " in $PATH" };
+            Some((
+                ErrorKind::NotFound,
+                format!(
+                    "crun: executable file `{name}` not found{where_}: No such file or directory: \
+                     OCI runtime attempted to invoke a command that was not found"
+                ),
+            ))
+        }
+        Lookup::NotExecutable if vm => Some((
+            ErrorKind::NotExecutable,
+            format!("{name}: permission denied"),
+        )),
+        Lookup::NotExecutable => Some((
+            ErrorKind::NotExecutable,
+            "crun: open executable: Permission denied: OCI permission denied".into(),
+        )),
+    }
+}
+
+/// Starts `spec` on stream `id` (see the module docs); `t0` is when Start arrived.
+pub fn start(
+    id: u32,
+    spec: &ProcessSpec,
+    target: Target,
+    out: &Outbox,
+    hostname: &str,
+    t0: Instant,
+) -> Result<Arc<Stream>, StartError> {
+    let name = spec
+        .args
+        .first()
+        .ok_or_else(|| failed("no command given"))?;
+    let root = Path::new(if target == Target::Vm { "/" } else { ROOTFS });
+    let ids = crate::users::resolve(root, &spec.user).map_err(failed)?;
+    let env = full_env(spec, &ids.home);
+    let cwd = if spec.cwd.is_empty() {
+        "/".to_string()
+    } else {
+        spec.cwd.clone()
+    };
+    let found = find_executable(root, name, &path_of(&env), &cwd);
+    if let Some(err) = lookup_error(target, name, &found) {
+        return Err(err);
+    }
+    let proc_cfg = ProcConfig {
+        args: spec.args.clone(),
+        env: env.clone(),
+        cwd: cwd.clone(),
+        uid: ids.uid,
+        gid: ids.gid,
+        groups: ids.groups.clone(),
+        console: None,
+    };
+    let crun_env = cstrings(&["PATH=/usr/sbin:/usr/bin:/sbin:/bin"]).map_err(failed)?;
+    let pty = if spec.tty {
+        let pty = nix::pty::openpty(None, None).map_err(os("openpty"))?;
+        cloexec(&pty.master);
+        cloexec(&pty.slave);
+        set_winsize(pty.master.as_raw_fd(), spec.rows.max(1), spec.cols.max(1));
+        Some(pty)
+    } else {
+        None
+    };
+    let mut proc_cfg = proc_cfg;
+    if let Some(p) = &pty {
+        // the container sees its terminal as /dev/console (its own devpts cannot show it)
+        let link = format!("/proc/self/fd/{}", p.slave.as_raw_fd());
+        proc_cfg.console = std::fs::read_link(link)
+            .ok()
+            .map(|p| p.to_string_lossy().into_owned());
+    }
+    let (cmd_argv, path, envp, cwd_c, cmd_ids, pidfile) = match target {
+        Target::Container => {
+            let _ = std::fs::create_dir_all(Path::new(ROOTFS).join(cwd.trim_start_matches('/')));
+            let cfg = oci::spec(&proc_cfg, hostname).map_err(failed)?;
+            oci::write_json(&Path::new(BUNDLE).join("config.json"), &cfg).map_err(failed)?;
+            if Path::new("/run/crun").join(ID).exists() {
+                let _ = reaper::run_quiet(&[CRUN, "delete", "--force", ID]);
+            }
+            let _ = std::fs::remove_file(CONTAINER_PIDFILE);
+            let argv = [
+                CRUN,
+                "run",
+                "--bundle",
+                BUNDLE,
+                "--pid-file",
+                CONTAINER_PIDFILE,
+                ID,
+            ];
+            let argv = cstrings(&argv).map_err(failed)?;
+            (
+                argv,
+                CRUN.to_string(),
+                crun_env,
+                None,
+                None,
+                Some(CONTAINER_PIDFILE.to_string()),
+            )
+        }
+        Target::ContainerExec => {
+            let json = format!("/run/fcvm/exec-{id}.json");
+            let pidfile = format!("/run/fcvm/exec-{id}.pid");
+            let p = oci::process(&proc_cfg).map_err(failed)?;
+            oci::write_json(Path::new(&json), &p).map_err(failed)?;
+            let _ = std::fs::remove_file(&pidfile);
+            let argv = [CRUN, "exec", "--process", &json, "--pid-file", &pidfile, ID];
+            let argv = cstrings(&argv).map_err(failed)?;
+            (argv, CRUN.to_string(), crun_env, None, None, Some(pidfile))
+        }
+        Target::Vm => {
+            let Lookup::Found { host, .. } = &found else {
+                return Err(failed("lookup"));
+            };
+            let argv = cstrings(&spec.args).map_err(failed)?;
+            let envp = cstrings(&env).map_err(failed)?;
+            let cwd_c = cstrings(&[cwd.as_str()]).map_err(failed)?.pop();
+            let ids = Some((ids.uid, ids.gid, ids.groups.clone()));
+            (
+                argv,
+                host.to_string_lossy().into_owned(),
+                envp,
+                cwd_c,
+                ids,
+                None,
+            )
+        }
+    };
+    // stdio: (child ends, our ends)
+    let null = || {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+            .map(OwnedFd::from)
+            .map_err(os("open /dev/null"))
+    };
+    let (child_fds, outputs, stdin_fd, tty): (Vec<OwnedFd>, Vec<(OwnedFd, bool)>, _, _);
+    if let Some(pty) = pty {
+        let stdin = if spec.stdin {
+            Some(dup(&pty.master)?)
+        } else {
+            None
+        };
+        let resize = dup(&pty.master)?;
+        child_fds = vec![dup(&pty.slave)?, dup(&pty.slave)?, pty.slave];
+        outputs = vec![(pty.master, false)];
+        stdin_fd = stdin;
+        tty = Some(resize);
+    } else {
+        let (or, ow) = pipe()?;
+        let (er, ew) = pipe()?;
+        let (inr, inw) = if spec.stdin {
+            let (r, w) = pipe()?;
+            (r, Some(w))
+        } else {
+            (null()?, None)
+        };
+        child_fds = vec![inr, ow, ew];
+        outputs = vec![(or, false), (er, true)];
+        stdin_fd = inw;
+        tty = None;
+    }
+    let cmd = Cmd {
+        path: std::ffi::CString::new(path).map_err(os("path"))?,
+        argv: cmd_argv,
+        envp,
+        cwd: cwd_c,
+        ids: cmd_ids,
+        stdio: [
+            child_fds[0].as_raw_fd(),
+            child_fds[1].as_raw_fd(),
+            child_fds[2].as_raw_fd(),
+        ],
+        ctty: spec.tty,
+    };
+    let (pid, status_rx) = reaper::spawn(&cmd).map_err(|e| match e.raw_os_error() {
+        Some(libc::ENOENT) => {
+            lookup_error(target, name, &Lookup::NotFound).unwrap_or_else(|| failed(""))
+        }
+        Some(libc::EACCES) | Some(libc::ENOEXEC) => {
+            lookup_error(target, name, &Lookup::NotExecutable).unwrap_or_else(|| failed(""))
+        }
+        _ => failed(format!("spawn {name}: {e}")),
+    })?;
+    drop(child_fds);
+    let spawn_us = t0.elapsed().as_micros() as u64;
+    let (stdin_tx, stdin_rx) = sync_channel(64);
+    let stream = Arc::new(Stream {
+        id,
+        target,
+        pid,
+        pidfile: pidfile.map(PathBuf::from),
+        out: out.clone(),
+        alive: Mutex::new(true),
+        finished: AtomicBool::new(false),
+        stdin: Mutex::new(stdin_fd.as_ref().map(|_| stdin_tx)),
+        tty,
+    });
+    stream.send(Msg::Started {
+        pid: pid as u32,
+        spawn_us,
+    });
+    if let Some(fd) = stdin_fd {
+        let s = stream.clone();
+        let is_tty = spec.tty;
+        let _ = std::thread::Builder::new()
+            .name(format!("stdin-{id}"))
+            .spawn(move || stdin_loop(&s, fd, stdin_rx, is_tty));
+    }
+    let s = stream.clone();
+    std::thread::Builder::new()
+        .name(format!("pump-{id}"))
+        .spawn(move || pump(&s, outputs, status_rx))
+        .map_err(os("thread"))?;
+    Ok(stream)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_defaults() {
+        let spec = ProcessSpec {
+            env: vec!["A=1".into(), "HOME=/x".into()],
+            tty: true,
+            ..Default::default()
+        };
+        let env = full_env(&spec, "/root");
+        assert_eq!(
+            env,
+            [
+                "A=1",
+                "HOME=/x",
+                &format!("PATH={DEFAULT_PATH}"),
+                "TERM=xterm"
+            ]
+        );
+    }
+
+    #[test]
+    fn error_texts() {
+        let (k, m) = lookup_error(Target::Container, "nope", &Lookup::NotFound).unwrap();
+        assert_eq!(k, ErrorKind::NotFound);
+        assert_eq!(
+            m,
+            "crun: executable file `nope` not found in $PATH: No such file or directory: \
+             OCI runtime attempted to invoke a command that was not found"
+        );
+        let (k, m) = lookup_error(Target::ContainerExec, "/etc", &Lookup::NotExecutable).unwrap();
+        assert_eq!(k, ErrorKind::NotExecutable);
+        assert_eq!(
+            m,
+            "crun: open executable: Permission denied: OCI permission denied"
+        );
+        let (_, m) = lookup_error(Target::Vm, "x", &Lookup::NotFound).unwrap();
+        assert_eq!(m, "executable file `x` not found in $PATH");
+        let (_, m) = lookup_error(Target::Vm, "x", &Lookup::NotExecutable).unwrap();
+        assert_eq!(m, "x: permission denied");
+    }
+}

@@ -1,0 +1,147 @@
+//! The threads of a process stream:
+//!
+//! 1. [`pump`] polls stdout/stderr (or the pty master), sends `Stdout`/`Stderr` chunks of at
+//!    most `MAX_CHUNK`, and sends the one final `Exit{code}` once the process has exited and
+//!    its output is drained (EOF, or quiet for 100 ms when a leftover child holds the pipe);
+//!    while the outbox is congested (no host reading) it stops reading: backpressure;
+//! 2. [`stdin_loop`] writes `Stdin` bytes from a bounded queue and grants `Credit` after every
+//!    64 KiB written (bytes the process no longer reads are discarded but still credited);
+//!    `StdinEof` closes stdin, or writes ^D to a pty.
+
+use crate::process::Stream;
+use crate::reaper;
+use fcvm_proto::{Msg, Target, MAX_CHUNK};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::time::{Duration, Instant};
+
+/// Stdin granted back to the host in steps of at least this much.
+const CREDIT_STEP: usize = 64 * 1024;
+/// After the process exited, output still open is drained until it stays quiet this long.
+const DRAIN_QUIET: Duration = Duration::from_millis(100);
+
+pub enum StdinMsg {
+    Data(Vec<u8>),
+    Eof,
+}
+
+fn write_all(fd: RawFd, mut buf: &[u8]) -> bool {
+    while !buf.is_empty() {
+        // SAFETY: writing from a valid slice to an fd we own.
+        let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+        if n < 0 {
+            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return false;
+        }
+        buf = &buf[n as usize..];
+    }
+    true
+}
+
+pub fn stdin_loop(stream: &Stream, fd: OwnedFd, rx: Receiver<StdinMsg>, tty: bool) {
+    let mut fd = Some(fd);
+    let mut since_credit = 0usize;
+    for msg in rx {
+        match msg {
+            StdinMsg::Data(bytes) => {
+                if let Some(f) = &fd {
+                    if !write_all(f.as_raw_fd(), &bytes) {
+                        fd = None; // the reader is gone: discard the rest, still grant credit
+                    }
+                }
+                since_credit += bytes.len();
+                if since_credit >= CREDIT_STEP {
+                    stream.send(Msg::Credit(since_credit as u32));
+                    since_credit = 0;
+                }
+            }
+            StdinMsg::Eof if tty => {
+                if let Some(f) = &fd {
+                    write_all(f.as_raw_fd(), &[4]);
+                }
+            }
+            StdinMsg::Eof => fd = None,
+        }
+    }
+}
+
+pub fn pump(stream: &Stream, mut fds: Vec<(OwnedFd, bool)>, status_rx: Receiver<i32>) {
+    let mut status = None;
+    let mut last_data = Instant::now();
+    let mut buf = vec![0u8; MAX_CHUNK];
+    loop {
+        if status.is_none() {
+            if fds.is_empty() {
+                status = status_rx.recv().ok();
+                break;
+            }
+            match status_rx.try_recv() {
+                Ok(s) => status = Some(s),
+                Err(TryRecvError::Disconnected) => break,
+                Err(TryRecvError::Empty) => {}
+            }
+        }
+        if fds.is_empty() || (status.is_some() && last_data.elapsed() > DRAIN_QUIET) {
+            break;
+        }
+        if stream.out.congested() {
+            std::thread::sleep(Duration::from_millis(10));
+            continue;
+        }
+        let mut pfds: Vec<libc::pollfd> = fds
+            .iter()
+            .map(|(f, _)| libc::pollfd {
+                fd: f.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        let timeout = if status.is_some() { 20 } else { 50 };
+        // SAFETY: poll over a valid array of pollfds.
+        let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as _, timeout) };
+        if n <= 0 {
+            continue;
+        }
+        let mut closed = vec![];
+        for (i, p) in pfds.iter().enumerate() {
+            if p.revents == 0 {
+                continue;
+            }
+            // SAFETY: reading into our buffer from an fd we own.
+            let r = unsafe { libc::read(p.fd, buf.as_mut_ptr().cast(), buf.len()) };
+            if r > 0 {
+                last_data = Instant::now();
+                let data = buf[..r as usize].to_vec();
+                stream.send(if fds[i].1 {
+                    Msg::Stderr(data)
+                } else {
+                    Msg::Stdout(data)
+                });
+            } else if r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR)
+            {
+                closed.push(i); // EOF, or EIO from a pty whose slave side is gone
+            }
+        }
+        for i in closed.into_iter().rev() {
+            fds.remove(i);
+        }
+    }
+    if status.is_none() {
+        status = status_rx.recv().ok();
+    }
+    if let Ok(mut s) = stream.stdin.lock() {
+        *s = None;
+    }
+    let code = status.map(reaper::exit_code).unwrap_or(255);
+    stream.send(Msg::Exit { code });
+    stream.finished.store(true, Ordering::SeqCst);
+    if let Some(p) = &stream.pidfile {
+        if stream.target == Target::ContainerExec {
+            let _ = std::fs::remove_file(p);
+            let _ = std::fs::remove_file(format!("/run/fcvm/exec-{}.json", stream.id));
+        }
+    }
+}

@@ -1,0 +1,278 @@
+//! Child processes: PID 1 must reap every orphan, yet each spawner needs its own child's exit
+//! status. One reaper thread calls `waitpid(-1)` and hands every status to the owner registered
+//! for that pid (statuses of unknown pids — orphans — are dropped).
+//!
+//! 1. [`spawn`] forks and execs while holding the registry lock and registers the pid before
+//!    releasing it, so the reaper (which takes the lock to dispatch) can never lose a status.
+//! 2. The child only makes async-signal-safe calls; an exec failure travels back as an errno
+//!    over a close-on-exec pipe and `spawn` returns it.
+//! 3. With no children the reaper sleeps on a condvar that `spawn` signals (no polling).
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::os::fd::RawFd;
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Condvar, Mutex};
+
+struct Registry {
+    owners: BTreeMap<i32, Sender<i32>>,
+    generation: u64,
+}
+
+static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
+    owners: BTreeMap::new(),
+    generation: 0,
+});
+static SPAWNED: Condvar = Condvar::new();
+
+/// Starts the reaper thread (PID 1 only; on the host tests spawn nothing).
+pub fn start() {
+    let _ = std::thread::Builder::new()
+        .name("reaper".into())
+        .spawn(reap_loop);
+}
+
+fn reap_loop() {
+    loop {
+        let gen = REGISTRY.lock().map(|r| r.generation).unwrap_or(0);
+        let mut status = 0;
+        // SAFETY: plain waitpid on any child with a valid status pointer.
+        let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
+        if pid > 0 {
+            if let Ok(mut r) = REGISTRY.lock() {
+                if let Some(tx) = r.owners.remove(&pid) {
+                    let _ = tx.send(status);
+                }
+            }
+            continue;
+        }
+        if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+            continue;
+        }
+        // ECHILD: sleep until the next spawn.
+        let Ok(mut r) = REGISTRY.lock() else { return };
+        while r.generation == gen {
+            r = match SPAWNED.wait(r) {
+                Ok(r) => r,
+                Err(_) => return,
+            };
+        }
+    }
+}
+
+/// Exit code of a wait status as a shell reports it (signal N → 128+N).
+pub fn exit_code(status: i32) -> i32 {
+    if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else if libc::WIFSIGNALED(status) {
+        128 + libc::WTERMSIG(status)
+    } else {
+        255
+    }
+}
+
+/// What to run and with which stdio, ids and session.
+pub struct Cmd {
+    pub path: CString,
+    pub argv: Vec<CString>,
+    pub envp: Vec<CString>,
+    pub cwd: Option<CString>,
+    /// uid, gid and supplementary groups (None: keep root's).
+    pub ids: Option<(u32, u32, Vec<u32>)>,
+    /// fds for 0, 1, 2.
+    pub stdio: [RawFd; 3],
+    /// Make fd 0 (a pty slave) the controlling terminal of the new session.
+    pub ctty: bool,
+}
+
+/// Converts strings for [`Cmd`]; interior NULs become an error message.
+pub fn cstrings<S: AsRef<str>>(items: &[S]) -> Result<Vec<CString>, String> {
+    items
+        .iter()
+        .map(|s| CString::new(s.as_ref()).map_err(|_| format!("NUL byte in {:?}", s.as_ref())))
+        .collect()
+}
+
+/// Forks and execs `cmd` in a new session; returns the pid and the receiver of its wait status.
+pub fn spawn(cmd: &Cmd) -> Result<(i32, Receiver<i32>), std::io::Error> {
+    let argv: Vec<*const libc::c_char> = cmd
+        .argv
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    let envp: Vec<*const libc::c_char> = cmd
+        .envp
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    let groups: Vec<libc::gid_t> = cmd.ids.as_ref().map(|i| i.2.clone()).unwrap_or_default();
+    let mut errpipe = [0; 2];
+    // SAFETY: valid array of two fds.
+    if unsafe { libc::pipe2(errpipe.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let (tx, rx) = channel();
+    let mut reg = REGISTRY
+        .lock()
+        .map_err(|_| std::io::Error::other("reaper registry poisoned"))?;
+    // SAFETY: the child below only calls async-signal-safe functions on memory prepared
+    // before the fork, then execs or _exits.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: see above; all pointers stay valid in the child's copy of memory.
+        unsafe { child(cmd, &argv, &envp, &groups, errpipe[1]) }
+    }
+    if pid < 0 {
+        let e = std::io::Error::last_os_error();
+        // SAFETY: closing our own pipe fds.
+        unsafe {
+            libc::close(errpipe[0]);
+            libc::close(errpipe[1]);
+        }
+        return Err(e);
+    }
+    reg.owners.insert(pid, tx);
+    reg.generation += 1;
+    drop(reg);
+    SPAWNED.notify_all();
+    // SAFETY: closing the write end we no longer need; reading 4 bytes into a local buffer.
+    let (n, buf) = unsafe {
+        libc::close(errpipe[1]);
+        let mut buf = [0u8; 4];
+        let n = loop {
+            let n = libc::read(errpipe[0], buf.as_mut_ptr().cast(), 4);
+            if n >= 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+                break n;
+            }
+        };
+        libc::close(errpipe[0]);
+        (n, buf)
+    };
+    if n == 4 {
+        return Err(std::io::Error::from_raw_os_error(i32::from_ne_bytes(buf)));
+    }
+    Ok((pid, rx))
+}
+
+/// The forked child: set up stdio, session, ids, cwd; exec.
+unsafe fn child(
+    cmd: &Cmd,
+    argv: &[*const libc::c_char],
+    envp: &[*const libc::c_char],
+    groups: &[libc::gid_t],
+    errfd: RawFd,
+) -> ! {
+    let fail = |errfd: RawFd| -> ! {
+        let e = std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO);
+        let b = e.to_ne_bytes();
+        // SAFETY: async-signal-safe write and _exit.
+        unsafe {
+            libc::write(errfd, b.as_ptr().cast(), 4);
+            libc::_exit(127)
+        }
+    };
+    // SAFETY: all calls are async-signal-safe and act on this process only.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+        for sig in [libc::SIGPIPE, libc::SIGCHLD, libc::SIGTERM, libc::SIGINT] {
+            libc::signal(sig, libc::SIG_DFL);
+        }
+        libc::setsid();
+        for (i, fd) in cmd.stdio.iter().enumerate() {
+            if libc::dup2(*fd, i as i32) < 0 {
+                fail(errfd);
+            }
+        }
+        if cmd.ctty {
+            libc::ioctl(0, libc::TIOCSCTTY, 0);
+        }
+        if let Some((uid, gid, _)) = cmd.ids {
+            if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                || libc::setgid(gid) != 0
+                || libc::setuid(uid) != 0
+            {
+                fail(errfd);
+            }
+        }
+        if let Some(cwd) = &cmd.cwd {
+            if libc::chdir(cwd.as_ptr()) != 0 {
+                fail(errfd);
+            }
+        }
+        libc::execve(cmd.path.as_ptr(), argv.as_ptr(), envp.as_ptr());
+        fail(errfd)
+    }
+}
+
+/// Runs a helper (e.g. `crun delete`) to completion with stdio on /dev/null; returns its exit code.
+pub fn run_quiet(args: &[&str]) -> Result<i32, String> {
+    let argv = cstrings(args)?;
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map_err(|e| e.to_string())?;
+    use std::os::fd::AsRawFd;
+    let fd = null.as_raw_fd();
+    let cmd = Cmd {
+        path: argv[0].clone(),
+        argv,
+        envp: cstrings(&["PATH=/usr/sbin:/usr/bin:/sbin:/bin"])?,
+        cwd: None,
+        ids: None,
+        stdio: [fd, fd, fd],
+        ctty: false,
+    };
+    let (_, rx) = spawn(&cmd).map_err(|e| format!("{}: {e}", args[0]))?;
+    drop(null);
+    rx.recv()
+        .map(exit_code)
+        .map_err(|_| "reaper gone".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spawn_reports_status_and_exec_errors() {
+        start();
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        use std::os::fd::AsRawFd;
+        let argv = cstrings(&["/bin/sh", "-c", "echo $A; exit 3"]).unwrap();
+        let cmd = Cmd {
+            path: argv[0].clone(),
+            argv,
+            envp: cstrings(&["A=from-env"]).unwrap(),
+            cwd: cstrings(&["/"]).unwrap().pop(),
+            ids: None,
+            stdio: [0, w.as_raw_fd(), 2],
+            ctty: false,
+        };
+        let (pid, rx) = spawn(&cmd).unwrap();
+        assert!(pid > 0);
+        drop(w);
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut std::fs::File::from(r), &mut out).unwrap();
+        assert_eq!(out, "from-env\n");
+        assert_eq!(exit_code(rx.recv().unwrap()), 3);
+        let missing = Cmd {
+            path: cstrings(&["/nonexistent/x"]).unwrap().remove(0),
+            ..cmd
+        };
+        let err = spawn(&missing).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
+    }
+
+    #[test]
+    fn exit_codes() {
+        assert_eq!(exit_code(3 << 8), 3);
+        assert_eq!(exit_code(9), 137);
+    }
+}

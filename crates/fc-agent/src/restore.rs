@@ -1,0 +1,74 @@
+//! Restore steps (DESIGN §4, step 3), run when the host sends `Restored{epoch, plan}`:
+//!
+//! 1. set the wall clock from the host's (`clock_settime(CLOCK_REALTIME)`);
+//! 2. reseed the RNG: write the seed to /dev/urandom and credit it with `RNDADDENTROPY`;
+//! 3. new identity when given (hostname, machine-id; also inside the container).
+//!
+//! Every step must succeed before the session answers `RestoreComplete`.
+
+use fcvm_proto::RestorePlan;
+use std::io::Write;
+use std::os::fd::AsRawFd;
+
+/// `_IOW('R', 0x03, int[2])`
+const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
+
+pub fn run(plan: &RestorePlan) -> Result<(), String> {
+    if plan.clock_unix_ns > 0 {
+        let ts = libc::timespec {
+            tv_sec: (plan.clock_unix_ns / 1_000_000_000) as libc::time_t,
+            tv_nsec: (plan.clock_unix_ns % 1_000_000_000) as libc::c_long,
+        };
+        // SAFETY: clock_settime with a valid timespec.
+        if unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) } != 0 {
+            return Err(format!("Set clock: {}", std::io::Error::last_os_error()));
+        }
+    }
+    if !plan.random_seed.is_empty() {
+        reseed(&plan.random_seed)?;
+    }
+    crate::container::set_identity(plan.hostname.as_deref(), plan.machine_id.as_deref())
+}
+
+/// The `struct rand_pool_info` for `seed`: entropy bits, byte count, then the bytes.
+pub fn pool_info(seed: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(8 + seed.len());
+    v.extend_from_slice(&((seed.len() * 8) as i32).to_ne_bytes());
+    v.extend_from_slice(&(seed.len() as i32).to_ne_bytes());
+    v.extend_from_slice(seed);
+    while v.len() % 4 != 0 {
+        v.push(0);
+    }
+    v
+}
+
+fn reseed(seed: &[u8]) -> Result<(), String> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/urandom")
+        .map_err(|e| format!("Open /dev/urandom: {e}"))?;
+    f.write_all(seed)
+        .map_err(|e| format!("Write /dev/urandom: {e}"))?;
+    let info = pool_info(seed);
+    // SAFETY: RNDADDENTROPY reads a rand_pool_info of the size encoded in its header.
+    if unsafe { libc::ioctl(f.as_raw_fd(), RNDADDENTROPY as _, info.as_ptr()) } != 0 {
+        return Err(format!(
+            "RNDADDENTROPY: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_info_layout() {
+        let v = pool_info(&[1, 2, 3]);
+        assert_eq!(&v[..4], &24i32.to_ne_bytes());
+        assert_eq!(&v[4..8], &3i32.to_ne_bytes());
+        assert_eq!(&v[8..], &[1, 2, 3, 0]);
+    }
+}

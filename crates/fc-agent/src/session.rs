@@ -1,0 +1,340 @@
+//! The session: routes every frame from the host (DESIGN §4).
+//!
+//! 1. Nothing is served before a `Hello` (or `Restored`) names an epoch.
+//! 2. A new epoch drops every exec and VM stream of the old one (their processes are killed and
+//!    their frames stop) but keeps the container's main process: its stream is adopted, same id.
+//! 3. `Hello` → `HelloAck`; `Restored` → restore steps → `RestoreComplete` (or `RestoreFailed`).
+//!    The same epoch twice (either order) repeats the answer without dropping anything.
+//! 4. Process frames go to their stream; an unknown stream gets `Error{Failed, "no such stream"}`.
+
+use crate::channel::Outbox;
+use crate::process::{self, Stream};
+use crate::pump::StdinMsg;
+use crate::{error, info, warn};
+use fcvm_proto::codec::CodecError;
+use fcvm_proto::{
+    AgentInfo, ContainerPlan, ErrorKind, Frame, Msg, Target, CONTROL, PROTOCOL_VERSION,
+};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+pub struct Session {
+    out: Outbox,
+    epoch: Option<u64>,
+    streams: HashMap<u32, Arc<Stream>>,
+    plan: Option<ContainerPlan>,
+}
+
+impl Session {
+    pub fn new(out: Outbox) -> Self {
+        Session {
+            out,
+            epoch: None,
+            streams: HashMap::new(),
+            plan: None,
+        }
+    }
+
+    fn reply(&self, stream: u32, msg: Msg) {
+        self.out.send(Frame { stream, msg });
+    }
+
+    /// Handles one decoded frame, or reports one that failed to decode.
+    pub fn handle(&mut self, frame: Result<Frame, CodecError>) {
+        let frame = match frame {
+            Ok(f) => f,
+            Err(e) => {
+                warn!("dropped a bad frame from the host: {e}");
+                return;
+            }
+        };
+        self.streams.retain(|_, s| !s.finished());
+        match frame.msg {
+            Msg::Hello { epoch, version } => self.hello(epoch, version),
+            Msg::Restored { epoch, plan } => self.restored(epoch, &plan),
+            _ if self.epoch.is_none() => crate::log::console(&format!(
+                "ignoring frame before Hello: {:?}",
+                kind(&frame.msg)
+            )),
+            Msg::Prepare(plan) if frame.stream == CONTROL => self.prepare(plan),
+            Msg::Shutdown if frame.stream == CONTROL => self.shutdown(),
+            Msg::Start { spec, target } => self.start(frame.stream, &spec, target),
+            msg if frame.stream == CONTROL => warn!("unexpected control message {:?}", kind(&msg)),
+            msg => self.on_stream(frame.stream, msg),
+        }
+    }
+
+    /// Switches to `epoch` if it is new: old exec/VM streams are killed and silenced.
+    fn enter_epoch(&mut self, epoch: u64) -> bool {
+        if self.epoch == Some(epoch) {
+            return false;
+        }
+        if let Some(old) = self.epoch {
+            info!("epoch {old} -> {epoch}: dropping its streams");
+        }
+        self.streams.retain(|_, s| {
+            if s.target == Target::Container {
+                return true;
+            }
+            s.cancel();
+            s.kill();
+            false
+        });
+        self.epoch = Some(epoch);
+        crate::log::set_session_open(true);
+        true
+    }
+
+    fn hello(&mut self, epoch: u64, version: u32) {
+        self.enter_epoch(epoch);
+        if version != PROTOCOL_VERSION {
+            warn!("host speaks protocol {version}, agent {PROTOCOL_VERSION}");
+        }
+        let info = AgentInfo {
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            kernel: nix::sys::utsname::uname()
+                .map(|u| u.release().to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            uptime_ms: crate::log::uptime_ms(),
+            prepared: crate::container::prepared(),
+        };
+        crate::log::console(&format!(
+            "hello epoch {epoch}, uptime {} ms",
+            info.uptime_ms
+        ));
+        self.reply(
+            CONTROL,
+            Msg::HelloAck {
+                epoch,
+                version: PROTOCOL_VERSION,
+                info,
+            },
+        );
+    }
+
+    fn restored(&mut self, epoch: u64, plan: &fcvm_proto::RestorePlan) {
+        self.enter_epoch(epoch);
+        match crate::restore::run(plan) {
+            Ok(()) => {
+                info!("restore steps done for epoch {epoch}");
+                self.reply(CONTROL, Msg::RestoreComplete { epoch });
+            }
+            Err(e) => {
+                error!("restore failed: {e}");
+                self.reply(CONTROL, Msg::RestoreFailed { epoch, error: e });
+            }
+        }
+    }
+
+    fn prepare(&mut self, plan: ContainerPlan) {
+        let t0 = Instant::now();
+        match crate::container::prepare(&plan) {
+            Ok(()) => {
+                info!("prepared in {} ms", t0.elapsed().as_millis());
+                self.plan = Some(plan);
+                self.reply(CONTROL, Msg::Prepared);
+            }
+            Err(e) => {
+                error!("prepare failed: {e}");
+                self.reply(CONTROL, Msg::PrepareFailed { error: e });
+            }
+        }
+    }
+
+    fn container_running(&self) -> bool {
+        self.streams.values().any(|s| s.target == Target::Container)
+    }
+
+    fn start(&mut self, id: u32, spec: &fcvm_proto::ProcessSpec, target: Target) {
+        let t0 = Instant::now();
+        if id == CONTROL || self.streams.contains_key(&id) {
+            error!("Start on stream {id}, which is in use");
+            return;
+        }
+        let err = |kind, message: &str| Msg::Error {
+            kind,
+            message: message.to_string(),
+        };
+        let check = match target {
+            Target::Container if self.container_running() => Err("container already running"),
+            Target::Container | Target::ContainerExec if !crate::container::prepared() => {
+                Err("container is not prepared")
+            }
+            Target::ContainerExec if !self.container_running() => Err("container is not running"),
+            _ => Ok(()),
+        };
+        if let Err(m) = check {
+            return self.reply(id, err(ErrorKind::Failed, m));
+        }
+        let hostname = self
+            .plan
+            .as_ref()
+            .map(|p| p.hostname.clone())
+            .unwrap_or_default();
+        match process::start(id, spec, target, &self.out, &hostname, t0) {
+            Ok(s) => {
+                crate::log::console(&format!("stream {id}: {target:?} pid {} started", s.pid));
+                self.streams.insert(id, s);
+            }
+            Err((kind, message)) => {
+                warn!("stream {id}: {target:?} {:?}: {message}", spec.args.first());
+                self.reply(id, err(kind, &message));
+            }
+        }
+    }
+
+    fn on_stream(&mut self, id: u32, msg: Msg) {
+        let Some(s) = self.streams.get(&id).cloned() else {
+            if !matches!(msg, Msg::Close) {
+                self.reply(
+                    id,
+                    Msg::Error {
+                        kind: ErrorKind::Failed,
+                        message: "no such stream".into(),
+                    },
+                );
+            }
+            return;
+        };
+        match msg {
+            Msg::Stdin(bytes) => {
+                if !s.stdin(StdinMsg::Data(bytes)) {
+                    warn!("stream {id}: stdin dropped (no stdin, or credit overrun)");
+                }
+            }
+            Msg::StdinEof => {
+                s.stdin(StdinMsg::Eof);
+            }
+            Msg::Signal(sig) => {
+                if let Err(e) = s.signal(sig) {
+                    warn!("stream {id}: {e}");
+                }
+            }
+            Msg::Resize { rows, cols } => s.resize(rows, cols),
+            Msg::Close => {
+                s.cancel();
+                s.kill();
+                self.streams.remove(&id);
+            }
+            other => warn!("stream {id}: unexpected {:?}", kind(&other)),
+        }
+    }
+
+    fn shutdown(&mut self) -> ! {
+        info!("shutdown requested");
+        let container: Vec<Arc<Stream>> = self.streams.values().cloned().collect();
+        crate::init::shutdown(&container)
+    }
+}
+
+/// The message's variant name (for logs; never the payload).
+fn kind(msg: &Msg) -> String {
+    let s = format!("{msg:?}");
+    s.split(|c: char| !c.is_alphanumeric())
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fcvm_proto::codec::Decoder;
+    use std::sync::mpsc::Receiver;
+
+    fn replies(rx: &Receiver<Vec<u8>>) -> Vec<Frame> {
+        let mut d = Decoder::new();
+        while let Ok(b) = rx.try_recv() {
+            assert_eq!(b[0], 0, "every frame starts with a delimiter");
+            d.feed(&b);
+        }
+        std::iter::from_fn(|| d.next_frame())
+            .map(|f| f.unwrap())
+            .collect()
+    }
+
+    fn frame(stream: u32, msg: Msg) -> Result<Frame, CodecError> {
+        Ok(Frame { stream, msg })
+    }
+
+    #[test]
+    fn hello_epochs_and_unknown_streams() {
+        let (out, rx, _) = Outbox::new();
+        let mut s = Session::new(out);
+        // nothing is served before Hello
+        s.handle(frame(5, Msg::Signal(15)));
+        s.handle(frame(CONTROL, Msg::Prepare(ContainerPlan::default())));
+        assert!(replies(&rx).is_empty());
+        s.handle(frame(
+            CONTROL,
+            Msg::Hello {
+                epoch: 3,
+                version: PROTOCOL_VERSION,
+            },
+        ));
+        let r = replies(&rx);
+        assert_eq!(r.len(), 1);
+        assert!(matches!(
+            &r[0].msg,
+            Msg::HelloAck { epoch: 3, version: PROTOCOL_VERSION, info } if !info.kernel.is_empty()
+        ));
+        // a bad frame is skipped; the session lives on
+        s.handle(Err(CodecError::Checksum));
+        s.handle(frame(5, Msg::Signal(15)));
+        s.handle(frame(5, Msg::Close));
+        s.handle(frame(
+            6,
+            Msg::Start {
+                spec: fcvm_proto::ProcessSpec {
+                    args: vec!["sh".into()],
+                    ..Default::default()
+                },
+                target: Target::ContainerExec,
+            },
+        ));
+        let r = replies(&rx);
+        let no_stream = Msg::Error {
+            kind: ErrorKind::Failed,
+            message: "no such stream".into(),
+        };
+        assert_eq!(
+            r[0],
+            Frame {
+                stream: 5,
+                msg: no_stream
+            }
+        );
+        assert_eq!(r.len(), 2, "Close on an unknown stream gets no answer");
+        assert!(matches!(
+            &r[1].msg,
+            Msg::Error {
+                kind: ErrorKind::Failed,
+                ..
+            }
+        ));
+        // the same epoch again: answered, nothing dropped; a new one: answered with its epoch
+        s.handle(frame(
+            CONTROL,
+            Msg::Hello {
+                epoch: 3,
+                version: PROTOCOL_VERSION,
+            },
+        ));
+        s.handle(frame(
+            CONTROL,
+            Msg::Hello {
+                epoch: 4,
+                version: PROTOCOL_VERSION,
+            },
+        ));
+        let epochs: Vec<u64> = replies(&rx)
+            .into_iter()
+            .filter_map(|f| match f.msg {
+                Msg::HelloAck { epoch, .. } => Some(epoch),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(epochs, [3, 4]);
+    }
+}
