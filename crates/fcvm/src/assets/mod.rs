@@ -1,1 +1,282 @@
-//! Guest assets (`fcvm setup`): kernel and initramfs. (stub — being written)
+//! Guest assets (`fcvm setup`, and the first step of every run): kernel and initramfs.
+//!
+//! [`ensure`] builds what is missing and reuses what is there:
+//! 1. kernel: the newest complete `assets/kernel-<version>/` (ELF vmlinux + modules), else
+//!    Debian's current kernel package through apt ([`kernel`]),
+//! 2. initramfs: `assets/initramfs-<id16>.cpio`, its id hashed from the kernel id, the agent
+//!    and crun with its libraries, rebuilt when any of them changes ([`initramfs`]).
+//!
+//! Every asset is built in `tmp/` and renamed into place, so a crash never leaves a half-written
+//! one behind. Building holds an exclusive lock on `locks/assets.lock`: two concurrent runs
+//! build once. When everything is cached, nothing is printed and no lock or network is used.
+
+mod cpio;
+mod initramfs;
+mod kernel;
+mod modules;
+mod vmlinux;
+
+use std::path::{Path, PathBuf};
+
+use fs2::FileExt;
+
+use crate::paths::Dirs;
+use crate::progress;
+use crate::util::{sha256_hex, ToolError};
+
+/// How to build the agent, for errors that need it.
+const AGENT_BUILD: &str =
+    "RUSTFLAGS='-C target-feature=+crt-static' cargo build --profile agent -p fc-agent --target x86_64-unknown-linux-gnu";
+
+/// The files a VM boots from.
+#[derive(Debug, Clone)]
+pub struct Assets {
+    /// ELF vmlinux (PVH entry for QEMU microvm, and what Firecracker expects).
+    pub kernel: PathBuf,
+    /// Uncompressed newc cpio with the agent as /init.
+    pub initramfs: PathBuf,
+    pub kernel_id: String,
+    pub initramfs_id: String,
+    /// e.g. `6.1.0-56-amd64`.
+    pub kernel_version: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AssetError {
+    #[error(
+        "Agent binary fc-agent not found (looked at {searched}); build it with `{AGENT_BUILD}`"
+    )]
+    AgentNotFound { searched: String },
+    #[error("Agent {0} is not a static executable; build it with `{AGENT_BUILD}`")]
+    AgentNotStatic(PathBuf),
+    #[error("crun not found: install it with apt-get install crun")]
+    CrunMissing,
+    #[error("Library {0} of crun not found")]
+    CrunLibrary(String),
+    #[error("No Debian kernel package found with `apt-cache depends linux-image-amd64`")]
+    KernelPackage,
+    #[error("Unexpected kernel package: {0}")]
+    BadKernelPackage(String),
+    #[error("No ELF kernel inside the kernel image (tried xz, zstd, gzip)")]
+    NoVmlinux,
+    #[error("Kernel module {0} not found")]
+    ModuleMissing(String),
+    #[error("Cannot lock {0}")]
+    Lock(PathBuf, #[source] std::io::Error),
+    #[error(transparent)]
+    Tool(#[from] ToolError),
+    #[error("Cannot {op} {path}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// `map_err` helper: `.map_err(io_err("read", &path))`.
+pub(super) fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> AssetError {
+    let path = path.to_path_buf();
+    move |source| AssetError::Io { op, path, source }
+}
+
+/// Builds what is missing, reuses what is there (a no-op the second time), shows progress.
+pub fn ensure(dirs: &Dirs, agent: &Path) -> Result<Assets, AssetError> {
+    let agent_bytes = std::fs::read(agent).map_err(io_err("read", agent))?;
+    if !is_static_elf(&agent_bytes) {
+        return Err(AssetError::AgentNotStatic(agent.to_path_buf()));
+    }
+    let agent_sha = sha256_hex(&agent_bytes);
+    let crun = initramfs::crun_files()?;
+
+    // Fast path: everything published is complete (atomic renames), so no lock is needed.
+    if let Some(a) = cached(dirs, &agent_sha, &crun) {
+        return Ok(a);
+    }
+    let _lock = lock(dirs)?;
+    clean_stale(dirs);
+    // Another process may have built it while we waited.
+    let kernel = match kernel::find_complete(&dirs.assets()) {
+        Some(k) => k,
+        None => kernel::build(dirs)?,
+    };
+    let id = initramfs::id(&kernel.id, &agent_sha, &crun);
+    let path = initramfs_path(dirs, &id);
+    if !path.exists() {
+        let step = progress::step("Building initramfs");
+        let archive = initramfs::archive(agent_bytes, &kernel.dir.join("modules"), &crun)?;
+        initramfs::write(&archive, &dirs.tmp(), &path)?;
+        step.finish();
+    }
+    Ok(assets(kernel, path, id))
+}
+
+fn cached(dirs: &Dirs, agent_sha: &str, crun: &[initramfs::HostFile]) -> Option<Assets> {
+    let kernel = kernel::find_complete(&dirs.assets())?;
+    let id = initramfs::id(&kernel.id, agent_sha, crun);
+    let path = initramfs_path(dirs, &id);
+    path.is_file().then(|| assets(kernel, path, id))
+}
+
+fn initramfs_path(dirs: &Dirs, id: &str) -> PathBuf {
+    dirs.assets().join(format!("initramfs-{}.cpio", &id[..16]))
+}
+
+fn assets(kernel: kernel::Kernel, initramfs: PathBuf, initramfs_id: String) -> Assets {
+    Assets {
+        kernel: kernel.dir.join("vmlinux"),
+        initramfs,
+        kernel_id: kernel.id,
+        initramfs_id,
+        kernel_version: kernel.version,
+    }
+}
+
+/// Takes `locks/assets.lock`, saying so when another fcvm holds it (it is building).
+fn lock(dirs: &Dirs) -> Result<std::fs::File, AssetError> {
+    let path = dirs.locks().join("assets.lock");
+    let open = || {
+        std::fs::create_dir_all(dirs.locks())?;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+    };
+    let file = open().map_err(|e| AssetError::Lock(path.clone(), e))?;
+    if file.try_lock_exclusive().is_err() {
+        let step = progress::step("Waiting for another fcvm to finish building assets");
+        file.lock_exclusive()
+            .map_err(|e| AssetError::Lock(path.clone(), e))?;
+        step.finish();
+    }
+    Ok(file)
+}
+
+/// Removes what an interrupted build left in `tmp/` (the unpacked kernel package is ~400 MB).
+/// Only called under the lock, so no other build is using these.
+fn clean_stale(dirs: &Dirs) {
+    let Ok(entries) = std::fs::read_dir(dirs.tmp()) else {
+        return;
+    };
+    let prefixes = kernel::TMP_PREFIXES.iter().chain([&initramfs::TMP_PREFIX]);
+    let prefixes: Vec<&str> = prefixes.copied().collect();
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if prefixes.iter().any(|p| name.starts_with(p)) {
+            tracing::debug!(%name, "removing leftover of an interrupted build");
+            let p = e.path();
+            let _ = if p.is_dir() {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
+        }
+    }
+}
+
+/// True for an x86-64 ELF executable without a program interpreter (PT_INTERP): a dynamic
+/// agent would die as PID 1 with an unhelpful kernel panic, so it is refused here.
+fn is_static_elf(b: &[u8]) -> bool {
+    const PT_INTERP: u32 = 3;
+    let u16_at = |o: usize| {
+        b.get(o..o + 2)
+            .map(|s| u16::from_le_bytes([s[0], s[1]]) as usize)
+    };
+    let u64_at = |o: usize| {
+        b.get(o..o + 8)
+            .map(|s| u64::from_le_bytes(s.try_into().unwrap()) as usize)
+    };
+    // ELF64 (class 2), little-endian (1), x86-64 (62).
+    if b.len() < 64 || &b[..4] != b"\x7fELF" || b[4] != 2 || b[5] != 1 || u16_at(18) != Some(62) {
+        return false;
+    }
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(32), u16_at(54), u16_at(56)) else {
+        return false;
+    };
+    (0..phnum).all(|i| {
+        let o = phoff + i * phentsize;
+        b.get(o..o + 4)
+            .is_some_and(|t| u32::from_le_bytes(t.try_into().unwrap()) != PT_INTERP)
+    })
+}
+
+/// Where the static agent binary is: `$FCVM_AGENT`, else `fc-agent` next to the current exe,
+/// else the `agent` profile's output relative to it (test binaries live in `target/*/deps`).
+pub fn find_agent() -> Result<PathBuf, AssetError> {
+    if let Some(p) = std::env::var_os("FCVM_AGENT") {
+        let p = PathBuf::from(p);
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(AssetError::AgentNotFound {
+                searched: format!("$FCVM_AGENT={}", p.display()),
+            })
+        };
+    }
+    let exe = std::env::current_exe().map_err(io_err("locate", Path::new("current exe")))?;
+    let dir = exe.parent().unwrap_or(Path::new("."));
+    let candidates = [
+        dir.join("fc-agent"),
+        dir.join("../x86_64-unknown-linux-gnu/agent/fc-agent"),
+        dir.join("../../x86_64-unknown-linux-gnu/agent/fc-agent"),
+    ];
+    if let Some(p) = candidates.iter().find(|p| p.is_file()) {
+        return Ok(p.canonicalize().unwrap_or_else(|_| p.clone()));
+    }
+    let searched = candidates
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    Err(AssetError::AgentNotFound { searched })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn find_agent_honours_env_and_says_how_to_build() {
+        // The only test that touches FCVM_AGENT.
+        std::env::set_var("FCVM_AGENT", "/nonexistent/fc-agent");
+        let e = find_agent().unwrap_err().to_string();
+        assert!(
+            e.contains("/nonexistent/fc-agent") && e.contains(AGENT_BUILD),
+            "{e}"
+        );
+        assert!(e.contains("cargo build --profile agent -p fc-agent"), "{e}");
+        std::env::set_var("FCVM_AGENT", "/bin/sh");
+        assert_eq!(find_agent().unwrap(), PathBuf::from("/bin/sh"));
+        std::env::remove_var("FCVM_AGENT");
+    }
+
+    #[test]
+    fn static_check() {
+        let ls = std::fs::read("/bin/ls").unwrap();
+        assert!(!is_static_elf(&ls), "/bin/ls is dynamic");
+        assert!(!is_static_elf(b"#!/bin/sh\n"));
+        if let Ok(bb) = std::fs::read("/bin/busybox") {
+            assert!(is_static_elf(&bb), "busybox-static");
+        }
+    }
+
+    /// Builds the real assets: `FCVM_DATA_DIR` (default /tmp/fcvm-assets-test), agent
+    /// `FCVM_TEST_AGENT` (default /bin/busybox). Needs apt, network, dpkg-deb, depmod, crun.
+    /// `cargo test -p fcvm --lib assets::tests::real_ensure -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn real_ensure() {
+        let root = std::env::var_os("FCVM_DATA_DIR").unwrap_or("/tmp/fcvm-assets-test".into());
+        let agent = std::env::var_os("FCVM_TEST_AGENT").unwrap_or("/bin/busybox".into());
+        let dirs = Dirs::new(root);
+        let t = std::time::Instant::now();
+        let a = ensure(&dirs, Path::new(&agent)).unwrap();
+        eprintln!("first ensure: {:.2}s {a:#?}", t.elapsed().as_secs_f64());
+        let t = std::time::Instant::now();
+        let b = ensure(&dirs, Path::new(&agent)).unwrap();
+        eprintln!("second ensure (cached): {:.3}s", t.elapsed().as_secs_f64());
+        assert_eq!(a.initramfs, b.initramfs);
+        assert_eq!(&std::fs::read(&a.kernel).unwrap()[..4], b"\x7fELF");
+    }
+}

@@ -1,0 +1,238 @@
+//! The guest initramfs: the agent as `/init`, the kernel modules, crun and its libraries.
+//!
+//! Content-addressed: the id hashes everything that goes in (kernel id, agent, crun and each
+//! library, [`LAYOUT`]), so a rebuilt agent or an upgraded crun gives a new
+//! `assets/initramfs-<id16>.cpio` and an unchanged set reuses the old file. The layout, which
+//! the agent relies on:
+//! ```text
+//! /init                         the agent (static), 0755
+//! /etc/fcvm/modules             module file names, one a line, in load order
+//! /lib/modules/fcvm/<name>.ko   the modules
+//! /usr/bin/crun + every library `ldd` lists, at the same absolute path (symlinks resolved:
+//!                               the real file is stored under the linked name)
+//! /dev/console (c 5 1), empty /proc /sys /dev /tmp /run /mnt /etc /root /var /usr/sbin /bin /sbin
+//! ```
+//! Uncompressed: QEMU loads it with a memcpy, while a gzip one is inflated by the guest's CPU,
+//! which under TCG is emulated.
+
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::cpio::{Archive, Data};
+use super::{io_err, AssetError};
+use crate::util::{run_tool, sha256_file, sha256_hex};
+
+/// Bump when the layout above changes, so every initramfs is rebuilt.
+pub(super) const LAYOUT: &str = "fcvm-initramfs-1";
+/// Prefix of the temp file in `tmp/` (a crash can leave one; see `clean_stale`).
+pub(super) const TMP_PREFIX: &str = "initramfs.";
+pub(super) const CRUN: &str = "/usr/bin/crun";
+const EMPTY_DIRS: &[&str] = &[
+    "/proc",
+    "/sys",
+    "/dev",
+    "/tmp",
+    "/run",
+    "/mnt",
+    "/etc",
+    "/root",
+    "/var",
+    "/usr/sbin",
+    "/bin",
+    "/sbin",
+];
+
+/// A host file copied to the same path in the guest, with its content hash.
+pub(super) struct HostFile {
+    pub path: PathBuf,
+    pub sha256: String,
+}
+
+/// crun and the shared libraries it loads (including the dynamic loader), hashed.
+pub(super) fn crun_files() -> Result<Vec<HostFile>, AssetError> {
+    if !Path::new(CRUN).is_file() {
+        return Err(AssetError::CrunMissing);
+    }
+    let out = run_tool(Command::new("ldd").arg(CRUN), "libc-bin")?;
+    let mut paths = vec![PathBuf::from(CRUN)];
+    paths.extend(parse_ldd(&String::from_utf8_lossy(&out))?);
+    paths
+        .into_iter()
+        .map(|path| {
+            let sha256 = sha256_file(&path).map_err(io_err("read", &path))?;
+            Ok(HostFile { path, sha256 })
+        })
+        .collect()
+}
+
+/// The absolute library paths in `ldd` output, in its order. The vDSO has no file; a
+/// library ldd cannot find would make crun fail in the guest, so it is an error here.
+fn parse_ldd(text: &str) -> Result<Vec<PathBuf>, AssetError> {
+    let mut libs = Vec::new();
+    for line in text.lines().map(str::trim) {
+        let target = match line.split_once("=>") {
+            Some((name, rest)) if rest.trim().starts_with("not found") => {
+                return Err(AssetError::CrunLibrary(name.trim().to_string()))
+            }
+            Some((_, rest)) => rest.split_whitespace().next(),
+            None => line.split_whitespace().next(),
+        };
+        if let Some(t) = target.filter(|t| t.starts_with('/')) {
+            libs.push(PathBuf::from(t));
+        }
+    }
+    Ok(libs)
+}
+
+/// The initramfs id: sha256 over the layout version and every input's hash.
+pub(super) fn id(kernel_id: &str, agent_sha256: &str, crun: &[HostFile]) -> String {
+    let mut s = format!("{LAYOUT}\nkernel {kernel_id}\nagent {agent_sha256}\n");
+    for f in crun {
+        s += &format!("{} {}\n", f.path.display(), f.sha256);
+    }
+    sha256_hex(s.as_bytes())
+}
+
+/// Assembles the archive. `modules_dir` holds the `.ko` files and `modules.order`.
+/// `agent` is the binary's content as hashed into the id (a rebuild meanwhile cannot slip in).
+pub(super) fn archive(
+    agent: Vec<u8>,
+    modules_dir: &Path,
+    crun: &[HostFile],
+) -> Result<Archive, AssetError> {
+    let mut a = Archive::new();
+    for d in EMPTY_DIRS {
+        a.dir(d);
+    }
+    a.char_dev("/dev/console", 0o600, 5, 1);
+    a.file("/init", 0o755, Data::Bytes(agent));
+
+    let order_path = modules_dir.join("modules.order");
+    let order = std::fs::read_to_string(&order_path).map_err(io_err("read", &order_path))?;
+    for name in order.lines().filter(|l| !l.is_empty()) {
+        a.file(
+            &format!("/lib/modules/fcvm/{name}"),
+            0o644,
+            Data::File(modules_dir.join(name)),
+        );
+    }
+    a.file("/etc/fcvm/modules", 0o644, Data::Bytes(order.into_bytes()));
+
+    for f in crun {
+        // canonicalize: the guest gets the real file's bytes under the linked name.
+        let real = f.path.canonicalize().map_err(io_err("resolve", &f.path))?;
+        a.file(&f.path.to_string_lossy(), 0o755, Data::File(real));
+    }
+    Ok(a)
+}
+
+/// Writes `archive` to `dest` atomically (a temp file in `tmp`, on the same filesystem).
+pub(super) fn write(archive: &Archive, tmp: &Path, dest: &Path) -> Result<(), AssetError> {
+    std::fs::create_dir_all(tmp).map_err(io_err("create", tmp))?;
+    let file = tempfile::Builder::new()
+        .prefix(TMP_PREFIX)
+        .tempfile_in(tmp)
+        .map_err(io_err("create a file in", tmp))?;
+    let mut w = BufWriter::new(file);
+    archive.write_to(&mut w).map_err(io_err("write", dest))?;
+    let file = w
+        .into_inner()
+        .map_err(|e| io_err("write", dest)(e.into_error()))?;
+    // tempfile creates 0600; QEMU or Firecracker may run as another user than fcvm.
+    let mode = std::os::unix::fs::PermissionsExt::from_mode(0o644);
+    file.as_file()
+        .set_permissions(mode)
+        .map_err(io_err("write", dest))?;
+    file.as_file().sync_all().map_err(io_err("write", dest))?;
+    file.persist(dest)
+        .map_err(|e| io_err("publish", dest)(e.error))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LDD: &str = "\tlinux-vdso.so.1 (0x00007ffc7d5f8000)
+\tlibsystemd.so.0 => /lib/x86_64-linux-gnu/libsystemd.so.0 (0x00007f2b)
+\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f2a)
+\t/lib64/ld-linux-x86-64.so.2 (0x00007f2b2c)
+";
+
+    #[test]
+    fn parses_ldd_output() {
+        let libs = parse_ldd(LDD).unwrap();
+        let want = [
+            "/lib/x86_64-linux-gnu/libsystemd.so.0",
+            "/lib/x86_64-linux-gnu/libc.so.6",
+            "/lib64/ld-linux-x86-64.so.2",
+        ];
+        assert_eq!(libs, want.map(PathBuf::from));
+        let e = parse_ldd("\tlibfoo.so.1 => not found\n").unwrap_err();
+        assert!(e.to_string().contains("libfoo.so.1"), "{e}");
+    }
+
+    #[test]
+    fn id_changes_with_any_input() {
+        let f = |sha: &str| {
+            vec![HostFile {
+                path: CRUN.into(),
+                sha256: sha.into(),
+            }]
+        };
+        let base = id("k", "a", &f("c"));
+        assert_eq!(base, id("k", "a", &f("c")));
+        assert_ne!(base, id("k2", "a", &f("c")));
+        assert_ne!(base, id("k", "a2", &f("c")));
+        assert_ne!(base, id("k", "a", &f("c2")));
+    }
+
+    #[test]
+    fn layout_as_the_agent_expects() {
+        let d = tempfile::tempdir().unwrap();
+        let mods = d.path().join("modules");
+        std::fs::create_dir(&mods).unwrap();
+        std::fs::write(mods.join("virtio.ko"), b"v").unwrap();
+        std::fs::write(mods.join("modules.order"), "virtio.ko\n").unwrap();
+        let agent = d.path().join("agent");
+        std::fs::write(&agent, b"\x7fELF").unwrap();
+        let link = d.path().join("liblink.so");
+        std::os::unix::fs::symlink(&agent, &link).unwrap();
+        let crun = [HostFile {
+            path: link.clone(),
+            sha256: String::new(),
+        }];
+
+        let dest = d.path().join("out.cpio");
+        write(
+            &archive(std::fs::read(&agent).unwrap(), &mods, &crun).unwrap(),
+            &d.path().join("tmp"),
+            &dest,
+        )
+        .unwrap();
+        let out = Command::new("cpio")
+            .args(["-itv", "-F"])
+            .arg(&dest)
+            .output()
+            .unwrap();
+        let list = String::from_utf8_lossy(&out.stdout);
+        for want in [
+            "init",
+            "etc/fcvm/modules",
+            "lib/modules/fcvm/virtio.ko",
+            "dev/console",
+            "usr/sbin",
+            "sbin",
+        ] {
+            assert!(
+                list.lines().any(|l| l.ends_with(&format!(" {want}"))),
+                "{want} missing:\n{list}"
+            );
+        }
+        // The symlink is stored as a regular file under its own name.
+        let rel = link.to_string_lossy().trim_start_matches('/').to_string();
+        let line = list.lines().find(|l| l.ends_with(&rel)).unwrap();
+        assert!(line.starts_with("-rwxr-xr-x"), "{line}");
+    }
+}
