@@ -57,7 +57,10 @@ impl Frame {
 pub enum Msg {
     // ---- control stream ------------------------------------------------------------------
     /// host → agent: first frame of every host connection. A new epoch discards all old state.
-    Hello { epoch: u64, version: u32 },
+    Hello {
+        epoch: u64,
+        version: u32,
+    },
     /// agent → host: the session of `epoch` is open.
     HelloAck {
         epoch: u64,
@@ -65,27 +68,46 @@ pub enum Msg {
         info: AgentInfo,
     },
     /// host → agent: the VM was restored from a snapshot; run the restore steps.
-    Restored { epoch: u64, plan: RestorePlan },
+    Restored {
+        epoch: u64,
+        plan: RestorePlan,
+    },
     /// agent → host: every restore step ran and every server accepts work again.
-    RestoreComplete { epoch: u64 },
+    RestoreComplete {
+        epoch: u64,
+    },
     /// agent → host: a restore step failed; the host must not use this VM.
-    RestoreFailed { epoch: u64, error: String },
+    RestoreFailed {
+        epoch: u64,
+        error: String,
+    },
     /// host → agent: mount the image and get the container ready (no user process yet).
     Prepare(ContainerPlan),
     /// agent → host: the container root is mounted; `Start{Container}` may follow.
     Prepared,
     /// agent → host: preparing failed.
-    PrepareFailed { error: String },
+    PrepareFailed {
+        error: String,
+    },
     /// agent → host: a message for the VM's log (the agent never fails silently).
-    Log { level: LogLevel, message: String },
+    Log {
+        level: LogLevel,
+        message: String,
+    },
     /// host → agent: power the VM off (flush disks first).
     Shutdown,
 
     // ---- process streams -----------------------------------------------------------------
     /// host → agent: start a process on this stream.
-    Start { spec: ProcessSpec, target: Target },
+    Start {
+        spec: ProcessSpec,
+        target: Target,
+    },
     /// agent → host: the process runs; `spawn_us` is how long the guest took to spawn it.
-    Started { pid: u32, spawn_us: u64 },
+    Started {
+        pid: u32,
+        spawn_us: u64,
+    },
     /// host → agent: stdin bytes (only up to the credit the agent granted).
     Stdin(Vec<u8>),
     /// host → agent: stdin is at its end.
@@ -93,16 +115,24 @@ pub enum Msg {
     /// agent → host: the host may send this many more stdin bytes.
     Credit(u32),
     /// host → agent: the terminal changed size.
-    Resize { rows: u16, cols: u16 },
+    Resize {
+        rows: u16,
+        cols: u16,
+    },
     /// host → agent: deliver a signal to the process.
     Signal(i32),
     /// agent → host: output.
     Stdout(Vec<u8>),
     Stderr(Vec<u8>),
     /// agent → host: the process ended (final frame of the stream).
-    Exit { code: i32 },
+    Exit {
+        code: i32,
+    },
     /// agent → host: the process could not run (final frame of the stream).
-    Error { kind: ErrorKind, message: String },
+    Error {
+        kind: ErrorKind,
+        message: String,
+    },
     /// host → agent: the client went away: kill the process and forget the stream.
     Close,
 }

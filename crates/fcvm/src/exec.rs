@@ -61,7 +61,9 @@ async fn handle(conn: UnixStream, session: Arc<Session>, env: Arc<Vec<String>>) 
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Frame>();
     let writer = tokio::spawn(async move {
         while let Some(f) = out_rx.recv().await {
-            let Ok(bytes) = codec::encode(&f) else { continue };
+            let Ok(bytes) = codec::encode(&f) else {
+                continue;
+            };
             if wr.write_all(&bytes).await.is_err() {
                 break;
             }
@@ -164,7 +166,10 @@ pub async fn exec(dirs: &crate::paths::Dirs, o: ExecOptions) -> anyhow::Result<i
         anyhow::bail!("VM {} is not running (it is {status})", o.name);
     }
     if o.command.is_empty() {
-        anyhow::bail!("No command given: fcvm exec --name {} -- CMD [ARG...]", o.name);
+        anyhow::bail!(
+            "No command given: fcvm exec --name {} -- CMD [ARG...]",
+            o.name
+        );
     }
     let env = crate::run::parse_env(&o.env)?;
     let conn = UnixStream::connect(dir.path.join(EXEC_SOCK))
@@ -182,7 +187,11 @@ pub async fn exec(dirs: &crate::paths::Dirs, o: ExecOptions) -> anyhow::Result<i
         rows,
         cols,
     };
-    let target = if o.vm { Target::Vm } else { Target::ContainerExec };
+    let target = if o.vm {
+        Target::Vm
+    } else {
+        Target::ContainerExec
+    };
     let proc = session.start(spec, target);
     let outcome = crate::attach::attach(
         proc,

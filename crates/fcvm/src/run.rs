@@ -62,7 +62,10 @@ pub async fn run(dirs: &Dirs, opts: RunOptions) -> Result<i32> {
     }
     vmm::qemu::find_binary()?;
     let id = crate::vm::new_id();
-    let name = opts.name.clone().unwrap_or_else(|| format!("fcvm-{}", &id[..8]));
+    let name = opts
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("fcvm-{}", &id[..8]));
     let _name_lock = names::claim(dirs, &name)?;
 
     // 2. Assets and image (cached).
@@ -310,7 +313,14 @@ pub fn make_rw_disk(path: &Path, size_mib: u64) -> Result<()> {
     drop(f);
     crate::util::run_tool(
         std::process::Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-m", "0", "-E", "lazy_itable_init=1,lazy_journal_init=1"])
+            .args([
+                "-q",
+                "-F",
+                "-m",
+                "0",
+                "-E",
+                "lazy_itable_init=1,lazy_journal_init=1",
+            ])
             .arg(path),
         "e2fsprogs",
     )?;
@@ -351,7 +361,10 @@ mod tests {
             entrypoint: Some("/bin/echo".into()),
             ..Default::default()
         };
-        assert_eq!(process_spec(&o, &img(), vec![]).unwrap().args, ["/bin/echo"]);
+        assert_eq!(
+            process_spec(&o, &img(), vec![]).unwrap().args,
+            ["/bin/echo"]
+        );
         let o = RunOptions {
             entrypoint: Some(r#"["/bin/sh","-c"]"#.into()),
             command: vec!["echo x".into()],

@@ -185,12 +185,18 @@ impl Session {
                         }
                         let _ = ctl_tx.send(frame.msg);
                     } else {
-                        let tx = streams_rd.lock().expect("streams").get(&frame.stream).cloned();
+                        let tx = streams_rd
+                            .lock()
+                            .expect("streams")
+                            .get(&frame.stream)
+                            .cloned();
                         match tx {
                             Some(tx) => {
                                 let _ = tx.send(frame.msg);
                             }
-                            None => tracing::debug!(stream = frame.stream, "frame for unknown stream"),
+                            None => {
+                                tracing::debug!(stream = frame.stream, "frame for unknown stream")
+                            }
                         }
                     }
                 }

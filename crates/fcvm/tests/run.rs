@@ -29,7 +29,14 @@ fn run_ok(args: &[&str]) -> (i32, String, String) {
 fn output_and_exit_code_propagate_with_stderr_apart() {
     let n = name("out");
     let (code, out, err) = run_ok(&[
-        "podman", "run", "--name", &n, IMG, "--", "sh", "-c",
+        "podman",
+        "run",
+        "--name",
+        &n,
+        IMG,
+        "--",
+        "sh",
+        "-c",
         "echo to-stdout; echo to-stderr >&2; exit 42",
     ]);
     assert_eq!(code, 42, "stderr: {err}");
@@ -43,8 +50,24 @@ fn output_and_exit_code_propagate_with_stderr_apart() {
 fn env_workdir_user_entrypoint_and_hostname_take_effect() {
     let n = name("flags");
     let (code, out, err) = run_ok(&[
-        "podman", "run", "--name", &n, "-e", "FOO=bar baz", "--env", "EMPTY=", "-w", "/tmp",
-        "-u", "nobody", "--hostname", "box1", "--entrypoint", "/bin/sh", IMG, "-c",
+        "podman",
+        "run",
+        "--name",
+        &n,
+        "-e",
+        "FOO=bar baz",
+        "--env",
+        "EMPTY=",
+        "-w",
+        "/tmp",
+        "-u",
+        "nobody",
+        "--hostname",
+        "box1",
+        "--entrypoint",
+        "/bin/sh",
+        IMG,
+        "-c",
         "echo \"$FOO\"; echo \"[$EMPTY]\"; pwd; id -u; hostname",
     ]);
     assert_eq!(code, 0, "stderr: {err}");
@@ -55,7 +78,10 @@ fn env_workdir_user_entrypoint_and_hostname_take_effect() {
 fn missing_command_is_127_and_non_executable_is_126() {
     let (code, out, err) = run_ok(&["podman", "run", "--name", &name("nf"), IMG, "no-such-cmd"]);
     assert_eq!(code, 127, "out: {out} err: {err}");
-    assert!(err.contains("no-such-cmd") && err.contains("not found"), "{err}");
+    assert!(
+        err.contains("no-such-cmd") && err.contains("not found"),
+        "{err}"
+    );
     let (code, _, err) = run_ok(&["podman", "run", "--name", &name("nx"), IMG, "/etc/passwd"]);
     assert_eq!(code, 126, "err: {err}");
     assert!(err.to_lowercase().contains("permission denied"), "{err}");
@@ -64,45 +90,67 @@ fn missing_command_is_127_and_non_executable_is_126() {
 #[test]
 fn sigterm_stops_a_long_running_container_and_leaves_nothing() {
     let n = name("term");
-    let child = fcvm()
-        .args(["podman", "run", "--name", &n, IMG, "--", "sh", "-c", "echo started; exec sleep 1000"])
+    let mut child = fcvm()
+        .args([
+            "podman",
+            "run",
+            "--name",
+            &n,
+            IMG,
+            "--",
+            "sh",
+            "-c",
+            "echo started; exec sleep 1000",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    wait_for("VM running", BOOT, || {
-        vm(&n).is_some_and(|v| v["observed"] == "running")
-    });
-    let id = vm(&n).unwrap()["id"].as_str().unwrap().to_string();
+    let id = wait_running(&mut child, &n)["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The container's first line proves it runs before it is asked to stop.
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    assert_eq!(first, "started\n");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
     let out = wait_output(child, Duration::from_secs(60), &["run", "term"]);
-    assert!(text(&out.stdout).contains("started"));
     // sleep as PID 1 of its namespace ignores TERM: fcvm escalates to KILL.
-    assert_eq!(out.status.code(), Some(137), "stderr: {}", text(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(137),
+        "stderr: {}",
+        text(&out.stderr)
+    );
     assert_gone(&n, Some(&id));
 }
 
 #[test]
 fn sigkill_of_qemu_is_reported_not_hung_on() {
     let n = name("qkill");
-    let child = fcvm()
+    let mut child = fcvm()
         .args(["podman", "run", "--name", &n, IMG, "--", "sleep", "1000"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    wait_for("VM running", BOOT, || {
-        vm(&n).is_some_and(|v| v["observed"] == "running")
-    });
-    let v = vm(&n).unwrap();
+    let v = wait_running(&mut child, &n);
     let id = v["id"].as_str().unwrap().to_string();
     let qpid = v["vmm_pid"].as_i64().unwrap() as i32;
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(qpid), nix::sys::signal::Signal::SIGKILL)
-        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(qpid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
     let out = wait_output(child, Duration::from_secs(60), &["run", "qkill"]);
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(125), "stderr: {err}");
@@ -119,10 +167,10 @@ fn sigkill_of_fcvm_leaves_a_dead_vm_that_rm_removes() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    wait_for("VM running", BOOT, || {
-        vm(&n).is_some_and(|v| v["observed"] == "running")
-    });
-    let id = vm(&n).unwrap()["id"].as_str().unwrap().to_string();
+    let id = wait_running(&mut child, &n)["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     child.kill().unwrap();
     child.wait().unwrap();
     // Its QEMU dies with it (parent-death signal); ls tells the truth.
@@ -158,12 +206,22 @@ fn bad_input_exits_125_and_creates_nothing() {
         let out = run(&args, Duration::from_secs(120));
         let err = text(&out.stderr);
         assert_eq!(out.status.code(), Some(125), "{args:?}: {err}");
-        assert!(err.contains(needle), "{args:?}: error should name {needle:?}: {err}");
-        assert_eq!(err.trim().lines().count(), 1, "{args:?}: one-line error expected: {err}");
+        assert!(
+            err.contains(needle),
+            "{args:?}: error should name {needle:?}: {err}"
+        );
+        assert_eq!(
+            err.trim().lines().count(),
+            1,
+            "{args:?}: one-line error expected: {err}"
+        );
         assert!(vm(&n).is_none(), "{args:?} left a VM record");
     }
     for (args, needle) in [
-        (vec!["podman", "run", "--name", "a/b", IMG, "true"], "Invalid name"),
+        (
+            vec!["podman", "run", "--name", "a/b", IMG, "true"],
+            "Invalid name",
+        ),
         (vec!["rm", "no-such-vm-xyz"], "no-such-vm-xyz"),
     ] {
         let out = run(&args, Duration::from_secs(60));

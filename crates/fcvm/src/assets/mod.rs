@@ -216,10 +216,12 @@ pub fn find_agent() -> Result<PathBuf, AssetError> {
     }
     let exe = std::env::current_exe().map_err(io_err("locate", Path::new("current exe")))?;
     let dir = exe.parent().unwrap_or(Path::new("."));
+    // The static build's own directory first: in a cargo target dir, `fc-agent` next to the
+    // exe is the dynamic one a plain `cargo build` makes, which cannot be PID 1.
     let candidates = [
-        dir.join("fc-agent"),
         dir.join("../x86_64-unknown-linux-gnu/agent/fc-agent"),
         dir.join("../../x86_64-unknown-linux-gnu/agent/fc-agent"),
+        dir.join("fc-agent"),
     ];
     if let Some(p) = candidates.iter().find(|p| p.is_file()) {
         return Ok(p.canonicalize().unwrap_or_else(|_| p.clone()));

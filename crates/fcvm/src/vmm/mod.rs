@@ -33,7 +33,9 @@ impl std::str::FromStr for VmmKind {
         match s {
             "qemu" => Ok(VmmKind::Qemu),
             "firecracker" => Ok(VmmKind::Firecracker),
-            _ => Err(format!("unknown hypervisor {s:?} (expected qemu or firecracker)")),
+            _ => Err(format!(
+                "unknown hypervisor {s:?} (expected qemu or firecracker)"
+            )),
         }
     }
 }

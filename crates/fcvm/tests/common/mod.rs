@@ -78,7 +78,33 @@ pub fn vm(name: &str) -> Option<serde_json::Value> {
 pub fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
     while !cond() {
-        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits until VM `name` (started by `child`) is observed running; fails at once, with the
+/// child's stderr, if fcvm exits first.
+pub fn wait_running(child: &mut Child, name: &str) -> serde_json::Value {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = vm(name).filter(|v| v["observed"] == "running") {
+            return v;
+        }
+        if let Some(st) = child.try_wait().expect("try_wait") {
+            let mut err = String::new();
+            if let Some(e) = child.stderr.as_mut() {
+                let _ = std::io::Read::read_to_string(e, &mut err);
+            }
+            panic!("fcvm for {name} exited ({st}) before its VM ran: {err}");
+        }
+        assert!(
+            start.elapsed() < BOOT,
+            "VM {name} not running after {BOOT:?}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -104,7 +130,11 @@ pub fn assert_gone(name: &str, id: Option<&str>) {
     if let Some(id) = id {
         let dir = data_dir().join("vms").join(id);
         assert!(!dir.exists(), "VM directory {} left behind", dir.display());
-        assert_eq!(process_with_arg(&dir.display().to_string()), None, "VMM of {name} still running");
+        assert_eq!(
+            process_with_arg(&dir.display().to_string()),
+            None,
+            "VMM of {name} still running"
+        );
     }
 }
 

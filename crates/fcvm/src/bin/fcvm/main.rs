@@ -7,7 +7,11 @@ mod commands;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "fcvm", version, about = "Run OCI container images inside microVMs")]
+#[command(
+    name = "fcvm",
+    version,
+    about = "Run OCI container images inside microVMs"
+)]
 struct Cli {
     /// More log output (repeat for more).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -41,7 +45,11 @@ fn main() {
         Err(e) => {
             // podman's contract: a usage error is fcvm's own error (125), on one line.
             let msg = e.to_string();
-            let first = msg.lines().next().unwrap_or("").trim_start_matches("error: ");
+            let first = msg
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim_start_matches("error: ");
             eprintln!("Error: {first}");
             std::process::exit(125);
         }

@@ -75,7 +75,10 @@ pub fn args(spec: &VmSpec, tsc_khz: Option<u64>) -> Vec<String> {
         "-device".into(),
         "virtio-serial-device".into(),
         "-device".into(),
-        format!("virtserialport,chardev=agent,name={}", fcvm_proto::PORT_NAME),
+        format!(
+            "virtserialport,chardev=agent,name={}",
+            fcvm_proto::PORT_NAME
+        ),
     ]);
     for (i, d) in spec.disks.iter().enumerate() {
         let ro = if d.read_only { ",readonly=on" } else { "" };
@@ -128,7 +131,9 @@ mod tests {
         assert!(a.contains("-smp 2 -m 512M"));
         assert!(a.contains("tsc_early_khz=2500000"));
         assert!(a.contains("virtserialport,chardev=agent,name=fcvm.agent"));
-        assert!(a.contains("file=/i/rootfs.erofs,format=raw,if=none,id=disk0,cache=unsafe,readonly=on"));
+        assert!(
+            a.contains("file=/i/rootfs.erofs,format=raw,if=none,id=disk0,cache=unsafe,readonly=on")
+        );
         assert!(a.contains("id=disk1,cache=unsafe -device"));
         assert!(a.contains("socket,id=agent,path=/d/vm1/agent.sock,server=on,wait=off"));
     }

@@ -11,7 +11,7 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
-use super::{Vmm, VmmError, VmmKind, VmSpec};
+use super::{VmSpec, Vmm, VmmError, VmmKind};
 
 pub const QEMU_BIN: &str = "qemu-system-x86_64";
 
@@ -28,7 +28,10 @@ pub fn find_binary() -> Result<PathBuf, VmmError> {
         if p.is_file() {
             return Ok(p);
         }
-        return Err(VmmError::Missing(p.display().to_string(), "qemu-system-x86".into()));
+        return Err(VmmError::Missing(
+            p.display().to_string(),
+            "qemu-system-x86".into(),
+        ));
     }
     crate::util::which(QEMU_BIN)
         .ok_or_else(|| VmmError::Missing(QEMU_BIN.into(), "qemu-system-x86".into()))

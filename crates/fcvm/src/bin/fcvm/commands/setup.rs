@@ -11,7 +11,11 @@ pub async fn run(dirs: &Dirs) -> Result<i32> {
         Ok(a)
     })
     .await??;
-    println!("kernel:    {} ({})", assets.kernel.display(), assets.kernel_version);
+    println!(
+        "kernel:    {} ({})",
+        assets.kernel.display(),
+        assets.kernel_version
+    );
     println!("initramfs: {}", assets.initramfs.display());
     Ok(0)
 }
