@@ -185,6 +185,7 @@ fn main() {
             Msg::Prepare(ContainerPlan {
                 image_fstype: "erofs".into(),
                 hostname: "b".into(),
+                network: None,
             }),
         );
         c.control(|m| matches!(m, Msg::Prepared));
@@ -221,6 +222,7 @@ fn main() {
         Msg::Prepare(ContainerPlan {
             image_fstype: "erofs".into(),
             hostname: "testbox".into(),
+            network: None,
         }),
     );
     let r = c.control(|m| matches!(m, Msg::Prepared | Msg::PrepareFailed { .. }));
@@ -434,6 +436,7 @@ fn main() {
                 random_seed: vec![7; 64],
                 hostname: Some("clone1".into()),
                 machine_id: Some("0123456789abcdef0123456789abcdef".into()),
+                network: None,
             },
         },
     );

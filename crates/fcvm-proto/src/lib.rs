@@ -135,6 +135,18 @@ pub enum Msg {
     },
     /// host → agent: the client went away: kill the process and forget the stream.
     Close,
+
+    // ---- probe streams -------------------------------------------------------------------
+    /// host → agent: HTTP GET `url` from inside the VM (health checks: the guest has no curl,
+    /// and busybox's wget crashes there). Answered by `HttpStatus` or `Error` on the stream.
+    HttpGet {
+        url: String,
+        timeout_ms: u32,
+    },
+    /// agent → host: the HTTP status code of an `HttpGet` (final frame of the stream).
+    HttpStatus {
+        code: u16,
+    },
 }
 
 /// What the agent tells the host about itself in `HelloAck`.
@@ -155,6 +167,22 @@ pub struct ContainerPlan {
     pub image_fstype: String,
     /// Hostname of the VM and the container.
     pub hostname: String,
+    /// The VM's network; None = loopback only.
+    pub network: Option<NetConfig>,
+}
+
+/// How the agent configures the VM's network interface (no DHCP client in the guest).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetConfig {
+    /// Interface address with prefix length, e.g. "10.0.2.15/24".
+    pub address: String,
+    /// Default gateway, e.g. "10.0.2.2".
+    pub gateway: String,
+    /// Nameservers written to the container's /etc/resolv.conf.
+    pub dns: Vec<String>,
+    /// Search domains for resolv.conf.
+    pub search: Vec<String>,
+    pub mtu: u16,
 }
 
 /// A process to run: already merged from image config and flags by the host.
@@ -224,4 +252,6 @@ pub struct RestorePlan {
     /// New identity for clones; None keeps the snapshot's.
     pub hostname: Option<String>,
     pub machine_id: Option<String>,
+    /// New network config for a clone (its own address); None keeps the snapshot's.
+    pub network: Option<NetConfig>,
 }

@@ -142,6 +142,7 @@ pub async fn run(dirs: &Dirs, opts: RunOptions) -> Result<i32> {
     let plan = ContainerPlan {
         image_fstype: image.fstype.clone(),
         hostname: opts.hostname.clone().unwrap_or_else(|| name.clone()),
+        network: None,
     };
     session
         .request(Msg::Prepare(plan), BOOT_TIMEOUT, |m| match m {
