@@ -12,7 +12,9 @@
 pub mod assets;
 pub mod attach;
 pub mod exec;
+pub mod health;
 pub mod image;
+pub mod network;
 pub mod paths;
 pub mod progress;
 pub mod run;

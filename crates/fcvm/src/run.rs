@@ -41,6 +41,8 @@ pub struct RunOptions {
     pub interactive: bool,
     pub tty: bool,
     pub pull: PullOptions,
+    pub network: crate::network::NetworkOptions,
+    pub health: crate::health::HealthFlags,
 }
 
 pub async fn run(dirs: &Dirs, opts: RunOptions) -> Result<i32> {
@@ -61,6 +63,7 @@ pub async fn run(dirs: &Dirs, opts: RunOptions) -> Result<i32> {
         bail!(vmm::VmmError::NoKvm(kind));
     }
     vmm::qemu::find_binary()?;
+    crate::network::check(&opts.network)?;
     let id = crate::vm::new_id();
     let name = opts
         .name
@@ -85,6 +88,7 @@ pub async fn run(dirs: &Dirs, opts: RunOptions) -> Result<i32> {
     std::fs::create_dir_all(&vmdir.path).context("Cannot create the VM directory")?;
     let rw = vmdir.path.join("rw.ext4");
     make_rw_disk(&rw, 1024)?;
+    let net = crate::network::setup(&opts.network, &vmdir.path, &id)?;
     let vspec = VmSpec {
         dir: vmdir.path.clone(),
         kernel: assets.kernel.clone(),
@@ -102,6 +106,7 @@ pub async fn run(dirs: &Dirs, opts: RunOptions) -> Result<i32> {
             },
         ],
         accel,
+        extra_args: net.qemu_args.clone(),
     };
     let me = std::process::id();
     let mut state = VmState {
@@ -121,6 +126,7 @@ pub async fn run(dirs: &Dirs, opts: RunOptions) -> Result<i32> {
         started_at: chrono::Utc::now(),
         health: None,
         exit_code: None,
+        network: Some(net.info.clone()),
     };
     let t0 = Instant::now();
     let mut vm = vmm::start(kind, &vspec)?;
@@ -142,7 +148,7 @@ pub async fn run(dirs: &Dirs, opts: RunOptions) -> Result<i32> {
     let plan = ContainerPlan {
         image_fstype: image.fstype.clone(),
         hostname: opts.hostname.clone().unwrap_or_else(|| name.clone()),
-        network: None,
+        network: net.guest.clone(),
     };
     session
         .request(Msg::Prepare(plan), BOOT_TIMEOUT, |m| match m {
@@ -165,6 +171,20 @@ pub async fn run(dirs: &Dirs, opts: RunOptions) -> Result<i32> {
     )
     .context("Cannot open the exec socket")?;
     let proc = session.start(spec, Target::Container);
+    let shared = std::sync::Arc::new(std::sync::Mutex::new(state.clone()));
+    let _health = {
+        let (shared, vmdir) = (shared.clone(), vmdir.clone());
+        crate::health::spawn(
+            session.clone(),
+            &opts.health,
+            &image.config,
+            Box::new(move |h| {
+                let mut st = shared.lock().expect("state");
+                st.health = Some(h);
+                let _ = vmdir.write_state(&st);
+            }),
+        )
+    };
     let outcome = attach(
         proc,
         AttachOptions {
@@ -186,9 +206,12 @@ pub async fn run(dirs: &Dirs, opts: RunOptions) -> Result<i32> {
     }
 
     // 6. Tear down.
+    drop(_health);
+    let mut state = shared.lock().expect("state").clone();
     state.status = VmStatus::Stopping;
     let _ = vmdir.write_state(&state);
     vm.kill();
+    drop(net);
     drop(guard);
     match outcome.result {
         Ok(code) => Ok(code),

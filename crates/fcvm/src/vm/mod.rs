@@ -68,6 +68,8 @@ pub struct VmState {
     pub started_at: DateTime<Utc>,
     pub health: Option<Health>,
     pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub network: Option<crate::network::NetworkInfo>,
 }
 
 impl VmState {

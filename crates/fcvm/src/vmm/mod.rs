@@ -95,6 +95,8 @@ pub struct VmSpec {
     pub mem_mib: u32,
     pub disks: Vec<Disk>,
     pub accel: Accel,
+    /// Backend-specific extra arguments (network devices from `network::setup`).
+    pub extra_args: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -90,6 +90,7 @@ pub fn args(spec: &VmSpec, tsc_khz: Option<u64>) -> Vec<String> {
         a.push("-device".into());
         a.push(format!("virtio-blk-device,drive=disk{i}"));
     }
+    a.extend(spec.extra_args.iter().cloned());
     a
 }
 
@@ -121,6 +122,7 @@ mod tests {
                 },
             ],
             accel,
+            extra_args: vec![],
         }
     }
 

@@ -90,6 +90,8 @@ pub async fn run(dirs: &Dirs, cmd: PodmanCommand) -> Result<i32> {
             tls_verify: a.tls_verify,
             creds,
         },
+        network: fcvm::network::NetworkOptions::default(),
+        health: fcvm::health::HealthFlags::default(),
     };
     fcvm::run::run(dirs, opts).await
 }
