@@ -24,6 +24,12 @@ pub struct Session {
     epoch: Option<u64>,
     streams: HashMap<u32, Arc<Stream>>,
     plan: Option<ContainerPlan>,
+    /// Every epoch this guest has served: one that comes back after another replaced it is
+    /// stale (an old host, or a replayed message) and is refused.
+    seen: std::collections::HashSet<u64>,
+    /// The outcome of the current epoch's restore, answered again to a duplicate `Restored`
+    /// instead of running the steps twice.
+    restore_result: Option<(u64, Result<(), String>)>,
 }
 
 impl Session {
@@ -33,7 +39,14 @@ impl Session {
             epoch: None,
             streams: HashMap::new(),
             plan: None,
+            seen: Default::default(),
+            restore_result: None,
         }
+    }
+
+    /// A message naming `epoch` that is neither current nor new.
+    fn stale(&self, epoch: u64) -> bool {
+        self.epoch != Some(epoch) && self.seen.contains(&epoch)
     }
 
     fn reply(&self, stream: u32, msg: Msg) {
@@ -60,6 +73,9 @@ impl Session {
             Msg::Prepare(plan) if frame.stream == CONTROL => self.prepare(plan),
             Msg::Shutdown if frame.stream == CONTROL => self.shutdown(),
             Msg::Start { spec, target } => self.start(frame.stream, &spec, target),
+            Msg::HttpGet { url, timeout_ms } if frame.stream != CONTROL => {
+                crate::probe::start(frame.stream, url, timeout_ms, &self.out)
+            }
             msg if frame.stream == CONTROL => warn!("unexpected control message {:?}", kind(&msg)),
             msg => self.on_stream(frame.stream, msg),
         }
@@ -70,6 +86,7 @@ impl Session {
         if self.epoch == Some(epoch) {
             return false;
         }
+        self.seen.insert(epoch);
         if let Some(old) = self.epoch {
             info!("epoch {old} -> {epoch}: dropping its streams");
         }
@@ -81,12 +98,17 @@ impl Session {
             s.kill();
             false
         });
+        crate::probe::cancel_all();
         self.epoch = Some(epoch);
         crate::log::set_session_open(true);
         true
     }
 
     fn hello(&mut self, epoch: u64, version: u32) {
+        if self.stale(epoch) {
+            warn!("ignoring Hello for stale epoch {epoch}");
+            return;
+        }
         self.enter_epoch(epoch);
         if version != PROTOCOL_VERSION {
             warn!("host speaks protocol {version}, agent {PROTOCOL_VERSION}");
@@ -114,8 +136,31 @@ impl Session {
     }
 
     fn restored(&mut self, epoch: u64, plan: &fcvm_proto::RestorePlan) {
-        self.enter_epoch(epoch);
-        match crate::restore::run(plan) {
+        if self.stale(epoch) {
+            warn!("refusing Restored for stale epoch {epoch}");
+            let error = format!("stale epoch {epoch}");
+            self.reply(CONTROL, Msg::RestoreFailed { epoch, error });
+            return;
+        }
+        let result = match &self.restore_result {
+            Some((e, r)) if *e == epoch => r.clone(),
+            _ => {
+                self.enter_epoch(epoch);
+                let r = crate::restore::run(plan);
+                if r.is_ok() {
+                    // Containers started from now on carry the new identity.
+                    if let (Some(p), Some(h)) = (self.plan.as_mut(), plan.hostname.as_ref()) {
+                        p.hostname = h.clone();
+                    }
+                    if let (Some(p), Some(n)) = (self.plan.as_mut(), plan.network.as_ref()) {
+                        p.network = Some(n.clone());
+                    }
+                }
+                self.restore_result = Some((epoch, r.clone()));
+                r
+            }
+        };
+        match result {
             Ok(()) => {
                 info!("restore steps done for epoch {epoch}");
                 self.reply(CONTROL, Msg::RestoreComplete { epoch });

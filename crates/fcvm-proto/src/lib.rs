@@ -25,6 +25,10 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// The control stream.
 pub const CONTROL: u32 = 0;
 
+/// The stream of the container's main process. Fixed, so that a host that restored a snapshot
+/// in which the container already runs can attach to its output; other streams start above it.
+pub const CONTAINER_STREAM: u32 = 1;
+
 /// Largest payload chunk either side puts into one Stdout/Stderr/Stdin frame.
 pub const MAX_CHUNK: usize = 32 * 1024;
 
@@ -143,6 +147,14 @@ pub enum Msg {
         url: String,
         timeout_ms: u32,
     },
+    // ---- host-local control (exec socket of the VM's owning fcvm; never sent to the agent) --
+    /// `fcvm snapshot create` → owner: snapshot the VM under this name.
+    SnapshotRequest { name: String },
+    /// owner → client: the snapshot is complete.
+    SnapshotDone { name: String },
+    /// owner → client: it failed; the VM runs on.
+    SnapshotFailed { error: String },
+
     /// agent → host: the HTTP status code of an `HttpGet` (final frame of the stream).
     HttpStatus {
         code: u16,

@@ -35,19 +35,28 @@ impl Drop for ExecServer {
     }
 }
 
+/// Takes a snapshot of the served VM under a name (the owner does it, so a client that dies
+/// mid-way cannot leave the VM paused).
+pub type Snapshotter = Arc<
+    dyn Fn(String) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>
+        + Send
+        + Sync,
+>;
+
 /// Starts serving on `path`. `container_env` is the container's environment: a container exec
 /// inherits it (podman does), with the client's `-e` entries on top.
 pub fn serve(
     path: &Path,
     session: Arc<Session>,
     container_env: Vec<String>,
+    snapshotter: Option<Snapshotter>,
 ) -> std::io::Result<ExecServer> {
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path)?;
     let env = Arc::new(container_env);
     let task = tokio::spawn(async move {
         while let Ok((conn, _)) = listener.accept().await {
-            tokio::spawn(handle(conn, session.clone(), env.clone()));
+            tokio::spawn(handle(conn, session.clone(), env.clone(), snapshotter.clone()));
         }
     });
     Ok(ExecServer {
@@ -56,7 +65,12 @@ pub fn serve(
     })
 }
 
-async fn handle(conn: UnixStream, session: Arc<Session>, env: Arc<Vec<String>>) {
+async fn handle(
+    conn: UnixStream,
+    session: Arc<Session>,
+    env: Arc<Vec<String>>,
+    snapshotter: Option<Snapshotter>,
+) {
     let (mut rd, mut wr) = conn.into_split();
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Frame>();
     let writer = tokio::spawn(async move {
@@ -86,6 +100,21 @@ async fn handle(conn: UnixStream, session: Arc<Session>, env: Arc<Vec<String>>) 
             };
             let stream = frame.stream;
             match frame.msg {
+                Msg::SnapshotRequest { name } if stream == fcvm_proto::CONTROL => {
+                    let out = out_tx.clone();
+                    let snap = snapshotter.clone();
+                    tokio::spawn(async move {
+                        let r = match snap {
+                            Some(f) => f(name.clone()).await,
+                            None => Err("this VM cannot be snapshotted".into()),
+                        };
+                        let msg = match r {
+                            Ok(()) => Msg::SnapshotDone { name },
+                            Err(error) => Msg::SnapshotFailed { error },
+                        };
+                        let _ = out.send(Frame::control(msg));
+                    });
+                }
                 Msg::Start { mut spec, target } => {
                     if target == Target::Container {
                         let _ = out_tx.send(Frame {
@@ -141,6 +170,33 @@ async fn handle(conn: UnixStream, session: Arc<Session>, env: Arc<Vec<String>>) 
         relay.abort();
     }
     writer.abort();
+}
+
+/// `fcvm snapshot create VM --tag NAME`: asks the VM's owner to snapshot it.
+pub async fn request_snapshot(dirs: &crate::paths::Dirs, vm: &str, name: &str) -> anyhow::Result<()> {
+    use anyhow::Context;
+    crate::snapshot::validate_name(name)?;
+    let (dir, st) = crate::vm::find(dirs, vm)?;
+    let status = st.observed();
+    if status != "running" {
+        anyhow::bail!("VM {vm} is not running (it is {status})");
+    }
+    let conn = UnixStream::connect(dir.path.join(EXEC_SOCK))
+        .await
+        .with_context(|| format!("VM {vm} does not accept requests"))?;
+    let session = Session::client(conn);
+    session
+        .request(
+            Msg::SnapshotRequest { name: name.into() },
+            std::time::Duration::from_secs(600),
+            |m| match m {
+                Msg::SnapshotDone { .. } => Some(Ok(())),
+                Msg::SnapshotFailed { error } => Some(Err(error)),
+                _ => None,
+            },
+        )
+        .await
+        .with_context(|| format!("Snapshot of VM {vm}"))
 }
 
 /// What `fcvm exec` asks for.

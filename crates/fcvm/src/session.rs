@@ -20,7 +20,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fcvm_proto::codec::{self, Decoder};
-use fcvm_proto::{AgentInfo, Frame, LogLevel, Msg, ProcessSpec, Target, PROTOCOL_VERSION};
+use fcvm_proto::{
+    AgentInfo, Frame, LogLevel, Msg, ProcessSpec, RestorePlan, Target, PROTOCOL_VERSION,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
@@ -58,7 +60,7 @@ pub struct Session {
 const HELLO_RESEND: Duration = Duration::from_millis(20);
 
 impl Session {
-    /// Connects to the agent of a freshly started (or restored) VM and opens session `epoch`.
+    /// Connects to the agent of a freshly booted VM and opens session `epoch` (Hello/HelloAck).
     /// `vmm` is polled so that a VM that dies during boot ends the wait with its reason.
     /// `log` receives the agent's Log frames (the VM's agent.log).
     pub async fn connect(
@@ -67,6 +69,65 @@ impl Session {
         vmm: &mut dyn Vmm,
         timeout: Duration,
         log: Option<PathBuf>,
+    ) -> Result<Session, SessionError> {
+        let hello = Msg::Hello {
+            epoch,
+            version: PROTOCOL_VERSION,
+        };
+        Session::open(sock, epoch, vmm, timeout, log, (hello, HELLO_RESEND), |m| match m {
+            Msg::HelloAck {
+                epoch: e,
+                version,
+                info,
+            } if e == epoch => Some(if version == PROTOCOL_VERSION {
+                Ok(info)
+            } else {
+                Err(SessionError::Version(version))
+            }),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Connects to the agent of a VM just restored from a snapshot (DESIGN §4 steps 2-4):
+    /// `Restored{epoch}` → the agent's restore steps → `RestoreComplete{epoch}`. Only then is
+    /// the VM ready; a `RestoreFailed` or a stale epoch's answer never counts.
+    pub async fn connect_restored(
+        sock: &Path,
+        epoch: u64,
+        plan: RestorePlan,
+        vmm: &mut dyn Vmm,
+        timeout: Duration,
+        log: Option<PathBuf>,
+    ) -> Result<Session, SessionError> {
+        let restored = Msg::Restored { epoch, plan };
+        // The restored guest already has its port open: Restored arrives the first time; the
+        // slow resend only covers a guest that was snapshotted before its agent opened it.
+        let resend = Duration::from_millis(500);
+        Session::open(sock, epoch, vmm, timeout, log, (restored, resend), |m| match m {
+            Msg::RestoreComplete { epoch: e } if e == epoch => Some(Ok(AgentInfo {
+                prepared: true,
+                ..Default::default()
+            })),
+            Msg::RestoreFailed { epoch: e, error } if e == epoch => {
+                Some(Err(SessionError::Agent(format!("restore failed: {error}"))))
+            }
+            _ => None,
+        })
+        .await
+    }
+
+    /// Dials the channel, sends `first` until `accept` takes a control reply. The resend
+    /// covers a guest that has not opened its port yet (the guest kernel discards port data
+    /// until then); the agent answers a repeated message of its current epoch idempotently.
+    async fn open(
+        sock: &Path,
+        epoch: u64,
+        vmm: &mut dyn Vmm,
+        timeout: Duration,
+        log: Option<PathBuf>,
+        (first, resend): (Msg, Duration),
+        mut accept: impl FnMut(Msg) -> Option<Result<AgentInfo, SessionError>>,
     ) -> Result<Session, SessionError> {
         let start = Instant::now();
         let stream = loop {
@@ -85,7 +146,7 @@ impl Session {
         };
         let session = Session::over(stream, epoch, log);
         let mut ctl = session.control.lock().await;
-        let mut tick = tokio::time::interval(HELLO_RESEND);
+        let mut tick = tokio::time::interval(resend);
         let info = loop {
             tokio::select! {
                 _ = tick.tick() => {
@@ -95,16 +156,13 @@ impl Session {
                     if start.elapsed() > timeout {
                         return Err(SessionError::Timeout(timeout));
                     }
-                    session.send_control(Msg::Hello { epoch, version: PROTOCOL_VERSION });
+                    session.send_control(first.clone());
                 }
                 m = ctl.recv() => match m {
-                    Some(Msg::HelloAck { epoch: e, version, info }) if e == epoch => {
-                        if version != PROTOCOL_VERSION {
-                            return Err(SessionError::Version(version));
-                        }
-                        break info;
-                    }
-                    Some(other) => tracing::debug!(?other, "ignored before HelloAck"),
+                    Some(m) => match accept(m) {
+                        Some(r) => break r?,
+                        None => {}
+                    },
                     None => {
                         // The socket closed: QEMU is going away; report why if it has.
                         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -210,7 +268,7 @@ impl Session {
             out: out_tx,
             control: tokio::sync::Mutex::new(ctl_rx),
             streams,
-            next_id: AtomicU32::new(1),
+            next_id: AtomicU32::new(fcvm_proto::CONTAINER_STREAM + 1),
             epoch,
             info: AgentInfo::default(),
         }
@@ -245,14 +303,22 @@ impl Session {
     }
 
     /// Opens a process stream and sends `Start`. Frames arrive through the returned [`Process`].
+    /// The container's main process always gets [`fcvm_proto::CONTAINER_STREAM`].
     pub fn start(&self, spec: ProcessSpec, target: Target) -> Process {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = match target {
+            Target::Container => fcvm_proto::CONTAINER_STREAM,
+            _ => self.next_id.fetch_add(1, Ordering::Relaxed),
+        };
+        let proc = self.attach(id);
+        proc.send(Msg::Start { spec, target });
+        proc
+    }
+
+    /// Receives the frames of a stream that already runs in the guest (the container of a
+    /// VM restored from a snapshot taken while it ran).
+    pub fn attach(&self, id: u32) -> Process {
         let (tx, rx) = mpsc::unbounded_channel();
         self.streams.lock().expect("streams").insert(id, tx);
-        let _ = self.out.send(Frame {
-            stream: id,
-            msg: Msg::Start { spec, target },
-        });
         Process {
             id,
             rx,
@@ -260,6 +326,37 @@ impl Session {
             streams: self.streams.clone(),
             done: false,
         }
+    }
+
+    /// HTTP GET `url` from inside the VM (a probe stream): the response's status code, or the
+    /// agent's reason it got none. `timeout` bounds the agent's attempt; the wait here allows
+    /// a little more for the channel before it reports `Timeout`.
+    pub async fn probe_http(&self, url: &str, timeout: Duration) -> Result<u16, SessionError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        self.streams.lock().expect("streams").insert(id, tx);
+        let _ = self.out.send(Frame {
+            stream: id,
+            msg: Msg::HttpGet {
+                url: url.to_string(),
+                timeout_ms: timeout.as_millis().clamp(1, u32::MAX as u128) as u32,
+            },
+        });
+        let wait = async {
+            loop {
+                match rx.recv().await {
+                    Some(Msg::HttpStatus { code }) => return Ok(code),
+                    Some(Msg::Error { message, .. }) => return Err(SessionError::Agent(message)),
+                    Some(other) => tracing::debug!(?other, "ignored on a probe stream"),
+                    None => return Err(SessionError::Lost),
+                }
+            }
+        };
+        let r = tokio::time::timeout(timeout + Duration::from_secs(2), wait)
+            .await
+            .unwrap_or(Err(SessionError::Timeout(timeout)));
+        self.streams.lock().expect("streams").remove(&id);
+        r
     }
 }
 

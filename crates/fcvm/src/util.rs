@@ -55,6 +55,51 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
     Ok(hex::encode(h.finalize()))
 }
 
+/// Copies a file cheaply: a reflink where the filesystem can (btrfs, xfs), else a copy that
+/// keeps holes (guest RAM and disks are mostly holes). Written to `dst` directly: callers put
+/// `dst` inside a temp directory that is renamed into place when complete.
+pub fn copy_sparse(src: &Path, dst: &Path) -> std::io::Result<u64> {
+    use std::os::fd::AsRawFd;
+    let input = std::fs::File::open(src)?;
+    let output = std::fs::File::create(dst)?;
+    // SAFETY: FICLONE takes the source fd as its argument; both fds are open.
+    let r = unsafe { libc::ioctl(output.as_raw_fd(), libc::FICLONE, input.as_raw_fd()) };
+    let len = input.metadata()?.len();
+    if r == 0 {
+        return Ok(len);
+    }
+    output.set_len(len)?;
+    let (ifd, ofd) = (input.as_raw_fd(), output.as_raw_fd());
+    let mut pos: i64 = 0;
+    while (pos as u64) < len {
+        // SAFETY: plain lseek on an open fd.
+        let data = unsafe { libc::lseek(ifd, pos, libc::SEEK_DATA) };
+        if data < 0 {
+            break; // ENXIO: only a hole remains
+        }
+        let hole = unsafe { libc::lseek(ifd, data, libc::SEEK_HOLE) };
+        let end = if hole < 0 { len as i64 } else { hole };
+        let mut off_in = data;
+        let mut off_out = data;
+        while off_in < end {
+            let n = (end - off_in) as usize;
+            // SAFETY: offsets point at locals; copy_file_range copies between open fds.
+            let c = unsafe {
+                libc::copy_file_range(ifd, &mut off_in, ofd, &mut off_out, n, 0)
+            };
+            if c < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if c == 0 {
+                break;
+            }
+        }
+        pos = end;
+    }
+    output.sync_all()?;
+    Ok(len)
+}
+
 /// Error of an external tool, with the tail of its stderr.
 #[derive(Debug, thiserror::Error)]
 pub enum ToolError {
@@ -124,6 +169,22 @@ mod tests {
         write_atomic(&p, b"two").unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"two");
         assert_eq!(std::fs::read_dir(p.parent().unwrap()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn sparse_copy_keeps_data_and_holes() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, b) = (d.path().join("a"), d.path().join("b"));
+        let f = std::fs::File::create(&a).unwrap();
+        f.set_len(64 << 20).unwrap();
+        use std::os::unix::fs::FileExt;
+        f.write_all_at(b"hello", 10 << 20).unwrap();
+        f.write_all_at(b"tail", (64 << 20) - 4).unwrap();
+        drop(f);
+        assert_eq!(copy_sparse(&a, &b).unwrap(), 64 << 20);
+        assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+        use std::os::unix::fs::MetadataExt;
+        assert!(std::fs::metadata(&b).unwrap().blocks() < 1024, "holes were filled");
     }
 
     #[test]

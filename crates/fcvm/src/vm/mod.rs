@@ -70,6 +70,9 @@ pub struct VmState {
     pub exit_code: Option<i32>,
     #[serde(default)]
     pub network: Option<crate::network::NetworkInfo>,
+    /// The snapshot this VM was restored from (such a snapshot cannot be removed meanwhile).
+    #[serde(default)]
+    pub snapshot: Option<String>,
 }
 
 impl VmState {

@@ -84,6 +84,16 @@ pub struct Disk {
     pub read_only: bool,
 }
 
+/// Where guest RAM lives (DESIGN §5).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Memory {
+    /// Plain anonymous memory: the VM can never be snapshotted.
+    Anonymous,
+    /// A file the VM maps. `shared`: writes go to the file (a VM that may be snapshotted);
+    /// not shared: copy-on-write over a snapshot's RAM file (restores and clones).
+    File { path: PathBuf, shared: bool },
+}
+
 /// Everything a backend needs to boot one VM.
 #[derive(Debug, Clone)]
 pub struct VmSpec {
@@ -97,6 +107,9 @@ pub struct VmSpec {
     pub accel: Accel,
     /// Backend-specific extra arguments (network devices from `network::setup`).
     pub extra_args: Vec<String>,
+    pub memory: Memory,
+    /// Start paused, waiting for a snapshot's device state (QEMU `-incoming defer`).
+    pub incoming: bool,
 }
 
 #[derive(Debug, thiserror::Error)]

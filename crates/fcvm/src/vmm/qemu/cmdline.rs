@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use crate::vmm::{Accel, VmSpec};
+use crate::vmm::{Accel, Memory, VmSpec};
 
 /// Files inside the VM directory that QEMU creates or uses.
 pub const AGENT_SOCK: &str = "agent.sock";
@@ -45,9 +45,20 @@ pub fn args(spec: &VmSpec, tsc_khz: Option<u64>) -> Vec<String> {
         Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
         Accel::Tcg => push(&["-accel", "tcg"]),
     }
+    match &spec.memory {
+        Memory::Anonymous => push(&["-M", "microvm"]),
+        Memory::File { path, shared } => {
+            push(&["-M", "microvm,memory-backend=mem", "-object"]);
+            a.push(format!(
+                "memory-backend-file,id=mem,size={}M,mem-path={},share={}",
+                spec.mem_mib,
+                path_str(path),
+                if *shared { "on" } else { "off" }
+            ));
+        }
+    }
+    let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
     push(&[
-        "-M",
-        "microvm",
         "-nodefaults",
         "-no-user-config",
         "-nographic",
@@ -91,6 +102,9 @@ pub fn args(spec: &VmSpec, tsc_khz: Option<u64>) -> Vec<String> {
         a.push(format!("virtio-blk-device,drive=disk{i}"));
     }
     a.extend(spec.extra_args.iter().cloned());
+    if spec.incoming {
+        a.extend(["-incoming".into(), "defer".into()]);
+    }
     a
 }
 
@@ -123,6 +137,8 @@ mod tests {
             ],
             accel,
             extra_args: vec![],
+            memory: Memory::Anonymous,
+            incoming: false,
         }
     }
 
@@ -138,6 +154,19 @@ mod tests {
         );
         assert!(a.contains("id=disk1,cache=unsafe -device"));
         assert!(a.contains("socket,id=agent,path=/d/vm1/agent.sock,server=on,wait=off"));
+    }
+
+    #[test]
+    fn restore_maps_snapshot_ram_private_and_waits_for_state() {
+        let mut s = spec(Accel::Tcg);
+        s.memory = Memory::File {
+            path: "/s/ram".into(),
+            shared: false,
+        };
+        s.incoming = true;
+        let a = args(&s, None).join(" ");
+        assert!(a.contains("-M microvm,memory-backend=mem -object memory-backend-file,id=mem,size=512M,mem-path=/s/ram,share=off"), "{a}");
+        assert!(a.ends_with("-incoming defer"));
     }
 
     #[test]

@@ -1,0 +1,189 @@
+//! Getting a VM to "container prepared, agent session open": from the image-cache snapshot
+//! when one exists for this image+config, else by a cold boot that then saves that snapshot.
+//!
+//! A snapshot that fails to load is discarded, the run says so and boots cold. The snapshot is
+//! taken after `Prepared` and before the user's process starts, so every later run starts its
+//! process fresh (DESIGN §5).
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use fcvm_proto::{ContainerPlan, Msg};
+
+use super::{Facts, BOOT_TIMEOUT};
+use crate::network::Network;
+use crate::paths::Dirs;
+use crate::session::Session;
+use crate::snapshot::{self, restore, SnapshotError, SnapshotKind};
+use crate::vm::{VmDir, VmState};
+use crate::vmm::{self, Disk, Memory, VmSpec, Vmm};
+
+pub struct Launched {
+    pub vm: Box<dyn Vmm>,
+    pub session: Session,
+    /// The snapshot the VM was restored from, if it was.
+    pub restored_from: Option<String>,
+    /// When launching began, and how long it took until the agent was ready / prepared.
+    pub t0: Instant,
+    pub t_hello: Duration,
+    pub t_ready: Duration,
+}
+
+/// A fresh session epoch (never 0: the exec socket's client sessions use 0).
+pub fn new_epoch() -> u64 {
+    rand::random::<u64>() | 1
+}
+
+pub async fn launch(
+    dirs: &Dirs,
+    vmdir: &VmDir,
+    state: &mut VmState,
+    facts: &Facts,
+    net: &Network,
+    hostname: &str,
+    use_cache: bool,
+) -> Result<Launched> {
+    let cname = snapshot::cache_name(&facts.cache_key());
+    if use_cache {
+        match snapshot::load(dirs, &cname) {
+            Ok((sdir, m)) => {
+                let t0 = Instant::now();
+                let plan = restore::plan(Some(hostname.into()), net.guest.clone());
+                let r = restore::restore(
+                    &sdir,
+                    &m,
+                    &vmdir.path,
+                    net.qemu_args.clone(),
+                    plan,
+                    new_epoch(),
+                )
+                .await;
+                match r {
+                    Ok(r) => {
+                        state.snapshot = Some(cname.clone());
+                        record_vmm(vmdir, state, &*r.vm)?;
+                        let t = t0.elapsed();
+                        return Ok(Launched {
+                            vm: r.vm,
+                            session: r.session,
+                            restored_from: Some(cname),
+                            t0,
+                            t_hello: t,
+                            t_ready: t,
+                        });
+                    }
+                    Err(e) => discard(dirs, &cname, &e),
+                }
+            }
+            Err(SnapshotError::NotFound(_)) => {}
+            Err(e) => discard(dirs, &cname, &e),
+        }
+    }
+    let launched = cold_boot(vmdir, state, facts, net, hostname).await?;
+    if use_cache && matches!(snapshot::load(dirs, &cname), Err(SnapshotError::NotFound(_))) {
+        let m = facts.manifest(&cname, SnapshotKind::ImageCache, &state.name, false);
+        let step = crate::progress::step(format!("Saving image-cache snapshot {cname}"));
+        match snapshot::create::create(dirs, &vmdir.path, m).await {
+            Ok(_) => step.finish(),
+            // Another run is writing the same snapshot: one is enough.
+            Err(SnapshotError::Busy(_)) => drop(step),
+            Err(e) => {
+                drop(step);
+                eprintln!("fcvm: warning: image-cache snapshot not saved: {e}");
+            }
+        }
+    }
+    Ok(launched)
+}
+
+fn discard(dirs: &Dirs, name: &str, e: &SnapshotError) {
+    eprintln!("fcvm: snapshot {name} failed to load ({e}); discarding it and booting cold");
+    let _ = snapshot::remove(dirs, name);
+}
+
+fn record_vmm(vmdir: &VmDir, state: &mut VmState, vm: &dyn Vmm) -> Result<()> {
+    state.vmm_pid = Some(vm.pid());
+    state.vmm_start = crate::vm::process_start(vm.pid());
+    vmdir.write_state(state)?;
+    Ok(())
+}
+
+/// Boots the kernel, opens the session, prepares the container's root.
+async fn cold_boot(
+    vmdir: &VmDir,
+    state: &mut VmState,
+    facts: &Facts,
+    net: &Network,
+    hostname: &str,
+) -> Result<Launched> {
+    // Leftovers of a failed restore attempt must not be mistaken for ours.
+    for f in ["rw.ext4", "agent.sock", "qmp.sock", "console.log"] {
+        let _ = std::fs::remove_file(vmdir.path.join(f));
+    }
+    let rw = vmdir.path.join(snapshot::RW_DISK);
+    super::make_rw_disk(&rw, 1024)?;
+    let vspec = VmSpec {
+        dir: vmdir.path.clone(),
+        kernel: facts.assets.kernel.clone(),
+        initramfs: facts.assets.initramfs.clone(),
+        cpus: facts.cpus,
+        mem_mib: facts.mem_mib,
+        disks: vec![
+            Disk {
+                path: facts.rootfs.clone(),
+                read_only: true,
+            },
+            Disk {
+                path: rw,
+                read_only: false,
+            },
+        ],
+        accel: facts.accel,
+        extra_args: net.qemu_args.clone(),
+        memory: Memory::File {
+            path: vmdir.path.join(snapshot::RAM_FILE),
+            shared: true,
+        },
+        incoming: false,
+    };
+    let t0 = Instant::now();
+    let mut vm = vmm::start(facts.backend, &vspec)?;
+    record_vmm(vmdir, state, &*vm)?;
+    let name = state.name.clone();
+    let session = Session::connect(
+        &vm.agent_socket(),
+        new_epoch(),
+        vm.as_mut(),
+        BOOT_TIMEOUT,
+        Some(vmdir.path.join("agent.log")),
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "VM {name} did not boot{}",
+            super::console_tail(&vmdir.path)
+        )
+    })?;
+    let t_hello = t0.elapsed();
+    let plan = ContainerPlan {
+        image_fstype: facts.fstype.clone(),
+        hostname: hostname.into(),
+        network: net.guest.clone(),
+    };
+    session
+        .request(Msg::Prepare(plan), BOOT_TIMEOUT, |m| match m {
+            Msg::Prepared => Some(Ok(())),
+            Msg::PrepareFailed { error } => Some(Err(error)),
+            _ => None,
+        })
+        .await
+        .with_context(|| format!("VM {name}: preparing the container failed"))?;
+    Ok(Launched {
+        vm,
+        session,
+        restored_from: None,
+        t0,
+        t_hello,
+        t_ready: t0.elapsed(),
+    })
+}

@@ -1,0 +1,275 @@
+//! `fcvm podman run`: one container in one fresh VM.
+//!
+//! 1. Check every input before anything is created (name, env, memory, VMM binary, network).
+//! 2. Guest assets and the image rootfs (both cached; built with progress on first use).
+//! 3. VM directory + state.json, network, then the VM itself ([`launch`]): restored from the
+//!    image-cache snapshot of this image+config if there is one, else booted cold, prepared
+//!    and snapshotted for the next run (unless `--no-snapshot`).
+//! 4. [`serve`]: the container runs, `fcvm exec` is served, health is watched; output streams
+//!    until `Exit`; Ctrl-C/SIGTERM stop the container, then the VM.
+//! 5. `--rm` semantics: the VM and its directory are removed; the container's code is returned.
+
+pub mod launch;
+pub mod serve;
+pub mod spec;
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+pub use spec::{parse_env, process_spec};
+
+use crate::image::PullOptions;
+use crate::paths::Dirs;
+use crate::snapshot::{self, Manifest, SnapshotKind};
+use crate::vm::{names, VmDir, VmState, VmStatus};
+use crate::vmm::{self, Accel, VmmKind};
+
+/// Smallest guest memory the kernel + initramfs + crun boot in (see docs/run.md).
+pub const MIN_MEM_MIB: u32 = 128;
+/// Failure bound for a cold boot to the agent's HelloAck (TCG on 2 cores is the slow case).
+pub(crate) const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    pub name: Option<String>,
+    pub image: String,
+    pub command: Vec<String>,
+    pub env: Vec<String>,
+    pub cpus: u32,
+    pub mem_mib: u32,
+    pub workdir: Option<String>,
+    pub user: Option<String>,
+    pub entrypoint: Option<String>,
+    pub hostname: Option<String>,
+    pub hypervisor: Option<VmmKind>,
+    pub interactive: bool,
+    pub tty: bool,
+    pub pull: PullOptions,
+    pub network: crate::network::NetworkOptions,
+    pub health: crate::health::HealthFlags,
+    /// Never save nor restore snapshots for this run.
+    pub no_snapshot: bool,
+}
+
+/// What a VM is made of: everything a snapshot manifest records about it.
+#[derive(Debug, Clone)]
+pub struct Facts {
+    pub backend: VmmKind,
+    pub accel: Accel,
+    pub cpus: u32,
+    pub mem_mib: u32,
+    pub assets: crate::assets::Assets,
+    pub image: String,
+    pub image_digest: String,
+    pub rootfs: std::path::PathBuf,
+    pub fstype: String,
+    pub net_devices: bool,
+    pub container_env: Vec<String>,
+}
+
+impl Facts {
+    /// The image-cache key: everything that shapes the VM before the user's process starts.
+    pub fn cache_key(&self) -> String {
+        snapshot::cache_key(&[
+            &self.image_digest,
+            &self.assets.kernel_id,
+            &self.assets.initramfs_id,
+            &self.cpus.to_string(),
+            &self.mem_mib.to_string(),
+            &format!("{:?}/{:?}", self.backend, self.accel),
+            &self.net_devices.to_string(),
+            &self.fstype,
+        ])
+    }
+
+    pub fn manifest(&self, name: &str, kind: SnapshotKind, source: &str, running: bool) -> Manifest {
+        Manifest {
+            version: snapshot::MANIFEST_VERSION,
+            name: name.into(),
+            kind,
+            created_at: chrono::Utc::now(),
+            key: (kind != SnapshotKind::User).then(|| self.cache_key()),
+            source: source.into(),
+            backend: self.backend,
+            accel: self.accel,
+            cpus: self.cpus,
+            mem_mib: self.mem_mib,
+            kernel: self.assets.kernel.clone(),
+            kernel_id: self.assets.kernel_id.clone(),
+            initramfs: self.assets.initramfs.clone(),
+            initramfs_id: self.assets.initramfs_id.clone(),
+            image: self.image.clone(),
+            image_digest: self.image_digest.clone(),
+            rootfs: self.rootfs.clone(),
+            fstype: self.fstype.clone(),
+            net_devices: self.net_devices,
+            container_running: running,
+            container_env: self.container_env.clone(),
+            files: vec![],
+        }
+    }
+}
+
+/// Checks the flags every VM-starting command shares.
+pub(crate) fn check_machine(kind: VmmKind, cpus: u32, mem_mib: u32) -> Result<Accel> {
+    if mem_mib < MIN_MEM_MIB {
+        bail!("--mem {mem_mib} MiB is below the {MIN_MEM_MIB} MiB the guest needs");
+    }
+    if cpus == 0 {
+        bail!("--cpu must be at least 1");
+    }
+    let accel = Accel::detect();
+    if kind == VmmKind::Firecracker && accel != Accel::Kvm {
+        bail!(vmm::VmmError::NoKvm(kind));
+    }
+    vmm::qemu::find_binary()?;
+    Ok(accel)
+}
+
+/// A fresh state record for a VM this process owns.
+pub(crate) fn new_state(id: &str, name: &str, facts: &Facts) -> VmState {
+    let me = std::process::id();
+    VmState {
+        id: id.into(),
+        name: name.into(),
+        status: VmStatus::Starting,
+        pid: me,
+        pid_start: crate::vm::process_start(me).unwrap_or(0),
+        vmm_pid: None,
+        vmm_start: None,
+        backend: facts.backend,
+        accel: facts.accel,
+        image: facts.image.clone(),
+        image_digest: facts.image_digest.clone(),
+        cpus: facts.cpus,
+        mem_mib: facts.mem_mib,
+        started_at: chrono::Utc::now(),
+        health: None,
+        exit_code: None,
+        network: None,
+        snapshot: None,
+    }
+}
+
+pub async fn run(dirs: &Dirs, opts: RunOptions) -> Result<i32> {
+    // 1. Inputs first: a bad flag changes nothing.
+    let env = parse_env(&opts.env)?;
+    let kind = opts.hypervisor.unwrap_or(VmmKind::Qemu);
+    let accel = check_machine(kind, opts.cpus, opts.mem_mib)?;
+    crate::network::check(&opts.network)?;
+    let id = crate::vm::new_id();
+    let name = opts
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("fcvm-{}", &id[..8]));
+    let _name_lock = names::claim(dirs, &name)?;
+
+    // 2. Assets and image (cached).
+    let d2 = dirs.clone();
+    let assets = tokio::task::spawn_blocking(move || {
+        crate::assets::ensure(&d2, &crate::assets::find_agent()?)
+    })
+    .await??;
+    let image = crate::image::prepare(dirs, &opts.image, &opts.pull)
+        .await
+        .with_context(|| format!("Image {}", opts.image))?;
+    let spec = process_spec(&opts, &image.config, env)?;
+    let facts = Facts {
+        backend: kind,
+        accel,
+        cpus: opts.cpus,
+        mem_mib: opts.mem_mib,
+        assets,
+        image: opts.image.clone(),
+        image_digest: image.digest.clone(),
+        rootfs: image.rootfs.clone(),
+        fstype: image.fstype.clone(),
+        net_devices: opts.network.mode != crate::network::NetworkMode::None,
+        container_env: spec.env.clone(),
+    };
+
+    // 3. The VM.
+    let vmdir = VmDir::new(dirs, &id);
+    let guard = DirGuard(vmdir.clone());
+    std::fs::create_dir_all(&vmdir.path).context("Cannot create the VM directory")?;
+    let net = crate::network::setup(&opts.network, &vmdir.path, &id)?;
+    let mut state = new_state(&id, &name, &facts);
+    state.network = Some(net.info.clone());
+    let hostname = opts.hostname.clone().unwrap_or_else(|| name.clone());
+    let launched = launch::launch(
+        dirs,
+        &vmdir,
+        &mut state,
+        &facts,
+        &net,
+        &hostname,
+        !opts.no_snapshot,
+    )
+    .await?;
+
+    // 4. Serve until the container ends.
+    let code = serve::serve(serve::Serving {
+        dirs,
+        vmdir: &vmdir,
+        state,
+        launched,
+        facts: &facts,
+        start: Some(spec),
+        attach: crate::attach::AttachOptions {
+            stdin: opts.interactive,
+            tty: opts.tty,
+            stop_on_signal: true,
+        },
+        health: &opts.health,
+        image_config: &image.config,
+    })
+    .await;
+    drop(net);
+    drop(guard);
+    code
+}
+
+/// Removes the VM directory on every exit path that runs destructors.
+pub(crate) struct DirGuard(pub VmDir);
+
+impl Drop for DirGuard {
+    fn drop(&mut self) {
+        let _ = self.0.remove();
+    }
+}
+
+pub(crate) fn console_tail(dir: &Path) -> String {
+    let Ok(s) = std::fs::read_to_string(dir.join("console.log")) else {
+        return String::new();
+    };
+    let lines: Vec<&str> = s.lines().filter(|l| !l.trim().is_empty()).collect();
+    let tail = lines[lines.len().saturating_sub(5)..].join("\n  ");
+    if tail.is_empty() {
+        String::new()
+    } else {
+        format!("; console:\n  {tail}")
+    }
+}
+
+/// A sparse ext4 disk for the container's writable layer.
+pub fn make_rw_disk(path: &Path, size_mib: u64) -> Result<()> {
+    let f = std::fs::File::create(path).context("Cannot create the writable disk")?;
+    f.set_len(size_mib << 20)?;
+    drop(f);
+    crate::util::run_tool(
+        std::process::Command::new("mkfs.ext4")
+            .args([
+                "-q",
+                "-F",
+                "-m",
+                "0",
+                "-E",
+                "lazy_itable_init=1,lazy_journal_init=1",
+            ])
+            .arg(path),
+        "e2fsprogs",
+    )?;
+    Ok(())
+}

@@ -1,0 +1,120 @@
+//! A launched VM at work: the container's main process runs (or, in a VM restored with its app
+//! running, is attached to), `fcvm exec` and `fcvm snapshot create` are served on the VM's
+//! exec socket, the health monitor starts — only now, after the agent confirmed it is ready —
+//! and output streams until the container exits. Then the VM is torn down.
+
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result};
+use fcvm_proto::{ProcessSpec, Target};
+
+use super::launch::Launched;
+use super::Facts;
+use crate::attach::{attach, AttachOptions};
+use crate::exec::Snapshotter;
+use crate::paths::Dirs;
+use crate::snapshot::SnapshotKind;
+use crate::vm::{VmDir, VmState, VmStatus};
+
+pub struct Serving<'a> {
+    pub dirs: &'a Dirs,
+    pub vmdir: &'a VmDir,
+    pub state: VmState,
+    pub launched: Launched,
+    pub facts: &'a Facts,
+    /// The container's process to start; None attaches to the one already running.
+    pub start: Option<ProcessSpec>,
+    pub attach: AttachOptions,
+    pub health: &'a crate::health::HealthFlags,
+    pub image_config: &'a crate::image::ImageConfig,
+}
+
+pub async fn serve(s: Serving<'_>) -> Result<i32> {
+    let Launched {
+        mut vm,
+        session,
+        restored_from,
+        t0,
+        t_hello,
+        t_ready,
+    } = s.launched;
+    let mut state = s.state;
+    state.status = VmStatus::Running;
+    s.vmdir.write_state(&state)?;
+    let name = state.name.clone();
+    let session = Arc::new(session);
+    let _exec = crate::exec::serve(
+        &s.vmdir.path.join(crate::exec::EXEC_SOCK),
+        session.clone(),
+        s.facts.container_env.clone(),
+        Some(snapshotter(s.dirs, s.vmdir, s.facts, &name)),
+    )
+    .context("Cannot open the exec socket")?;
+    let proc = match s.start {
+        Some(spec) => session.start(spec, Target::Container),
+        None => session.attach(fcvm_proto::CONTAINER_STREAM),
+    };
+    let shared = Arc::new(Mutex::new(state));
+    let health = {
+        let (shared, vmdir) = (shared.clone(), s.vmdir.clone());
+        crate::health::spawn(
+            session.clone(),
+            s.health,
+            s.image_config,
+            Box::new(move |h| {
+                let mut st = shared.lock().expect("state");
+                st.health = Some(h);
+                let _ = vmdir.write_state(&st);
+            }),
+        )
+    };
+    let outcome = attach(proc, s.attach).await;
+    if std::env::var_os("FCVM_TIMINGS").is_some() {
+        eprintln!(
+            "fcvm timings: accel={:?} restored_from={} agent_hello_ms={} guest_uptime_ms={} ready_ms={} first_output_ms={} total_ms={}",
+            s.facts.accel,
+            restored_from.as_deref().unwrap_or("-"),
+            t_hello.as_millis(),
+            session.info.uptime_ms,
+            t_ready.as_millis(),
+            outcome
+                .first_output
+                .map(|t| (t - t0).as_millis() as i64)
+                .unwrap_or(-1),
+            t0.elapsed().as_millis()
+        );
+    }
+
+    drop(health);
+    let mut state = shared.lock().expect("state").clone();
+    state.status = VmStatus::Stopping;
+    let _ = s.vmdir.write_state(&state);
+    vm.kill();
+    match outcome.result {
+        Ok(code) => Ok(code),
+        Err(e) => {
+            let why = vm.try_exited().unwrap_or_default();
+            Err(e).with_context(|| format!("VM {name} ({why})"))
+        }
+    }
+}
+
+/// `fcvm snapshot create` requests arrive here: the owner snapshots its own VM.
+fn snapshotter(dirs: &Dirs, vmdir: &VmDir, facts: &Facts, vm_name: &str) -> Snapshotter {
+    let (dirs, dir, facts, vm_name) = (
+        dirs.clone(),
+        vmdir.path.clone(),
+        facts.clone(),
+        vm_name.to_string(),
+    );
+    Arc::new(move |snap: String| {
+        let (dirs, dir) = (dirs.clone(), dir.clone());
+        let m = facts.manifest(&snap, SnapshotKind::User, &vm_name, true);
+        Box::pin(async move {
+            crate::snapshot::create::create(&dirs, &dir, m)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+    })
+}

@@ -1,0 +1,237 @@
+//! Snapshots (DESIGN §5): a VM's RAM file, its device state, its writable disk and a manifest,
+//! in `snapshots/<name>/`. Written into a temp directory and renamed into place, so a reader
+//! never sees half of one; checked on load (sizes, device-state checksum, assets present), so
+//! a damaged one is refused, never half-loaded.
+//!
+//! ```text
+//! snapshots/<name>/
+//!   manifest.json   Manifest { version: 1, kind, config, asset ids, file sizes + checksums }
+//!   devstate        QEMU migration stream of the devices (x-ignore-shared: no RAM inside)
+//!   ram             guest RAM, mapped copy-on-write (share=off) by every restore and clone
+//!   rw.ext4         the container's writable disk, copied (sparse/reflink) per restore
+//! ```
+//!
+//! Kinds: `image-cache` (taken right after the container's root is prepared, before the user's
+//! process starts; keyed by everything that shapes the VM), `startup` (after the first healthy
+//! check) and `user` (`fcvm snapshot create`).
+
+pub mod create;
+pub mod restore;
+
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::paths::Dirs;
+use crate::vmm::{Accel, VmmKind};
+
+pub const MANIFEST_VERSION: u32 = 1;
+pub const MANIFEST: &str = "manifest.json";
+pub const DEVSTATE: &str = "devstate";
+pub const RAM_FILE: &str = "ram";
+pub const RW_DISK: &str = "rw.ext4";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("No snapshot named {0:?}")]
+    NotFound(String),
+    #[error("Snapshot {0:?} is damaged: {1}")]
+    Damaged(String, String),
+    #[error("Snapshot {0:?} needs {1}, which is gone: take the snapshot again")]
+    AssetGone(String, String),
+    #[error("Snapshot {0:?} is in use by running VM {1}")]
+    InUse(String, String),
+    #[error("Snapshot {0:?} is being written by another fcvm")]
+    Busy(String),
+    #[error("Invalid snapshot name {0:?}")]
+    InvalidName(String),
+    #[error("Snapshot I/O on {0}")]
+    Io(PathBuf, #[source] std::io::Error),
+    #[error("Snapshot {0}: {1}")]
+    Vmm(String, String),
+}
+
+pub(crate) fn io_err(p: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError + '_ {
+    move |e| SnapshotError::Io(p.to_path_buf(), e)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SnapshotKind {
+    ImageCache,
+    Startup,
+    User,
+}
+
+/// Size (and for small files the SHA-256) of one file of a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileSum {
+    pub name: String,
+    pub size: u64,
+    pub sha256: Option<String>,
+}
+
+/// Everything needed to bring the VM back, and to know whether that is still possible.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub version: u32,
+    pub name: String,
+    pub kind: SnapshotKind,
+    pub created_at: DateTime<Utc>,
+    /// Image-cache and startup snapshots: the content key they are found by.
+    pub key: Option<String>,
+    /// The VM it was taken from.
+    pub source: String,
+    pub backend: VmmKind,
+    pub accel: Accel,
+    pub cpus: u32,
+    pub mem_mib: u32,
+    pub kernel: PathBuf,
+    pub kernel_id: String,
+    pub initramfs: PathBuf,
+    pub initramfs_id: String,
+    pub image: String,
+    pub image_digest: String,
+    pub rootfs: PathBuf,
+    pub fstype: String,
+    /// QEMU args of the network devices: a restore must have the same devices.
+    pub net_devices: bool,
+    /// Whether the container's main process runs in the snapshot (startup/user snapshots).
+    pub container_running: bool,
+    /// The container's environment, for execs into restored VMs.
+    pub container_env: Vec<String>,
+    pub files: Vec<FileSum>,
+}
+
+/// Valid snapshot names: like VM names.
+pub fn validate_name(name: &str) -> Result<(), SnapshotError> {
+    crate::vm::names::validate(name).map_err(|_| SnapshotError::InvalidName(name.into()))
+}
+
+pub fn dir(dirs: &Dirs, name: &str) -> PathBuf {
+    dirs.snapshots().join(name)
+}
+
+/// Name under which the image-cache snapshot of `key` is stored.
+pub fn cache_name(key: &str) -> String {
+    format!("cache-{}", &key[..16.min(key.len())])
+}
+
+/// Reads and checks a snapshot: manifest version, every file present with its recorded size,
+/// the device state's checksum, and the assets it was taken with.
+pub fn load(dirs: &Dirs, name: &str) -> Result<(PathBuf, Manifest), SnapshotError> {
+    let d = dir(dirs, name);
+    let mpath = d.join(MANIFEST);
+    let data = match std::fs::read(&mpath) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(SnapshotError::NotFound(name.into()))
+        }
+        Err(e) => return Err(SnapshotError::Io(mpath, e)),
+    };
+    let damaged = |why: String| SnapshotError::Damaged(name.into(), why);
+    let m: Manifest =
+        serde_json::from_slice(&data).map_err(|e| damaged(format!("manifest: {e}")))?;
+    if m.version != MANIFEST_VERSION {
+        return Err(damaged(format!("manifest version {}", m.version)));
+    }
+    for f in &m.files {
+        let p = d.join(&f.name);
+        let size = std::fs::metadata(&p)
+            .map_err(|_| damaged(format!("{} is missing", f.name)))?
+            .len();
+        if size != f.size {
+            return Err(damaged(format!(
+                "{} has {size} bytes, expected {}",
+                f.name, f.size
+            )));
+        }
+        if let Some(sum) = &f.sha256 {
+            let got = crate::util::sha256_file(&p).map_err(io_err(&p))?;
+            if &got != sum {
+                return Err(damaged(format!("{} checksum mismatch", f.name)));
+            }
+        }
+    }
+    for (what, p) in [
+        ("kernel", &m.kernel),
+        ("initramfs", &m.initramfs),
+        ("image", &m.rootfs),
+    ] {
+        if !p.exists() {
+            return Err(SnapshotError::AssetGone(
+                name.into(),
+                format!("its {what} {}", p.display()),
+            ));
+        }
+    }
+    Ok((d, m))
+}
+
+/// Every snapshot with a readable manifest, by name.
+pub fn list(dirs: &Dirs) -> Vec<Manifest> {
+    let mut out: Vec<Manifest> = std::fs::read_dir(dirs.snapshots())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join(MANIFEST)).ok())
+        .filter_map(|b| serde_json::from_slice(&b).ok())
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+/// Removes a snapshot unless a live VM was restored from it.
+pub fn remove(dirs: &Dirs, name: &str) -> Result<(), SnapshotError> {
+    let d = dir(dirs, name);
+    if !d.join(MANIFEST).exists() {
+        return Err(SnapshotError::NotFound(name.into()));
+    }
+    let users = crate::vm::list(dirs).into_iter().find(|(_, st)| {
+        st.snapshot.as_deref() == Some(name)
+            && matches!(st.observed(), "starting" | "running" | "stopping")
+    });
+    if let Some((_, st)) = users {
+        return Err(SnapshotError::InUse(name.into(), st.name));
+    }
+    // Rename first: a reader sees the whole snapshot or none of it.
+    let trash = dirs.tmp().join(format!("rm-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(dirs.tmp()).map_err(io_err(&trash))?;
+    std::fs::rename(&d, &trash).map_err(io_err(&d))?;
+    std::fs::remove_dir_all(&trash).map_err(io_err(&trash))
+}
+
+/// The content key of an image-cache snapshot: everything that shapes the VM before the
+/// user's process starts.
+pub fn cache_key(parts: &[&str]) -> String {
+    crate::util::sha256_hex(parts.join("\n").as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_key_changes_with_any_part() {
+        let a = cache_key(&["img", "k", "i", "1", "512"]);
+        assert_ne!(a, cache_key(&["img", "k", "i", "1", "1024"]));
+        assert_eq!(a, cache_key(&["img", "k", "i", "1", "512"]));
+        assert_eq!(cache_name(&a).len(), 6 + 16);
+    }
+
+    #[test]
+    fn missing_snapshot_is_not_found() {
+        let d = tempfile::tempdir().unwrap();
+        let dirs = Dirs::new(d.path());
+        assert!(matches!(
+            load(&dirs, "nope"),
+            Err(SnapshotError::NotFound(_))
+        ));
+        assert!(matches!(
+            remove(&dirs, "nope"),
+            Err(SnapshotError::NotFound(_))
+        ));
+    }
+}
