@@ -149,11 +149,17 @@ pub enum Msg {
     },
     // ---- host-local control (exec socket of the VM's owning fcvm; never sent to the agent) --
     /// `fcvm snapshot create` → owner: snapshot the VM under this name.
-    SnapshotRequest { name: String },
+    SnapshotRequest {
+        name: String,
+    },
     /// owner → client: the snapshot is complete.
-    SnapshotDone { name: String },
+    SnapshotDone {
+        name: String,
+    },
     /// owner → client: it failed; the VM runs on.
-    SnapshotFailed { error: String },
+    SnapshotFailed {
+        error: String,
+    },
 
     /// agent → host: the HTTP status code of an `HttpGet` (final frame of the stream).
     HttpStatus {

@@ -38,7 +38,10 @@ impl Drop for ExecServer {
 /// Takes a snapshot of the served VM under a name (the owner does it, so a client that dies
 /// mid-way cannot leave the VM paused).
 pub type Snapshotter = Arc<
-    dyn Fn(String) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>
+    dyn Fn(
+            String,
+        )
+            -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>
         + Send
         + Sync,
 >;
@@ -56,7 +59,12 @@ pub fn serve(
     let env = Arc::new(container_env);
     let task = tokio::spawn(async move {
         while let Ok((conn, _)) = listener.accept().await {
-            tokio::spawn(handle(conn, session.clone(), env.clone(), snapshotter.clone()));
+            tokio::spawn(handle(
+                conn,
+                session.clone(),
+                env.clone(),
+                snapshotter.clone(),
+            ));
         }
     });
     Ok(ExecServer {
@@ -173,7 +181,11 @@ async fn handle(
 }
 
 /// `fcvm snapshot create VM --tag NAME`: asks the VM's owner to snapshot it.
-pub async fn request_snapshot(dirs: &crate::paths::Dirs, vm: &str, name: &str) -> anyhow::Result<()> {
+pub async fn request_snapshot(
+    dirs: &crate::paths::Dirs,
+    vm: &str,
+    name: &str,
+) -> anyhow::Result<()> {
     use anyhow::Context;
     crate::snapshot::validate_name(name)?;
     let (dir, st) = crate::vm::find(dirs, vm)?;

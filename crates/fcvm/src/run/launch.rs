@@ -80,10 +80,15 @@ pub async fn launch(
         }
     }
     let launched = cold_boot(vmdir, state, facts, net, hostname).await?;
-    if use_cache && matches!(snapshot::load(dirs, &cname), Err(SnapshotError::NotFound(_))) {
+    if use_cache
+        && matches!(
+            snapshot::load(dirs, &cname),
+            Err(SnapshotError::NotFound(_))
+        )
+    {
         let m = facts.manifest(&cname, SnapshotKind::ImageCache, &state.name, false);
         let step = crate::progress::step(format!("Saving image-cache snapshot {cname}"));
-        match snapshot::create::create(dirs, &vmdir.path, m).await {
+        match snapshot::create::create(dirs, &vmdir.path, m, &net.qemu_args).await {
             Ok(_) => step.finish(),
             // Another run is writing the same snapshot: one is enough.
             Err(SnapshotError::Busy(_)) => drop(step),
@@ -101,7 +106,7 @@ fn discard(dirs: &Dirs, name: &str, e: &SnapshotError) {
     let _ = snapshot::remove(dirs, name);
 }
 
-fn record_vmm(vmdir: &VmDir, state: &mut VmState, vm: &dyn Vmm) -> Result<()> {
+pub(crate) fn record_vmm(vmdir: &VmDir, state: &mut VmState, vm: &dyn Vmm) -> Result<()> {
     state.vmm_pid = Some(vm.pid());
     state.vmm_start = crate::vm::process_start(vm.pid());
     vmdir.write_state(state)?;
@@ -158,12 +163,7 @@ async fn cold_boot(
         Some(vmdir.path.join("agent.log")),
     )
     .await
-    .with_context(|| {
-        format!(
-            "VM {name} did not boot{}",
-            super::console_tail(&vmdir.path)
-        )
-    })?;
+    .with_context(|| format!("VM {name} did not boot{}", super::console_tail(&vmdir.path)))?;
     let t_hello = t0.elapsed();
     let plan = ContainerPlan {
         image_fstype: facts.fstype.clone(),

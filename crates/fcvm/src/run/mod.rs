@@ -9,6 +9,7 @@
 //!    until `Exit`; Ctrl-C/SIGTERM stop the container, then the VM.
 //! 5. `--rm` semantics: the VM and its directory are removed; the container's code is returned.
 
+pub mod clone;
 pub mod launch;
 pub mod serve;
 pub mod spec;
@@ -66,6 +67,8 @@ pub struct Facts {
     pub rootfs: std::path::PathBuf,
     pub fstype: String,
     pub net_devices: bool,
+    /// The VM's network device arguments (a snapshot's rehydrating helper needs them).
+    pub net_args: Vec<String>,
     pub container_env: Vec<String>,
 }
 
@@ -84,7 +87,13 @@ impl Facts {
         ])
     }
 
-    pub fn manifest(&self, name: &str, kind: SnapshotKind, source: &str, running: bool) -> Manifest {
+    pub fn manifest(
+        &self,
+        name: &str,
+        kind: SnapshotKind,
+        source: &str,
+        running: bool,
+    ) -> Manifest {
         Manifest {
             version: snapshot::MANIFEST_VERSION,
             name: name.into(),
@@ -176,7 +185,7 @@ pub async fn run(dirs: &Dirs, opts: RunOptions) -> Result<i32> {
         .await
         .with_context(|| format!("Image {}", opts.image))?;
     let spec = process_spec(&opts, &image.config, env)?;
-    let facts = Facts {
+    let mut facts = Facts {
         backend: kind,
         accel,
         cpus: opts.cpus,
@@ -187,6 +196,7 @@ pub async fn run(dirs: &Dirs, opts: RunOptions) -> Result<i32> {
         rootfs: image.rootfs.clone(),
         fstype: image.fstype.clone(),
         net_devices: opts.network.mode != crate::network::NetworkMode::None,
+        net_args: vec![],
         container_env: spec.env.clone(),
     };
 
@@ -195,6 +205,7 @@ pub async fn run(dirs: &Dirs, opts: RunOptions) -> Result<i32> {
     let guard = DirGuard(vmdir.clone());
     std::fs::create_dir_all(&vmdir.path).context("Cannot create the VM directory")?;
     let net = crate::network::setup(&opts.network, &vmdir.path, &id)?;
+    facts.net_args = net.qemu_args.clone();
     let mut state = new_state(&id, &name, &facts);
     state.network = Some(net.info.clone());
     let hostname = opts.hostname.clone().unwrap_or_else(|| name.clone());

@@ -110,8 +110,9 @@ fn snapshotter(dirs: &Dirs, vmdir: &VmDir, facts: &Facts, vm_name: &str) -> Snap
     Arc::new(move |snap: String| {
         let (dirs, dir) = (dirs.clone(), dir.clone());
         let m = facts.manifest(&snap, SnapshotKind::User, &vm_name, true);
+        let net_args = facts.net_args.clone();
         Box::pin(async move {
-            crate::snapshot::create::create(&dirs, &dir, m)
+            crate::snapshot::create::create(&dirs, &dir, m, &net_args)
                 .await
                 .map(|_| ())
                 .map_err(|e| e.to_string())

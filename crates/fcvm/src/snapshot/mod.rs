@@ -16,6 +16,7 @@
 //! check) and `user` (`fcvm snapshot create`).
 
 pub mod create;
+pub mod rehydrate;
 pub mod restore;
 
 use std::path::{Path, PathBuf};

@@ -75,7 +75,10 @@ pub async fn restore(
         Ok(session) => Ok(Restored { vm, session }),
         Err(e) => {
             vm.kill();
-            Err(e)
+            Err(match crate::vmm::qemu::log_tail(vm_dir) {
+                Some(l) => SnapshotError::Vmm(m.name.clone(), format!("{e}; qemu: {l}")),
+                None => e,
+            })
         }
     }
 }
@@ -94,7 +97,7 @@ async fn resume(
     let mut qmp = Qmp::connect(&qmp_path, STEP_TIMEOUT)
         .await
         .map_err(|e| err("QMP", e.to_string()))?;
-    qmp.set_ignore_shared()
+    qmp.set_ignore_shared(true)
         .await
         .map_err(|e| err("QMP", e.to_string()))?;
     let dev: PathBuf = snap_dir.join(DEVSTATE);
@@ -128,10 +131,7 @@ async fn resume(
 }
 
 /// A fresh restore plan: the host's clock, new entropy, and the new identity.
-pub fn plan(
-    hostname: Option<String>,
-    network: Option<fcvm_proto::NetConfig>,
-) -> RestorePlan {
+pub fn plan(hostname: Option<String>, network: Option<fcvm_proto::NetConfig>) -> RestorePlan {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();

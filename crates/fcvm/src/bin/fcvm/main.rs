@@ -34,8 +34,24 @@ enum Command {
     /// List VMs.
     #[command(alias = "ps")]
     Ls(commands::ls::LsArgs),
+    /// Snapshots: create, run (clone), ls, rm.
+    Snapshot {
+        #[command(subcommand)]
+        command: commands::snapshot::SnapshotCommand,
+    },
+    /// Snapshot maintenance.
+    Snapshots {
+        #[command(subcommand)]
+        command: SnapshotsCommand,
+    },
     /// Remove a VM's leftovers (a dead VM), or stop and remove a running one with --force.
     Rm(commands::rm::RmArgs),
+}
+
+#[derive(Subcommand)]
+enum SnapshotsCommand {
+    /// Remove image-cache and startup snapshots that no running VM uses.
+    Prune,
 }
 
 fn main() {
@@ -79,6 +95,10 @@ fn main() {
             Command::Setup => commands::setup::run(&dirs).await,
             Command::Podman { command } => commands::podman::run(&dirs, command).await,
             Command::Exec(a) => commands::exec::run(&dirs, a).await,
+            Command::Snapshot { command } => commands::snapshot::run(&dirs, command).await,
+            Command::Snapshots {
+                command: SnapshotsCommand::Prune,
+            } => commands::snapshot::prune(&dirs),
             Command::Ls(a) => commands::ls::run(&dirs, a),
             Command::Rm(a) => commands::rm::run(&dirs, a),
         }

@@ -58,12 +58,7 @@ pub fn args(spec: &VmSpec, tsc_khz: Option<u64>) -> Vec<String> {
         }
     }
     let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
-    push(&[
-        "-nodefaults",
-        "-no-user-config",
-        "-nographic",
-        "-no-reboot",
-    ]);
+    push(&["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]);
     a.extend([
         "-smp".into(),
         spec.cpus.to_string(),

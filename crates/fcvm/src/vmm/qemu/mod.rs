@@ -110,6 +110,15 @@ impl Drop for Qemu {
     }
 }
 
+/// The last line QEMU wrote to its log in `dir` (its own error messages).
+pub fn log_tail(dir: &std::path::Path) -> Option<String> {
+    let log = std::fs::read_to_string(dir.join("qemu.log")).ok()?;
+    log.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .map(str::to_string)
+}
+
 fn describe(st: std::process::ExitStatus) -> String {
     match (st.code(), st.signal()) {
         (Some(c), _) => format!("exited with code {c}"),

@@ -18,7 +18,7 @@ pub enum QmpError {
     Connect(String, #[source] std::io::Error),
     #[error("QMP connection closed")]
     Closed,
-    #[error("QMP I/O")]
+    #[error("QMP I/O: {0}")]
     Io(#[from] std::io::Error),
     #[error("QMP {0} failed: {1}")]
     Command(String, String),
@@ -88,10 +88,12 @@ impl Qmp {
         Ok(v["status"].as_str().unwrap_or("").to_string())
     }
 
-    pub async fn set_ignore_shared(&mut self) -> Result<(), QmpError> {
+    /// `x-ignore-shared`: leave shared RAM (the VM's RAM file) out of the migration stream.
+    /// Both ends of a stream must agree: it changes the stream's format.
+    pub async fn set_ignore_shared(&mut self, on: bool) -> Result<(), QmpError> {
         self.execute(
             "migrate-set-capabilities",
-            json!({"capabilities": [{"capability": "x-ignore-shared", "state": true}]}),
+            json!({"capabilities": [{"capability": "x-ignore-shared", "state": on}]}),
         )
         .await
         .map(|_| ())

@@ -5,3 +5,4 @@ pub mod ls;
 pub mod podman;
 pub mod rm;
 pub mod setup;
+pub mod snapshot;

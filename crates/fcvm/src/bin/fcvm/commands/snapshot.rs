@@ -1,0 +1,126 @@
+//! `fcvm snapshot create|run|ls|rm` and `fcvm snapshots prune`.
+
+use anyhow::Result;
+use clap::Subcommand;
+use fcvm::paths::Dirs;
+use fcvm::snapshot::{self, SnapshotKind};
+
+#[derive(Subcommand)]
+pub enum SnapshotCommand {
+    /// Snapshot a running VM (it pauses briefly, then runs on).
+    Create {
+        /// The VM (name or id).
+        vm: String,
+        /// Name of the snapshot.
+        #[arg(long)]
+        tag: String,
+    },
+    /// Start a clone of a snapshot.
+    Run {
+        /// The snapshot.
+        snapshot: String,
+        /// Name of the clone (also its hostname).
+        #[arg(long)]
+        name: Option<String>,
+        /// Run this shell command in the clone, print its output, remove the clone.
+        #[arg(long)]
+        exec: Option<String>,
+        /// rootless, bridged or none (must match the snapshot's devices).
+        #[arg(long)]
+        network: Option<fcvm::network::NetworkMode>,
+        /// Publish a port of the clone: [ip:][hostPort:]containerPort[/proto].
+        #[arg(short = 'p', long = "publish")]
+        publish: Vec<String>,
+    },
+    /// List snapshots.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a snapshot (refused while a VM restored from it runs).
+    Rm { names: Vec<String> },
+}
+
+pub async fn run(dirs: &Dirs, cmd: SnapshotCommand) -> Result<i32> {
+    match cmd {
+        SnapshotCommand::Create { vm, tag } => {
+            fcvm::exec::request_snapshot(dirs, &vm, &tag).await?;
+            println!("{tag}");
+            Ok(0)
+        }
+        SnapshotCommand::Run {
+            snapshot,
+            name,
+            exec,
+            network,
+            publish,
+        } => {
+            let mut net = fcvm::network::NetworkOptions::default();
+            if let Some(m) = network {
+                net.mode = m;
+            }
+            net.publish = publish;
+            fcvm::run::clone::run_clone(
+                dirs,
+                fcvm::run::clone::CloneOptions {
+                    snapshot,
+                    name,
+                    exec,
+                    network: net,
+                    health: Default::default(),
+                },
+            )
+            .await
+        }
+        SnapshotCommand::Ls { json } => {
+            let all = snapshot::list(dirs);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&all)?);
+                return Ok(0);
+            }
+            println!(
+                "{:<28} {:<12} {:<20} {:<28} CREATED",
+                "NAME", "KIND", "SOURCE", "IMAGE"
+            );
+            for m in all {
+                println!(
+                    "{:<28} {:<12} {:<20} {:<28} {}",
+                    m.name,
+                    serde_json::to_value(m.kind)?.as_str().unwrap_or(""),
+                    m.source,
+                    m.image,
+                    m.created_at.format("%Y-%m-%d %H:%M:%S")
+                );
+            }
+            Ok(0)
+        }
+        SnapshotCommand::Rm { names } => {
+            let mut code = 0;
+            for n in names {
+                match snapshot::remove(dirs, &n) {
+                    Ok(()) => println!("{n}"),
+                    Err(e) => {
+                        eprintln!("Error: {e}");
+                        code = 125;
+                    }
+                }
+            }
+            Ok(code)
+        }
+    }
+}
+
+/// Removes every image-cache and startup snapshot no running VM uses (they are rebuilt on
+/// demand); user snapshots stay.
+pub fn prune(dirs: &Dirs) -> Result<i32> {
+    for m in snapshot::list(dirs) {
+        if m.kind == SnapshotKind::User {
+            continue;
+        }
+        match snapshot::remove(dirs, &m.name) {
+            Ok(()) => println!("{}", m.name),
+            Err(e) => eprintln!("kept {}: {e}", m.name),
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,170 @@
+//! `fcvm snapshot run SNAP`: a new VM restored from a snapshot — a clone with its own name,
+//! hostname, machine-id, RNG seed, disk (copy of the snapshot's) and RAM (the snapshot's file
+//! mapped copy-on-write, so clones share unchanged pages through the page cache).
+//!
+//! With the app running in the snapshot the clone attaches to it like `podman run` would;
+//! `--exec CMD` instead runs one command in the clone, prints its output and removes the clone.
+
+use anyhow::{bail, Context, Result};
+use fcvm_proto::{ProcessSpec, Target};
+
+use super::launch::{new_epoch, record_vmm, Launched};
+use super::{check_machine, new_state, DirGuard, Facts};
+use crate::attach::{attach, AttachOptions};
+use crate::network::{NetworkMode, NetworkOptions};
+use crate::paths::Dirs;
+use crate::snapshot::{self, restore};
+use crate::vm::{names, VmDir};
+
+#[derive(Debug, Clone, Default)]
+pub struct CloneOptions {
+    pub snapshot: String,
+    pub name: Option<String>,
+    /// One-shot: run this shell command in the clone, print its output, clean up.
+    pub exec: Option<String>,
+    pub network: NetworkOptions,
+    pub health: crate::health::HealthFlags,
+}
+
+pub async fn run_clone(dirs: &Dirs, o: CloneOptions) -> Result<i32> {
+    let (sdir, m) = snapshot::load(dirs, &o.snapshot)?;
+    let accel = check_machine(m.backend, m.cpus, m.mem_mib)?;
+    if accel != m.accel {
+        bail!(
+            "Snapshot {} was taken under {:?} and cannot be restored under {accel:?}",
+            m.name,
+            m.accel
+        );
+    }
+    let mut net_opts = o.network.clone();
+    if !m.net_devices {
+        // The clone must have the snapshot's devices: no network device, no network.
+        if net_opts.mode != NetworkMode::None && !net_opts.publish.is_empty() {
+            bail!(
+                "Snapshot {} has no network device: --publish cannot apply",
+                m.name
+            );
+        }
+        net_opts.mode = NetworkMode::None;
+    } else if net_opts.mode == NetworkMode::None {
+        bail!(
+            "Snapshot {} has a network device: --network none cannot apply",
+            m.name
+        );
+    }
+    crate::network::check(&net_opts)?;
+    if o.exec.is_none() && !m.container_running {
+        bail!(
+            "Snapshot {} has no running container: give a command with --exec",
+            m.name
+        );
+    }
+    let id = crate::vm::new_id();
+    let name = o
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("{}-{}", m.name, &id[..6]));
+    let _lock = names::claim(dirs, &name)?;
+
+    let mut facts = Facts {
+        backend: m.backend,
+        accel,
+        cpus: m.cpus,
+        mem_mib: m.mem_mib,
+        assets: crate::assets::Assets {
+            kernel: m.kernel.clone(),
+            initramfs: m.initramfs.clone(),
+            kernel_id: m.kernel_id.clone(),
+            initramfs_id: m.initramfs_id.clone(),
+            kernel_version: String::new(),
+        },
+        image: m.image.clone(),
+        image_digest: m.image_digest.clone(),
+        rootfs: m.rootfs.clone(),
+        fstype: m.fstype.clone(),
+        net_devices: m.net_devices,
+        net_args: vec![],
+        container_env: m.container_env.clone(),
+    };
+    let vmdir = VmDir::new(dirs, &id);
+    let guard = DirGuard(vmdir.clone());
+    std::fs::create_dir_all(&vmdir.path).context("Cannot create the VM directory")?;
+    let net = crate::network::setup(&net_opts, &vmdir.path, &id)?;
+    facts.net_args = net.qemu_args.clone();
+    let mut state = new_state(&id, &name, &facts);
+    state.network = Some(net.info.clone());
+    state.snapshot = Some(m.name.clone());
+    let t0 = std::time::Instant::now();
+    let plan = restore::plan(Some(name.clone()), net.guest.clone());
+    let r = restore::restore(
+        &sdir,
+        &m,
+        &vmdir.path,
+        net.qemu_args.clone(),
+        plan,
+        new_epoch(),
+    )
+    .await?;
+    record_vmm(&vmdir, &mut state, &*r.vm)?;
+    let t = t0.elapsed();
+    let launched = Launched {
+        vm: r.vm,
+        session: r.session,
+        restored_from: Some(m.name.clone()),
+        t0,
+        t_hello: t,
+        t_ready: t,
+    };
+
+    let code = match &o.exec {
+        Some(cmd) => one_shot(launched, &facts, cmd, m.container_running).await,
+        None => {
+            super::serve::serve(super::serve::Serving {
+                dirs,
+                vmdir: &vmdir,
+                state,
+                launched,
+                facts: &facts,
+                start: None,
+                attach: AttachOptions {
+                    stdin: false,
+                    tty: false,
+                    stop_on_signal: true,
+                },
+                health: &o.health,
+                image_config: &crate::image::ImageConfig::default(),
+            })
+            .await
+        }
+    };
+    drop(net);
+    drop(guard);
+    code
+}
+
+/// Runs `cmd` in the clone — in its running container, or as the container's process where
+/// none runs yet (an image-cache snapshot) — and tears the clone down.
+async fn one_shot(mut l: Launched, facts: &Facts, cmd: &str, in_container: bool) -> Result<i32> {
+    let spec = ProcessSpec {
+        args: vec!["/bin/sh".into(), "-c".into(), cmd.into()],
+        env: facts.container_env.clone(),
+        ..Default::default()
+    };
+    let target = if in_container {
+        Target::ContainerExec
+    } else {
+        Target::Container
+    };
+    let proc = l.session.start(spec, target);
+    let outcome = attach(
+        proc,
+        AttachOptions {
+            stdin: false,
+            tty: false,
+            stop_on_signal: true,
+        },
+    )
+    .await;
+    l.vm.kill();
+    outcome.result
+}
