@@ -109,6 +109,9 @@ pub fn prepare(plan: &ContainerPlan) -> Result<(), String> {
         MsFlags::empty(),
         Some("lowerdir=/mnt/image,upperdir=/mnt/rw/upper,workdir=/mnt/rw/work"),
     )?;
+    if let Some(n) = &plan.network {
+        crate::net::configure(n)?;
+    }
     set_identity(Some(&plan.hostname), None)
 }
 
@@ -123,6 +126,7 @@ pub fn set_identity(hostname: Option<&str>, machine_id: Option<&str>) -> Result<
     }
     if let Some(h) = hostname.filter(|h| !h.is_empty()) {
         nix::unistd::sethostname(h).map_err(|err| format!("sethostname {h}: {}", err.desc()))?;
+        set_running_container_hostname(h)?;
         if prepared {
             std::fs::write(etc.join("hostname"), format!("{h}\n"))
                 .map_err(e("write /etc/hostname"))?;
@@ -142,6 +146,34 @@ pub fn set_identity(hostname: Option<&str>, machine_id: Option<&str>) -> Result<
         }
     }
     Ok(())
+}
+
+/// A running container has its own UTS namespace: give it the new hostname too (a clone
+/// restored with its app running must not answer with its source's name).
+fn set_running_container_hostname(h: &str) -> Result<(), String> {
+    let Some(pid) = std::fs::read_to_string(crate::process::CONTAINER_PIDFILE)
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+    else {
+        return Ok(());
+    };
+    let ns = format!("/proc/{pid}/ns/uts");
+    let name = h.to_string();
+    // Namespaces belong to tasks: a short-lived thread joins the container's UTS namespace,
+    // renames it and exits, leaving the agent's own threads where they were.
+    let r = std::thread::spawn(move || -> Result<(), String> {
+        let f = match std::fs::File::open(&ns) {
+            Ok(f) => f,
+            // The container just exited: nothing left to rename.
+            Err(_) => return Ok(()),
+        };
+        nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWUTS)
+            .map_err(|e| format!("join the container's UTS namespace: {}", e.desc()))?;
+        nix::unistd::sethostname(&name)
+            .map_err(|e| format!("set the container's hostname: {}", e.desc()))
+    })
+    .join();
+    r.unwrap_or_else(|_| Err("hostname thread panicked".into()))
 }
 
 /// Whether the container root is mounted.

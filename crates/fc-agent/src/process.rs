@@ -17,6 +17,7 @@ use crate::pump::{pump, stdin_loop, StdinMsg};
 use crate::reaper::{self, cstrings, Cmd};
 use fcvm_proto::{ErrorKind, Frame, Msg, ProcessSpec, Target};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender};
@@ -97,9 +98,15 @@ impl Stream {
         Ok(())
     }
 
-    /// SIGKILL: the process group for VM processes, the container-side process otherwise.
+    /// SIGKILL: the process group for VM processes, the container-side process otherwise;
+    /// for exec and VM streams also every process left in their sessions (the `sleep` of a
+    /// killed `sh -c '...; sleep 1000'` must not outlive its stream).
     pub fn kill(&self) {
         let inner = self.inner_pid();
+        let sessions = match self.target {
+            Target::Container => vec![],
+            _ => vec![session_of(inner), Some(self.pid)],
+        };
         // SAFETY: kill(2) on pids we spawned; errors (already gone) are irrelevant.
         unsafe {
             libc::kill(inner, libc::SIGKILL);
@@ -109,11 +116,71 @@ impl Stream {
                 libc::kill(self.pid, libc::SIGKILL);
             }
         }
+        for sid in sessions.into_iter().flatten() {
+            kill_session(sid);
+        }
     }
 
     pub fn resize(&self, rows: u16, cols: u16) {
         if let Some(m) = &self.tty {
             set_winsize(m.as_raw_fd(), rows, cols);
+            // crun's own pty (see `start`) does not follow ours: size it through the
+            // process's stdin, which is that pty's slave.
+            let inner = self.inner_pid();
+            if self.target == Target::ContainerExec && inner != self.pid {
+                let f = std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NOCTTY) // never our controlling terminal
+                    .open(format!("/proc/{inner}/fd/0"));
+                if let Ok(f) = f {
+                    set_winsize(f.as_raw_fd(), rows, cols);
+                }
+            }
+        }
+    }
+}
+
+/// Waits until `crun run` has created the container (its state and pid file exist): an exec
+/// that arrives right after the container's Start would otherwise fail in `crun exec`. The
+/// bound is short: this runs on the session thread, and a container that ended never comes.
+fn wait_container_created() -> Result<(), StartError> {
+    const LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+    let state = Path::new("/run/crun").join(ID).join("status");
+    let deadline = Instant::now() + LIMIT;
+    while !(state.exists() && Path::new(CONTAINER_PIDFILE).exists()) {
+        if Instant::now() > deadline {
+            return Err(failed(format!(
+                "the container is not running (after {LIMIT:?})"
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    Ok(())
+}
+
+/// The session id of `pid` (field 6 of /proc/PID/stat).
+fn session_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// SIGKILLs every process of session `sid` (never the agent's own session).
+fn kill_session(sid: i32) {
+    // SAFETY: getsid(0) only queries our own session.
+    if sid <= 1 || sid == unsafe { libc::getsid(0) } {
+        return;
+    }
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for e in dir.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if pid > 1 && session_of(pid) == Some(sid) {
+            // SAFETY: kill(2) on a process of a session we created; it may be gone already.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
         }
     }
 }
@@ -277,9 +344,16 @@ pub fn start(
             )
         }
         Target::ContainerExec => {
+            wait_container_created()?;
             let json = format!("/run/fcvm/exec-{id}.json");
             let pidfile = format!("/run/fcvm/exec-{id}.pid");
-            let p = oci::process(&proc_cfg).map_err(failed)?;
+            let mut p = oci::process(&proc_cfg).map_err(failed)?;
+            if spec.tty {
+                // crun then gives the process a pty of the container's own devpts as its
+                // controlling terminal (^C, job control) and relays it to our pty; without it
+                // the process runs in a new session with no terminal at all.
+                p.set_terminal(Some(true));
+            }
             oci::write_json(Path::new(&json), &p).map_err(failed)?;
             let _ = std::fs::remove_file(&pidfile);
             let argv = [CRUN, "exec", "--process", &json, "--pid-file", &pidfile, ID];
@@ -375,10 +449,32 @@ pub fn start(
         stdin: Mutex::new(stdin_fd.as_ref().map(|_| stdin_tx)),
         tty,
     });
-    stream.send(Msg::Started {
-        pid: pid as u32,
-        spawn_us,
-    });
+    if target == Target::Container {
+        // "Started" for the container means crun has created it (its pid file exists): only
+        // then can `crun exec` join it. The host opens execs and health checks on this
+        // signal, never on a guess (DESIGN §4).
+        let s = stream.clone();
+        let _ = std::thread::Builder::new()
+            .name("started".into())
+            .spawn(move || {
+                let pidfile = s.pidfile.clone().unwrap_or_default();
+                while !s.finished() && !pidfile.exists() {
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+                if !s.finished() {
+                    let spawn_us = t0.elapsed().as_micros() as u64;
+                    s.send(Msg::Started {
+                        pid: pid as u32,
+                        spawn_us,
+                    });
+                }
+            });
+    } else {
+        stream.send(Msg::Started {
+            pid: pid as u32,
+            spawn_us,
+        });
+    }
     if let Some(fd) = stdin_fd {
         let s = stream.clone();
         let is_tty = spec.tty;

@@ -74,18 +74,26 @@ impl Session {
             epoch,
             version: PROTOCOL_VERSION,
         };
-        Session::open(sock, epoch, vmm, timeout, log, (hello, HELLO_RESEND), |m| match m {
-            Msg::HelloAck {
-                epoch: e,
-                version,
-                info,
-            } if e == epoch => Some(if version == PROTOCOL_VERSION {
-                Ok(info)
-            } else {
-                Err(SessionError::Version(version))
-            }),
-            _ => None,
-        })
+        Session::open(
+            sock,
+            epoch,
+            vmm,
+            timeout,
+            log,
+            (hello, HELLO_RESEND),
+            |m| match m {
+                Msg::HelloAck {
+                    epoch: e,
+                    version,
+                    info,
+                } if e == epoch => Some(if version == PROTOCOL_VERSION {
+                    Ok(info)
+                } else {
+                    Err(SessionError::Version(version))
+                }),
+                _ => None,
+            },
+        )
         .await
     }
 
@@ -104,16 +112,24 @@ impl Session {
         // The restored guest already has its port open: Restored arrives the first time; the
         // slow resend only covers a guest that was snapshotted before its agent opened it.
         let resend = Duration::from_millis(500);
-        Session::open(sock, epoch, vmm, timeout, log, (restored, resend), |m| match m {
-            Msg::RestoreComplete { epoch: e } if e == epoch => Some(Ok(AgentInfo {
-                prepared: true,
-                ..Default::default()
-            })),
-            Msg::RestoreFailed { epoch: e, error } if e == epoch => {
-                Some(Err(SessionError::Agent(format!("restore failed: {error}"))))
-            }
-            _ => None,
-        })
+        Session::open(
+            sock,
+            epoch,
+            vmm,
+            timeout,
+            log,
+            (restored, resend),
+            |m| match m {
+                Msg::RestoreComplete { epoch: e } if e == epoch => Some(Ok(AgentInfo {
+                    prepared: true,
+                    ..Default::default()
+                })),
+                Msg::RestoreFailed { epoch: e, error } if e == epoch => {
+                    Some(Err(SessionError::Agent(format!("restore failed: {error}"))))
+                }
+                _ => None,
+            },
+        )
         .await
     }
 
@@ -159,10 +175,11 @@ impl Session {
                     session.send_control(first.clone());
                 }
                 m = ctl.recv() => match m {
-                    Some(m) => match accept(m) {
-                        Some(r) => break r?,
-                        None => {}
-                    },
+                    Some(m) => {
+                        if let Some(r) = accept(m) {
+                            break r?;
+                        }
+                    }
                     None => {
                         // The socket closed: QEMU is going away; report why if it has.
                         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -325,6 +342,7 @@ impl Session {
             out: self.out.clone(),
             streams: self.streams.clone(),
             done: false,
+            pending: Default::default(),
         }
     }
 
@@ -379,11 +397,16 @@ pub struct Process {
     out: mpsc::UnboundedSender<Frame>,
     streams: Streams,
     done: bool,
+    /// Frames taken out by [`Process::wait_started`] for later `recv`s.
+    pending: std::collections::VecDeque<Msg>,
 }
 
 impl Process {
     /// Next frame of this stream; `None` when the connection is gone.
     pub async fn recv(&mut self) -> Option<Msg> {
+        if let Some(m) = self.pending.pop_front() {
+            return Some(m);
+        }
         let m = self.rx.recv().await;
         if matches!(m, Some(Msg::Exit { .. }) | Some(Msg::Error { .. }) | None) {
             self.done = true;
@@ -393,6 +416,25 @@ impl Process {
 
     pub fn send(&self, msg: Msg) {
         self.sender().send(msg);
+    }
+
+    /// Waits for the agent's `Started` (for the container: crun has created it, so execs can
+    /// join it). Other frames that arrive first are kept for `recv`. Returns false if the
+    /// process ended (or the connection dropped) without starting.
+    pub async fn wait_started(&mut self) -> bool {
+        loop {
+            match self.rx.recv().await {
+                Some(Msg::Started { .. }) => return true,
+                Some(m) => {
+                    let last = matches!(m, Msg::Exit { .. } | Msg::Error { .. });
+                    self.pending.push_back(m);
+                    if last {
+                        return false;
+                    }
+                }
+                None => return false,
+            }
+        }
     }
 
     /// A handle that sends on this stream while another task receives.

@@ -39,10 +39,18 @@ pub async fn serve(s: Serving<'_>) -> Result<i32> {
         t_ready,
     } = s.launched;
     let mut state = s.state;
-    state.status = VmStatus::Running;
-    s.vmdir.write_state(&state)?;
     let name = state.name.clone();
     let session = Arc::new(session);
+    let fresh = s.start.is_some();
+    let mut proc = match s.start {
+        Some(spec) => session.start(spec, Target::Container),
+        None => session.attach(fcvm_proto::CONTAINER_STREAM),
+    };
+    // Explicit readiness: the VM is "running" (and takes execs) once the agent reported the
+    // container created, not when we asked for it. A restored app is already running.
+    if fresh {
+        proc.wait_started().await;
+    }
     let _exec = crate::exec::serve(
         &s.vmdir.path.join(crate::exec::EXEC_SOCK),
         session.clone(),
@@ -50,10 +58,9 @@ pub async fn serve(s: Serving<'_>) -> Result<i32> {
         Some(snapshotter(s.dirs, s.vmdir, s.facts, &name)),
     )
     .context("Cannot open the exec socket")?;
-    let proc = match s.start {
-        Some(spec) => session.start(spec, Target::Container),
-        None => session.attach(fcvm_proto::CONTAINER_STREAM),
-    };
+    // Only now do `fcvm ls` and `fcvm exec` see it running: its exec socket already listens.
+    state.status = VmStatus::Running;
+    s.vmdir.write_state(&state)?;
     let shared = Arc::new(Mutex::new(state));
     let health = {
         let (shared, vmdir) = (shared.clone(), s.vmdir.clone());

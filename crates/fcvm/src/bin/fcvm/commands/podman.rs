@@ -1,5 +1,7 @@
 //! `fcvm podman run`: podman's flags, mapped onto [`fcvm::run::RunOptions`].
 
+use std::time::Duration;
+
 use anyhow::Result;
 use clap::{Args, Subcommand};
 use fcvm::paths::Dirs;
@@ -46,21 +48,57 @@ pub struct RunArgs {
     /// Allocate a terminal.
     #[arg(short = 't', long)]
     tty: bool,
+    /// Health check flags (boxed: they would make every command's enum large).
+    #[command(flatten)]
+    health: Box<HealthArgs>,
     /// Remove the VM when it ends (always on: fcvm VMs are ephemeral).
     #[arg(long, default_value_t = true)]
     rm: bool,
     /// Require HTTPS and verify certificates when pulling (default: HTTPS except loopback).
     #[arg(long)]
     tls_verify: Option<bool>,
+    /// Never save or restore snapshots for this run (always boot cold).
+    #[arg(long)]
+    no_snapshot: bool,
     /// Registry credentials USER:PASSWORD.
     #[arg(long)]
     creds: Option<String>,
+    /// Network: rootless (default; passt, no root needed), bridged (root) or none (only lo).
+    #[arg(long, default_value = "rootless")]
+    network: fcvm::network::NetworkMode,
+    /// Publish a port: [ip:][hostPort:]containerPort[/tcp|udp] (comma lists, repeatable).
+    #[arg(short = 'p', long = "publish")]
+    publish: Vec<String>,
     /// Image reference: oci:DIR[:TAG], oci-archive:FILE, docker-archive:FILE, builtin:busybox,
     /// a name in the host's podman store, or a registry reference.
     image: String,
     /// Command and arguments (default: the image's).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     command: Vec<String>,
+}
+
+/// podman's `--health-*` flags, plus fcvm's `--health-check URL`.
+#[derive(Args)]
+pub struct HealthArgs {
+    /// Health check: HTTP GET of this http:// URL from inside the VM; 2xx is healthy.
+    #[arg(long, value_name = "URL")]
+    health_check: Option<String>,
+    /// Health check command run in the container (exit 0 is healthy); "none" disables the
+    /// image's HEALTHCHECK.
+    #[arg(long, value_name = "CMD")]
+    health_cmd: Option<String>,
+    /// Time between health checks once started (e.g. 30s, 1m; default: the image's, or 30s).
+    #[arg(long, value_name = "DURATION", value_parser = fcvm::health::parse_duration)]
+    health_interval: Option<Duration>,
+    /// Time one health check may take before it counts as failed (default 30s).
+    #[arg(long, value_name = "DURATION", value_parser = fcvm::health::parse_duration)]
+    health_timeout: Option<Duration>,
+    /// Consecutive failed checks before the container is unhealthy (default 3).
+    #[arg(long, value_name = "N")]
+    health_retries: Option<u32>,
+    /// Failures in this initial period do not count (default 0s).
+    #[arg(long, value_name = "DURATION", value_parser = fcvm::health::parse_duration)]
+    health_start_period: Option<Duration>,
 }
 
 pub async fn run(dirs: &Dirs, cmd: PodmanCommand) -> Result<i32> {
@@ -72,7 +110,17 @@ pub async fn run(dirs: &Dirs, cmd: PodmanCommand) -> Result<i32> {
         },
         None => None,
     };
+    let health = fcvm::health::HealthFlags {
+        check_url: a.health.health_check,
+        cmd: a.health.health_cmd,
+        interval: a.health.health_interval,
+        timeout: a.health.health_timeout,
+        retries: a.health.health_retries,
+        start_period: a.health.health_start_period,
+    };
+    health.validate().map_err(anyhow::Error::msg)?;
     let opts = fcvm::run::RunOptions {
+        no_snapshot: a.no_snapshot,
         name: a.name,
         image: a.image,
         command: a.command,
@@ -90,8 +138,11 @@ pub async fn run(dirs: &Dirs, cmd: PodmanCommand) -> Result<i32> {
             tls_verify: a.tls_verify,
             creds,
         },
-        network: fcvm::network::NetworkOptions::default(),
-        health: fcvm::health::HealthFlags::default(),
+        network: fcvm::network::NetworkOptions {
+            mode: a.network,
+            publish: a.publish,
+        },
+        health,
     };
     fcvm::run::run(dirs, opts).await
 }
