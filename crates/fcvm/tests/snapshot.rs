@@ -1,0 +1,341 @@
+//! Snapshots, restores and clones with real QEMU VMs.
+//!
+//! Plan: one long-running source VM (`t-snapsrc`) is started for the whole file; it is itself
+//! restored from the image-cache snapshot whenever one exists, so snapshotting it exercises the
+//! "snapshot of a restored VM" path. Tests assert from fcvm's output and state, never timing:
+//! a second run reports `restored_from=cache-…`; right after every restore 10 parallel execs
+//! all succeed (the seed's regression, ejc3/fcvm #468), also in a clone of a snapshot of a
+//! restored VM; 10 clones run at once with distinct hostnames and no shared writes; faults
+//! (unknown name, damaged manifest, truncated RAM, removed kernel, rm while in use, a damaged
+//! image-cache snapshot) give clear errors and leave nothing behind.
+
+mod common;
+
+use std::process::{Child, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use common::*;
+
+const IMG: &str = "builtin:busybox";
+
+/// Runs `fcvm exec` `n` times in parallel in VM `name`; returns the outputs in order.
+fn parallel_execs(name: &str, n: usize) -> Vec<(i32, String, String)> {
+    let children: Vec<Child> = (0..n)
+        .map(|i| {
+            fcvm()
+                .args(["exec", "--name", name, "--", "sh", "-c"])
+                .arg(format!("echo exec-{i}; hostname"))
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    children
+        .into_iter()
+        .map(|c| {
+            let o = wait_output(c, Duration::from_secs(120), &["exec", name]);
+            (
+                o.status.code().unwrap_or(-1),
+                text(&o.stdout),
+                text(&o.stderr),
+            )
+        })
+        .collect()
+}
+
+fn assert_execs_ok(name: &str, hostname: &str) {
+    for (i, (code, out, err)) in parallel_execs(name, 10).into_iter().enumerate() {
+        assert_eq!(code, 0, "exec {i} in {name} failed: {err}");
+        assert_eq!(out, format!("exec-{i}\n{hostname}\n"), "exec {i} in {name}");
+    }
+}
+
+/// A long-running VM; killed with SIGTERM on drop.
+struct Running {
+    child: Child,
+    name: String,
+}
+
+impl Running {
+    fn start(args: &[&str], name: &str) -> Running {
+        let mut child = fcvm()
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_running(&mut child, name);
+        Running {
+            child,
+            name: name.into(),
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.child.wait();
+        let _ = run(&["rm", "-f", &self.name], Duration::from_secs(30));
+    }
+}
+
+/// The shared source VM and a snapshot of it (`t-warm-<pid>`), made once.
+fn warm() -> &'static str {
+    static SNAP: OnceLock<String> = OnceLock::new();
+    SNAP.get_or_init(|| {
+        seed_cache();
+        // Snapshots left by earlier runs of this file.
+        for e in std::fs::read_dir(data_dir().join("snapshots"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.starts_with("t-") && !n.ends_with(&format!("-{}", std::process::id())) {
+                let _ = run(&["snapshot", "rm", &n], Duration::from_secs(30));
+            }
+        }
+        let src = name("snapsrc");
+        let snap = name("warm");
+        let running = Running::start(
+            &[
+                "podman",
+                "run",
+                "--name",
+                &src,
+                "--network",
+                "none",
+                IMG,
+                "--",
+                "sh",
+                "-c",
+                "echo from-source > /tmp/state; exec sleep 100000",
+            ],
+            &src,
+        );
+        assert_execs_ok(&src, &src);
+        let out = run(&["snapshot", "create", &src, "--tag", &snap], BOOT);
+        assert!(
+            out.status.success(),
+            "snapshot create: {}",
+            text(&out.stderr)
+        );
+        // The source runs on after its snapshot.
+        assert_execs_ok(&src, &src);
+        drop(running);
+        snap
+    })
+}
+
+#[test]
+fn second_run_restores_from_the_image_cache() {
+    let run_once = |tag: &str| {
+        let out = fcvm()
+            .env("FCVM_TIMINGS", "1")
+            .args(["podman", "run", "--name", &name(tag), "--network", "none"])
+            .args([IMG, "cat", "/etc/hostname"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), format!("{}\n", name(tag)));
+        text(&out.stderr)
+    };
+    run_once("cache1");
+    let err = run_once("cache2");
+    assert!(
+        err.contains("restored_from=cache-"),
+        "second run did not restore: {err}"
+    );
+}
+
+/// Makes sure the image-cache snapshot for busybox without network exists.
+fn seed_cache() {
+    static SEEDED: OnceLock<()> = OnceLock::new();
+    SEEDED.get_or_init(|| {
+        let out = run(&["podman", "run", "--network", "none", IMG, "true"], BOOT);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    });
+}
+
+#[test]
+fn ten_parallel_execs_right_after_a_restore() {
+    seed_cache();
+    let n = name("ppx");
+    let _vm = Running::start(
+        &[
+            "podman",
+            "run",
+            "--name",
+            &n,
+            "--network",
+            "none",
+            IMG,
+            "sleep",
+            "100000",
+        ],
+        &n,
+    );
+    assert_eq!(
+        vm(&n).unwrap()["snapshot"]
+            .as_str()
+            .map(|s| s.starts_with("cache-")),
+        Some(true)
+    );
+    assert_execs_ok(&n, &n);
+}
+
+#[test]
+fn clone_of_a_snapshot_of_a_restored_vm_serves_execs_at_once() {
+    let snap = warm();
+    let c = name("clone-x");
+    let _vm = Running::start(&["snapshot", "run", snap, "--name", &c], &c);
+    assert_execs_ok(&c, &c);
+    // The app's state came along; the identity did not.
+    let out = run(&["exec", "--name", &c, "--", "cat", "/tmp/state"], BOOT);
+    assert_eq!(text(&out.stdout), "from-source\n");
+}
+
+#[test]
+fn one_shot_clone_prints_and_cleans_up() {
+    let snap = warm();
+    let c = name("oneshot");
+    let out = run(
+        &[
+            "snapshot",
+            "run",
+            snap,
+            "--name",
+            &c,
+            "--exec",
+            "cat /etc/hostname; exit 3",
+        ],
+        BOOT,
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), format!("{c}\n"));
+    assert_gone(&c, None);
+}
+
+#[test]
+fn ten_clones_at_once_have_their_own_identity_and_writes() {
+    let snap = warm();
+    let names: Vec<String> = (0..10).map(|i| name(&format!("c{i}"))).collect();
+    let children: Vec<Child> = names
+        .iter()
+        .map(|n| {
+            fcvm()
+                .args(["snapshot", "run", snap, "--name", n])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut running: Vec<Running> = vec![];
+    for (mut child, n) in children.into_iter().zip(&names) {
+        wait_running(&mut child, n);
+        running.push(Running {
+            child,
+            name: n.clone(),
+        });
+    }
+    let exec = |n: &str, cmd: &str| {
+        let o = run(&["exec", "--name", n, "--", "sh", "-c", cmd], BOOT);
+        assert!(o.status.success(), "{n}: {cmd}: {}", text(&o.stderr));
+        text(&o.stdout)
+    };
+    for n in &names {
+        assert_eq!(exec(n, "hostname"), format!("{n}\n"));
+    }
+    exec(&names[0], "echo mine > /tmp/only-in-first");
+    assert_eq!(exec(&names[0], "cat /tmp/only-in-first"), "mine\n");
+    for n in &names[1..] {
+        assert_eq!(
+            exec(
+                n,
+                "test -e /tmp/only-in-first && echo leaked || echo absent"
+            ),
+            "absent\n"
+        );
+    }
+    // A snapshot in use by running clones cannot be removed.
+    let out = run(&["snapshot", "rm", snap], Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        text(&out.stderr).contains("in use"),
+        "{}",
+        text(&out.stderr)
+    );
+    drop(running);
+    for n in &names {
+        assert_gone(n, None);
+    }
+}
+
+/// Copies the warm snapshot under a new name so a test can damage its copy.
+fn copy_of_warm(tag: &str) -> (String, std::path::PathBuf) {
+    let snap = warm();
+    let copy = name(tag);
+    let src = data_dir().join("snapshots").join(snap);
+    let dst = data_dir().join("snapshots").join(&copy);
+    let _ = std::fs::remove_dir_all(&dst);
+    std::fs::create_dir_all(&dst).unwrap();
+    for e in std::fs::read_dir(&src).unwrap().flatten() {
+        std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
+    }
+    let m = dst.join("manifest.json");
+    let s = std::fs::read_to_string(&m).unwrap().replace(
+        &format!("\"name\": \"{snap}\""),
+        &format!("\"name\": \"{copy}\""),
+    );
+    std::fs::write(&m, s).unwrap();
+    (copy, dst)
+}
+
+fn assert_refused(snap: &str, needle: &str) {
+    let c = name("refused");
+    let out = run(
+        &["snapshot", "run", snap, "--name", &c, "--exec", "true"],
+        BOOT,
+    );
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert!(err.contains(needle), "expected {needle:?} in: {err}");
+    assert_eq!(err.trim().lines().count(), 1, "one-line error: {err}");
+    assert_gone(&c, None);
+}
+
+#[test]
+fn faults_give_clear_errors_and_leave_nothing() {
+    assert_refused("no-such-snapshot", "No snapshot named");
+
+    let (bad, dir) = copy_of_warm("badmanifest");
+    std::fs::write(dir.join("manifest.json"), b"{ not json").unwrap();
+    assert_refused(&bad, "damaged");
+
+    let (trunc, dir) = copy_of_warm("truncram");
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join("ram"))
+        .unwrap();
+    f.set_len(4096).unwrap();
+    assert_refused(&trunc, "damaged");
+
+    let (nokernel, dir) = copy_of_warm("nokernel");
+    let m = dir.join("manifest.json");
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&m).unwrap()).unwrap();
+    v["kernel"] = "/nonexistent/vmlinux".into();
+    std::fs::write(&m, serde_json::to_vec(&v).unwrap()).unwrap();
+    assert_refused(&nokernel, "kernel");
+
+    for s in [bad, trunc, nokernel] {
+        let out = run(&["snapshot", "rm", &s], Duration::from_secs(30));
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+}
