@@ -339,3 +339,59 @@ fn faults_give_clear_errors_and_leave_nothing() {
         assert!(out.status.success(), "{}", text(&out.stderr));
     }
 }
+
+#[test]
+fn a_damaged_image_cache_snapshot_is_discarded_and_the_run_boots_cold() {
+    // Its own memory size gives this test its own cache key.
+    let args = |n: &str| {
+        vec![
+            "podman".to_string(),
+            "run".into(),
+            "--name".into(),
+            n.to_string(),
+            "--network".into(),
+            "none".into(),
+            "--mem".into(),
+            "384".into(),
+            IMG.into(),
+            "echo".into(),
+            "ok".into(),
+        ]
+    };
+    let go = |tag: &str| {
+        let n = name(tag);
+        let out = fcvm()
+            .env("FCVM_TIMINGS", "1")
+            .args(args(&n))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), "ok\n");
+        text(&out.stderr)
+    };
+    go("dmg1");
+    let out = run(&["snapshot", "ls", "--json"], Duration::from_secs(30));
+    let all: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let cache = all
+        .iter()
+        .find(|m| m["kind"] == "image-cache" && m["mem_mib"] == 384)
+        .expect("the first run saved an image-cache snapshot");
+    let dir = data_dir()
+        .join("snapshots")
+        .join(cache["name"].as_str().unwrap());
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join("ram"))
+        .unwrap()
+        .set_len(4096)
+        .unwrap();
+    let err = go("dmg2");
+    assert!(
+        err.contains("failed to load") && err.contains("booting cold"),
+        "{err}"
+    );
+    assert!(err.contains("restored_from=-"), "{err}");
+    // The cold run saved a good snapshot again.
+    let err = go("dmg3");
+    assert!(err.contains("restored_from=cache-"), "{err}");
+}
