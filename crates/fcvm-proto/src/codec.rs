@@ -255,4 +255,173 @@ mod tests {
         // postcard [stream 0, variant 0, epoch 1, version 1] + crc32 LE, COBS-encoded, 0x00.
         assert_eq!(bytes, [1, 1, 7, 1, 1, 203, 222, 88, 79, 0]);
     }
+
+    /// COBS-encodes `body` + its CRC (a frame whose checks pass but whose content may not).
+    fn raw_frame(body: &[u8]) -> Vec<u8> {
+        let mut b = body.to_vec();
+        b.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
+        let mut out = vec![0u8; cobs::max_encoding_length(b.len()) + 1];
+        let n = cobs::encode(&b, &mut out);
+        out.truncate(n);
+        out.push(0);
+        out
+    }
+
+    #[test]
+    fn each_kind_of_bad_frame_is_reported_once_and_the_next_frame_decodes() {
+        let good = encode(&sample()[3]).unwrap();
+        let mut bad_crc = encode(&sample()[0]).unwrap();
+        bad_crc[3] ^= 0x40;
+        let cases: Vec<(Vec<u8>, CodecError)> = vec![
+            // a COBS code byte pointing past the end of the frame
+            (vec![9, 1, 2, 0], CodecError::Cobs),
+            (vec![2, 1, 0], CodecError::Short),
+            (bad_crc, CodecError::Checksum),
+            // CRC fine, but variant 200 of Msg does not exist
+            (raw_frame(&[5, 200, 1]), CodecError::Decode(String::new())),
+            // CRC fine, but the payload ends inside a Stdin's 100-byte vector
+            (
+                raw_frame(&[5, 12, 100, 1, 2]),
+                CodecError::Decode(String::new()),
+            ),
+        ];
+        for (bad, want) in cases {
+            let mut bytes = bad.clone();
+            bytes.extend_from_slice(&good);
+            let out = decode_all(&bytes);
+            assert_eq!(out.len(), 2, "{bad:?}: {out:?}");
+            match (&out[0], &want) {
+                (Err(CodecError::Decode(_)), CodecError::Decode(_)) => {}
+                (got, want) => assert_eq!(got.as_ref().err(), Some(want), "{bad:?}"),
+            }
+            assert_eq!(out[1], Ok(sample()[3].clone()));
+        }
+    }
+
+    #[test]
+    fn oversize_run_fed_in_pieces_is_reported_once() {
+        let mut d = Decoder::new();
+        let mut errors = 0;
+        for _ in 0..10 {
+            d.feed(&[0x55; MAX_ENCODED / 3]);
+            while let Some(r) = d.next_frame() {
+                assert!(matches!(r, Err(CodecError::Oversize(_))), "{r:?}");
+                errors += 1;
+            }
+        }
+        assert_eq!(errors, 1, "one report per oversize frame");
+        assert!(d.buf.len() <= MAX_ENCODED, "skipped bytes are not kept");
+        d.feed(&[0]);
+        d.feed(&encode(&sample()[0]).unwrap());
+        assert_eq!(d.next_frame(), Some(Ok(sample()[0].clone())));
+        assert_eq!(d.next_frame(), None);
+    }
+
+    #[test]
+    fn a_frame_of_exactly_the_limit_passes() {
+        // Find the Stdout payload whose encoding is exactly MAX_ENCODED bytes.
+        let frame = |n| Frame {
+            stream: 1,
+            msg: Msg::Stdout(vec![1; n]),
+        };
+        let n = (MAX_ENCODED - 1000..MAX_ENCODED)
+            .find(|&n| encode(&frame(n)).map(|b| b.len()) == Ok(MAX_ENCODED + 1))
+            .expect("some size encodes to the limit");
+        assert_eq!(decode_all(&encode(&frame(n)).unwrap()), vec![Ok(frame(n))]);
+        assert!(encode(&frame(n + 1)).is_err());
+    }
+
+    /// Tiny deterministic PRNG (xorshift64*), so the randomized tests need no dependency.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    /// What the fuzz target (`fuzz/fuzz_targets/decode.rs`) checks, on one input: decoding
+    /// arbitrary bytes, in arbitrary pieces, never panics; after the garbage, a 0x00 and a
+    /// valid frame, that frame is the last thing decoded.
+    fn check_resync(garbage: &[u8], cuts: &mut Rng) {
+        let good = Frame {
+            stream: 42,
+            msg: Msg::Stdout(b"after the garbage".to_vec()),
+        };
+        let mut bytes = garbage.to_vec();
+        bytes.push(0);
+        bytes.extend(encode(&good).unwrap());
+        let mut d = Decoder::new();
+        let mut last = None;
+        let mut rest = &bytes[..];
+        while !rest.is_empty() {
+            let n = 1 + cuts.below(rest.len().min(4096));
+            d.feed(&rest[..n]);
+            rest = &rest[n..];
+            while let Some(r) = d.next_frame() {
+                last = Some(r);
+            }
+        }
+        assert_eq!(last, Some(Ok(good)), "garbage {garbage:?}");
+    }
+
+    #[test]
+    fn fuzz_random_and_mutated_inputs_never_panic_and_resync() {
+        let mut rng = Rng(0x5eed_f00d_1234_5678);
+        let valid: Vec<Vec<u8>> = sample().iter().map(|f| encode(f).unwrap()).collect();
+        let runs = if cfg!(debug_assertions) {
+            20_000
+        } else {
+            300_000
+        };
+        for i in 0..runs {
+            let input: Vec<u8> = match i % 3 {
+                // plain random bytes, zero-heavy or not
+                0 => (0..rng.below(64))
+                    .map(|_| {
+                        let b = rng.next() as u8;
+                        if i % 2 == 0 && b < 32 {
+                            0
+                        } else {
+                            b
+                        }
+                    })
+                    .collect(),
+                // a valid frame with a few bytes flipped, dropped or inserted
+                _ => {
+                    let mut v = valid[rng.below(3) * (i % 2)].clone();
+                    for _ in 0..1 + rng.below(4) {
+                        let at = rng.below(v.len());
+                        match rng.below(3) {
+                            0 => v[at] ^= 1 << rng.below(8),
+                            1 => {
+                                v.remove(at);
+                            }
+                            _ => v.insert(at, rng.next() as u8),
+                        }
+                        if v.is_empty() {
+                            break;
+                        }
+                    }
+                    v
+                }
+            };
+            check_resync(&input, &mut rng);
+        }
+        // and a few long ones: oversize runs with and without zeros
+        for len in [
+            MAX_ENCODED - 1,
+            MAX_ENCODED,
+            MAX_ENCODED + 1,
+            3 * MAX_ENCODED,
+        ] {
+            let long: Vec<u8> = (0..len).map(|_| (rng.next() as u8) | 1).collect();
+            check_resync(&long, &mut rng);
+        }
+    }
 }

@@ -3,13 +3,12 @@
 //! exit path by a guard), window resizes forwarded, and SIGINT/SIGTERM turned into a stop of
 //! the guest process (TERM, then KILL after a grace period) instead of killing fcvm.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
 use fcvm_proto::{Msg, INITIAL_STDIN_CREDIT, MAX_CHUNK};
-use tokio::io::AsyncReadExt;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
@@ -31,6 +30,8 @@ pub struct Outcome {
     /// The process's exit code (126/127/125 for processes that could not run).
     pub result: Result<i32>,
     pub first_output: Option<Instant>,
+    /// When `Started` arrived, and how long the guest said spawning took (`FCVM_TIMINGS`).
+    pub started: Option<(Instant, u64)>,
 }
 
 /// Rows and columns of the terminal on stdin/stdout, if there is one.
@@ -77,28 +78,35 @@ impl Drop for RawMode {
     }
 }
 
+/// Reads stdin on a plain thread, not tokio's blocking pool: a read that never returns (a
+/// terminal nobody types into) must not hold up the runtime's shutdown after the process ended.
 fn spawn_stdin_reader() -> mpsc::Receiver<Vec<u8>> {
     let (tx, rx) = mpsc::channel(4);
-    tokio::spawn(async move {
-        let mut stdin = tokio::io::stdin();
-        let mut buf = vec![0u8; MAX_CHUNK];
-        loop {
-            match stdin.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if tx.send(buf[..n].to_vec()).await.is_err() {
-                        break;
+    let _ = std::thread::Builder::new()
+        .name("stdin".into())
+        .spawn(move || {
+            let mut stdin = std::io::stdin();
+            let mut buf = vec![0u8; MAX_CHUNK];
+            loop {
+                match stdin.read(&mut buf) {
+                    Ok(0) => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                    Ok(n) => {
+                        if tx.blocking_send(buf[..n].to_vec()).is_err() {
+                            break;
+                        }
                     }
                 }
             }
-        }
-    });
+        });
     rx
 }
 
 pub async fn attach(mut proc: Process, opts: AttachOptions) -> Outcome {
     let _raw = RawMode::enable(opts.tty && std::io::IsTerminal::is_terminal(&std::io::stdin()));
     let mut first_output = None;
+    let mut started = None;
     let mut sigint = signal(SignalKind::interrupt()).expect("signal handler");
     let mut sigterm = signal(SignalKind::terminate()).expect("signal handler");
     let mut sighup = signal(SignalKind::hangup()).expect("signal handler");
@@ -138,11 +146,12 @@ pub async fn attach(mut proc: Process, opts: AttachOptions) -> Outcome {
                     let _ = err.write_all(&d).and_then(|_| err.flush());
                 }
                 Some(Msg::Credit(n)) => credit += n as u64,
+                Some(Msg::Started { spawn_us, .. }) => started = Some((Instant::now(), spawn_us)),
                 Some(Msg::Exit { code }) => break Ok(code),
                 Some(Msg::Error { kind, message }) => {
                     drop(_raw);
                     eprintln!("Error: {message}");
-                    return Outcome { result: Ok(kind.exit_code()), first_output };
+                    return Outcome { result: Ok(kind.exit_code()), first_output, started };
                 }
                 Some(_) => {}
                 None => break Err(anyhow!("Connection to the VM's agent was lost")),
@@ -187,5 +196,6 @@ pub async fn attach(mut proc: Process, opts: AttachOptions) -> Outcome {
     Outcome {
         result,
         first_output,
+        started,
     }
 }

@@ -228,6 +228,7 @@ pub struct ExecOptions {
 /// `fcvm exec`: runs one command in a running VM and returns its exit code.
 pub async fn exec(dirs: &crate::paths::Dirs, o: ExecOptions) -> anyhow::Result<i32> {
     use anyhow::Context;
+    let t0 = std::time::Instant::now();
     let (dir, st) = crate::vm::find(dirs, &o.name)?;
     let status = st.observed();
     if status != "running" {
@@ -270,6 +271,17 @@ pub async fn exec(dirs: &crate::paths::Dirs, o: ExecOptions) -> anyhow::Result<i
         },
     )
     .await;
+    if std::env::var_os("FCVM_TIMINGS").is_some() {
+        // For bench/exec.py: the guest's own spawn time next to what this client saw.
+        let us = |t: std::time::Instant| (t - t0).as_micros();
+        if let Some((at, spawn_us)) = outcome.started {
+            eprintln!(
+                "fcvm timings: spawn_us={spawn_us} started_us={} total_us={}",
+                us(at),
+                t0.elapsed().as_micros()
+            );
+        }
+    }
     outcome
         .result
         .with_context(|| format!("exec in VM {}", o.name))
