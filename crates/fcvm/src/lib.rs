@@ -19,6 +19,7 @@ pub mod paths;
 pub mod progress;
 pub mod run;
 pub mod session;
+pub mod snapshot;
 pub mod util;
 pub mod vm;
 pub mod vmm;

@@ -84,9 +84,7 @@ pub fn copy_sparse(src: &Path, dst: &Path) -> std::io::Result<u64> {
         while off_in < end {
             let n = (end - off_in) as usize;
             // SAFETY: offsets point at locals; copy_file_range copies between open fds.
-            let c = unsafe {
-                libc::copy_file_range(ifd, &mut off_in, ofd, &mut off_out, n, 0)
-            };
+            let c = unsafe { libc::copy_file_range(ifd, &mut off_in, ofd, &mut off_out, n, 0) };
             if c < 0 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -184,7 +182,10 @@ mod tests {
         assert_eq!(copy_sparse(&a, &b).unwrap(), 64 << 20);
         assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
         use std::os::unix::fs::MetadataExt;
-        assert!(std::fs::metadata(&b).unwrap().blocks() < 1024, "holes were filled");
+        assert!(
+            std::fs::metadata(&b).unwrap().blocks() < 1024,
+            "holes were filled"
+        );
     }
 
     #[test]

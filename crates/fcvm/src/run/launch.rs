@@ -101,6 +101,56 @@ pub async fn launch(
     Ok(launched)
 }
 
+/// Restores the snapshot `sname` (a startup snapshot: its app runs) if it exists and loads;
+/// None means "launch another way" (a damaged one is discarded, saying so).
+pub async fn restore_named(
+    dirs: &Dirs,
+    vmdir: &VmDir,
+    state: &mut VmState,
+    net: &Network,
+    hostname: &str,
+    sname: &str,
+) -> Option<Launched> {
+    let (sdir, m) = match snapshot::load(dirs, sname) {
+        Ok(x) => x,
+        Err(SnapshotError::NotFound(_)) => return None,
+        Err(e) => {
+            discard(dirs, sname, &e);
+            return None;
+        }
+    };
+    let t0 = Instant::now();
+    let plan = restore::plan(Some(hostname.into()), net.guest.clone());
+    match restore::restore(
+        &sdir,
+        &m,
+        &vmdir.path,
+        net.qemu_args.clone(),
+        plan,
+        new_epoch(),
+    )
+    .await
+    {
+        Ok(r) => {
+            state.snapshot = Some(sname.into());
+            record_vmm(vmdir, state, &*r.vm).ok()?;
+            let t = t0.elapsed();
+            Some(Launched {
+                vm: r.vm,
+                session: r.session,
+                restored_from: Some(sname.into()),
+                t0,
+                t_hello: t,
+                t_ready: t,
+            })
+        }
+        Err(e) => {
+            discard(dirs, sname, &e);
+            None
+        }
+    }
+}
+
 fn discard(dirs: &Dirs, name: &str, e: &SnapshotError) {
     eprintln!("fcvm: snapshot {name} failed to load ({e}); discarding it and booting cold");
     let _ = snapshot::remove(dirs, name);

@@ -87,6 +87,14 @@ impl Facts {
         ])
     }
 
+    /// The startup-snapshot key: the image-cache key plus everything that shapes the running
+    /// app (its process, and the health check that decided it was up).
+    pub fn startup_key(&self, spec: &fcvm_proto::ProcessSpec, health_url: &str) -> String {
+        let spec = serde_json::to_string(&(&spec.args, &spec.env, &spec.cwd, &spec.user, spec.tty))
+            .expect("spec serialises");
+        snapshot::cache_key(&[&self.cache_key(), &spec, health_url])
+    }
+
     pub fn manifest(
         &self,
         name: &str,
@@ -99,7 +107,7 @@ impl Facts {
             name: name.into(),
             kind,
             created_at: chrono::Utc::now(),
-            key: (kind != SnapshotKind::User).then(|| self.cache_key()),
+            key: None,
             source: source.into(),
             backend: self.backend,
             accel: self.accel,
@@ -209,16 +217,35 @@ pub async fn run(dirs: &Dirs, opts: RunOptions) -> Result<i32> {
     let mut state = new_state(&id, &name, &facts);
     state.network = Some(net.info.clone());
     let hostname = opts.hostname.clone().unwrap_or_else(|| name.clone());
-    let launched = launch::launch(
-        dirs,
-        &vmdir,
-        &mut state,
-        &facts,
-        &net,
-        &hostname,
-        !opts.no_snapshot,
-    )
-    .await?;
+
+    // With --health-check, a startup snapshot (taken once the app was first healthy) brings
+    // the app back already running; else the image-cache snapshot, else a cold boot.
+    let startup = match (&opts.health.check_url, opts.no_snapshot) {
+        (Some(url), false) => Some(format!("startup-{}", &facts.startup_key(&spec, url)[..16])),
+        _ => None,
+    };
+    let restored_app = match &startup {
+        Some(sname) => {
+            launch::restore_named(dirs, &vmdir, &mut state, &net, &hostname, sname).await
+        }
+        None => None,
+    };
+    let (launched, start, save_startup) = match restored_app {
+        Some(l) => (l, None, None),
+        None => {
+            let l = launch::launch(
+                dirs,
+                &vmdir,
+                &mut state,
+                &facts,
+                &net,
+                &hostname,
+                !opts.no_snapshot,
+            )
+            .await?;
+            (l, Some(spec), startup)
+        }
+    };
 
     // 4. Serve until the container ends.
     let code = serve::serve(serve::Serving {
@@ -227,7 +254,7 @@ pub async fn run(dirs: &Dirs, opts: RunOptions) -> Result<i32> {
         state,
         launched,
         facts: &facts,
-        start: Some(spec),
+        start,
         attach: crate::attach::AttachOptions {
             stdin: opts.interactive,
             tty: opts.tty,
@@ -235,6 +262,7 @@ pub async fn run(dirs: &Dirs, opts: RunOptions) -> Result<i32> {
         },
         health: &opts.health,
         image_config: &image.config,
+        startup_snapshot: save_startup,
     })
     .await;
     drop(net);

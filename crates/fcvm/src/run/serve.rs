@@ -27,6 +27,8 @@ pub struct Serving<'a> {
     pub attach: AttachOptions,
     pub health: &'a crate::health::HealthFlags,
     pub image_config: &'a crate::image::ImageConfig,
+    /// Take this startup snapshot after the first healthy check (if it does not exist yet).
+    pub startup_snapshot: Option<String>,
 }
 
 pub async fn serve(s: Serving<'_>) -> Result<i32> {
@@ -62,6 +64,29 @@ pub async fn serve(s: Serving<'_>) -> Result<i32> {
     state.status = VmStatus::Running;
     s.vmdir.write_state(&state)?;
     let shared = Arc::new(Mutex::new(state));
+    let (healthy_tx, mut healthy_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let _startup = s.startup_snapshot.map(|snap| {
+        // Once, on the first healthy result: the app is up, so the next run can skip its start.
+        let (dirs, dir, facts, vm_name) = (
+            s.dirs.clone(),
+            s.vmdir.path.clone(),
+            s.facts.clone(),
+            name.clone(),
+        );
+        AbortOnDrop(tokio::spawn(async move {
+            if healthy_rx.recv().await.is_none() {
+                return;
+            }
+            if crate::snapshot::load(&dirs, &snap).is_ok() {
+                return;
+            }
+            let m = facts.manifest(&snap, SnapshotKind::Startup, &vm_name, true);
+            match crate::snapshot::create::create(&dirs, &dir, m, &facts.net_args).await {
+                Ok(_) => tracing::info!("startup snapshot {snap} saved"),
+                Err(e) => eprintln!("fcvm: warning: startup snapshot not saved: {e}"),
+            }
+        }))
+    });
     let health = {
         let (shared, vmdir) = (shared.clone(), s.vmdir.clone());
         crate::health::spawn(
@@ -69,6 +94,9 @@ pub async fn serve(s: Serving<'_>) -> Result<i32> {
             s.health,
             s.image_config,
             Box::new(move |h| {
+                if h == crate::vm::Health::Healthy {
+                    let _ = healthy_tx.send(());
+                }
                 let mut st = shared.lock().expect("state");
                 st.health = Some(h);
                 let _ = vmdir.write_state(&st);
@@ -103,6 +131,15 @@ pub async fn serve(s: Serving<'_>) -> Result<i32> {
             let why = vm.try_exited().unwrap_or_default();
             Err(e).with_context(|| format!("VM {name} ({why})"))
         }
+    }
+}
+
+/// Aborts a background task when the VM stops serving.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
