@@ -6,7 +6,7 @@ FCVM_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 AGENT_TARGET=x86_64-unknown-linux-gnu
 
 # command:package pairs needed to run VMs.
-RUN_DEPS="qemu-system-x86_64:qemu-system-x86 crun:crun mkfs.erofs:erofs-utils mkfs.ext4:e2fsprogs depmod:kmod cpio:cpio dpkg-deb:dpkg busybox:busybox-static"
+RUN_DEPS="qemu-system-x86_64:qemu-system-x86 crun:crun mkfs.erofs:erofs-utils mkfs.ext4:e2fsprogs depmod:kmod cpio:cpio dpkg-deb:dpkg busybox:busybox-static passt:passt ip:iproute2 iptables:iptables"
 # extra pairs the test suite needs (a real registry on loopback, skopeo to push to it).
 TEST_DEPS="skopeo:skopeo docker-registry:docker-registry"
 

@@ -2,7 +2,8 @@
 //!
 //! 1. set the wall clock from the host's (`clock_settime(CLOCK_REALTIME)`);
 //! 2. reseed the RNG: write the seed to /dev/urandom and credit it with `RNDADDENTROPY`;
-//! 3. new identity when given (hostname, machine-id; also inside the container).
+//! 3. new network config when given (`crate::net`: address, default route, resolv.conf);
+//! 4. new identity when given (hostname, machine-id; also inside the container).
 //!
 //! Every step must succeed before the session answers `RestoreComplete`.
 
@@ -26,6 +27,9 @@ pub fn run(plan: &RestorePlan) -> Result<(), String> {
     }
     if !plan.random_seed.is_empty() {
         reseed(&plan.random_seed)?;
+    }
+    if let Some(n) = &plan.network {
+        crate::net::configure(n)?;
     }
     crate::container::set_identity(plan.hostname.as_deref(), plan.machine_id.as_deref())
 }

@@ -63,7 +63,7 @@ pub struct RunArgs {
     /// Registry credentials USER:PASSWORD.
     #[arg(long)]
     creds: Option<String>,
-    /// Network: rootless (default; passt, no root needed), bridged (root) or none (only lo).
+    /// Network: rootless (default, no root needed), bridged (root: a netns per VM) or none.
     #[arg(long, default_value = "rootless")]
     network: fcvm::network::NetworkMode,
     /// Publish a port: [ip:][hostPort:]containerPort[/tcp|udp] (comma lists, repeatable).
