@@ -395,3 +395,65 @@ fn a_damaged_image_cache_snapshot_is_discarded_and_the_run_boots_cold() {
     let err = go("dmg3");
     assert!(err.contains("restored_from=cache-"), "{err}");
 }
+
+#[test]
+fn startup_snapshot_restores_the_app_already_running() {
+    let app = "echo up > /tmp/index.html; exec httpd -f -p 8080 -h /tmp";
+    let start = |tag: &str| {
+        let n = name(tag);
+        let args = [
+            "podman",
+            "run",
+            "--name",
+            &n,
+            "--network",
+            "none",
+            "--health-check",
+            "http://localhost:8080/",
+            IMG,
+            "sh",
+            "-c",
+            app,
+        ];
+        (Running::start(&args, &n), n)
+    };
+    let healthy = |n: &str| vm(n).is_some_and(|v| v["health"] == "healthy");
+    let (first, n1) = start("up1");
+    wait_for("first VM healthy", BOOT, || healthy(&n1));
+    let startup = || {
+        let out = run(&["snapshot", "ls", "--json"], Duration::from_secs(30));
+        let all: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+        all.into_iter()
+            .find(|m| m["kind"] == "startup" && m["source"] == n1.as_str())
+    };
+    wait_for("startup snapshot saved", BOOT, || startup().is_some());
+    drop(first);
+    let snap = startup().unwrap()["name"].as_str().unwrap().to_string();
+
+    let (_second, n2) = start("up2");
+    assert_eq!(
+        vm(&n2).unwrap()["snapshot"],
+        snap.as_str(),
+        "not restored from {snap}"
+    );
+    // The app answers at once: no process start in between.
+    let out = run(
+        &[
+            "exec",
+            "--name",
+            &n2,
+            "--",
+            "sh",
+            "-c",
+            "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc 127.0.0.1 8080",
+        ],
+        BOOT,
+    );
+    assert!(text(&out.stdout).contains("up"), "{}", text(&out.stderr));
+    assert_eq!(
+        run(&["exec", "--name", &n2, "--", "hostname"], BOOT).stdout,
+        format!("{n2}\n").into_bytes()
+    );
+    drop(_second);
+    let _ = run(&["snapshot", "rm", &snap], Duration::from_secs(30));
+}
