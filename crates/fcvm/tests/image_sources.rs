@@ -22,11 +22,11 @@
 //! Needs: apt access (busybox-static), erofs-utils, skopeo, docker-registry. The busybox layout
 //! the other tests read is built once into `$CARGO_TARGET_TMPDIR/image-sources-shared`.
 
-use std::net::{TcpListener, TcpStream};
+mod common;
+use common::registry::Registry;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
 
 use fcvm::image::{ensure_builtin_busybox, prepare, ImageError, PreparedImage, PullOptions};
 use fcvm::paths::Dirs;
@@ -164,71 +164,6 @@ async fn docker_and_oci_archives() {
     .await
     .unwrap_err();
     assert!(matches!(e, ImageError::UnreadableArchive { .. }), "{e}");
-}
-
-/// `docker-registry serve` on a loopback port; killed when dropped.
-struct Registry {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Registry {
-    fn start() -> Registry {
-        Registry::start_with_htpasswd(None)
-    }
-
-    /// With `htpasswd` (a `user:bcrypt` line) the registry demands basic auth.
-    fn start_with_htpasswd(htpasswd: Option<&str>) -> Registry {
-        let dir = tempfile::tempdir().unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let config = dir.path().join("config.yml");
-        let mut yaml = format!(
-            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
-            dir.path().join("storage").display()
-        );
-        if let Some(line) = htpasswd {
-            let file = dir.path().join("htpasswd");
-            std::fs::write(&file, format!("{line}\n")).unwrap();
-            yaml += &format!(
-                "auth:\n  htpasswd:\n    realm: fcvm-test\n    path: {}\n",
-                file.display()
-            );
-        }
-        std::fs::write(&config, yaml).unwrap();
-        let child = Command::new("/usr/bin/docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("docker-registry");
-        let reg = Registry {
-            child,
-            port,
-            _dir: dir,
-        };
-        let start = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "registry did not listen"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        reg
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[tokio::test]

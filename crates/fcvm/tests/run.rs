@@ -241,3 +241,58 @@ fn bad_input_exits_125_and_creates_nothing() {
     assert!(err.contains("apt-get install qemu-system-x86"), "{err}");
     assert!(vm(&n).is_none());
 }
+
+#[test]
+fn images_from_an_oci_layout_a_docker_archive_and_a_loopback_registry_run() {
+    // The built-in image's OCI layout is the source of the other two transports.
+    let out = run(&["setup"], BOOT);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let layout = data_dir().join("images/builtin/busybox");
+    let oci = format!("oci:{}:latest", layout.display());
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("busybox.tar");
+    let skopeo = |args: &[&str]| {
+        let o = std::process::Command::new("skopeo")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "skopeo {args:?}: {}", text(&o.stderr));
+    };
+    skopeo(&[
+        "copy",
+        "-q",
+        &oci,
+        &format!("docker-archive:{}:busybox:latest", archive.display()),
+    ]);
+    let registry = common::registry::Registry::start();
+    let remote = format!("127.0.0.1:{}/fcvm/busybox:latest", registry.port);
+    skopeo(&[
+        "copy",
+        "-q",
+        "--dest-tls-verify=false",
+        &oci,
+        &format!("docker://{remote}"),
+    ]);
+    for (tag, image) in [
+        ("src-oci", oci.clone()),
+        (
+            "src-docker",
+            format!("docker-archive:{}", archive.display()),
+        ),
+        ("src-registry", remote.clone()),
+    ] {
+        let (code, out, err) = run_ok(&[
+            "podman",
+            "run",
+            "--name",
+            &name(tag),
+            &image,
+            "sh",
+            "-c",
+            "echo $0 ok",
+            tag,
+        ]);
+        assert_eq!(code, 0, "{image}: {err}");
+        assert_eq!(out, format!("{tag} ok\n"), "{image}");
+    }
+}

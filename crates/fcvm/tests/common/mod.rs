@@ -3,6 +3,8 @@
 //! and checks that a test left no VM, process or file behind.
 #![allow(dead_code)]
 
+pub mod registry;
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
