@@ -57,6 +57,23 @@ impl Session {
     pub fn handle(&mut self, frame: Result<Frame, CodecError>) {
         let frame = match frame {
             Ok(f) => f,
+            Err(CodecError::Decode(e, Some(stream))) if stream != CONTROL => {
+                // A malformed message on a process stream ends that stream, with an error;
+                // the session and every other stream go on.
+                warn!("malformed frame on stream {stream}: {e}");
+                if let Some(st) = self.streams.remove(&stream) {
+                    st.cancel();
+                    st.kill();
+                }
+                self.reply(
+                    stream,
+                    Msg::Error {
+                        kind: fcvm_proto::ErrorKind::Failed,
+                        message: format!("malformed frame: {e}"),
+                    },
+                );
+                return;
+            }
             Err(e) => {
                 warn!("dropped a bad frame from the host: {e}");
                 return;

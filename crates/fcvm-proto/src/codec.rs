@@ -27,7 +27,7 @@ pub enum CodecError {
     #[error("Frame too short")]
     Short,
     #[error("Frame does not decode: {0}")]
-    Decode(String),
+    Decode(String, Option<u32>),
     #[error("Frame does not encode: {0}")]
     Encode(String),
 }
@@ -112,6 +112,12 @@ impl Decoder {
     }
 }
 
+/// The stream id at the start of a checksummed body whose message does not decode: the
+/// reader can then close just that stream with an error and keep the session.
+fn stream_of(body: &[u8]) -> Option<u32> {
+    postcard::take_from_bytes::<u32>(body).ok().map(|(s, _)| s)
+}
+
 fn decode_body(raw: &mut [u8]) -> Result<Frame, CodecError> {
     if raw.len() > MAX_ENCODED {
         return Err(CodecError::Oversize(raw.len()));
@@ -125,7 +131,7 @@ fn decode_body(raw: &mut [u8]) -> Result<Frame, CodecError> {
     if crc32fast::hash(body) != crc {
         return Err(CodecError::Checksum);
     }
-    postcard::from_bytes(body).map_err(|e| CodecError::Decode(e.to_string()))
+    postcard::from_bytes(body).map_err(|e| CodecError::Decode(e.to_string(), stream_of(body)))
 }
 
 #[cfg(test)]
@@ -278,11 +284,14 @@ mod tests {
             (vec![2, 1, 0], CodecError::Short),
             (bad_crc, CodecError::Checksum),
             // CRC fine, but variant 200 of Msg does not exist
-            (raw_frame(&[5, 200, 1]), CodecError::Decode(String::new())),
+            (
+                raw_frame(&[5, 200, 1]),
+                CodecError::Decode(String::new(), None),
+            ),
             // CRC fine, but the payload ends inside a Stdin's 100-byte vector
             (
                 raw_frame(&[5, 12, 100, 1, 2]),
-                CodecError::Decode(String::new()),
+                CodecError::Decode(String::new(), None),
             ),
         ];
         for (bad, want) in cases {
@@ -291,7 +300,7 @@ mod tests {
             let out = decode_all(&bytes);
             assert_eq!(out.len(), 2, "{bad:?}: {out:?}");
             match (&out[0], &want) {
-                (Err(CodecError::Decode(_)), CodecError::Decode(_)) => {}
+                (Err(CodecError::Decode(..)), CodecError::Decode(..)) => {}
                 (got, want) => assert_eq!(got.as_ref().err(), Some(want), "{bad:?}"),
             }
             assert_eq!(out[1], Ok(sample()[3].clone()));
@@ -422,6 +431,23 @@ mod tests {
         ] {
             let long: Vec<u8> = (0..len).map(|_| (rng.next() as u8) | 1).collect();
             check_resync(&long, &mut rng);
+        }
+    }
+
+    #[test]
+    fn undecodable_message_names_its_stream() {
+        // A checksummed body with stream 9 and an unknown message variant.
+        let mut body = postcard::to_stdvec(&9u32).unwrap();
+        body.push(250);
+        let crc = crc32fast::hash(&body);
+        body.extend_from_slice(&crc.to_le_bytes());
+        let mut enc = vec![0u8; cobs::max_encoding_length(body.len())];
+        let n = cobs::encode(&body, &mut enc);
+        enc.truncate(n);
+        enc.push(0);
+        match decode_all(&enc).pop() {
+            Some(Err(CodecError::Decode(_, Some(9)))) => {}
+            other => panic!("{other:?}"),
         }
     }
 }

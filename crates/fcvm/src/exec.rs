@@ -101,10 +101,27 @@ async fn handle(
         };
         dec.feed(&buf[..n]);
         while let Some(r) = dec.next_frame() {
-            let Ok(frame) = r else {
-                // A malformed frame from a client ends only that client.
-                tracing::warn!("bad frame from exec client");
-                continue;
+            let frame = match r {
+                Ok(f) => f,
+                Err(fcvm_proto::codec::CodecError::Decode(e, Some(stream))) => {
+                    // A malformed message on one stream ends that stream only.
+                    tracing::warn!("malformed frame from exec client on stream {stream}: {e}");
+                    if let Some((_, relay)) = relays.remove(&stream) {
+                        relay.abort();
+                    }
+                    let _ = out_tx.send(Frame {
+                        stream,
+                        msg: Msg::Error {
+                            kind: fcvm_proto::ErrorKind::Failed,
+                            message: format!("malformed frame: {e}"),
+                        },
+                    });
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!("bad frame from exec client: {e}");
+                    continue;
+                }
             };
             let stream = frame.stream;
             match frame.msg {
