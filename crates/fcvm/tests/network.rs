@@ -523,7 +523,10 @@ fn bridged_publishes_and_leaves_nothing_after_exit_or_sigkill() {
     );
     stop(child, &n);
     assert_eq!(bridged_leftovers(&id), Vec::<String>::new());
-    // 2. SIGKILL of fcvm: the next run reaps the orphan.
+    // 2. SIGKILL of fcvm: the next run reaps the orphan. A fresh port: the first one went
+    //    back to the ephemeral pool, where any client socket may take it meanwhile.
+    let port = free_port();
+    let publish = format!("127.0.0.1:{port}:80");
     let n = name("brk");
     let _c2 = Cleanup(vec![n.clone()], vec![]);
     let mut child = spawn(&[

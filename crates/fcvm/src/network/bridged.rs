@@ -12,7 +12,7 @@
 //!   comment `fcvm-ID8`.
 //!
 //! QEMU runs in the host namespace, so the tap is created there; a watcher thread moves it into
-//! the netns as soon as QEMU has attached it (its carrier comes up) — a tap keeps working
+//! the netns as soon as a QEMU has attached it (its carrier comes up) — a tap keeps working
 //! across the move. The guest's outbound traffic leaves the host only where the host forwards
 //! (`net.ipv4.ip_forward`; fcvm does not change it).
 //!
@@ -24,7 +24,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::netns::{claim, run, slot_addrs, teardown, Names, RUN_DIR};
 use super::publish::Publish;
@@ -176,15 +176,18 @@ pub fn setup(vm_id: &str, ports: &[Publish]) -> Result<(Bridged, String), Networ
     Ok((b, n.tap))
 }
 
-/// Moves the tap into the netns once QEMU has attached it, and gives it the gateway address.
+/// Moves the tap into the netns whenever a QEMU has attached it in the host namespace, and
+/// gives it the gateway address. It keeps watching while the network lives: a second QEMU for
+/// the same VM (a failed snapshot restore falls back to a cold boot) creates a new tap of the
+/// same name on the host, which replaces the old one in the netns.
 fn spawn_tap_mover(n: Names, stop: Arc<AtomicBool>) {
     let carrier = PathBuf::from(format!("/sys/class/net/{}/carrier", n.tap));
     std::thread::spawn(move || {
-        let t0 = Instant::now();
-        while !stop.load(Ordering::SeqCst) && t0.elapsed() < Duration::from_secs(120) {
+        while !stop.load(Ordering::SeqCst) {
             if std::fs::read_to_string(&carrier).is_ok_and(|c| c.trim() == "1") {
+                let ns = ["ip", "netns", "exec", n.netns.as_str()];
+                let _ = run(&[&ns[..], &["ip", "link", "del", &n.tap]].concat());
                 let r = run(&["ip", "link", "set", &n.tap, "netns", &n.netns]).and_then(|_| {
-                    let ns = ["ip", "netns", "exec", n.netns.as_str()];
                     run(&[
                         &ns[..],
                         &["ip", "addr", "add", "10.0.2.2/24", "dev", &n.tap],
@@ -195,9 +198,8 @@ fn spawn_tap_mover(n: Names, stop: Arc<AtomicBool>) {
                 if let Err(e) = r {
                     tracing::warn!("bridged: moving {} into {}: {e}", n.tap, n.netns);
                 }
-                return;
             }
-            std::thread::sleep(Duration::from_millis(10));
+            std::thread::sleep(Duration::from_millis(20));
         }
     });
 }

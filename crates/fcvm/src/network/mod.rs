@@ -101,6 +101,26 @@ pub struct Network {
     _bridged: Option<bridged::Bridged>,
 }
 
+impl Network {
+    /// The kind of QEMU netdev: "user" (slirp), "stream" (passt), "tap" (bridged) or "none".
+    /// slirp puts its own section into a migration stream, so a snapshot only restores into
+    /// a QEMU with the same kind: snapshot keys should include it.
+    pub fn netdev_kind(&self) -> &'static str {
+        netdev_kind(&self.qemu_args)
+    }
+}
+
+/// The network backend named by QEMU arguments: `user`, `stream`, `tap` or `none`.
+pub fn netdev_kind(qemu_args: &[String]) -> &'static str {
+    let nd = qemu_args.iter().skip_while(|a| *a != "-netdev").nth(1);
+    match nd.and_then(|a| a.split(',').next()) {
+        Some("user") => "user",
+        Some("stream") => "stream",
+        Some("tap") => "tap",
+        _ => "none",
+    }
+}
+
 /// Which rootless backend: QEMU's slirp (default) or passt.
 fn use_slirp() -> bool {
     std::env::var("FCVM_ROOTLESS_BACKEND").as_deref() != Ok("passt")
@@ -274,6 +294,21 @@ mod tests {
         assert_eq!(d, vec!["a.b", "c"]);
         let m = mac("abc");
         assert!(m.starts_with("02:fc:") && m.len() == 17, "{m}");
+    }
+
+    #[test]
+    fn netdev_kind_from_args() {
+        let mut n = Network::default();
+        assert_eq!(n.netdev_kind(), "none");
+        n.qemu_args = vec![
+            "-netdev".into(),
+            "user,id=n0".into(),
+            "-device".into(),
+            "x".into(),
+        ];
+        assert_eq!(n.netdev_kind(), "user");
+        n.qemu_args[1] = "tap,id=n0,ifname=t".into();
+        assert_eq!(n.netdev_kind(), "tap");
     }
 
     #[test]

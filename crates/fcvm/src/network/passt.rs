@@ -11,7 +11,8 @@
 //! - `--publish` becomes `-t`/`-u` (`IP/HOSTPORT:GUESTPORT`), bound by passt on the host.
 //! - Lifetime: passt is spawned with `PR_SET_PDEATHSIG` (SIGKILL), so it dies with fcvm even
 //!   on SIGKILL; as root it is told `--runas 0`, because dropping to `nobody` (passt's default)
-//!   would clear the death signal. `-1` also ends it when QEMU disconnects. passt still
+//!   would clear the death signal. No `--one-off`: a failed snapshot restore falls back to a
+//!   cold boot whose QEMU connects to the same passt. passt still
 //!   isolates itself (own namespaces, no capabilities, seccomp). [`Passt`]'s drop kills it
 //!   and removes its socket.
 
@@ -61,7 +62,6 @@ pub fn args(socket: &Path, ports: &[Publish], host_dns: Option<IpAddr>) -> Vec<S
     let mut a: Vec<String> = [
         "--foreground",
         "--quiet",
-        "--one-off",
         "--ipv4-only",
         "--no-dhcp",
         "--no-ndp",

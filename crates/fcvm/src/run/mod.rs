@@ -82,7 +82,9 @@ impl Facts {
             &self.cpus.to_string(),
             &self.mem_mib.to_string(),
             &format!("{:?}/{:?}", self.backend, self.accel),
-            &self.net_devices.to_string(),
+            // Not just whether there is a network device: user-mode networking (slirp) puts
+            // its own section into the device state, so each backend needs its own snapshot.
+            crate::network::netdev_kind(&self.net_args),
             &self.fstype,
         ])
     }

@@ -12,6 +12,10 @@ pub struct LsArgs {
 }
 
 pub fn run(dirs: &Dirs, a: LsArgs) -> Result<i32> {
+    // Bridged networks whose owning fcvm died (SIGKILL) are removed before reporting.
+    if nix::unistd::geteuid().is_root() {
+        fcvm::network::netns::reap_orphans();
+    }
     let vms = fcvm::vm::list(dirs);
     if a.json {
         let rows: Vec<serde_json::Value> = vms
