@@ -98,6 +98,25 @@ pub fn copy_sparse(src: &Path, dst: &Path) -> std::io::Result<u64> {
     Ok(len)
 }
 
+/// Makes a helper process owned by this one: it gets SIGKILL when fcvm dies (even by
+/// SIGKILL, through `PR_SET_PDEATHSIG`), and its own process group, so a terminal's Ctrl-C
+/// reaches fcvm, which tears everything down in order, and not the helper directly.
+pub fn owned_by_us(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: only async-signal-safe calls (prctl, setpgid) between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::setpgid(0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
+}
+
 /// Error of an external tool, with the tail of its stderr.
 #[derive(Debug, thiserror::Error)]
 pub enum ToolError {

@@ -17,7 +17,6 @@
 //!   and removes its socket.
 
 use std::net::IpAddr;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -112,19 +111,7 @@ pub fn start(
                 .map_err(|e| NetworkError::Setup(e.to_string()))?,
         )
         .stderr(log);
-    // SAFETY: only async-signal-safe calls (prctl, setpgid) between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // Own process group: a terminal's Ctrl-C goes to fcvm, which tears down in order.
-            if libc::setpgid(0, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    crate::util::owned_by_us(&mut cmd);
     let child = cmd
         .spawn()
         .map_err(|e| NetworkError::Setup(format!("start {}: {e}", bin.display())))?;

@@ -8,12 +8,12 @@
 use anyhow::{bail, Context, Result};
 use fcvm_proto::{ProcessSpec, Target};
 
-use super::launch::{new_epoch, record_vmm, Launched};
+use super::launch::{restore_as, Launched};
 use super::{check_machine, new_state, DirGuard, Facts};
 use crate::attach::{attach, AttachOptions};
 use crate::network::{NetworkMode, NetworkOptions};
 use crate::paths::Dirs;
-use crate::snapshot::{self, restore};
+use crate::snapshot;
 use crate::vm::{names, VmDir};
 
 #[derive(Debug, Clone, Default)]
@@ -93,28 +93,7 @@ pub async fn run_clone(dirs: &Dirs, o: CloneOptions) -> Result<i32> {
     facts.net_args = net.qemu_args.clone();
     let mut state = new_state(&id, &name, &facts);
     state.network = Some(net.info.clone());
-    state.snapshot = Some(m.name.clone());
-    let t0 = std::time::Instant::now();
-    let plan = restore::plan(Some(name.clone()), net.guest.clone());
-    let r = restore::restore(
-        &sdir,
-        &m,
-        &vmdir.path,
-        net.qemu_args.clone(),
-        plan,
-        new_epoch(),
-    )
-    .await?;
-    record_vmm(&vmdir, &mut state, &*r.vm)?;
-    let t = t0.elapsed();
-    let launched = Launched {
-        vm: r.vm,
-        session: r.session,
-        restored_from: Some(m.name.clone()),
-        t0,
-        t_hello: t,
-        t_ready: t,
-    };
+    let launched = restore_as(&sdir, &m, &vmdir, &mut state, &net, &name).await?;
 
     let code = match &o.exec {
         Some(cmd) => one_shot(launched, &facts, cmd, m.container_running).await,

@@ -45,38 +45,8 @@ pub async fn launch(
 ) -> Result<Launched> {
     let cname = snapshot::cache_name(&facts.cache_key());
     if use_cache {
-        match snapshot::load(dirs, &cname) {
-            Ok((sdir, m)) => {
-                let t0 = Instant::now();
-                let plan = restore::plan(Some(hostname.into()), net.guest.clone());
-                let r = restore::restore(
-                    &sdir,
-                    &m,
-                    &vmdir.path,
-                    net.qemu_args.clone(),
-                    plan,
-                    new_epoch(),
-                )
-                .await;
-                match r {
-                    Ok(r) => {
-                        state.snapshot = Some(cname.clone());
-                        record_vmm(vmdir, state, &*r.vm)?;
-                        let t = t0.elapsed();
-                        return Ok(Launched {
-                            vm: r.vm,
-                            session: r.session,
-                            restored_from: Some(cname),
-                            t0,
-                            t_hello: t,
-                            t_ready: t,
-                        });
-                    }
-                    Err(e) => discard(dirs, &cname, &e),
-                }
-            }
-            Err(SnapshotError::NotFound(_)) => {}
-            Err(e) => discard(dirs, &cname, &e),
+        if let Some(l) = restore_named(dirs, vmdir, state, net, hostname, &cname).await {
+            return Ok(l);
         }
     }
     let launched = cold_boot(vmdir, state, facts, net, hostname).await?;
@@ -119,36 +89,48 @@ pub async fn restore_named(
             return None;
         }
     };
-    let t0 = Instant::now();
-    let plan = restore::plan(Some(hostname.into()), net.guest.clone());
-    match restore::restore(
-        &sdir,
-        &m,
-        &vmdir.path,
-        net.qemu_args.clone(),
-        plan,
-        new_epoch(),
-    )
-    .await
-    {
-        Ok(r) => {
-            state.snapshot = Some(sname.into());
-            record_vmm(vmdir, state, &*r.vm).ok()?;
-            let t = t0.elapsed();
-            Some(Launched {
-                vm: r.vm,
-                session: r.session,
-                restored_from: Some(sname.into()),
-                t0,
-                t_hello: t,
-                t_ready: t,
-            })
-        }
+    match restore_as(&sdir, &m, vmdir, state, net, hostname).await {
+        Ok(l) => Some(l),
         Err(e) => {
             discard(dirs, sname, &e);
             None
         }
     }
+}
+
+/// Restores snapshot `m` (in `sdir`) as the VM of `vmdir` with a fresh identity and records
+/// it in `state`.
+pub async fn restore_as(
+    sdir: &std::path::Path,
+    m: &snapshot::Manifest,
+    vmdir: &VmDir,
+    state: &mut VmState,
+    net: &Network,
+    hostname: &str,
+) -> Result<Launched, SnapshotError> {
+    let t0 = Instant::now();
+    let plan = restore::plan(Some(hostname.into()), net.guest.clone());
+    let r = restore::restore(
+        sdir,
+        m,
+        &vmdir.path,
+        net.qemu_args.clone(),
+        plan,
+        new_epoch(),
+    )
+    .await?;
+    state.snapshot = Some(m.name.clone());
+    record_vmm(vmdir, state, &*r.vm)
+        .map_err(|e| SnapshotError::Vmm(m.name.clone(), e.to_string()))?;
+    let t = t0.elapsed();
+    Ok(Launched {
+        vm: r.vm,
+        session: r.session,
+        restored_from: Some(m.name.clone()),
+        t0,
+        t_hello: t,
+        t_ready: t,
+    })
 }
 
 fn discard(dirs: &Dirs, name: &str, e: &SnapshotError) {

@@ -106,6 +106,40 @@ pub struct Manifest {
     pub files: Vec<FileSum>,
 }
 
+impl Manifest {
+    /// The VM this snapshot was taken of, as a spec to start a QEMU with the same devices:
+    /// image disk, writable disk `rw`, RAM from `memory`, waiting for device state.
+    pub fn vm_spec(
+        &self,
+        dir: &Path,
+        rw: PathBuf,
+        memory: crate::vmm::Memory,
+        extra_args: Vec<String>,
+    ) -> crate::vmm::VmSpec {
+        crate::vmm::VmSpec {
+            dir: dir.to_path_buf(),
+            kernel: self.kernel.clone(),
+            initramfs: self.initramfs.clone(),
+            cpus: self.cpus,
+            mem_mib: self.mem_mib,
+            disks: vec![
+                crate::vmm::Disk {
+                    path: self.rootfs.clone(),
+                    read_only: true,
+                },
+                crate::vmm::Disk {
+                    path: rw,
+                    read_only: false,
+                },
+            ],
+            accel: self.accel,
+            extra_args,
+            memory,
+            incoming: true,
+        }
+    }
+}
+
 /// Valid snapshot names: like VM names.
 pub fn validate_name(name: &str) -> Result<(), SnapshotError> {
     crate::vm::names::validate(name).map_err(|_| SnapshotError::InvalidName(name.into()))

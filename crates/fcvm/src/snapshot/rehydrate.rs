@@ -14,7 +14,7 @@ use serde_json::json;
 
 use super::{io_err, Manifest, SnapshotError, DEVSTATE, RAM_FILE, RW_DISK};
 use crate::vmm::qemu::qmp::Qmp;
-use crate::vmm::{self, Disk, Memory, VmSpec};
+use crate::vmm::{self, Memory};
 
 /// The full stream, kept in the temp snapshot directory until rehydrated.
 pub const FULL_STREAM: &str = "full-stream";
@@ -29,30 +29,16 @@ pub async fn rehydrate(dir: &Path, m: &Manifest, net_args: &[String]) -> Result<
         .map_err(io_err(&ram))?;
     let helper_dir = dir.join("helper");
     std::fs::create_dir_all(&helper_dir).map_err(io_err(&helper_dir))?;
-    let spec = VmSpec {
-        dir: helper_dir.clone(),
-        kernel: m.kernel.clone(),
-        initramfs: m.initramfs.clone(),
-        cpus: m.cpus,
-        mem_mib: m.mem_mib,
-        disks: vec![
-            Disk {
-                path: m.rootfs.clone(),
-                read_only: true,
-            },
-            Disk {
-                path: dir.join(RW_DISK),
-                read_only: false,
-            },
-        ],
-        accel: m.accel,
-        extra_args: inert_backends(net_args),
-        memory: Memory::File {
-            path: ram.clone(),
-            shared: true,
-        },
-        incoming: true,
+    let memory = Memory::File {
+        path: ram.clone(),
+        shared: true,
     };
+    let spec = m.vm_spec(
+        &helper_dir,
+        dir.join(RW_DISK),
+        memory,
+        inert_backends(net_args),
+    );
     let mut vm = vmm::start(m.backend, &spec).map_err(|e| err("helper VMM", e.to_string()))?;
     let r: Result<(), SnapshotError> = async {
         let q = |e: crate::vmm::qemu::qmp::QmpError| err("helper", e.to_string());

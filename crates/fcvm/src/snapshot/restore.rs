@@ -18,7 +18,7 @@ use serde_json::json;
 use super::{Manifest, SnapshotError, DEVSTATE, RAM_FILE, RW_DISK};
 use crate::session::Session;
 use crate::vmm::qemu::qmp::Qmp;
-use crate::vmm::{self, Disk, Memory, VmSpec, Vmm};
+use crate::vmm::{self, Memory, Vmm};
 
 /// Failure bound for each step (a restore normally takes well under a second).
 const STEP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -44,30 +44,11 @@ pub async fn restore(
         .await
         .expect("copy task")
         .map_err(super::io_err(&rw))?;
-    let spec = VmSpec {
-        dir: vm_dir.to_path_buf(),
-        kernel: m.kernel.clone(),
-        initramfs: m.initramfs.clone(),
-        cpus: m.cpus,
-        mem_mib: m.mem_mib,
-        disks: vec![
-            Disk {
-                path: m.rootfs.clone(),
-                read_only: true,
-            },
-            Disk {
-                path: rw,
-                read_only: false,
-            },
-        ],
-        accel: m.accel,
-        extra_args,
-        memory: Memory::File {
-            path: snap_dir.join(RAM_FILE),
-            shared: false,
-        },
-        incoming: true,
+    let memory = Memory::File {
+        path: snap_dir.join(RAM_FILE),
+        shared: false,
     };
+    let spec = m.vm_spec(vm_dir, rw, memory, extra_args);
     let t0 = std::time::Instant::now();
     let mut vm = vmm::start(m.backend, &spec).map_err(|e| err(e.to_string()))?;
     tracing::debug!("restore: disk copied, VMM started at {:?}", t0.elapsed());

@@ -1,13 +1,13 @@
 //! QEMU backend: `qemu-system-x86_64 -M microvm`, KVM or TCG.
 //!
-//! The QEMU process is owned by the fcvm process that started it: it gets `PR_SET_PDEATHSIG`
-//! (SIGKILL) so it dies with fcvm, and its own process group so a terminal's Ctrl-C reaches
-//! fcvm (which stops the container cleanly) and not QEMU directly.
+//! The QEMU process is owned by the fcvm process that started it (`util::owned_by_us`):
+//! `PR_SET_PDEATHSIG` (SIGKILL) so it dies with fcvm, and its own process group so a
+//! terminal's Ctrl-C reaches fcvm (which stops the container cleanly) and not QEMU directly.
 
 pub mod cmdline;
 pub mod qmp;
 
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
@@ -48,18 +48,7 @@ impl Qemu {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr);
-        // SAFETY: only async-signal-safe calls (prctl, setpgid) between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if libc::setpgid(0, 0) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        crate::util::owned_by_us(&mut cmd);
         let child = cmd
             .spawn()
             .map_err(|e| VmmError::Spawn(QEMU_BIN.into(), e))?;
