@@ -86,7 +86,15 @@ pub fn copy_sparse(src: &Path, dst: &Path) -> std::io::Result<u64> {
             // SAFETY: offsets point at locals; copy_file_range copies between open fds.
             let c = unsafe { libc::copy_file_range(ifd, &mut off_in, ofd, &mut off_out, n, 0) };
             if c < 0 {
-                return Err(std::io::Error::last_os_error());
+                let e = std::io::Error::last_os_error();
+                match e.raw_os_error() {
+                    // Some kernels/filesystems refuse copy_file_range: copy through userspace.
+                    Some(libc::EXDEV | libc::EINVAL | libc::EOPNOTSUPP | libc::ENOSYS) => {
+                        copy_range(&input, &output, off_in as u64, (end - off_in) as u64)?;
+                        break;
+                    }
+                    _ => return Err(e),
+                }
             }
             if c == 0 {
                 break;
@@ -96,6 +104,25 @@ pub fn copy_sparse(src: &Path, dst: &Path) -> std::io::Result<u64> {
     }
     output.sync_all()?;
     Ok(len)
+}
+
+/// Copies `len` bytes at `off` from `input` to the same offset of `output`.
+fn copy_range(
+    input: &std::fs::File,
+    output: &std::fs::File,
+    off: u64,
+    len: u64,
+) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut done = 0u64;
+    while done < len {
+        let n = ((len - done) as usize).min(buf.len());
+        input.read_exact_at(&mut buf[..n], off + done)?;
+        output.write_all_at(&buf[..n], off + done)?;
+        done += n as u64;
+    }
+    Ok(())
 }
 
 /// Makes a helper process owned by this one: it gets SIGKILL when fcvm dies (even by

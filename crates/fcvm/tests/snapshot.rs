@@ -457,3 +457,122 @@ fn startup_snapshot_restores_the_app_already_running() {
     drop(_second);
     let _ = run(&["snapshot", "rm", &snap], Duration::from_secs(30));
 }
+
+#[test]
+fn killing_the_owner_mid_save_never_leaves_half_a_snapshot() {
+    seed_cache();
+    let n = name("killsave");
+    let mut vm = Running::start(
+        &[
+            "podman",
+            "run",
+            "--name",
+            &n,
+            "--network",
+            "none",
+            IMG,
+            "sleep",
+            "100000",
+        ],
+        &n,
+    );
+    let snap = name("halfsnap");
+    let client = fcvm()
+        .args(["snapshot", "create", &n, "--tag", &snap])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(30));
+    vm.child.kill().unwrap();
+    let out = wait_output(client, Duration::from_secs(120), &["snapshot", "create"]);
+    let listed = run(&["snapshot", "ls", "--json"], Duration::from_secs(30));
+    let all: Vec<serde_json::Value> = serde_json::from_slice(&listed.stdout).unwrap();
+    if all.iter().any(|m| m["name"] == snap.as_str()) {
+        // The save won the race: then it is whole and restores.
+        let o = run(&["snapshot", "run", &snap, "--exec", "echo whole"], BOOT);
+        assert_eq!(text(&o.stdout), "whole\n", "{}", text(&o.stderr));
+        let _ = run(&["snapshot", "rm", &snap], Duration::from_secs(30));
+    } else {
+        assert_ne!(
+            out.status.code(),
+            Some(0),
+            "create claimed success without a snapshot"
+        );
+        assert!(!data_dir().join("snapshots").join(&snap).exists());
+    }
+    drop(vm);
+}
+
+#[test]
+fn disk_full_while_saving_keeps_the_previous_snapshot() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: mounting a small tmpfs needs root");
+        return;
+    }
+    // Its own data dir (sharing the built assets and images) whose tmp/ is a 2 MiB tmpfs.
+    let d = tempfile::tempdir().unwrap();
+    for sub in ["assets", "images", "blobs"] {
+        std::os::unix::fs::symlink(data_dir().join(sub), d.path().join(sub)).unwrap();
+    }
+    let own = |args: &[&str]| {
+        let c = fcvm()
+            .env("FCVM_DATA_DIR", d.path())
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_output(c, BOOT, args)
+    };
+    let n = name("diskfull");
+    let mut child = fcvm()
+        .env("FCVM_DATA_DIR", d.path())
+        .args([
+            "podman",
+            "run",
+            "--name",
+            &n,
+            "--network",
+            "none",
+            IMG,
+            "sh",
+            "-c",
+        ])
+        .arg("echo v1 > /tmp/v; exec sleep 100000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while !text(&own(&["ls", "--json"]).stdout).contains("\"observed\": \"running\"") {
+        assert!(child.try_wait().unwrap().is_none(), "VM {n} exited");
+        assert!(start.elapsed() < BOOT, "VM {n} never ran");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let snap = "keep";
+    let o = own(&["snapshot", "create", &n, "--tag", snap]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    own(&["exec", "--name", &n, "--", "sh", "-c", "echo v2 > /tmp/v"]);
+    let tmp = d.path().join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+        .arg(&tmp)
+        .status()
+        .unwrap();
+    assert!(mounted.success());
+    let o = own(&["snapshot", "create", &n, "--tag", snap]);
+    let _ = std::process::Command::new("umount").arg(&tmp).status();
+    assert_eq!(o.status.code(), Some(125), "a full disk must fail the save");
+    assert!(text(&o.stderr).contains("No space left"), "{}", text(&o.stderr));
+    // The previous snapshot is intact and still restores with its own state.
+    let o = own(&["snapshot", "run", snap, "--exec", "cat /tmp/v"]);
+    assert_eq!(text(&o.stdout), "v1\n", "{}", text(&o.stderr));
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = child.wait();
+    assert!(!text(&own(&["ls", "--json"]).stdout).contains(&n));
+}

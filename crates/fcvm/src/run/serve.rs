@@ -159,7 +159,8 @@ fn snapshotter(dirs: &Dirs, vmdir: &VmDir, facts: &Facts, vm_name: &str) -> Snap
             crate::snapshot::create::create(&dirs, &dir, m, &net_args)
                 .await
                 .map(|_| ())
-                .map_err(|e| e.to_string())
+                // The whole chain: the client prints it as one line.
+                .map_err(|e| format!("{:#}", anyhow::Error::from(e)))
         })
     })
 }
