@@ -565,7 +565,11 @@ fn disk_full_while_saving_keeps_the_previous_snapshot() {
     let o = own(&["snapshot", "create", &n, "--tag", snap]);
     let _ = std::process::Command::new("umount").arg(&tmp).status();
     assert_eq!(o.status.code(), Some(125), "a full disk must fail the save");
-    assert!(text(&o.stderr).contains("No space left"), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("No space left"),
+        "{}",
+        text(&o.stderr)
+    );
     // The previous snapshot is intact and still restores with its own state.
     let o = own(&["snapshot", "run", snap, "--exec", "cat /tmp/v"]);
     assert_eq!(text(&o.stdout), "v1\n", "{}", text(&o.stderr));
