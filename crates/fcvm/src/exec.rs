@@ -11,9 +11,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use fcvm_proto::codec::{self, Decoder};
+use fcvm_proto::codec::Decoder;
 use fcvm_proto::{Frame, Msg, Target};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -79,18 +79,9 @@ async fn handle(
     env: Arc<Vec<String>>,
     snapshotter: Option<Snapshotter>,
 ) {
-    let (mut rd, mut wr) = conn.into_split();
-    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Frame>();
-    let writer = tokio::spawn(async move {
-        while let Some(f) = out_rx.recv().await {
-            let Ok(bytes) = codec::encode(&f) else {
-                continue;
-            };
-            if wr.write_all(&bytes).await.is_err() {
-                break;
-            }
-        }
-    });
+    let (mut rd, wr) = conn.into_split();
+    let (out_tx, out_rx) = mpsc::unbounded_channel::<Frame>();
+    let writer = crate::session::spawn_writer(wr, out_rx);
     let mut relays: HashMap<u32, (ProcessSender, JoinHandle<()>)> = HashMap::new();
     let mut dec = Decoder::new();
     let mut buf = vec![0u8; 64 * 1024];

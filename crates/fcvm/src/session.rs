@@ -203,30 +203,12 @@ impl Session {
 
     /// Wraps an already connected stream (the handshake is the caller's).
     fn over(stream: UnixStream, epoch: u64, log: Option<PathBuf>) -> Session {
-        let (mut rd, mut wr) = stream.into_split();
-        let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Frame>();
+        let (mut rd, wr) = stream.into_split();
+        let (out_tx, out_rx) = mpsc::unbounded_channel::<Frame>();
         let (ctl_tx, ctl_rx) = mpsc::unbounded_channel::<Msg>();
         let streams: Streams = Arc::default();
 
-        tokio::spawn(async move {
-            // A lone delimiter first: the guest may hold half a frame from an earlier host
-            // (after a restore it never saw that host leave); this ends it as a bad frame.
-            if wr.write_all(&[0]).await.is_err() {
-                return;
-            }
-            while let Some(f) = out_rx.recv().await {
-                let bytes = match codec::encode(&f) {
-                    Ok(b) => b,
-                    Err(e) => {
-                        tracing::warn!("dropping frame that does not encode: {e}");
-                        continue;
-                    }
-                };
-                if wr.write_all(&bytes).await.is_err() {
-                    break;
-                }
-            }
-        });
+        spawn_writer(wr, out_rx);
 
         let streams_rd = streams.clone();
         tokio::spawn(async move {
@@ -376,6 +358,32 @@ impl Session {
         self.streams.lock().expect("streams").remove(&id);
         r
     }
+}
+
+/// The one writer of a framed connection: encodes frames from `rx` in order until the peer
+/// goes away. It starts with a lone delimiter: the peer may hold half a frame from an earlier
+/// writer (a restored guest never saw its old host leave); this ends it as a bad frame.
+pub(crate) fn spawn_writer(
+    mut wr: tokio::net::unix::OwnedWriteHalf,
+    mut rx: mpsc::UnboundedReceiver<Frame>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        if wr.write_all(&[0]).await.is_err() {
+            return;
+        }
+        while let Some(f) = rx.recv().await {
+            let bytes = match codec::encode(&f) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!("dropping frame that does not encode: {e}");
+                    continue;
+                }
+            };
+            if wr.write_all(&bytes).await.is_err() {
+                break;
+            }
+        }
+    })
 }
 
 fn log_agent(level: LogLevel, message: &str, file: Option<&mut std::fs::File>) {
