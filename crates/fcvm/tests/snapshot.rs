@@ -526,7 +526,7 @@ fn disk_full_while_saving_keeps_the_previous_snapshot() {
         wait_output(c, BOOT, args)
     };
     let n = name("diskfull");
-    let mut child = fcvm()
+    let child = fcvm()
         .env("FCVM_DATA_DIR", d.path())
         .args([
             "podman",
@@ -544,9 +544,14 @@ fn disk_full_while_saving_keeps_the_previous_snapshot() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // Stops the VM on every exit path, a failed assertion included.
+    let mut vm = Running {
+        child,
+        name: n.clone(),
+    };
     let start = std::time::Instant::now();
     while !text(&own(&["ls", "--json"]).stdout).contains("\"observed\": \"running\"") {
-        assert!(child.try_wait().unwrap().is_none(), "VM {n} exited");
+        assert!(vm.child.try_wait().unwrap().is_none(), "VM {n} exited");
         assert!(start.elapsed() < BOOT, "VM {n} never ran");
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -573,10 +578,6 @@ fn disk_full_while_saving_keeps_the_previous_snapshot() {
     // The previous snapshot is intact and still restores with its own state.
     let o = own(&["snapshot", "run", snap, "--exec", "cat /tmp/v"]);
     assert_eq!(text(&o.stdout), "v1\n", "{}", text(&o.stderr));
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    );
-    let _ = child.wait();
+    drop(vm);
     assert!(!text(&own(&["ls", "--json"]).stdout).contains(&n));
 }
