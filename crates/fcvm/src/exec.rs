@@ -11,9 +11,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use fcvm_proto::codec::Decoder;
 use fcvm_proto::{Frame, Msg, Target};
-use tokio::io::AsyncReadExt;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -79,104 +77,96 @@ async fn handle(
     env: Arc<Vec<String>>,
     snapshotter: Option<Snapshotter>,
 ) {
-    let (mut rd, wr) = conn.into_split();
+    let (rd, wr) = conn.into_split();
     let (out_tx, out_rx) = mpsc::unbounded_channel::<Frame>();
     let writer = crate::session::spawn_writer(wr, out_rx);
     let mut relays: HashMap<u32, (ProcessSender, JoinHandle<()>)> = HashMap::new();
-    let mut dec = Decoder::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = match rd.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
+    let mut frames = crate::session::FrameReader::new(rd);
+    while let Some(r) = frames.next().await {
+        let frame = match r {
+            Ok(f) => f,
+            Err(fcvm_proto::codec::CodecError::Decode(e, Some(stream))) => {
+                // A malformed message on one stream ends that stream only.
+                tracing::warn!("malformed frame from exec client on stream {stream}: {e}");
+                if let Some((_, relay)) = relays.remove(&stream) {
+                    relay.abort();
+                }
+                let _ = out_tx.send(Frame {
+                    stream,
+                    msg: Msg::Error {
+                        kind: fcvm_proto::ErrorKind::Failed,
+                        message: format!("malformed frame: {e}"),
+                    },
+                });
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!("bad frame from exec client: {e}");
+                continue;
+            }
         };
-        dec.feed(&buf[..n]);
-        while let Some(r) = dec.next_frame() {
-            let frame = match r {
-                Ok(f) => f,
-                Err(fcvm_proto::codec::CodecError::Decode(e, Some(stream))) => {
-                    // A malformed message on one stream ends that stream only.
-                    tracing::warn!("malformed frame from exec client on stream {stream}: {e}");
-                    if let Some((_, relay)) = relays.remove(&stream) {
-                        relay.abort();
-                    }
+        let stream = frame.stream;
+        match frame.msg {
+            Msg::SnapshotRequest { name } if stream == fcvm_proto::CONTROL => {
+                let out = out_tx.clone();
+                let snap = snapshotter.clone();
+                tokio::spawn(async move {
+                    let r = match snap {
+                        Some(f) => f(name.clone()).await,
+                        None => Err("this VM cannot be snapshotted".into()),
+                    };
+                    let msg = match r {
+                        Ok(()) => Msg::SnapshotDone { name },
+                        Err(error) => Msg::SnapshotFailed { error },
+                    };
+                    let _ = out.send(Frame::control(msg));
+                });
+            }
+            Msg::Start { mut spec, target } => {
+                if target == Target::Container {
                     let _ = out_tx.send(Frame {
                         stream,
                         msg: Msg::Error {
                             kind: fcvm_proto::ErrorKind::Failed,
-                            message: format!("malformed frame: {e}"),
+                            message: "the container's main process cannot be started by exec"
+                                .into(),
                         },
                     });
                     continue;
                 }
-                Err(e) => {
-                    tracing::warn!("bad frame from exec client: {e}");
-                    continue;
-                }
-            };
-            let stream = frame.stream;
-            match frame.msg {
-                Msg::SnapshotRequest { name } if stream == fcvm_proto::CONTROL => {
-                    let out = out_tx.clone();
-                    let snap = snapshotter.clone();
-                    tokio::spawn(async move {
-                        let r = match snap {
-                            Some(f) => f(name.clone()).await,
-                            None => Err("this VM cannot be snapshotted".into()),
-                        };
-                        let msg = match r {
-                            Ok(()) => Msg::SnapshotDone { name },
-                            Err(error) => Msg::SnapshotFailed { error },
-                        };
-                        let _ = out.send(Frame::control(msg));
-                    });
-                }
-                Msg::Start { mut spec, target } => {
-                    if target == Target::Container {
-                        let _ = out_tx.send(Frame {
-                            stream,
-                            msg: Msg::Error {
-                                kind: fcvm_proto::ErrorKind::Failed,
-                                message: "the container's main process cannot be started by exec"
-                                    .into(),
-                            },
-                        });
-                        continue;
+                if target == Target::ContainerExec {
+                    let mut merged = (*env).clone();
+                    for kv in spec.env.drain(..) {
+                        let key = kv.split('=').next().unwrap_or("").to_string();
+                        merged.retain(|e| e.split('=').next() != Some(key.as_str()));
+                        merged.push(kv);
                     }
-                    if target == Target::ContainerExec {
-                        let mut merged = (*env).clone();
-                        for kv in spec.env.drain(..) {
-                            let key = kv.split('=').next().unwrap_or("").to_string();
-                            merged.retain(|e| e.split('=').next() != Some(key.as_str()));
-                            merged.push(kv);
+                    spec.env = merged;
+                }
+                let mut proc = session.start(spec, target);
+                let sender = proc.sender();
+                let out = out_tx.clone();
+                let relay = tokio::spawn(async move {
+                    while let Some(msg) = proc.recv().await {
+                        let last = matches!(msg, Msg::Exit { .. } | Msg::Error { .. });
+                        let _ = out.send(Frame { stream, msg });
+                        if last {
+                            return;
                         }
-                        spec.env = merged;
                     }
-                    let mut proc = session.start(spec, target);
-                    let sender = proc.sender();
-                    let out = out_tx.clone();
-                    let relay = tokio::spawn(async move {
-                        while let Some(msg) = proc.recv().await {
-                            let last = matches!(msg, Msg::Exit { .. } | Msg::Error { .. });
-                            let _ = out.send(Frame { stream, msg });
-                            if last {
-                                return;
-                            }
-                        }
-                        let _ = out.send(Frame {
-                            stream,
-                            msg: Msg::Error {
-                                kind: fcvm_proto::ErrorKind::Failed,
-                                message: "connection to the VM's agent was lost".into(),
-                            },
-                        });
+                    let _ = out.send(Frame {
+                        stream,
+                        msg: Msg::Error {
+                            kind: fcvm_proto::ErrorKind::Failed,
+                            message: "connection to the VM's agent was lost".into(),
+                        },
                     });
-                    relays.insert(stream, (sender, relay));
-                }
-                msg => {
-                    if let Some((sender, _)) = relays.get(&stream) {
-                        sender.send(msg);
-                    }
+                });
+                relays.insert(stream, (sender, relay));
+            }
+            msg => {
+                if let Some((sender, _)) = relays.get(&stream) {
+                    sender.send(msg);
                 }
             }
         }

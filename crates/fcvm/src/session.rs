@@ -203,7 +203,7 @@ impl Session {
 
     /// Wraps an already connected stream (the handshake is the caller's).
     fn over(stream: UnixStream, epoch: u64, log: Option<PathBuf>) -> Session {
-        let (mut rd, wr) = stream.into_split();
+        let (rd, wr) = stream.into_split();
         let (out_tx, out_rx) = mpsc::unbounded_channel::<Frame>();
         let (ctl_tx, ctl_rx) = mpsc::unbounded_channel::<Msg>();
         let streams: Streams = Arc::default();
@@ -212,8 +212,7 @@ impl Session {
 
         let streams_rd = streams.clone();
         tokio::spawn(async move {
-            let mut dec = Decoder::new();
-            let mut buf = vec![0u8; 64 * 1024];
+            let mut frames = FrameReader::new(rd);
             let mut log = log.and_then(|p| {
                 std::fs::OpenOptions::new()
                     .create(true)
@@ -221,40 +220,31 @@ impl Session {
                     .open(p)
                     .ok()
             });
-            loop {
-                let n = match rd.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => n,
+            while let Some(r) = frames.next().await {
+                let frame = match r {
+                    Ok(f) => f,
+                    Err(e) => {
+                        tracing::warn!("bad frame from agent dropped: {e}");
+                        continue;
+                    }
                 };
-                dec.feed(&buf[..n]);
-                while let Some(r) = dec.next_frame() {
-                    let frame = match r {
-                        Ok(f) => f,
-                        Err(e) => {
-                            tracing::warn!("bad frame from agent dropped: {e}");
-                            continue;
+                if frame.stream == fcvm_proto::CONTROL {
+                    if let Msg::Log { level, message } = &frame.msg {
+                        log_agent(*level, message, log.as_mut());
+                        continue;
+                    }
+                    let _ = ctl_tx.send(frame.msg);
+                } else {
+                    let tx = streams_rd
+                        .lock()
+                        .expect("streams")
+                        .get(&frame.stream)
+                        .cloned();
+                    match tx {
+                        Some(tx) => {
+                            let _ = tx.send(frame.msg);
                         }
-                    };
-                    if frame.stream == fcvm_proto::CONTROL {
-                        if let Msg::Log { level, message } = &frame.msg {
-                            log_agent(*level, message, log.as_mut());
-                            continue;
-                        }
-                        let _ = ctl_tx.send(frame.msg);
-                    } else {
-                        let tx = streams_rd
-                            .lock()
-                            .expect("streams")
-                            .get(&frame.stream)
-                            .cloned();
-                        match tx {
-                            Some(tx) => {
-                                let _ = tx.send(frame.msg);
-                            }
-                            None => {
-                                tracing::debug!(stream = frame.stream, "frame for unknown stream")
-                            }
-                        }
+                        None => tracing::debug!(stream = frame.stream, "frame for unknown stream"),
                     }
                 }
             }
@@ -357,6 +347,36 @@ impl Session {
             .unwrap_or(Err(SessionError::Timeout(timeout)));
         self.streams.lock().expect("streams").remove(&id);
         r
+    }
+}
+
+/// The reading side of a framed connection: bytes in, frames (or codec errors) out, `None`
+/// once the peer is gone.
+pub(crate) struct FrameReader {
+    rd: tokio::net::unix::OwnedReadHalf,
+    dec: Decoder,
+    buf: Vec<u8>,
+}
+
+impl FrameReader {
+    pub(crate) fn new(rd: tokio::net::unix::OwnedReadHalf) -> FrameReader {
+        FrameReader {
+            rd,
+            dec: Decoder::new(),
+            buf: vec![0u8; 64 * 1024],
+        }
+    }
+
+    pub(crate) async fn next(&mut self) -> Option<Result<Frame, codec::CodecError>> {
+        loop {
+            if let Some(r) = self.dec.next_frame() {
+                return Some(r);
+            }
+            match self.rd.read(&mut self.buf).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.dec.feed(&self.buf[..n]),
+            }
+        }
     }
 }
 
