@@ -4,19 +4,29 @@
 //! 1. the virtio disk whose `/sys/block/vd*/ro` is 1 is the image, the other the writable disk;
 //! 2. image (ro, `plan.image_fstype`) → /mnt/image, writable (ext4) → /mnt/rw;
 //! 3. overlay `lower=/mnt/image, upper=/mnt/rw/upper, work=/mnt/rw/work` → /run/fcvm/rootfs;
-//! 4. hostname for the VM; /etc/hostname, /etc/hosts and resolv.conf inside the container.
+//! 4. hostname for the VM (the container shares its UTS namespace); the container's
+//!    /etc/hostname, /etc/hosts and /etc/resolv.conf are files under [`ETC`] (tmpfs) that its
+//!    config bind-mounts, as podman does — rewriting them on every restore stays cheap.
 //!
 //! The OCI config that `crun` runs it with is written by [`crate::oci`].
 
 use fcvm_proto::ContainerPlan;
 use nix::mount::{mount, MsFlags};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Set once the container root is mounted: a restore asks, and reading /proc/mounts right
+/// after a restore is slow under TCG (every kernel path runs untranslated once).
+static PREPARED: AtomicBool = AtomicBool::new(false);
 
 pub const ROOTFS: &str = "/run/fcvm/rootfs";
 pub const BUNDLE: &str = "/run/fcvm/bundle";
 /// The crun container id (one container per VM).
 pub const ID: &str = "fcvm";
 pub const CRUN: &str = "/usr/bin/crun";
+/// The container's identity files, bind-mounted over its /etc/<name>.
+pub const ETC: &str = "/run/fcvm/etc";
+pub const ETC_FILES: [&str; 3] = ["hostname", "hosts", "resolv.conf"];
 
 fn e<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> String + '_ {
     move |err| format!("{what}: {err}")
@@ -109,76 +119,51 @@ pub fn prepare(plan: &ContainerPlan) -> Result<(), String> {
         MsFlags::empty(),
         Some("lowerdir=/mnt/image,upperdir=/mnt/rw/upper,workdir=/mnt/rw/work"),
     )?;
+    PREPARED.store(true, Ordering::SeqCst);
     if let Some(n) = &plan.network {
         crate::net::configure(n)?;
     }
-    set_identity(Some(&plan.hostname), None)
+    // Every bind-mounted file must exist, even with no hostname given.
+    let current = nix::unistd::gethostname().unwrap_or_default();
+    set_identity(Some(&current.to_string_lossy()), None)?;
+    set_identity(Some(&plan.hostname), None)?;
+    copy_resolv_conf()
 }
 
-/// Sets the VM's hostname and writes the container's identity files (hostname, hosts,
-/// resolv.conf, machine-id) — used by Prepare and by restore steps.
+/// Sets the VM's (and so the container's) hostname and writes the container's identity files
+/// (hostname, hosts, machine-id) — used by Prepare and by restore steps.
 pub fn set_identity(hostname: Option<&str>, machine_id: Option<&str>) -> Result<(), String> {
-    let root = PathBuf::from(ROOTFS);
-    let etc = root.join("etc");
-    let prepared = is_mounted(ROOTFS);
-    if prepared {
-        std::fs::create_dir_all(&etc).map_err(e("mkdir /etc in the container"))?;
-    }
+    let etc = Path::new(ETC);
+    std::fs::create_dir_all(etc).map_err(e("mkdir /run/fcvm/etc"))?;
     if let Some(h) = hostname.filter(|h| !h.is_empty()) {
         nix::unistd::sethostname(h).map_err(|err| format!("sethostname {h}: {}", err.desc()))?;
-        set_running_container_hostname(h)?;
-        if prepared {
-            std::fs::write(etc.join("hostname"), format!("{h}\n"))
-                .map_err(e("write /etc/hostname"))?;
-            std::fs::write(etc.join("hosts"), hosts_text(h)).map_err(e("write /etc/hosts"))?;
-        }
+        // Truncated and rewritten in place: the bind mounts keep pointing at these inodes.
+        std::fs::write(etc.join("hostname"), format!("{h}\n")).map_err(e("write hostname"))?;
+        std::fs::write(etc.join("hosts"), hosts_text(h)).map_err(e("write hosts"))?;
     }
     if let Some(id) = machine_id.filter(|m| !m.is_empty()) {
         let _ = std::fs::write("/etc/machine-id", format!("{id}\n"));
-        if prepared {
-            std::fs::write(etc.join("machine-id"), format!("{id}\n"))
+        if prepared() {
+            let dir = PathBuf::from(ROOTFS).join("etc");
+            std::fs::create_dir_all(&dir).map_err(e("mkdir /etc in the container"))?;
+            std::fs::write(dir.join("machine-id"), format!("{id}\n"))
                 .map_err(e("write /etc/machine-id"))?;
-        }
-    }
-    if prepared {
-        if let Ok(r) = std::fs::read("/etc/resolv.conf") {
-            std::fs::write(etc.join("resolv.conf"), r).map_err(e("write /etc/resolv.conf"))?;
         }
     }
     Ok(())
 }
 
-/// A running container has its own UTS namespace: give it the new hostname too (a clone
-/// restored with its app running must not answer with its source's name).
-fn set_running_container_hostname(h: &str) -> Result<(), String> {
-    let Some(pid) = std::fs::read_to_string(crate::process::CONTAINER_PIDFILE)
-        .ok()
-        .and_then(|s| s.trim().parse::<i32>().ok())
-    else {
-        return Ok(());
-    };
-    let ns = format!("/proc/{pid}/ns/uts");
-    let name = h.to_string();
-    // Namespaces belong to tasks: a short-lived thread joins the container's UTS namespace,
-    // renames it and exits, leaving the agent's own threads where they were.
-    let r = std::thread::spawn(move || -> Result<(), String> {
-        let f = match std::fs::File::open(&ns) {
-            Ok(f) => f,
-            // The container just exited: nothing left to rename.
-            Err(_) => return Ok(()),
-        };
-        nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWUTS)
-            .map_err(|e| format!("join the container's UTS namespace: {}", e.desc()))?;
-        nix::unistd::sethostname(&name)
-            .map_err(|e| format!("set the container's hostname: {}", e.desc()))
-    })
-    .join();
-    r.unwrap_or_else(|_| Err("hostname thread panicked".into()))
+/// Copies the VM's resolv.conf (written by [`crate::net`]; empty without a network) to the
+/// container's.
+pub fn copy_resolv_conf() -> Result<(), String> {
+    let r = std::fs::read("/etc/resolv.conf").unwrap_or_default();
+    std::fs::create_dir_all(ETC).map_err(e("mkdir /run/fcvm/etc"))?;
+    std::fs::write(Path::new(ETC).join("resolv.conf"), r).map_err(e("write resolv.conf"))
 }
 
 /// Whether the container root is mounted.
 pub fn prepared() -> bool {
-    is_mounted(ROOTFS)
+    PREPARED.load(Ordering::SeqCst)
 }
 
 #[cfg(test)]

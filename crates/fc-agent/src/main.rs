@@ -23,10 +23,14 @@ mod reaper;
 mod restore;
 mod session;
 mod users;
+mod warm;
 
 use std::time::Duration;
 
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some(warm::INIT_ARG) {
+        warm::container_init(); // the warm container's stand-in: becomes the user's process
+    }
     if std::process::id() != 1 {
         println!(
             "fc-agent {} (runs as PID 1 in an fcvm VM)",

@@ -6,7 +6,7 @@
 //!    `SIOCSIFFLAGS`) — setting the address replaces the old one and its subnet route;
 //! 3. the default route is deleted (ESRCH is fine) and added via the gateway (`SIOCADDRT`);
 //! 4. `/etc/resolv.conf` of the VM from `dns`/`search`; the container's copy is written from
-//!    it by `container::set_identity`, which runs right after.
+//!    it by `container::copy_resolv_conf`, which runs right after.
 //!
 //! The container shares the VM's network namespace (crate::oci asks for none), so ports the
 //! host publishes reach it directly.

@@ -1,5 +1,6 @@
-//! The container's OCI runtime config, as podman would generate it: pid/ipc/uts/mount
-//! namespaces (the VM's network is shared), the standard mounts, podman's default
+//! The container's OCI runtime config, as podman would generate it: pid/ipc/mount
+//! namespaces (the VM's network and hostname are shared: the VM exists for this one container,
+//! and one `sethostname` then renames both, which a restore does on every run), the standard mounts, podman's default
 //! capabilities, `RLIMIT_NOFILE` 1048576, masked and read-only /proc and /sys paths.
 //! `crun run` reads [`spec`] from /run/fcvm/bundle/config.json; `crun exec --process` reads a
 //! [`process`] alone.
@@ -94,7 +95,7 @@ fn mnt(dest: &str, typ: &str, src: &str, opts: &[&str]) -> Result<Mount, String>
 }
 
 /// The container's runtime config.
-pub fn spec(p: &ProcConfig, hostname: &str) -> Result<Spec, String> {
+pub fn spec(p: &ProcConfig) -> Result<Spec, String> {
     let mut mounts = vec![
         mnt("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
         mnt(
@@ -141,6 +142,15 @@ pub fn spec(p: &ProcConfig, hostname: &str) -> Result<Spec, String> {
             &["nosuid", "noexec", "nodev", "relatime", "ro"],
         )?,
     ];
+    for f in crate::container::ETC_FILES {
+        let src = format!("{}/{f}", crate::container::ETC);
+        mounts.push(mnt(
+            &format!("/etc/{f}"),
+            "bind",
+            &src,
+            &["rbind", "rprivate"],
+        )?);
+    }
     if let Some(c) = &p.console {
         mounts.push(mnt(
             "/dev/console",
@@ -152,7 +162,6 @@ pub fn spec(p: &ProcConfig, hostname: &str) -> Result<Spec, String> {
     let namespaces = [
         LinuxNamespaceType::Pid,
         LinuxNamespaceType::Ipc,
-        LinuxNamespaceType::Uts,
         LinuxNamespaceType::Mount,
     ]
     .into_iter()
@@ -194,7 +203,7 @@ pub fn spec(p: &ProcConfig, hostname: &str) -> Result<Spec, String> {
         ]))
         .build()
         .map_err(e("linux"))?;
-    let mut b = SpecBuilder::default()
+    let mut spec = SpecBuilder::default()
         .version("1.0.0")
         .root(
             RootBuilder::default()
@@ -205,11 +214,12 @@ pub fn spec(p: &ProcConfig, hostname: &str) -> Result<Spec, String> {
         )
         .process(process(p)?)
         .mounts(mounts)
-        .linux(linux);
-    if !hostname.is_empty() {
-        b = b.hostname(hostname);
-    }
-    b.build().map_err(e("spec"))
+        .linux(linux)
+        .build()
+        .map_err(e("spec"))?;
+    // oci-spec's default names the host "youki"; with no UTS namespace crun refuses any name.
+    spec.set_hostname(None);
+    Ok(spec)
 }
 
 /// Writes `value` as JSON to `path` (creating the parent).
@@ -236,10 +246,13 @@ mod tests {
             groups: vec![10],
             console: None,
         };
-        let v = serde_json::to_value(spec(&p, "box").unwrap()).unwrap();
+        let v = serde_json::to_value(spec(&p).unwrap()).unwrap();
         assert_eq!(v["root"]["path"], ROOTFS);
         assert_eq!(v["root"]["readonly"], false);
-        assert_eq!(v["hostname"], "box");
+        assert!(
+            v.get("hostname").is_none(),
+            "the VM's hostname is the container's"
+        );
         assert_eq!(v["process"]["cwd"], "/");
         assert_eq!(v["process"]["terminal"], false);
         assert_eq!(v["process"]["user"]["uid"], 1000);
@@ -253,7 +266,7 @@ mod tests {
             .iter()
             .map(|n| n["type"].as_str().unwrap())
             .collect();
-        assert_eq!(ns, ["pid", "ipc", "uts", "mount"]);
+        assert_eq!(ns, ["pid", "ipc", "mount"]);
         let dests: Vec<&str> = v["mounts"]
             .as_array()
             .unwrap()
@@ -269,7 +282,10 @@ mod tests {
                 "/dev/shm",
                 "/dev/mqueue",
                 "/sys",
-                "/sys/fs/cgroup"
+                "/sys/fs/cgroup",
+                "/etc/hostname",
+                "/etc/hosts",
+                "/etc/resolv.conf"
             ]
         );
         let caps = &v["process"]["capabilities"];

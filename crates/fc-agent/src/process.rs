@@ -140,6 +140,23 @@ impl Stream {
     }
 }
 
+/// Spawns `cmd` (crun, or the command itself for `--vm`), errors in podman's words.
+fn spawn(
+    cmd: &Cmd,
+    target: Target,
+    name: &str,
+) -> Result<(i32, std::sync::mpsc::Receiver<i32>), StartError> {
+    reaper::spawn(cmd).map_err(|e| match e.raw_os_error() {
+        Some(libc::ENOENT) => {
+            lookup_error(target, name, &Lookup::NotFound).unwrap_or_else(|| failed(""))
+        }
+        Some(libc::EACCES) | Some(libc::ENOEXEC) => {
+            lookup_error(target, name, &Lookup::NotExecutable).unwrap_or_else(|| failed(""))
+        }
+        _ => failed(format!("spawn {name}: {e}")),
+    })
+}
+
 /// Waits until `crun run` has created the container (its state and pid file exist): an exec
 /// that arrives right after the container's Start would otherwise fail in `crun exec`. The
 /// bound is short: this runs on the session thread, and a container that ended never comes.
@@ -269,7 +286,6 @@ pub fn start(
     spec: &ProcessSpec,
     target: Target,
     out: &Outbox,
-    hostname: &str,
     t0: Instant,
 ) -> Result<Arc<Stream>, StartError> {
     let name = spec
@@ -315,10 +331,29 @@ pub fn start(
             .ok()
             .map(|p| p.to_string_lossy().into_owned());
     }
+    // A warm container (crate::warm) takes any command but a TTY one (its console is
+    // bound at creation); taking it for a TTY run just lets `crun delete` below end it.
+    let warm = match target {
+        Target::Container => crate::warm::take().filter(|_| !spec.tty),
+        _ => None,
+    };
+    let warm_started = warm.is_some();
     let (cmd_argv, path, envp, cwd_c, cmd_ids, pidfile) = match target {
+        Target::Container if warm.is_some() => {
+            let _ = std::fs::create_dir_all(Path::new(ROOTFS).join(cwd.trim_start_matches('/')));
+            let none = Vec::new();
+            (
+                none.clone(),
+                CRUN.to_string(),
+                none,
+                None,
+                None,
+                Some(CONTAINER_PIDFILE.to_string()),
+            )
+        }
         Target::Container => {
             let _ = std::fs::create_dir_all(Path::new(ROOTFS).join(cwd.trim_start_matches('/')));
-            let cfg = oci::spec(&proc_cfg, hostname).map_err(failed)?;
+            let cfg = oci::spec(&proc_cfg).map_err(failed)?;
             oci::write_json(&Path::new(BUNDLE).join("config.json"), &cfg).map_err(failed)?;
             if Path::new("/run/crun").join(ID).exists() {
                 let _ = reaper::run_quiet(&[CRUN, "delete", "--force", ID]);
@@ -424,17 +459,33 @@ pub fn start(
             child_fds[1].as_raw_fd(),
             child_fds[2].as_raw_fd(),
         ],
+        extra: vec![],
         ctty: spec.tty,
     };
-    let (pid, status_rx) = reaper::spawn(&cmd).map_err(|e| match e.raw_os_error() {
-        Some(libc::ENOENT) => {
-            lookup_error(target, name, &Lookup::NotFound).unwrap_or_else(|| failed(""))
+    let spawned = match (warm, &found) {
+        (Some(w), Lookup::Found { inside, .. }) => {
+            let init = crate::warm::InitSpec {
+                path: inside.clone(),
+                args: spec.args.clone(),
+                env: env.clone(),
+                cwd: cwd.clone(),
+                uid: ids.uid,
+                gid: ids.gid,
+                groups: ids.groups.clone(),
+            };
+            w.start(&init, cmd.stdio).map_err(|(kind, msg)| {
+                let l = match kind {
+                    ErrorKind::NotFound => Lookup::NotFound,
+                    ErrorKind::NotExecutable => Lookup::NotExecutable,
+                    _ => return failed(format!("start {name}: {msg}")),
+                };
+                lookup_error(target, name, &l).unwrap_or_else(|| failed(msg))
+            })?
         }
-        Some(libc::EACCES) | Some(libc::ENOEXEC) => {
-            lookup_error(target, name, &Lookup::NotExecutable).unwrap_or_else(|| failed(""))
-        }
-        _ => failed(format!("spawn {name}: {e}")),
-    })?;
+        (Some(_), _) => return Err(failed("lookup")),
+        (None, _) => spawn(&cmd, target, name)?,
+    };
+    let (pid, status_rx) = spawned;
     drop(child_fds);
     let spawn_us = t0.elapsed().as_micros() as u64;
     let (stdin_tx, stdin_rx) = sync_channel(64);
@@ -449,7 +500,7 @@ pub fn start(
         stdin: Mutex::new(stdin_fd.as_ref().map(|_| stdin_tx)),
         tty,
     });
-    if target == Target::Container {
+    if target == Target::Container && !warm_started {
         // "Started" for the container means crun has created it (its pid file exists): only
         // then can `crun exec` join it. The host opens execs and health checks on this
         // signal, never on a guess (DESIGN §4).

@@ -1,6 +1,7 @@
 //! Child processes: PID 1 must reap every orphan, yet each spawner needs its own child's exit
 //! status. One reaper thread calls `waitpid(-1)` and hands every status to the owner registered
-//! for that pid (statuses of unknown pids — orphans — are dropped).
+//! for that pid. Statuses of unknown pids (orphans) are kept briefly, so [`adopt`] can claim a
+//! grandchild that was reparented to us (the warm container's process) whenever it exits.
 //!
 //! 1. [`spawn`] forks and execs while holding the registry lock and registers the pid before
 //!    releasing it, so the reaper (which takes the lock to dispatch) can never lose a status.
@@ -16,11 +17,16 @@ use std::sync::{Condvar, Mutex};
 
 struct Registry {
     owners: BTreeMap<i32, Sender<i32>>,
+    /// Statuses nobody registered for, newest last (bounded: orphans are rare).
+    orphans: Vec<(i32, i32)>,
     generation: u64,
 }
 
+const KEPT_ORPHANS: usize = 32;
+
 static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
     owners: BTreeMap::new(),
+    orphans: Vec::new(),
     generation: 0,
 });
 static SPAWNED: Condvar = Condvar::new();
@@ -40,8 +46,16 @@ fn reap_loop() {
         let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
         if pid > 0 {
             if let Ok(mut r) = REGISTRY.lock() {
-                if let Some(tx) = r.owners.remove(&pid) {
-                    let _ = tx.send(status);
+                match r.owners.remove(&pid) {
+                    Some(tx) => {
+                        let _ = tx.send(status);
+                    }
+                    None => {
+                        if r.orphans.len() >= KEPT_ORPHANS {
+                            r.orphans.remove(0);
+                        }
+                        r.orphans.push((pid, status));
+                    }
                 }
             }
             continue;
@@ -58,6 +72,27 @@ fn reap_loop() {
             };
         }
     }
+}
+
+/// Claims the exit status of `pid`, a process reparented to us (not spawned by [`spawn`]).
+pub fn adopt(pid: i32) -> Receiver<i32> {
+    let (tx, rx) = channel();
+    if let Ok(mut r) = REGISTRY.lock() {
+        // Under the lock the reaper cannot dispatch: a process that still exists (a zombie
+        // included) is ours to wait for; one that does not was reaped and kept.
+        // SAFETY: kill(2) with signal 0 only checks that the pid exists.
+        let alive = unsafe { libc::kill(pid, 0) } == 0;
+        let kept = r.orphans.iter().rposition(|(p, _)| *p == pid);
+        if alive {
+            if let Some(i) = kept {
+                r.orphans.remove(i); // an older process with the same pid
+            }
+            r.owners.insert(pid, tx);
+        } else if let Some(i) = kept {
+            let _ = tx.send(r.orphans.remove(i).1);
+        }
+    }
+    rx
 }
 
 /// Exit code of a wait status as a shell reports it (signal N → 128+N).
@@ -81,6 +116,8 @@ pub struct Cmd {
     pub ids: Option<(u32, u32, Vec<u32>)>,
     /// fds for 0, 1, 2.
     pub stdio: [RawFd; 3],
+    /// fds for 3, 4, … (for `crun --preserve-fds`).
+    pub extra: Vec<RawFd>,
     /// Make fd 0 (a pty slave) the controlling terminal of the new session.
     pub ctty: bool,
 }
@@ -184,8 +221,27 @@ unsafe fn child(
             libc::signal(sig, libc::SIG_DFL);
         }
         libc::setsid();
+        // The error pipe must survive the moves to fds 3, 4, … below.
+        let errfd = if cmd.extra.is_empty() {
+            errfd
+        } else {
+            libc::fcntl(errfd, libc::F_DUPFD_CLOEXEC, 64)
+        };
         for (i, fd) in cmd.stdio.iter().enumerate() {
             if libc::dup2(*fd, i as i32) < 0 {
+                fail(errfd);
+            }
+        }
+        // Out of the way first, so no target number clobbers a source still to be moved.
+        let mut moved = [0; 8];
+        for (i, fd) in cmd.extra.iter().take(moved.len()).enumerate() {
+            moved[i] = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 64);
+            if moved[i] < 0 {
+                fail(errfd);
+            }
+        }
+        for (i, fd) in moved.iter().take(cmd.extra.len()).enumerate() {
+            if libc::dup2(*fd, 3 + i as i32) < 0 {
                 fail(errfd);
             }
         }
@@ -227,6 +283,7 @@ pub fn run_quiet(args: &[&str]) -> Result<i32, String> {
         cwd: None,
         ids: None,
         stdio: [fd, fd, fd],
+        extra: vec![],
         ctty: false,
     };
     let (_, rx) = spawn(&cmd).map_err(|e| format!("{}: {e}", args[0]))?;
@@ -253,6 +310,7 @@ mod tests {
             cwd: cstrings(&["/"]).unwrap().pop(),
             ids: None,
             stdio: [0, w.as_raw_fd(), 2],
+            extra: vec![],
             ctty: false,
         };
         let (pid, rx) = spawn(&cmd).unwrap();

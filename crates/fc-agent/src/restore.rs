@@ -2,19 +2,20 @@
 //!
 //! 1. set the wall clock from the host's (`clock_settime(CLOCK_REALTIME)`);
 //! 2. reseed the RNG: write the seed to /dev/urandom and credit it with `RNDADDENTROPY`;
-//! 3. new network config when given (`crate::net`: address, default route, resolv.conf);
-//! 4. new identity when given (hostname, machine-id; also inside the container).
+//! 3. new network config when given and not the one the VM already has (`crate::net`:
+//!    address, default route, resolv.conf);
+//! 4. new identity when given (hostname, machine-id; also the container's files).
 //!
 //! Every step must succeed before the session answers `RestoreComplete`.
 
-use fcvm_proto::RestorePlan;
-use std::io::Write;
+use fcvm_proto::{NetConfig, RestorePlan};
 use std::os::fd::AsRawFd;
 
 /// `_IOW('R', 0x03, int[2])`
 const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
 
-pub fn run(plan: &RestorePlan) -> Result<(), String> {
+/// `current` is the network the snapshotted VM was configured with.
+pub fn run(plan: &RestorePlan, current: Option<&NetConfig>) -> Result<(), String> {
     if plan.clock_unix_ns > 0 {
         let ts = libc::timespec {
             tv_sec: (plan.clock_unix_ns / 1_000_000_000) as libc::time_t,
@@ -28,8 +29,11 @@ pub fn run(plan: &RestorePlan) -> Result<(), String> {
     if !plan.random_seed.is_empty() {
         reseed(&plan.random_seed)?;
     }
-    if let Some(n) = &plan.network {
+    // Every step costs under TCG after a restore (QEMU translates each code path anew): an
+    // unchanged network (user-mode networking: always the same address) is left as it is.
+    if let Some(n) = plan.network.as_ref().filter(|n| Some(*n) != current) {
         crate::net::configure(n)?;
+        crate::container::copy_resolv_conf()?;
     }
     crate::container::set_identity(plan.hostname.as_deref(), plan.machine_id.as_deref())
 }
@@ -47,12 +51,11 @@ pub fn pool_info(seed: &[u8]) -> Vec<u8> {
 }
 
 fn reseed(seed: &[u8]) -> Result<(), String> {
-    let mut f = std::fs::OpenOptions::new()
+    let f = std::fs::OpenOptions::new()
         .write(true)
         .open("/dev/urandom")
         .map_err(|e| format!("Open /dev/urandom: {e}"))?;
-    f.write_all(seed)
-        .map_err(|e| format!("Write /dev/urandom: {e}"))?;
+    // RNDADDENTROPY mixes the bytes in as well: no separate write needed.
     let info = pool_info(seed);
     // SAFETY: RNDADDENTROPY reads a rand_pool_info of the size encoded in its header.
     if unsafe { libc::ioctl(f.as_raw_fd(), RNDADDENTROPY as _, info.as_ptr()) } != 0 {

@@ -163,7 +163,8 @@ impl Session {
             Some((e, r)) if *e == epoch => r.clone(),
             _ => {
                 self.enter_epoch(epoch);
-                let r = crate::restore::run(plan);
+                let current = self.plan.as_ref().and_then(|p| p.network.as_ref());
+                let r = crate::restore::run(plan, current);
                 if r.is_ok() {
                     // Containers started from now on carry the new identity.
                     if let (Some(p), Some(h)) = (self.plan.as_mut(), plan.hostname.as_ref()) {
@@ -194,6 +195,11 @@ impl Session {
         match crate::container::prepare(&plan) {
             Ok(()) => {
                 info!("prepared in {} ms", t0.elapsed().as_millis());
+                let t1 = Instant::now();
+                match crate::warm::create() {
+                    Ok(()) => info!("warm container in {} ms", t1.elapsed().as_millis()),
+                    Err(e) => warn!("no warm container, the run will use crun run: {e}"),
+                }
                 self.plan = Some(plan);
                 self.reply(CONTROL, Msg::Prepared);
             }
@@ -229,12 +235,7 @@ impl Session {
         if let Err(m) = check {
             return self.reply(id, err(ErrorKind::Failed, m));
         }
-        let hostname = self
-            .plan
-            .as_ref()
-            .map(|p| p.hostname.clone())
-            .unwrap_or_default();
-        match process::start(id, spec, target, &self.out, &hostname, t0) {
+        match process::start(id, spec, target, &self.out, t0) {
             Ok(s) => {
                 crate::log::console(&format!("stream {id}: {target:?} pid {} started", s.pid));
                 self.streams.insert(id, s);

@@ -1,0 +1,296 @@
+//! The warm container: crun's expensive part done before the user's process is known.
+//!
+//! `crun run` spends most of a container's start (under TCG ~0.5 s) on namespaces, mounts,
+//! cgroups and pivot_root — none of which depends on the command. So right after Prepare
+//! the agent runs `crun run --detach` with a stand-in process: this very binary, exec'd
+//! through `/proc/self/fd/4` (nothing is added to the container's files), which waits on a
+//! socket ([`container_init`]). The image-cache snapshot is taken with it waiting, so a
+//! restored run only has to hand it the command:
+//!
+//! 1. [`create`] (after Prepare): `crun run --detach --preserve-fds 2` with fd 3 = our
+//!    socket end and fd 4 = this binary; the stand-in's pid is adopted from crun's pid file;
+//! 2. [`Warm::start`] (on `Start{Container}`): sends [`InitSpec`] and the stdio fds
+//!    (SCM_RIGHTS); the stand-in takes them, switches to the user, changes directory and
+//!    execs. Its end of the socket is close-on-exec, so end-of-file is the explicit "exec
+//!    succeeded" signal; a failed exec sends its errno instead.
+//!
+//! The user's process is still started fresh on every run: only crun's set-up is reused.
+//! TTY runs (the console is bound when the container is created) use plain `crun run`.
+
+use crate::container::{BUNDLE, CRUN, ID};
+use crate::oci::{self, ProcConfig};
+use crate::process::{StartError, CONTAINER_PIDFILE};
+use crate::reaper::{self, cstrings, Cmd};
+use fcvm_proto::ErrorKind;
+use nix::sys::socket::{
+    recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
+    SockFlag, SockType,
+};
+use serde::{Deserialize, Serialize};
+use std::io::IoSliceMut;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
+use std::sync::mpsc::Receiver;
+use std::sync::Mutex;
+
+/// The argument that makes this binary the stand-in instead of the VM's init.
+pub const INIT_ARG: &str = "fcvm-container-init";
+/// Where crun's errors from creating the warm container go.
+const ERR_FILE: &str = "/run/fcvm/warm-crun.err";
+
+/// What the stand-in execs: resolved by the agent, which already checked it exists.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct InitSpec {
+    /// The executable inside the container, symlinks resolved.
+    pub path: String,
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+}
+
+/// A created container whose stand-in waits for its command.
+pub struct Warm {
+    pid: i32,
+    sock: OwnedFd,
+    status: Receiver<i32>,
+}
+
+static WARM: Mutex<Option<Warm>> = Mutex::new(None);
+
+/// Creates the warm container (no-op if a container exists already).
+pub fn create() -> Result<(), String> {
+    if Path::new("/run/crun").join(ID).exists() {
+        return Ok(());
+    }
+    let stand_in = ProcConfig {
+        args: vec!["/proc/self/fd/4".into(), INIT_ARG.into()],
+        env: vec!["PATH=/usr/sbin:/usr/bin:/sbin:/bin".into()],
+        cwd: "/".into(),
+        ..Default::default()
+    };
+    let cfg = oci::spec(&stand_in)?;
+    oci::write_json(&Path::new(BUNDLE).join("config.json"), &cfg)?;
+    let (ours, theirs) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| format!("socketpair: {}", e.desc()))?;
+    let exe = std::fs::File::open("/proc/self/exe").map_err(|e| format!("open self: {e}"))?;
+    let null = std::fs::File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
+    let err = std::fs::File::create(ERR_FILE).map_err(|e| format!("{ERR_FILE}: {e}"))?;
+    let _ = std::fs::remove_file(CONTAINER_PIDFILE);
+    let argv = [
+        CRUN,
+        "run",
+        "--detach",
+        "--bundle",
+        BUNDLE,
+        "--pid-file",
+        CONTAINER_PIDFILE,
+        "--preserve-fds",
+        "2",
+        ID,
+    ];
+    let argv = cstrings(&argv)?;
+    let cmd = Cmd {
+        path: argv[0].clone(),
+        argv,
+        envp: cstrings(&["PATH=/usr/sbin:/usr/bin:/sbin:/bin"])?,
+        cwd: None,
+        ids: None,
+        stdio: [null.as_raw_fd(), null.as_raw_fd(), err.as_raw_fd()],
+        extra: vec![theirs.as_raw_fd(), exe.as_raw_fd()],
+        ctty: false,
+    };
+    let (_, rx) = reaper::spawn(&cmd).map_err(|e| format!("{CRUN}: {e}"))?;
+    drop((theirs, exe, null, err));
+    let code = rx.recv().map(reaper::exit_code).unwrap_or(255);
+    if code != 0 {
+        let msg = std::fs::read_to_string(ERR_FILE).unwrap_or_default();
+        let _ = reaper::run_quiet(&[CRUN, "delete", "--force", ID]);
+        return Err(format!("crun run --detach exited {code}: {}", msg.trim()));
+    }
+    let pid = std::fs::read_to_string(CONTAINER_PIDFILE)
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+        .ok_or("crun wrote no pid file")?;
+    let status = reaper::adopt(pid);
+    if let Ok(mut w) = WARM.lock() {
+        *w = Some(Warm {
+            pid,
+            sock: ours,
+            status,
+        });
+    }
+    Ok(())
+}
+
+/// The warm container, if one waits (taking it: it serves one Start).
+pub fn take() -> Option<Warm> {
+    WARM.lock().ok().and_then(|mut w| w.take())
+}
+
+/// Ends a warm container that will not be used (power-off).
+pub fn discard() {
+    if let Some(w) = take() {
+        // SAFETY: kill(2) on the stand-in we adopted.
+        unsafe { libc::kill(w.pid, libc::SIGKILL) };
+    }
+}
+
+fn failed(msg: impl Into<String>) -> StartError {
+    (ErrorKind::Failed, msg.into())
+}
+
+impl Warm {
+    /// Hands the stand-in its command and stdio; returns once it exec'd (or failed to).
+    pub fn start(
+        self,
+        spec: &InitSpec,
+        stdio: [RawFd; 3],
+    ) -> Result<(i32, Receiver<i32>), StartError> {
+        let json = serde_json::to_vec(spec).map_err(|e| failed(format!("init spec: {e}")))?;
+        let fds = [ControlMessage::ScmRights(&stdio)];
+        sendmsg::<()>(
+            self.sock.as_raw_fd(),
+            &[std::io::IoSlice::new(&json)],
+            &fds,
+            MsgFlags::empty(),
+            None,
+        )
+        .map_err(|e| failed(format!("hand the command to the container: {}", e.desc())))?;
+        let mut buf = [0u8; 64];
+        let n = loop {
+            // SAFETY: reading into a local buffer from our socket.
+            let n = unsafe { libc::read(self.sock.as_raw_fd(), buf.as_mut_ptr().cast(), 64) };
+            if n >= 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+                break n;
+            }
+        };
+        if n <= 0 {
+            return Ok((self.pid, self.status));
+        }
+        let errno: i32 = String::from_utf8_lossy(&buf[..n as usize])
+            .trim()
+            .parse()
+            .unwrap_or(libc::EIO);
+        Err(std::io::Error::from_raw_os_error(errno))
+            .map_err(|e| (exec_error_kind(errno), e.to_string()))
+    }
+}
+
+fn exec_error_kind(errno: i32) -> ErrorKind {
+    match errno {
+        libc::ENOENT => ErrorKind::NotFound,
+        libc::EACCES | libc::ENOEXEC => ErrorKind::NotExecutable,
+        _ => ErrorKind::Failed,
+    }
+}
+
+/// The stand-in (this binary as the container's process): waits for its command, then
+/// becomes it. Never returns.
+pub fn container_init() -> ! {
+    let fail = |errno: i32| -> ! {
+        let msg = errno.to_string();
+        // SAFETY: writing a short message to our socket, then exiting.
+        unsafe {
+            libc::write(3, msg.as_ptr().cast(), msg.len());
+            libc::_exit(if errno == libc::ENOENT { 127 } else { 126 })
+        }
+    };
+    reset_signals();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut iov = [IoSliceMut::new(&mut buf)];
+    let mut space = nix::cmsg_space!([RawFd; 3]);
+    let (n, fds) = match recvmsg::<()>(3, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC) {
+        Ok(m) => {
+            let mut fds = Vec::new();
+            if let Ok(cmsgs) = m.cmsgs() {
+                for c in cmsgs {
+                    if let ControlMessageOwned::ScmRights(f) = c {
+                        fds.extend(f);
+                    }
+                }
+            }
+            (m.bytes, fds)
+        }
+        Err(_) => std::process::exit(1),
+    };
+    if n == 0 || fds.len() != 3 {
+        std::process::exit(1); // the agent let go of us: nothing to run
+    }
+    let Ok(spec) = serde_json::from_slice::<InitSpec>(&buf[..n]) else {
+        fail(libc::EINVAL)
+    };
+    // SAFETY: single-threaded fresh process arranging its own fds, ids and directory; every
+    // pointer passed lives until the exec.
+    unsafe {
+        libc::close(4);
+        for (i, fd) in fds.iter().enumerate() {
+            if libc::dup2(*fd, i as i32) < 0 {
+                fail(errno());
+            }
+        }
+        for fd in fds {
+            if fd > 2 {
+                drop(OwnedFd::from_raw_fd(fd));
+            }
+        }
+        if libc::setgroups(spec.groups.len(), spec.groups.as_ptr()) != 0
+            || libc::setgid(spec.gid) != 0
+            || libc::setuid(spec.uid) != 0
+        {
+            fail(errno());
+        }
+        let (Ok(cwd), Ok(path), Ok(args), Ok(env)) = (
+            std::ffi::CString::new(spec.cwd.as_str()),
+            std::ffi::CString::new(spec.path.as_str()),
+            cstrings(&spec.args),
+            cstrings(&spec.env),
+        ) else {
+            fail(libc::EINVAL)
+        };
+        if libc::chdir(cwd.as_ptr()) != 0 {
+            fail(errno());
+        }
+        libc::fcntl(3, libc::F_SETFD, libc::FD_CLOEXEC);
+        let argv: Vec<*const libc::c_char> = args
+            .iter()
+            .map(|a| a.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect();
+        let envp: Vec<*const libc::c_char> = env
+            .iter()
+            .map(|a| a.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect();
+        libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr());
+        fail(errno())
+    }
+}
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
+}
+
+/// The user's process must not inherit Rust's ignored SIGPIPE or any mask.
+fn reset_signals() {
+    // SAFETY: resetting this process's own signal dispositions and mask.
+    unsafe {
+        for sig in 1..libc::SIGRTMAX() {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+        }
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+    }
+}
