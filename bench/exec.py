@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark: `fcvm exec` round-trip against one running VM. Prints figures; never asserts.
 
-usage: bench/exec.py [--runs 200] [--accel tcg|kvm|auto]   (build first: ./fcvm setup, and
+usage: bench/exec.py [--runs 200] [--cpu 1] [--accel tcg|kvm|auto]   (build first: ./fcvm setup, and
        cargo build --release -p fcvm --example exec_rtt)
 
 Boots one VM (`builtin:busybox -- sleep 100000`), then measures `true` run with `--vm`:
@@ -19,6 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ap = argparse.ArgumentParser()
 ap.add_argument("--runs", type=int, default=200)
 ap.add_argument("--accel", default="auto")
+ap.add_argument("--cpu", type=int, default=1, help="the VM's vCPUs (TCG: one host thread each)")
 a = ap.parse_args()
 
 fcvm = os.path.join(ROOT, "target/release/fcvm")
@@ -40,7 +41,8 @@ def ms(us):
 
 
 name = f"bench-exec-{os.getpid()}"
-owner = subprocess.Popen([fcvm, "podman", "run", "--name", name, "builtin:busybox", "--", "sleep", "100000"],
+owner = subprocess.Popen([fcvm, "podman", "run", "--name", name, "--cpu", str(a.cpu),
+                          "builtin:busybox", "--", "sleep", "100000"],
                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 try:
     vm = None
@@ -54,7 +56,7 @@ try:
         time.sleep(0.1)
     if not vm:
         sys.exit("VM did not come up")
-    print(f"VM {name} ({vm['id']}) running, accel={vm.get('accel')}", flush=True)
+    print(f"VM {name} ({vm['id']}) running, accel={vm.get('accel')}, {a.cpu} vCPU", flush=True)
 
     def cli_exec():
         t = time.monotonic()

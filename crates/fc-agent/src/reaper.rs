@@ -3,10 +3,13 @@
 //! for that pid. Statuses of unknown pids (orphans) are kept briefly, so [`adopt`] can claim a
 //! grandchild that was reparented to us (the warm container's process) whenever it exits.
 //!
-//! 1. [`spawn`] forks and execs while holding the registry lock and registers the pid before
+//! 1. [`spawn`] clones and execs while holding the registry lock and registers the pid before
 //!    releasing it, so the reaper (which takes the lock to dispatch) can never lose a status.
-//! 2. The child only makes async-signal-safe calls; an exec failure travels back as an errno
-//!    over a close-on-exec pipe and `spawn` returns it.
+//! 2. The clone shares our memory until it execs (`CLONE_VM | CLONE_VFORK`, as posix_spawn
+//!    does): no page tables copied, no copy-on-write faults afterwards — a fork of the agent
+//!    costs milliseconds under TCG. So the child makes raw system calls only (glibc's
+//!    setuid & co. would signal *our* threads to follow); an exec failure travels back as an
+//!    errno over a close-on-exec pipe and `spawn` returns it.
 //! 3. With no children the reaper sleeps on a condvar that `spawn` signals (no polling).
 
 use std::collections::BTreeMap;
@@ -154,13 +157,27 @@ pub fn spawn(cmd: &Cmd) -> Result<(i32, Receiver<i32>), std::io::Error> {
     let mut reg = REGISTRY
         .lock()
         .map_err(|_| std::io::Error::other("reaper registry poisoned"))?;
-    // SAFETY: the child below only calls async-signal-safe functions on memory prepared
-    // before the fork, then execs or _exits.
-    let pid = unsafe { libc::fork() };
-    if pid == 0 {
-        // SAFETY: see above; all pointers stay valid in the child's copy of memory.
-        unsafe { child(cmd, &argv, &envp, &groups, errpipe[1]) }
-    }
+    let args = ChildArgs {
+        cmd,
+        argv: &argv,
+        envp: &envp,
+        groups: &groups,
+        errfd: errpipe[1],
+    };
+    let mut stack = vec![0u8; CHILD_STACK];
+    // SAFETY: the child runs `child_entry` on its own stack over our (shared) memory, makes
+    // only raw system calls, and execs or _exits; CLONE_VFORK suspends this thread until then,
+    // so `args` and `stack` outlive its use of them.
+    let pid = unsafe {
+        let top = stack.as_mut_ptr().add(CHILD_STACK) as usize & !15;
+        libc::clone(
+            child_entry,
+            top as *mut libc::c_void,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            &args as *const ChildArgs as *mut libc::c_void,
+        )
+    };
+    drop(stack);
     if pid < 0 {
         let e = std::io::Error::last_os_error();
         // SAFETY: closing our own pipe fds.
@@ -193,7 +210,25 @@ pub fn spawn(cmd: &Cmd) -> Result<(i32, Receiver<i32>), std::io::Error> {
     Ok((pid, rx))
 }
 
-/// The forked child: set up stdio, session, ids, cwd; exec.
+const CHILD_STACK: usize = 128 * 1024;
+
+struct ChildArgs<'a> {
+    cmd: &'a Cmd,
+    argv: &'a [*const libc::c_char],
+    envp: &'a [*const libc::c_char],
+    groups: &'a [libc::gid_t],
+    errfd: RawFd,
+}
+
+extern "C" fn child_entry(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the ChildArgs `spawn` keeps alive until we exec or exit.
+    unsafe {
+        let a = &*(arg as *const ChildArgs);
+        child(a.cmd, a.argv, a.envp, a.groups, a.errfd)
+    }
+}
+
+/// The cloned child: set up stdio, session, ids, cwd; exec.
 unsafe fn child(
     cmd: &Cmd,
     argv: &[*const libc::c_char],
@@ -249,9 +284,10 @@ unsafe fn child(
             libc::ioctl(0, libc::TIOCSCTTY, 0);
         }
         if let Some((uid, gid, _)) = cmd.ids {
-            if libc::setgroups(groups.len(), groups.as_ptr()) != 0
-                || libc::setgid(gid) != 0
-                || libc::setuid(uid) != 0
+            // Raw calls: they change this process alone (see the module docs).
+            if libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) != 0
+                || libc::syscall(libc::SYS_setgid, gid) != 0
+                || libc::syscall(libc::SYS_setuid, uid) != 0
             {
                 fail(errfd);
             }
