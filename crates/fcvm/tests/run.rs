@@ -2,7 +2,9 @@
 //!
 //! Plan: every test runs the built-in busybox image (built once into the shared data dir) and
 //! asserts on output, exit codes and what is left behind: output and codes propagate with
-//! stderr kept apart; env/workdir/user/entrypoint/hostname take effect; 127/126 for commands
+//! stderr kept apart; env/workdir/user/entrypoint/hostname take effect; the process started
+//! through the warm container is the command itself (PID 1, default signals, no leaked fds,
+//! no capabilities as a non-root user); 127/126 for commands
 //! that cannot run; SIGTERM to fcvm stops a long-running container and leaves nothing;
 //! SIGKILL of QEMU is reported, not hung on; SIGKILL of fcvm leaves a `dead` VM (its QEMU
 //! gone) that `fcvm rm` removes; bad input exits 125 and creates no VM.
@@ -72,6 +74,52 @@ fn env_workdir_user_entrypoint_and_hostname_take_effect() {
     ]);
     assert_eq!(code, 0, "stderr: {err}");
     assert_eq!(out, "bar baz\n[]\n/tmp\n65534\nbox1\n");
+}
+
+/// The container's process is started through the agent's warm container (a stand-in that
+/// crun created ahead of time execs the command): nothing of the stand-in may show.
+#[test]
+fn the_container_process_is_the_command_itself_with_clean_signals_fds_and_caps() {
+    let n = name("warm");
+    let script = "tr '\\0' ' ' < /proc/1/cmdline; echo; \
+                  for f in /proc/1/fd/*; do readlink $f; done; true";
+    let (code, out, err) = run_ok(&[
+        "podman", "run", "--name", &n, "-u", "nobody", IMG, "--", "sh", "-c", script,
+    ]);
+    assert_eq!(code, 0, "stdout: {out} stderr: {err}");
+    let first = out.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with("sh -c "),
+        "PID 1 is not the command: {out}"
+    );
+    assert!(
+        !out.contains("socket:"),
+        "the stand-in's socket leaked: {out}"
+    );
+    assert!(!out.contains("fc-agent") && !out.contains("init"), "{out}");
+    // The command as PID 1 itself (a shell would ignore SIGQUIT on its own).
+    let (code, out, err) = run_ok(&[
+        "podman",
+        "run",
+        "--name",
+        &n,
+        "-u",
+        "nobody",
+        IMG,
+        "--",
+        "grep",
+        "-E",
+        "^(SigIgn|SigBlk|CapEff):",
+        "/proc/self/status",
+    ]);
+    assert_eq!(code, 0, "stdout: {out} stderr: {err}");
+    for line in [
+        "SigIgn:\t0000000000000000",
+        "SigBlk:\t0000000000000000",
+        "CapEff:\t0000000000000000",
+    ] {
+        assert!(out.contains(line), "{line:?} missing: {out}");
+    }
 }
 
 #[test]
