@@ -16,6 +16,7 @@ mod log;
 mod net;
 mod oci;
 mod pathres;
+mod pending;
 mod probe;
 mod process;
 mod pump;

@@ -6,10 +6,11 @@
 //! 3. `Hello` → `HelloAck`; `Restored` → restore steps → `RestoreComplete` (or `RestoreFailed`).
 //!    The same epoch twice (either order) repeats the answer without dropping anything.
 //! 4. Process frames go to their stream; an unknown stream gets `Error{Failed, "no such stream"}`.
+//!    Execs start on worker threads ([`crate::pending`]); frames for them queue until then.
 
 use crate::channel::Outbox;
+use crate::pending::{self, Pending, Route};
 use crate::process::{self, Stream};
-use crate::pump::StdinMsg;
 use crate::{error, info, warn};
 use fcvm_proto::codec::CodecError;
 use fcvm_proto::{
@@ -23,6 +24,8 @@ pub struct Session {
     out: Outbox,
     epoch: Option<u64>,
     streams: HashMap<u32, Arc<Stream>>,
+    /// Execs still being started on a worker thread.
+    pending: HashMap<u32, Arc<Pending>>,
     plan: Option<ContainerPlan>,
     /// Every epoch this guest has served: one that comes back after another replaced it is
     /// stale (an old host, or a replayed message) and is refused.
@@ -38,6 +41,7 @@ impl Session {
             out,
             epoch: None,
             streams: HashMap::new(),
+            pending: HashMap::new(),
             plan: None,
             seen: Default::default(),
             restore_result: None,
@@ -65,6 +69,9 @@ impl Session {
                     st.cancel();
                     st.kill();
                 }
+                if let Some(p) = self.pending.remove(&stream) {
+                    p.cancel();
+                }
                 self.reply(
                     stream,
                     Msg::Error {
@@ -79,6 +86,7 @@ impl Session {
                 return;
             }
         };
+        self.settle();
         self.streams.retain(|_, s| !s.finished());
         match frame.msg {
             Msg::Hello { epoch, version } => self.hello(epoch, version),
@@ -115,6 +123,10 @@ impl Session {
             s.kill();
             false
         });
+        for p in self.pending.values() {
+            p.cancel();
+        }
+        self.pending.clear();
         crate::probe::cancel_all();
         self.epoch = Some(epoch);
         crate::log::set_session_open(true);
@@ -216,7 +228,7 @@ impl Session {
 
     fn start(&mut self, id: u32, spec: &fcvm_proto::ProcessSpec, target: Target) {
         let t0 = Instant::now();
-        if id == CONTROL || self.streams.contains_key(&id) {
+        if id == CONTROL || self.streams.contains_key(&id) || self.pending.contains_key(&id) {
             error!("Start on stream {id}, which is in use");
             return;
         }
@@ -235,6 +247,11 @@ impl Session {
         if let Err(m) = check {
             return self.reply(id, err(ErrorKind::Failed, m));
         }
+        if target != Target::Container {
+            let p = Pending::start(id, spec.clone(), target, &self.out);
+            self.pending.insert(id, p);
+            return;
+        }
         match process::start(id, spec, target, &self.out, t0) {
             Ok(s) => {
                 crate::log::console(&format!("stream {id}: {target:?} pid {} started", s.pid));
@@ -247,40 +264,52 @@ impl Session {
         }
     }
 
+    /// Moves execs whose start is over from `pending` to `streams`.
+    fn settle(&mut self) {
+        let done: Vec<u32> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.settled())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in done {
+            if let Some(s) = self.pending.remove(&id).and_then(|p| p.stream()) {
+                self.streams.insert(id, s);
+            }
+        }
+    }
+
     fn on_stream(&mut self, id: u32, msg: Msg) {
-        let Some(s) = self.streams.get(&id).cloned() else {
-            if !matches!(msg, Msg::Close) {
-                self.reply(
-                    id,
-                    Msg::Error {
-                        kind: ErrorKind::Failed,
-                        message: "no such stream".into(),
-                    },
-                );
+        let (s, msg) = if let Some(s) = self.streams.get(&id).cloned() {
+            (s, msg)
+        } else if let Some(p) = self.pending.get(&id).cloned() {
+            match p.route(msg) {
+                Route::Held => return,
+                Route::Ready(s, msg) => {
+                    self.pending.remove(&id);
+                    self.streams.insert(id, s.clone());
+                    (s, msg)
+                }
+                Route::Gone(msg) => {
+                    self.pending.remove(&id);
+                    return self.no_stream(id, &msg);
+                }
             }
-            return;
+        } else {
+            return self.no_stream(id, &msg);
         };
-        match msg {
-            Msg::Stdin(bytes) => {
-                if !s.stdin(StdinMsg::Data(bytes)) {
-                    warn!("stream {id}: stdin dropped (no stdin, or credit overrun)");
-                }
-            }
-            Msg::StdinEof => {
-                s.stdin(StdinMsg::Eof);
-            }
-            Msg::Signal(sig) => {
-                if let Err(e) = s.signal(sig) {
-                    warn!("stream {id}: {e}");
-                }
-            }
-            Msg::Resize { rows, cols } => s.resize(rows, cols),
-            Msg::Close => {
-                s.cancel();
-                s.kill();
-                self.streams.remove(&id);
-            }
-            other => warn!("stream {id}: unexpected {:?}", kind(&other)),
+        let close = matches!(msg, Msg::Close);
+        pending::deliver(&s, msg);
+        if close {
+            self.streams.remove(&id);
+        }
+    }
+
+    fn no_stream(&self, id: u32, msg: &Msg) {
+        if !matches!(msg, Msg::Close) {
+            let message = "no such stream".into();
+            let kind = ErrorKind::Failed;
+            self.reply(id, Msg::Error { kind, message });
         }
     }
 
@@ -292,7 +321,7 @@ impl Session {
 }
 
 /// The message's variant name (for logs; never the payload).
-fn kind(msg: &Msg) -> String {
+pub(crate) fn kind(msg: &Msg) -> String {
     let s = format!("{msg:?}");
     s.split(|c: char| !c.is_alphanumeric())
         .next()
