@@ -53,6 +53,7 @@ pub async fn serve(s: Serving<'_>) -> Result<i32> {
     if fresh {
         proc.wait_started().await;
     }
+    let t_started = t0.elapsed();
     let _exec = crate::exec::serve(
         &s.vmdir.path.join(crate::exec::EXEC_SOCK),
         session.clone(),
@@ -106,12 +107,13 @@ pub async fn serve(s: Serving<'_>) -> Result<i32> {
     let outcome = attach(proc, s.attach).await;
     if std::env::var_os("FCVM_TIMINGS").is_some() {
         eprintln!(
-            "fcvm timings: accel={:?} restored_from={} agent_hello_ms={} guest_uptime_ms={} ready_ms={} first_output_ms={} total_ms={}",
+            "fcvm timings: accel={:?} restored_from={} agent_hello_ms={} guest_uptime_ms={} ready_ms={} started_ms={} first_output_ms={} total_ms={}",
             s.facts.accel,
             restored_from.as_deref().unwrap_or("-"),
             t_hello.as_millis(),
             session.info.uptime_ms,
             t_ready.as_millis(),
+            t_started.as_millis(),
             outcome
                 .first_output
                 .map(|t| (t - t0).as_millis() as i64)

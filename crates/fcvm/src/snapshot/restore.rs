@@ -52,7 +52,7 @@ pub async fn restore(
     let t0 = std::time::Instant::now();
     let mut vm = vmm::start(m.backend, &spec).map_err(|e| err(e.to_string()))?;
     tracing::debug!("restore: disk copied, VMM started at {:?}", t0.elapsed());
-    match resume(&mut *vm, snap_dir, vm_dir, m, plan, epoch).await {
+    match resume(&mut *vm, snap_dir, vm_dir, m, plan, epoch, t0).await {
         Ok(session) => Ok(Restored { vm, session }),
         Err(e) => {
             vm.kill();
@@ -71,6 +71,7 @@ async fn resume(
     m: &Manifest,
     plan: RestorePlan,
     epoch: u64,
+    t0: std::time::Instant,
 ) -> Result<Session, SnapshotError> {
     let name = m.name.clone();
     let err = |what: &str, e: String| SnapshotError::Vmm(name.clone(), format!("{what}: {e}"));
@@ -78,6 +79,7 @@ async fn resume(
     let mut qmp = Qmp::connect(&qmp_path, STEP_TIMEOUT)
         .await
         .map_err(|e| err("QMP", e.to_string()))?;
+    tracing::debug!("restore: QMP up at {:?}", t0.elapsed());
     qmp.set_ignore_shared(true)
         .await
         .map_err(|e| err("QMP", e.to_string()))?;
@@ -88,7 +90,6 @@ async fn resume(
     )
     .await
     .map_err(|e| err("loading device state", e.to_string()))?;
-    let t0 = std::time::Instant::now();
     qmp.wait_migration(STEP_TIMEOUT)
         .await
         .map_err(|e| err("loading device state", e.to_string()))?;
