@@ -186,6 +186,7 @@ fn main() {
                 image_fstype: "erofs".into(),
                 hostname: "b".into(),
                 network: None,
+                warm: false,
             }),
         );
         c.control(|m| matches!(m, Msg::Prepared));
@@ -223,6 +224,7 @@ fn main() {
             image_fstype: "erofs".into(),
             hostname: "testbox".into(),
             network: None,
+            warm: false,
         }),
     );
     let r = c.control(|m| matches!(m, Msg::Prepared | Msg::PrepareFailed { .. }));

@@ -208,9 +208,11 @@ impl Session {
             Ok(()) => {
                 info!("prepared in {} ms", t0.elapsed().as_millis());
                 let t1 = Instant::now();
-                match crate::warm::create() {
-                    Ok(()) => info!("warm container in {} ms", t1.elapsed().as_millis()),
-                    Err(e) => warn!("no warm container, the run will use crun run: {e}"),
+                if plan.warm {
+                    match crate::warm::create() {
+                        Ok(()) => info!("warm container in {} ms", t1.elapsed().as_millis()),
+                        Err(e) => warn!("no warm container, the run will use crun run: {e}"),
+                    }
                 }
                 self.plan = Some(plan);
                 self.reply(CONTROL, Msg::Prepared);

@@ -187,6 +187,10 @@ pub struct ContainerPlan {
     pub hostname: String,
     /// The VM's network; None = loopback only.
     pub network: Option<NetConfig>,
+    /// Create the warm container (crun's set-up done, a stand-in waiting for the command):
+    /// worth it when an image-cache snapshot is saved next; otherwise the container's Start
+    /// runs plain `crun run`, which is cheaper than creating and then handing over.
+    pub warm: bool,
 }
 
 /// How the agent configures the VM's network interface (no DHCP client in the guest).

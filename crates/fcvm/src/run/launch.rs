@@ -49,7 +49,13 @@ pub async fn launch(
             return Ok(l);
         }
     }
-    let launched = cold_boot(vmdir, state, facts, net, hostname).await?;
+    // The warm container is for the snapshot: a run that saves none starts with `crun run`.
+    let warm = use_cache
+        && matches!(
+            snapshot::load(dirs, &cname),
+            Err(SnapshotError::NotFound(_))
+        );
+    let launched = cold_boot(vmdir, state, facts, net, hostname, warm).await?;
     if use_cache
         && matches!(
             snapshot::load(dirs, &cname),
@@ -152,6 +158,7 @@ async fn cold_boot(
     facts: &Facts,
     net: &Network,
     hostname: &str,
+    warm: bool,
 ) -> Result<Launched> {
     // Leftovers of a failed restore attempt must not be mistaken for ours.
     for f in ["rw.ext4", "agent.sock", "qmp.sock", "console.log"] {
@@ -201,6 +208,7 @@ async fn cold_boot(
         image_fstype: facts.fstype.clone(),
         hostname: hostname.into(),
         network: net.guest.clone(),
+        warm,
     };
     session
         .request(Msg::Prepare(plan), BOOT_TIMEOUT, |m| match m {

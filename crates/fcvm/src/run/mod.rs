@@ -294,7 +294,9 @@ pub(crate) fn console_tail(dir: &Path) -> String {
     }
 }
 
-/// A sparse ext4 disk for the container's writable layer.
+/// A sparse ext4 disk for the container's writable layer. No journal: the disk never
+/// outlives its VM (a snapshot copies it with the VM paused, consistent with its RAM), and
+/// without one the guest mounts and writes it with less work (no jbd2 thread, no commits).
 pub fn make_rw_disk(path: &Path, size_mib: u64) -> Result<()> {
     let f = std::fs::File::create(path).context("Cannot create the writable disk")?;
     f.set_len(size_mib << 20)?;
@@ -306,6 +308,8 @@ pub fn make_rw_disk(path: &Path, size_mib: u64) -> Result<()> {
                 "-F",
                 "-m",
                 "0",
+                "-O",
+                "^has_journal",
                 "-E",
                 "lazy_itable_init=1,lazy_journal_init=1",
             ])
