@@ -33,8 +33,9 @@ const CAPS: [Capability; 11] = [
     Capability::SysChroot,
 ];
 
-/// The process part of a config (also `crun exec --process`'s JSON).
-#[derive(Debug, Clone, Default)]
+/// The process part of a config (also `crun exec --process`'s JSON, and what the warm
+/// container's stand-in becomes).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct ProcConfig {
     pub args: Vec<String>,
     pub env: Vec<String>,

@@ -313,7 +313,7 @@ pub fn start(
         groups: ids.groups.clone(),
         console: None,
     };
-    let crun_env = cstrings(&["PATH=/usr/sbin:/usr/bin:/sbin:/bin"]).map_err(failed)?;
+    let crun_env = cstrings(&[reaper::HELPER_ENV]).map_err(failed)?;
     let pty = if spec.tty {
         let pty = nix::pty::openpty(None, None).map_err(os("openpty"))?;
         cloexec(&pty.master);
@@ -466,12 +466,7 @@ pub fn start(
         (Some(w), Lookup::Found { inside, .. }) => {
             let init = crate::warm::InitSpec {
                 path: inside.clone(),
-                args: spec.args.clone(),
-                env: env.clone(),
-                cwd: cwd.clone(),
-                uid: ids.uid,
-                gid: ids.gid,
-                groups: ids.groups.clone(),
+                process: proc_cfg.clone(),
             };
             w.start(&init, cmd.stdio).map_err(|(kind, msg)| {
                 let l = match kind {

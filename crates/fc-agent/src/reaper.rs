@@ -27,6 +27,9 @@ struct Registry {
 
 const KEPT_ORPHANS: usize = 32;
 
+/// The environment helpers such as crun run with.
+pub const HELPER_ENV: &str = "PATH=/usr/sbin:/usr/bin:/sbin:/bin";
+
 static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
     owners: BTreeMap::new(),
     orphans: Vec::new(),
@@ -315,7 +318,7 @@ pub fn run_quiet(args: &[&str]) -> Result<i32, String> {
     let cmd = Cmd {
         path: argv[0].clone(),
         argv,
-        envp: cstrings(&["PATH=/usr/sbin:/usr/bin:/sbin:/bin"])?,
+        envp: cstrings(&[HELPER_ENV])?,
         cwd: None,
         ids: None,
         stdio: [fd, fd, fd],

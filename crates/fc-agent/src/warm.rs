@@ -43,12 +43,8 @@ const ERR_FILE: &str = "/run/fcvm/warm-crun.err";
 pub struct InitSpec {
     /// The executable inside the container, symlinks resolved.
     pub path: String,
-    pub args: Vec<String>,
-    pub env: Vec<String>,
-    pub cwd: String,
-    pub uid: u32,
-    pub gid: u32,
-    pub groups: Vec<u32>,
+    /// Arguments, environment, directory and ids (its `console` is unused: no TTY here).
+    pub process: ProcConfig,
 }
 
 /// A created container whose stand-in waits for its command.
@@ -67,7 +63,7 @@ pub fn create() -> Result<(), String> {
     }
     let stand_in = ProcConfig {
         args: vec!["/proc/self/fd/4".into(), INIT_ARG.into()],
-        env: vec!["PATH=/usr/sbin:/usr/bin:/sbin:/bin".into()],
+        env: vec![reaper::HELPER_ENV.into()],
         cwd: "/".into(),
         ..Default::default()
     };
@@ -100,7 +96,7 @@ pub fn create() -> Result<(), String> {
     let cmd = Cmd {
         path: argv[0].clone(),
         argv,
-        envp: cstrings(&["PATH=/usr/sbin:/usr/bin:/sbin:/bin"])?,
+        envp: cstrings(&[reaper::HELPER_ENV])?,
         cwd: None,
         ids: None,
         stdio: [null.as_raw_fd(), null.as_raw_fd(), err.as_raw_fd()],
@@ -224,7 +220,11 @@ pub fn container_init() -> ! {
     if n == 0 || fds.len() != 3 {
         std::process::exit(1); // the agent let go of us: nothing to run
     }
-    let Ok(spec) = serde_json::from_slice::<InitSpec>(&buf[..n]) else {
+    let Ok(InitSpec {
+        path,
+        process: spec,
+    }) = serde_json::from_slice::<InitSpec>(&buf[..n])
+    else {
         fail(libc::EINVAL)
     };
     // SAFETY: single-threaded fresh process arranging its own fds, ids and directory; every
@@ -249,7 +249,7 @@ pub fn container_init() -> ! {
         }
         let (Ok(cwd), Ok(path), Ok(args), Ok(env)) = (
             std::ffi::CString::new(spec.cwd.as_str()),
-            std::ffi::CString::new(spec.path.as_str()),
+            std::ffi::CString::new(path.as_str()),
             cstrings(&spec.args),
             cstrings(&spec.env),
         ) else {
