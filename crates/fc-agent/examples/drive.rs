@@ -187,6 +187,7 @@ fn main() {
                 hostname: "b".into(),
                 network: None,
                 warm: false,
+                prefetch: vec![],
             }),
         );
         c.control(|m| matches!(m, Msg::Prepared));
@@ -225,6 +226,7 @@ fn main() {
             hostname: "testbox".into(),
             network: None,
             warm: false,
+            prefetch: vec![],
         }),
     );
     let r = c.control(|m| matches!(m, Msg::Prepared | Msg::PrepareFailed { .. }));

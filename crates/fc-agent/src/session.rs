@@ -165,6 +165,7 @@ impl Session {
     }
 
     fn restored(&mut self, epoch: u64, plan: &fcvm_proto::RestorePlan) {
+        let t0 = Instant::now();
         if self.stale(epoch) {
             warn!("refusing Restored for stale epoch {epoch}");
             let error = format!("stale epoch {epoch}");
@@ -192,7 +193,8 @@ impl Session {
         };
         match result {
             Ok(()) => {
-                info!("restore steps done for epoch {epoch}");
+                let ms = t0.elapsed().as_millis();
+                info!("restore steps done for epoch {epoch} in {ms} ms");
                 self.reply(CONTROL, Msg::RestoreComplete { epoch });
             }
             Err(e) => {
@@ -213,6 +215,7 @@ impl Session {
                         Ok(()) => info!("warm container in {} ms", t1.elapsed().as_millis()),
                         Err(e) => warn!("no warm container, the run will use crun run: {e}"),
                     }
+                    crate::warm::prefetch(&plan.prefetch);
                 }
                 self.plan = Some(plan);
                 self.reply(CONTROL, Msg::Prepared);

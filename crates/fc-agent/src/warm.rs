@@ -15,6 +15,8 @@
 //!    succeeded" signal; a failed exec sends its errno instead.
 //!
 //! The user's process is still started fresh on every run: only crun's set-up is reused.
+//! [`prefetch`] also reads what that process will most likely need first (its executable,
+//! ELF interpreter, /etc/passwd and /etc/group) into the page cache the snapshot keeps.
 //! TTY runs (the console is bound when the container is created) use plain `crun run`.
 
 use crate::container::{BUNDLE, CRUN, ID};
@@ -124,6 +126,52 @@ pub fn create() -> Result<(), String> {
         });
     }
     Ok(())
+}
+
+/// Reads the executables of `commands` (resolved in the container on the default PATH), their
+/// ELF interpreters, and the user database into the page cache. Best effort: a miss only
+/// costs the restored run a disk read.
+pub fn prefetch(commands: &[String]) {
+    use crate::pathres::{find_executable, Lookup, DEFAULT_PATH};
+    let root = Path::new(crate::container::ROOTFS);
+    let _ = crate::users::resolve(root, "");
+    for name in commands {
+        if let Lookup::Found { host, .. } = find_executable(root, name, DEFAULT_PATH, "/") {
+            let Ok(bytes) = std::fs::read(&host) else {
+                continue;
+            };
+            if let Some(interp) = elf_interpreter(&bytes) {
+                if let Lookup::Found { host, .. } = find_executable(root, &interp, "", "/") {
+                    let _ = std::fs::read(host);
+                }
+            }
+        }
+    }
+}
+
+/// The PT_INTERP path of a 64-bit little-endian ELF file, if it has one.
+fn elf_interpreter(b: &[u8]) -> Option<String> {
+    let u16_at = |o: usize| Some(u16::from_le_bytes(b.get(o..o + 2)?.try_into().ok()?));
+    let u64_at = |o: usize| Some(u64::from_le_bytes(b.get(o..o + 8)?.try_into().ok()?));
+    if b.get(..5)? != b"\x7fELF\x02" {
+        return None;
+    }
+    let (phoff, phentsize, phnum) = (u64_at(0x20)? as usize, u16_at(0x36)?, u16_at(0x38)?);
+    (0..phnum as usize).find_map(|i| {
+        let ph = phoff + i * phentsize as usize;
+        const PT_INTERP: u32 = 3;
+        let typ = u32::from_le_bytes(b.get(ph..ph + 4)?.try_into().ok()?);
+        if typ != PT_INTERP {
+            return None;
+        }
+        let (off, size) = (u64_at(ph + 8)? as usize, u64_at(ph + 32)? as usize);
+        let s = b.get(off..off + size)?;
+        Some(
+            String::from_utf8_lossy(s)
+                .trim_end_matches('\0')
+                .to_string(),
+        )
+    })
 }
 
 /// The warm container, if one waits (taking it: it serves one Start).
@@ -292,5 +340,26 @@ fn reset_signals() {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn finds_the_elf_interpreter_of_a_dynamic_binary_and_none_of_a_static_one() {
+        let sh = std::fs::read("/bin/sh").expect("/bin/sh");
+        let interp = super::elf_interpreter(&sh).expect("/bin/sh is dynamic here");
+        assert!(
+            interp.starts_with("/lib") && interp.contains("ld-linux"),
+            "{interp}"
+        );
+        let agent = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        let _ = super::elf_interpreter(&agent); // the test binary: dynamic or not, no panic
+        assert_eq!(super::elf_interpreter(b"#!/bin/sh\n"), None);
+        assert_eq!(
+            super::elf_interpreter(&sh[..70]),
+            None,
+            "a truncated header"
+        );
     }
 }

@@ -191,6 +191,10 @@ pub struct ContainerPlan {
     /// worth it when an image-cache snapshot is saved next; otherwise the container's Start
     /// runs plain `crun run`, which is cheaper than creating and then handing over.
     pub warm: bool,
+    /// Commands (argv[0], resolved on the image's default PATH) whose executables, ELF
+    /// interpreters and /etc/passwd and /etc/group the agent reads into the page cache with
+    /// the warm container, so that a restored run does not wait on the image disk for them.
+    pub prefetch: Vec<String>,
 }
 
 /// How the agent configures the VM's network interface (no DHCP client in the guest).

@@ -85,6 +85,7 @@ pub async fn run_clone(dirs: &Dirs, o: CloneOptions) -> Result<i32> {
         net_devices: m.net_devices,
         net_args: vec![],
         container_env: m.container_env.clone(),
+        prefetch: vec![],
     };
     let vmdir = VmDir::new(dirs, &id);
     let guard = DirGuard(vmdir.clone());

@@ -209,6 +209,7 @@ async fn cold_boot(
         hostname: hostname.into(),
         network: net.guest.clone(),
         warm,
+        prefetch: facts.prefetch.clone(),
     };
     session
         .request(Msg::Prepare(plan), BOOT_TIMEOUT, |m| match m {

@@ -70,6 +70,9 @@ pub struct Facts {
     /// The VM's network device arguments (a snapshot's rehydrating helper needs them).
     pub net_args: Vec<String>,
     pub container_env: Vec<String>,
+    /// Commands whose files the guest caches before an image-cache snapshot (not part of its
+    /// key: only a hint for what a restored run will start).
+    pub prefetch: Vec<String>,
 }
 
 impl Facts {
@@ -208,6 +211,16 @@ pub async fn run(dirs: &Dirs, opts: RunOptions) -> Result<i32> {
         net_devices: opts.network.mode != crate::network::NetworkMode::None,
         net_args: vec![],
         container_env: spec.env.clone(),
+        // This run's command and the image's own, the likeliest for the next runs.
+        prefetch: [
+            spec.args.first(),
+            image.config.entrypoint.first(),
+            image.config.cmd.first(),
+        ]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect(),
     };
 
     // 3. The VM.
