@@ -361,6 +361,7 @@ mod tests {
         assert_eq!(exit_code(rx.recv().unwrap()), 3);
         let missing = Cmd {
             path: cstrings(&["/nonexistent/x"]).unwrap().remove(0),
+            stdio: [0, 1, 2], // `w` is closed (and its number maybe reused) by now
             ..cmd
         };
         let err = spawn(&missing).unwrap_err();
