@@ -10,6 +10,8 @@ Boots one VM (`builtin:busybox -- sleep 100000`), then measures `true` run with 
 2. in-process round-trip (examples/exec_rtt: one session on exec.sock, no process start):
    Start→Started (= guest spawn + one channel round-trip through the owner) and Start→Exit;
 3. 10 parallel execs' wall time vs one (CLI and in-process).
+The guest's own time is reported two ways: spawn (Start → exec done, `Started.spawn_us`) and
+run (Start → reaped, `Exit.run_us`), and the goal is checked against both.
 Goals (issue 3): round-trip <= 1.5 x in-guest spawn + one channel round-trip; 10 parallel
 <= 3 x one.
 """
@@ -110,16 +112,21 @@ try:
         st = [r["started_us"] for r in runs]
         ex = [r["exit_us"] for r in runs]
         sp = [r["spawn_us"] for r in runs]
+        rn = [r["run_us"] for r in runs]
         chan = [r["started_us"] - r["spawn_us"] for r in runs]
         print(f"in-process Start→Exit:              p50 {ms(statistics.median(ex))}  p99 {ms(pct(ex, 99))}")
         print(f"in-process Start→Started:           p50 {ms(statistics.median(st))}  p99 {ms(pct(st, 99))}")
-        print(f"  guest spawn in those runs:        p50 {ms(statistics.median(sp))}")
+        print(f"  guest spawn in those runs:        p50 {ms(statistics.median(sp))}  (Start → exec done)")
+        print(f"  guest run in those runs:          p50 {ms(statistics.median(rn))}  (Start → reaped, Exit.run_us)")
         c50 = statistics.median(chan)
         print(f"channel round-trip (Started − spawn, via the owner): p50 {ms(c50)}")
-        goal = 1.5 * statistics.median(sp) + c50
-        for label, v in [("in-process", statistics.median(ex)), ("CLI", statistics.median(wall))]:
-            print(f"goal: {label} round-trip {ms(v)} vs 1.5 × spawn + channel = {ms(goal)} "
-                  f"→ {'met' if v <= goal else 'NOT met'} ({v / goal:.2f}×)")
+        # "The time the guest itself takes to spawn `true`", read two ways: until its exec
+        # returned, or until it ran and was reaped (what `time true` in the guest would say).
+        for what, g in [("spawn (to exec)", statistics.median(sp)), ("run (to reaped)", statistics.median(rn))]:
+            goal = 1.5 * g + c50
+            for label, v in [("in-process", statistics.median(ex)), ("CLI", statistics.median(wall))]:
+                print(f"goal with guest {what}: {label} round-trip {ms(v)} vs 1.5 × {ms(g)} + channel "
+                      f"= {ms(goal)} → {'met' if v <= goal else 'NOT met'} ({v / goal:.2f}×)")
         print(f"in-process 10 parallel: {ms(par['parallel10_us'])} vs one {ms(par['single_us'])} "
               f"= {par['parallel10_us'] / par['single_us']:.1f}× (goal <= 3×)")
     print(f"CLI 10 parallel: {ms(ten_cli)} vs one {ms(one_cli)} = {ten_cli / one_cli:.1f}× (goal <= 3×)")

@@ -241,7 +241,9 @@ fn main() {
     let o = c.collect(1, t, None);
     show("container sh", &o);
     check(
-        o.stdout == b"hi\n" && o.stderr == b"err\n" && o.end == Some(Msg::Exit { code: 3 }),
+        o.stdout == b"hi\n"
+            && o.stderr == b"err\n"
+            && matches!(o.end, Some(Msg::Exit { code: 3, .. })),
         "container: hi / err / exit 3",
     );
 
@@ -295,7 +297,7 @@ fn main() {
     let o = c.collect(5, t, None);
     show("vm crun --version", &o);
     check(
-        o.end == Some(Msg::Exit { code: 0 }) && o.stdout.starts_with(b"crun version"),
+        matches!(o.end, Some(Msg::Exit { code: 0, .. })) && o.stdout.starts_with(b"crun version"),
         "vm crun",
     );
 
@@ -324,7 +326,7 @@ fn main() {
     show("exec hostname", &o);
     check(
         String::from_utf8_lossy(&o.stdout).starts_with("testbox\n")
-            && o.end == Some(Msg::Exit { code: 0 }),
+            && matches!(o.end, Some(Msg::Exit { code: 0, .. })),
         "exec sees the hostname",
     );
     let t = c.start(
@@ -414,7 +416,8 @@ fn main() {
     let o = c.collect(1, t, None);
     show("vm crun list (epoch 2)", &o);
     check(
-        o.end == Some(Msg::Exit { code: 0 }) && String::from_utf8_lossy(&o.stdout).contains("fcvm"),
+        matches!(o.end, Some(Msg::Exit { code: 0, .. }))
+            && String::from_utf8_lossy(&o.stdout).contains("fcvm"),
         "container survives the epoch",
     );
     let t = c.start(
@@ -457,7 +460,7 @@ fn main() {
     let o = c.collect(6, Instant::now(), None);
     show("container after SIGKILL", &o);
     check(
-        o.end == Some(Msg::Exit { code: 137 }),
+        matches!(o.end, Some(Msg::Exit { code: 137, .. })),
         "container killed: 137",
     );
     // timing of a fresh container start

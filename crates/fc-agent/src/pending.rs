@@ -226,7 +226,7 @@ mod tests {
             while let Some(Ok(f)) = d.next_frame() {
                 match f.msg {
                     Msg::Stdout(b) => stdout.extend(b),
-                    Msg::Exit { code: c } => code = Some(c),
+                    Msg::Exit { code: c, .. } => code = Some(c),
                     _ => {}
                 }
             }

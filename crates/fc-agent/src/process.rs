@@ -39,6 +39,8 @@ pub struct Stream {
     pub(crate) finished: AtomicBool,
     pub(crate) stdin: Mutex<Option<SyncSender<StdinMsg>>>,
     tty: Option<OwnedFd>,
+    /// When its Start arrived.
+    pub(crate) t0: Instant,
 }
 
 pub type StartError = (ErrorKind, String);
@@ -494,6 +496,7 @@ pub fn start(
         finished: AtomicBool::new(false),
         stdin: Mutex::new(stdin_fd.as_ref().map(|_| stdin_tx)),
         tty,
+        t0,
     });
     if target == Target::Container && !warm_started {
         // "Started" for the container means crun has created it (its pid file exists): only

@@ -70,16 +70,22 @@ pub fn stdin_loop(stream: &Stream, fd: OwnedFd, rx: Receiver<StdinMsg>, tty: boo
 
 pub fn pump(stream: &Stream, mut fds: Vec<(OwnedFd, bool)>, status_rx: Receiver<i32>) {
     let mut status = None;
+    // When the status arrived: `Exit.run_us` ends there, not after the output drained.
+    let mut reaped = None;
     let mut last_data = Instant::now();
     let mut buf = vec![0u8; MAX_CHUNK];
     loop {
         if status.is_none() {
             if fds.is_empty() {
                 status = status_rx.recv().ok();
+                reaped = Some(Instant::now());
                 break;
             }
             match status_rx.try_recv() {
-                Ok(s) => status = Some(s),
+                Ok(s) => {
+                    status = Some(s);
+                    reaped = Some(Instant::now());
+                }
                 Err(TryRecvError::Disconnected) => break,
                 Err(TryRecvError::Empty) => {}
             }
@@ -131,12 +137,17 @@ pub fn pump(stream: &Stream, mut fds: Vec<(OwnedFd, bool)>, status_rx: Receiver<
     }
     if status.is_none() {
         status = status_rx.recv().ok();
+        reaped = Some(Instant::now());
     }
     if let Ok(mut s) = stream.stdin.lock() {
         *s = None;
     }
     let code = status.map(reaper::exit_code).unwrap_or(255);
-    stream.send(Msg::Exit { code });
+    let run_us = reaped
+        .unwrap_or_else(Instant::now)
+        .saturating_duration_since(stream.t0)
+        .as_micros() as u64;
+    stream.send(Msg::Exit { code, run_us });
     stream.finished.store(true, Ordering::SeqCst);
     if let Some(p) = &stream.pidfile {
         if stream.target == Target::ContainerExec {

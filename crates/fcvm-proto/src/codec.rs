@@ -165,7 +165,10 @@ mod tests {
             },
             Frame {
                 stream: 1,
-                msg: Msg::Exit { code: -1 },
+                msg: Msg::Exit {
+                    code: -1,
+                    run_us: 7,
+                },
             },
         ]
     }

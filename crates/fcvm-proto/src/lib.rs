@@ -128,9 +128,12 @@ pub enum Msg {
     /// agent → host: output.
     Stdout(Vec<u8>),
     Stderr(Vec<u8>),
-    /// agent → host: the process ended (final frame of the stream).
+    /// agent → host: the process ended (final frame of the stream). `run_us`: from the agent
+    /// receiving `Start` to the process being reaped — what spawning and running it took in
+    /// the guest itself.
     Exit {
         code: i32,
+        run_us: u64,
     },
     /// agent → host: the process could not run (final frame of the stream).
     Error {

@@ -3,15 +3,16 @@
 //! session, without the cost of starting an `fcvm exec` process.
 //!
 //! usage: exec_rtt SOCK RUNS [--vm] -- ARGV…     prints one line per run:
-//!        `started_us=… spawn_us=… exit_us=…`, then `parallel10_us=… single_us=…`.
+//!        `started_us=… spawn_us=… run_us=… exit_us=…`, then `parallel10_us=… single_us=…`
+//!        (`spawn_us`: Start → exec done in the guest; `run_us`: Start → reaped in the guest).
 
 use std::time::Instant;
 
 use fcvm::session::{Process, Session};
 use fcvm_proto::{Msg, ProcessSpec, Target};
 
-/// Runs one process to its end: (Start→Started µs, guest spawn µs, Start→Exit µs).
-async fn one(session: &Session, target: Target, args: &[String]) -> (u128, u64, u128) {
+/// Runs one process to its end: (Start→Started µs, guest spawn µs, guest run µs, Start→Exit µs).
+async fn one(session: &Session, target: Target, args: &[String]) -> (u128, u64, u64, u128) {
     let t0 = Instant::now();
     let spec = ProcessSpec {
         args: args.to_vec(),
@@ -25,7 +26,9 @@ async fn one(session: &Session, target: Target, args: &[String]) -> (u128, u64, 
                 started = t0.elapsed().as_micros();
                 spawn = spawn_us;
             }
-            Some(Msg::Exit { code: 0 }) => return (started, spawn, t0.elapsed().as_micros()),
+            Some(Msg::Exit { code: 0, run_us }) => {
+                return (started, spawn, run_us, t0.elapsed().as_micros())
+            }
             Some(Msg::Stdout(_) | Msg::Stderr(_) | Msg::Credit(_)) => {}
             other => panic!("{args:?}: unexpected {other:?}"),
         }
@@ -53,8 +56,8 @@ async fn main() {
     let session = Session::client(conn);
     one(&session, target, argv).await; // warm-up
     for _ in 0..runs {
-        let (started, spawn, exit) = one(&session, target, argv).await;
-        println!("started_us={started} spawn_us={spawn} exit_us={exit}");
+        let (started, spawn, run, exit) = one(&session, target, argv).await;
+        println!("started_us={started} spawn_us={spawn} run_us={run} exit_us={exit}");
     }
     let t = Instant::now();
     one(&session, target, argv).await;

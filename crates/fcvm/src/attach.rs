@@ -147,7 +147,7 @@ pub async fn attach(mut proc: Process, opts: AttachOptions) -> Outcome {
                 }
                 Some(Msg::Credit(n)) => credit += n as u64,
                 Some(Msg::Started { spawn_us, .. }) => started = Some((Instant::now(), spawn_us)),
-                Some(Msg::Exit { code }) => break Ok(code),
+                Some(Msg::Exit { code, .. }) => break Ok(code),
                 Some(Msg::Error { kind, message }) => {
                     drop(_raw);
                     eprintln!("Error: {message}");

@@ -469,7 +469,7 @@ fn bad_frames_leave_the_session_working(vm: &Fixture) {
             assert_eq!(f.stream, 8, "only stream 8 was started: {f:?}");
             match f.msg {
                 Msg::Stdout(d) => out.push_str(&text(&d)),
-                Msg::Exit { code } => done = Some(code),
+                Msg::Exit { code, .. } => done = Some(code),
                 Msg::Started { .. } => {}
                 other => panic!("unexpected {other:?}"),
             }

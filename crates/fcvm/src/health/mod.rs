@@ -305,8 +305,8 @@ async fn probe(session: &Session, plan: &Plan, spec: &ProcessSpec) -> Result<(),
             let run = async {
                 loop {
                     match proc.recv().await {
-                        Some(Msg::Exit { code: 0 }) => return Ok(()),
-                        Some(Msg::Exit { code }) => return Err(format!("exit code {code}")),
+                        Some(Msg::Exit { code: 0, .. }) => return Ok(()),
+                        Some(Msg::Exit { code, .. }) => return Err(format!("exit code {code}")),
                         Some(Msg::Error { message, .. }) => return Err(message),
                         Some(_) => {} // output is discarded
                         None => return Err("connection to the VM's agent was lost".into()),
