@@ -20,7 +20,7 @@ pub mod codec;
 use serde::{Deserialize, Serialize};
 
 /// Bumped on every incompatible change of [`Msg`]; checked in the Hello exchange.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The control stream.
 pub const CONTROL: u32 = 0;
