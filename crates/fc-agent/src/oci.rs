@@ -43,8 +43,6 @@ pub struct ProcConfig {
     pub uid: u32,
     pub gid: u32,
     pub groups: Vec<u32>,
-    /// The pty slave (`/dev/pts/N` of the VM) bound at /dev/console (`crun run` with a tty).
-    pub console: Option<String>,
 }
 
 /// The OCI process for `p` (terminal off: a pty, if any, is our own stdio).
@@ -152,14 +150,6 @@ pub fn spec(p: &ProcConfig) -> Result<Spec, String> {
             &["rbind", "rprivate"],
         )?);
     }
-    if let Some(c) = &p.console {
-        mounts.push(mnt(
-            "/dev/console",
-            "bind",
-            c,
-            &["bind", "nosuid", "noexec"],
-        )?);
-    }
     let namespaces = [
         LinuxNamespaceType::Pid,
         LinuxNamespaceType::Ipc,
@@ -245,7 +235,6 @@ mod tests {
             uid: 1000,
             gid: 1000,
             groups: vec![10],
-            console: None,
         };
         let v = serde_json::to_value(spec(&p).unwrap()).unwrap();
         assert_eq!(v["root"]["path"], ROOTFS);

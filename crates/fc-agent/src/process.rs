@@ -129,7 +129,7 @@ impl Stream {
             // crun's own pty (see `start`) does not follow ours: size it through the
             // process's stdin, which is that pty's slave.
             let inner = self.inner_pid();
-            if self.target == Target::ContainerExec && inner != self.pid {
+            if self.target != Target::Vm && inner != self.pid {
                 let f = std::fs::OpenOptions::new()
                     .read(true)
                     .custom_flags(libc::O_NOCTTY) // never our controlling terminal
@@ -157,6 +157,30 @@ fn spawn(
         }
         _ => failed(format!("spawn {name}: {e}")),
     })
+}
+
+/// crun's `run` does not give the pty it makes for a TTY container our terminal's size: set it
+/// once the container's stdin is that pty (a devpts of the container's own, not the VM's),
+/// before `Started`. Should the process have looked already, the resize's SIGWINCH tells it.
+fn size_container_pty(s: &Stream, rows: u16, cols: u16) {
+    use std::os::unix::fs::MetadataExt;
+    let vm_pts = std::fs::metadata("/dev/pts").map(|m| m.dev()).ok();
+    let deadline = Instant::now() + std::time::Duration::from_secs(2);
+    while !s.finished() && Instant::now() < deadline {
+        let inner = s.inner_pid();
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOCTTY)
+            .open(format!("/proc/{inner}/fd/0"));
+        if let Ok(f) = f {
+            let dev = f.metadata().map(|m| m.dev()).ok();
+            if inner != s.pid && dev.is_some() && dev != vm_pts {
+                set_winsize(f.as_raw_fd(), rows, cols);
+                return;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
 }
 
 /// Waits until `crun run` has created the container (its state and pid file exist): an exec
@@ -313,7 +337,6 @@ pub fn start(
         uid: ids.uid,
         gid: ids.gid,
         groups: ids.groups.clone(),
-        console: None,
     };
     let crun_env = cstrings(&[reaper::HELPER_ENV]).map_err(failed)?;
     let pty = if spec.tty {
@@ -325,16 +348,8 @@ pub fn start(
     } else {
         None
     };
-    let mut proc_cfg = proc_cfg;
-    if let Some(p) = &pty {
-        // the container sees its terminal as /dev/console (its own devpts cannot show it)
-        let link = format!("/proc/self/fd/{}", p.slave.as_raw_fd());
-        proc_cfg.console = std::fs::read_link(link)
-            .ok()
-            .map(|p| p.to_string_lossy().into_owned());
-    }
-    // A warm container (crate::warm) takes any command but a TTY one (its console is
-    // bound at creation); taking it for a TTY run just lets `crun delete` below end it.
+    // A warm container (crate::warm) takes any command but a TTY one (crun makes the
+    // terminal at creation); taking it for a TTY run just lets `crun delete` below end it.
     let warm = match target {
         Target::Container => crate::warm::take().filter(|_| !spec.tty),
         _ => None,
@@ -355,7 +370,15 @@ pub fn start(
         }
         Target::Container => {
             let _ = std::fs::create_dir_all(Path::new(ROOTFS).join(cwd.trim_start_matches('/')));
-            let cfg = oci::spec(&proc_cfg).map_err(failed)?;
+            let mut cfg = oci::spec(&proc_cfg).map_err(failed)?;
+            if spec.tty {
+                // As podman does: crun gives the process a pty of the container's own (its
+                // controlling terminal: ^C reaches the foreground job, job control works),
+                // binds it at /dev/console, and relays it to ours.
+                if let Some(p) = cfg.process_mut() {
+                    p.set_terminal(Some(true));
+                }
+            }
             oci::write_json(&Path::new(BUNDLE).join("config.json"), &cfg).map_err(failed)?;
             if Path::new("/run/crun").join(ID).exists() {
                 let _ = reaper::run_quiet(&[CRUN, "delete", "--force", ID]);
@@ -503,12 +526,16 @@ pub fn start(
         // then can `crun exec` join it. The host opens execs and health checks on this
         // signal, never on a guess (DESIGN §4).
         let s = stream.clone();
+        let size = spec.tty.then_some((spec.rows.max(1), spec.cols.max(1)));
         let _ = std::thread::Builder::new()
             .name("started".into())
             .spawn(move || {
                 let pidfile = s.pidfile.clone().unwrap_or_default();
                 while !s.finished() && !pidfile.exists() {
                     std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+                if let Some((rows, cols)) = size {
+                    size_container_pty(&s, rows, cols);
                 }
                 if !s.finished() {
                     let spawn_us = t0.elapsed().as_micros() as u64;

@@ -17,7 +17,7 @@
 //! The user's process is still started fresh on every run: only crun's set-up is reused.
 //! [`prefetch`] also reads what that process will most likely need first (its executable,
 //! ELF interpreter, /etc/passwd and /etc/group) into the page cache the snapshot keeps.
-//! TTY runs (the console is bound when the container is created) use plain `crun run`.
+//! TTY runs (crun makes their terminal when it creates the container) use plain `crun run`.
 
 use crate::container::{BUNDLE, CRUN, ID};
 use crate::oci::{self, ProcConfig};
@@ -45,7 +45,7 @@ const ERR_FILE: &str = "/run/fcvm/warm-crun.err";
 pub struct InitSpec {
     /// The executable inside the container, symlinks resolved.
     pub path: String,
-    /// Arguments, environment, directory and ids (its `console` is unused: no TTY here).
+    /// Arguments, environment, directory and ids.
     pub process: ProcConfig,
 }
 

@@ -9,6 +9,7 @@
 //!    stdin with EOF (`-i cat`, `-i wc -c`);
 //! 4. a TTY session through a pty: echo, resize (TIOCSWINSZ + SIGWINCH → `stty size`), Ctrl-C
 //!    stops a guest `sleep` and the shell lives on, `exit N` ends with N, termios restored;
+//!    in the container `top` draws and quits on `q`, `vi` edits and writes a file;
 //! 5. 50 concurrent execs, each printing its own index;
 //! 6. a SIGKILLed client ends its guest process (and what it started);
 //! 7. garbage and oversize frames on the exec socket leave the session working;
@@ -324,14 +325,41 @@ fn set_size(fd: &impl AsRawFd, rows: u16, cols: u16) {
 }
 
 fn tty_session(vm: &Fixture, t: &[&str]) {
+    let mut flags = vec!["-it"];
+    flags.extend_from_slice(t);
+    drive_tty(
+        vm.cmd(&argv(&flags, &["sh"])),
+        t.is_empty(),
+        &format!("{t:?}"),
+    );
+}
+
+/// `fcvm podman run -it IMAGE sh`: the same terminal session as `exec -it`, as the container.
+#[test]
+fn podman_run_it_is_an_interactive_container() {
+    let n = name("runit");
+    let mut cmd = fcvm();
+    cmd.args([
+        "podman",
+        "run",
+        "--name",
+        &n,
+        "-it",
+        "builtin:busybox",
+        "sh",
+    ]);
+    drive_tty(cmd, true, "podman run -it");
+    assert_gone(&n, None);
+}
+
+/// Drives `sh` in `cmd` through a pty: echo, resize, Ctrl-C, (in a container) top and vi,
+/// `exit 3`; the terminal's settings must come back unchanged.
+fn drive_tty(mut cmd: std::process::Command, container: bool, t: &str) {
     let pty = nix::pty::openpty(None, None).expect("openpty");
     set_size(&pty.slave, 30, 100);
     let before = nix::sys::termios::tcgetattr(&pty.slave).expect("tcgetattr");
     let slave = |fd: &OwnedFd| Stdio::from(fd.try_clone().expect("dup"));
-    let mut flags = vec!["-it"];
-    flags.extend_from_slice(t);
-    let child = vm
-        .cmd(&argv(&flags, &["sh"]))
+    let child = cmd
         .stdin(slave(&pty.slave))
         .stdout(slave(&pty.slave))
         .stderr(slave(&pty.slave))
@@ -364,12 +392,34 @@ fn tty_session(vm: &Fixture, t: &[&str]) {
     term.send("\x03");
     term.send("echo alive-$((6*7))\r");
     term.expect("alive-42", wait);
-    assert!(t0.elapsed() < Duration::from_secs(10), "{t:?}: Ctrl-C slow");
+    assert!(t0.elapsed() < Duration::from_secs(10), "{t}: Ctrl-C slow");
+    if container {
+        // Full-screen programs: top draws and quits on `q`; vi edits and writes a file.
+        term.send("top\r");
+        term.expect("top", wait);
+        term.expect("Mem:", wait);
+        term.send("q");
+        term.send("echo top-done-$((1+1))\r");
+        term.expect("top-done-2", wait);
+        term.send("vi /tmp/vi.txt\r");
+        term.expect("vi /tmp/vi.txt", wait);
+        term.expect("~", wait);
+        term.send("ihello from vi");
+        term.expect("hello from vi", wait);
+        // A lone ESC: vi waits a moment to tell it from the start of an escape sequence.
+        term.send("\x1b");
+        std::thread::sleep(Duration::from_millis(700));
+        term.send(":wq\r");
+        term.send("echo vi-exit-$((3+3))\r");
+        term.expect("vi-exit-6", wait);
+        term.send("cat /tmp/vi.txt\r");
+        term.expect("hello from vi", wait);
+    }
     term.send("exit 3\r");
     let out = drain(child, wait, &["-it"]);
-    assert_eq!(code(&out), 3, "{t:?}: exit code of the tty session");
+    assert_eq!(code(&out), 3, "{t}: exit code of the tty session");
     let after = nix::sys::termios::tcgetattr(&pty.slave).expect("tcgetattr");
-    assert!(before == after, "{t:?}: terminal settings not restored");
+    assert!(before == after, "{t}: terminal settings not restored");
 }
 
 fn killed_client_ends_the_guest_process(vm: &Fixture, t: &[&str]) {
