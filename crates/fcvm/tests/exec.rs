@@ -304,6 +304,12 @@ impl Pty {
     fn send(&mut self, s: &str) {
         self.master.write_all(s.as_bytes()).expect("write to pty");
     }
+
+    /// Types `line` and Enter, then waits for `want` (output, not the echo, if it differs).
+    fn line(&mut self, line: &str, want: &str, limit: Duration) -> String {
+        self.send(&format!("{line}\r"));
+        self.expect(want, limit)
+    }
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -376,33 +382,26 @@ fn drive_tty(mut cmd: std::process::Command, container: bool, t: &str) {
     term.send("echo hel''lo-$((6*7))\r");
     term.expect("echo hel''lo-$((6*7))", wait);
     term.expect("hello-42", wait);
-    term.send("stty size\r");
-    term.expect("30 100", wait);
+    term.line("stty size", "30 100", wait);
     // Resize: the terminal changes, fcvm gets SIGWINCH and tells the guest.
     set_size(&term.master, 40, 120);
     kill(pid, Signal::SIGWINCH).expect("SIGWINCH");
     std::thread::sleep(Duration::from_millis(300));
-    term.send("stty size\r");
-    term.expect("40 120", wait);
+    term.line("stty size", "40 120", wait);
     // Ctrl-C stops the foreground sleep; the shell answers again at once.
     term.send("sleep 1000\r");
     term.expect("sleep 1000", wait);
     std::thread::sleep(Duration::from_millis(500));
     let t0 = Instant::now();
     term.send("\x03");
-    term.send("echo alive-$((6*7))\r");
-    term.expect("alive-42", wait);
+    term.line("echo alive-$((6*7))", "alive-42", wait);
     assert!(t0.elapsed() < Duration::from_secs(10), "{t}: Ctrl-C slow");
     if container {
         // Full-screen programs: top draws and quits on `q`; vi edits and writes a file.
-        term.send("top\r");
-        term.expect("top", wait);
-        term.expect("Mem:", wait);
+        term.line("top", "Mem:", wait);
         term.send("q");
-        term.send("echo top-done-$((1+1))\r");
-        term.expect("top-done-2", wait);
-        term.send("vi /tmp/vi.txt\r");
-        term.expect("vi /tmp/vi.txt", wait);
+        term.line("echo top-done-$((1+1))", "top-done-2", wait);
+        term.line("vi /tmp/vi.txt", "vi /tmp/vi.txt", wait);
         term.expect("~", wait);
         term.send("ihello from vi");
         term.expect("hello from vi", wait);
@@ -410,10 +409,8 @@ fn drive_tty(mut cmd: std::process::Command, container: bool, t: &str) {
         term.send("\x1b");
         std::thread::sleep(Duration::from_millis(700));
         term.send(":wq\r");
-        term.send("echo vi-exit-$((3+3))\r");
-        term.expect("vi-exit-6", wait);
-        term.send("cat /tmp/vi.txt\r");
-        term.expect("hello from vi", wait);
+        term.line("echo vi-exit-$((3+3))", "vi-exit-6", wait);
+        term.line("cat /tmp/vi.txt", "hello from vi", wait);
     }
     term.send("exit 3\r");
     let out = drain(child, wait, &["-it"]);
