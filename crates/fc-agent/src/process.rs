@@ -126,19 +126,29 @@ impl Stream {
     pub fn resize(&self, rows: u16, cols: u16) {
         if let Some(m) = &self.tty {
             set_winsize(m.as_raw_fd(), rows, cols);
-            // crun's own pty (see `start`) does not follow ours: size it through the
-            // process's stdin, which is that pty's slave.
-            let inner = self.inner_pid();
-            if self.target != Target::Vm && inner != self.pid {
-                let f = std::fs::OpenOptions::new()
-                    .read(true)
-                    .custom_flags(libc::O_NOCTTY) // never our controlling terminal
-                    .open(format!("/proc/{inner}/fd/0"));
-                if let Ok(f) = f {
-                    set_winsize(f.as_raw_fd(), rows, cols);
-                }
+            // crun's own pty (see `start`) does not follow ours: size it too.
+            if let Some(f) = self.crun_pty() {
+                set_winsize(f.as_raw_fd(), rows, cols);
             }
         }
+    }
+
+    /// The pty crun made for a TTY container or container exec, through the process's stdin
+    /// (that pty's slave): None until its stdin is a devpts of the container's own, not the
+    /// VM's (ours), and never for VM processes.
+    fn crun_pty(&self) -> Option<std::fs::File> {
+        use std::os::unix::fs::MetadataExt;
+        let inner = self.inner_pid();
+        if self.target == Target::Vm || inner == self.pid {
+            return None;
+        }
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOCTTY) // never our controlling terminal
+            .open(format!("/proc/{inner}/fd/0"))
+            .ok()?;
+        let vm_pts = std::fs::metadata("/dev/pts").map(|m| m.dev()).ok()?;
+        (f.metadata().ok()?.dev() != vm_pts).then_some(f)
     }
 }
 
@@ -160,24 +170,14 @@ fn spawn(
 }
 
 /// crun's `run` does not give the pty it makes for a TTY container our terminal's size: set it
-/// once the container's stdin is that pty (a devpts of the container's own, not the VM's),
-/// before `Started`. Should the process have looked already, the resize's SIGWINCH tells it.
+/// once the container's stdin is that pty, before `Started`. Should the process have looked
+/// already, the resize's SIGWINCH tells it.
 fn size_container_pty(s: &Stream, rows: u16, cols: u16) {
-    use std::os::unix::fs::MetadataExt;
-    let vm_pts = std::fs::metadata("/dev/pts").map(|m| m.dev()).ok();
     let deadline = Instant::now() + std::time::Duration::from_secs(2);
     while !s.finished() && Instant::now() < deadline {
-        let inner = s.inner_pid();
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOCTTY)
-            .open(format!("/proc/{inner}/fd/0"));
-        if let Ok(f) = f {
-            let dev = f.metadata().map(|m| m.dev()).ok();
-            if inner != s.pid && dev.is_some() && dev != vm_pts {
-                set_winsize(f.as_raw_fd(), rows, cols);
-                return;
-            }
+        if let Some(f) = s.crun_pty() {
+            set_winsize(f.as_raw_fd(), rows, cols);
+            return;
         }
         std::thread::sleep(std::time::Duration::from_millis(2));
     }
@@ -348,28 +348,29 @@ pub fn start(
     } else {
         None
     };
+    if target == Target::Container {
+        // The workdir need not exist in the image (crun would fail on it).
+        let _ = std::fs::create_dir_all(Path::new(ROOTFS).join(cwd.trim_start_matches('/')));
+    }
     // A warm container (crate::warm) takes any command but a TTY one (crun makes the
     // terminal at creation); taking it for a TTY run just lets `crun delete` below end it.
-    let warm = match target {
-        Target::Container => crate::warm::take().filter(|_| !spec.tty),
+    let warm = match (target, &found) {
+        (Target::Container, Lookup::Found { inside, .. }) => {
+            crate::warm::take().filter(|_| !spec.tty).map(|w| {
+                let init = crate::warm::InitSpec {
+                    path: inside.clone(),
+                    process: proc_cfg.clone(),
+                };
+                (w, init)
+            })
+        }
         _ => None,
     };
     let warm_started = warm.is_some();
-    let (cmd_argv, path, envp, cwd_c, cmd_ids, pidfile) = match target {
-        Target::Container if warm.is_some() => {
-            let _ = std::fs::create_dir_all(Path::new(ROOTFS).join(cwd.trim_start_matches('/')));
-            let none = Vec::new();
-            (
-                none.clone(),
-                CRUN.to_string(),
-                none,
-                None,
-                None,
-                Some(CONTAINER_PIDFILE.to_string()),
-            )
-        }
+    // What to spawn (None: the warm container's stand-in execs the command instead).
+    let (exec, pidfile) = match target {
+        Target::Container if warm_started => (None, Some(CONTAINER_PIDFILE.to_string())),
         Target::Container => {
-            let _ = std::fs::create_dir_all(Path::new(ROOTFS).join(cwd.trim_start_matches('/')));
             let mut cfg = oci::spec(&proc_cfg).map_err(failed)?;
             if spec.tty {
                 // As podman does: crun gives the process a pty of the container's own (its
@@ -394,14 +395,8 @@ pub fn start(
                 ID,
             ];
             let argv = cstrings(&argv).map_err(failed)?;
-            (
-                argv,
-                CRUN.to_string(),
-                crun_env,
-                None,
-                None,
-                Some(CONTAINER_PIDFILE.to_string()),
-            )
+            let exec = (argv, CRUN.to_string(), crun_env, None, None);
+            (Some(exec), Some(CONTAINER_PIDFILE.to_string()))
         }
         Target::ContainerExec => {
             wait_container_created()?;
@@ -418,7 +413,10 @@ pub fn start(
             let _ = std::fs::remove_file(&pidfile);
             let argv = [CRUN, "exec", "--process", &json, "--pid-file", &pidfile, ID];
             let argv = cstrings(&argv).map_err(failed)?;
-            (argv, CRUN.to_string(), crun_env, None, None, Some(pidfile))
+            (
+                Some((argv, CRUN.to_string(), crun_env, None, None)),
+                Some(pidfile),
+            )
         }
         Target::Vm => {
             let Lookup::Found { host, .. } = &found else {
@@ -428,14 +426,8 @@ pub fn start(
             let envp = cstrings(&env).map_err(failed)?;
             let cwd_c = cstrings(&[cwd.as_str()]).map_err(failed)?.pop();
             let ids = Some((ids.uid, ids.gid, ids.groups.clone()));
-            (
-                argv,
-                host.to_string_lossy().into_owned(),
-                envp,
-                cwd_c,
-                ids,
-                None,
-            )
+            let exec = (argv, host.to_string_lossy().into_owned(), envp, cwd_c, ids);
+            (Some(exec), None)
         }
     };
     // stdio: (child ends, our ends)
@@ -473,39 +465,35 @@ pub fn start(
         stdin_fd = inw;
         tty = None;
     }
-    let cmd = Cmd {
-        path: std::ffi::CString::new(path).map_err(os("path"))?,
-        argv: cmd_argv,
-        envp,
-        cwd: cwd_c,
-        ids: cmd_ids,
-        stdio: [
-            child_fds[0].as_raw_fd(),
-            child_fds[1].as_raw_fd(),
-            child_fds[2].as_raw_fd(),
-        ],
-        extra: vec![],
-        ctty: spec.tty,
-    };
-    let spawned = match (warm, &found) {
-        (Some(w), Lookup::Found { inside, .. }) => {
-            let init = crate::warm::InitSpec {
-                path: inside.clone(),
-                process: proc_cfg.clone(),
+    let stdio = [
+        child_fds[0].as_raw_fd(),
+        child_fds[1].as_raw_fd(),
+        child_fds[2].as_raw_fd(),
+    ];
+    let (pid, status_rx) = match (warm, exec) {
+        (Some((w, init)), _) => w.start(&init, stdio).map_err(|(kind, msg)| {
+            let l = match kind {
+                ErrorKind::NotFound => Lookup::NotFound,
+                ErrorKind::NotExecutable => Lookup::NotExecutable,
+                _ => return failed(format!("start {name}: {msg}")),
             };
-            w.start(&init, cmd.stdio).map_err(|(kind, msg)| {
-                let l = match kind {
-                    ErrorKind::NotFound => Lookup::NotFound,
-                    ErrorKind::NotExecutable => Lookup::NotExecutable,
-                    _ => return failed(format!("start {name}: {msg}")),
-                };
-                lookup_error(target, name, &l).unwrap_or_else(|| failed(msg))
-            })?
+            lookup_error(target, name, &l).unwrap_or_else(|| failed(msg))
+        })?,
+        (None, Some((argv, path, envp, cwd, ids))) => {
+            let cmd = Cmd {
+                path: std::ffi::CString::new(path).map_err(os("path"))?,
+                argv,
+                envp,
+                cwd,
+                ids,
+                stdio,
+                extra: vec![],
+                ctty: spec.tty,
+            };
+            spawn(&cmd, target, name)?
         }
-        (Some(_), _) => return Err(failed("lookup")),
-        (None, _) => spawn(&cmd, target, name)?,
+        (None, None) => return Err(failed("nothing to start")),
     };
-    let (pid, status_rx) = spawned;
     drop(child_fds);
     let spawn_us = t0.elapsed().as_micros() as u64;
     let (stdin_tx, stdin_rx) = sync_channel(64);

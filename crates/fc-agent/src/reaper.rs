@@ -136,20 +136,19 @@ pub fn cstrings<S: AsRef<str>>(items: &[S]) -> Result<Vec<CString>, String> {
         .collect()
 }
 
-/// Forks and execs `cmd` in a new session; returns the pid and the receiver of its wait status.
+/// The NULL-terminated pointer array execve(2) takes; valid while `items` lives.
+pub fn null_terminated(items: &[CString]) -> Vec<*const libc::c_char> {
+    items
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect()
+}
+
+/// Clones and execs `cmd` in a new session; returns the pid and the receiver of its wait status.
 pub fn spawn(cmd: &Cmd) -> Result<(i32, Receiver<i32>), std::io::Error> {
-    let argv: Vec<*const libc::c_char> = cmd
-        .argv
-        .iter()
-        .map(|a| a.as_ptr())
-        .chain(std::iter::once(std::ptr::null()))
-        .collect();
-    let envp: Vec<*const libc::c_char> = cmd
-        .envp
-        .iter()
-        .map(|a| a.as_ptr())
-        .chain(std::iter::once(std::ptr::null()))
-        .collect();
+    let argv = null_terminated(&cmd.argv);
+    let envp = null_terminated(&cmd.envp);
     let groups: Vec<libc::gid_t> = cmd.ids.as_ref().map(|i| i.2.clone()).unwrap_or_default();
     let mut errpipe = [0; 2];
     // SAFETY: valid array of two fds.

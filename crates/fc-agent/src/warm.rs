@@ -307,16 +307,10 @@ pub fn container_init() -> ! {
             fail(errno());
         }
         libc::fcntl(3, libc::F_SETFD, libc::FD_CLOEXEC);
-        let argv: Vec<*const libc::c_char> = args
-            .iter()
-            .map(|a| a.as_ptr())
-            .chain(std::iter::once(std::ptr::null()))
-            .collect();
-        let envp: Vec<*const libc::c_char> = env
-            .iter()
-            .map(|a| a.as_ptr())
-            .chain(std::iter::once(std::ptr::null()))
-            .collect();
+        let (argv, envp) = (
+            reaper::null_terminated(&args),
+            reaper::null_terminated(&env),
+        );
         libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr());
         fail(errno())
     }

@@ -496,23 +496,23 @@ fn bridged_publishes_and_leaves_nothing_after_exit_or_sigkill() {
     let port = free_port();
     let publish = format!("127.0.0.1:{port}:80");
     let script = web("page-br");
+    let start = |n: &str, publish: &str| {
+        let args = [
+            "podman",
+            "run",
+            "--name",
+            n,
+            "--network",
+            "bridged",
+            "-p",
+            publish,
+        ];
+        spawn(&[&args[..], &[IMG, "sh", "-c", &script]].concat())
+    };
     // 1. Normal exit.
     let n = name("bra");
     let _c = Cleanup(vec![n.clone()], vec![]);
-    let mut child = spawn(&[
-        "podman",
-        "run",
-        "--name",
-        &n,
-        "--network",
-        "bridged",
-        "-p",
-        &publish,
-        IMG,
-        "sh",
-        "-c",
-        &script,
-    ]);
+    let mut child = start(&n, &publish);
     wait_page(&mut child, port, "page-br");
     let v = vm(&n).unwrap();
     assert_eq!(v["network"]["mode"], "bridged", "{v}");
@@ -529,20 +529,7 @@ fn bridged_publishes_and_leaves_nothing_after_exit_or_sigkill() {
     let publish = format!("127.0.0.1:{port}:80");
     let n = name("brk");
     let _c2 = Cleanup(vec![n.clone()], vec![]);
-    let mut child = spawn(&[
-        "podman",
-        "run",
-        "--name",
-        &n,
-        "--network",
-        "bridged",
-        "-p",
-        &publish,
-        IMG,
-        "sh",
-        "-c",
-        &script,
-    ]);
+    let mut child = start(&n, &publish);
     wait_page(&mut child, port, "page-br");
     let id = vm(&n).unwrap()["id"].as_str().unwrap().to_string();
     child.kill().unwrap();

@@ -163,24 +163,27 @@ fn seed_cache() {
     });
 }
 
+/// `podman run --network none IMG sleep 100000` as `n`, stopped when dropped.
+fn sleeping_vm(n: &str) -> Running {
+    let args = [
+        "podman",
+        "run",
+        "--name",
+        n,
+        "--network",
+        "none",
+        IMG,
+        "sleep",
+        "100000",
+    ];
+    Running::start(&args, n)
+}
+
 #[test]
 fn ten_parallel_execs_right_after_a_restore() {
     seed_cache();
     let n = name("ppx");
-    let _vm = Running::start(
-        &[
-            "podman",
-            "run",
-            "--name",
-            &n,
-            "--network",
-            "none",
-            IMG,
-            "sleep",
-            "100000",
-        ],
-        &n,
-    );
+    let _vm = sleeping_vm(&n);
     assert_eq!(
         vm(&n).unwrap()["snapshot"]
             .as_str()
@@ -461,20 +464,7 @@ fn startup_snapshot_restores_the_app_already_running() {
 fn killing_the_owner_mid_save_never_leaves_half_a_snapshot() {
     seed_cache();
     let n = name("killsave");
-    let mut vm = Running::start(
-        &[
-            "podman",
-            "run",
-            "--name",
-            &n,
-            "--network",
-            "none",
-            IMG,
-            "sleep",
-            "100000",
-        ],
-        &n,
-    );
+    let mut vm = sleeping_vm(&n);
     let snap = name("halfsnap");
     let client = fcvm()
         .args(["snapshot", "create", &n, "--tag", &snap])
