@@ -6,7 +6,8 @@
 //! 3. overlay `lower=/mnt/image, upper=/mnt/rw/upper, work=/mnt/rw/work` → /run/fcvm/rootfs;
 //! 4. hostname for the VM (the container shares its UTS namespace); the container's
 //!    /etc/hostname, /etc/hosts and /etc/resolv.conf are files under [`ETC`] (tmpfs) that its
-//!    config bind-mounts, as podman does — rewriting them on every restore stays cheap.
+//!    config bind-mounts, as podman does — rewriting them on every restore stays cheap;
+//! 5. crun sealed in memory, once per VM (`crate::init::seal_crun_once`).
 //!
 //! The OCI config that `crun` runs it with is written by [`crate::oci`].
 
@@ -120,6 +121,7 @@ pub fn prepare(plan: &ContainerPlan) -> Result<(), String> {
         Some("lowerdir=/mnt/image,upperdir=/mnt/rw/upper,workdir=/mnt/rw/work"),
     )?;
     PREPARED.store(true, Ordering::SeqCst);
+    crate::init::seal_crun_once();
     if let Some(n) = &plan.network {
         crate::net::configure(n)?;
     }

@@ -7,8 +7,9 @@
 //!    file into /newroot (the loaded modules are just deleted), move the pseudo filesystems,
 //!    `mount --move . /`, chroot, and exec `/init stage2`.
 //!
-//! Stage 2: cgroup2 (controllers enabled for children), devpts, /dev/shm, /run, /tmp, `lo` up,
-//! and crun sealed in memory ([`seal_crun`]).
+//! Stage 2: cgroup2 (controllers enabled for children), devpts, /dev/shm, /run, /tmp, `lo` up.
+//! crun is sealed in memory ([`seal_crun_once`]) by the first Prepare, not at boot: the
+//! cost belongs to the container, not to the VM coming up.
 
 use crate::log::console;
 use crate::process::Stream;
@@ -232,11 +233,18 @@ pub fn stage2() {
     if let Err(e) = lo_up() {
         warn!("lo up: {e}");
     }
-    let t0 = Instant::now();
-    match seal_crun(Path::new(crate::container::CRUN)) {
-        Ok(()) => info!("crun sealed in memory in {} ms", t0.elapsed().as_millis()),
-        Err(e) => warn!("crun will copy itself on every run: {e}"),
-    }
+}
+
+/// Seals crun in memory ([`seal_crun`]) the first time it is called.
+pub fn seal_crun_once() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let t0 = Instant::now();
+        match seal_crun(Path::new(crate::container::CRUN)) {
+            Ok(()) => info!("crun sealed in memory in {} ms", t0.elapsed().as_millis()),
+            Err(e) => warn!("crun will copy itself on every run: {e}"),
+        }
+    });
 }
 
 /// Replaces `crun` by a sealed in-memory copy of itself, bind-mounted over it.
@@ -244,7 +252,7 @@ pub fn stage2() {
 /// Why: against CVE-2019-5736 every crun invocation copies its own binary into a fresh memfd
 /// and re-executes it — unless it already runs from a fully sealed memfd. Under TCG that copy
 /// is fresh physical memory each time, so QEMU translates all of crun's code again on every
-/// `crun run`/`crun exec` (~0.2 s). One sealed copy made here is just as safe (sealed memfds
+/// `crun run`/`crun exec` (~0.2 s). One sealed copy is just as safe (sealed memfds
 /// cannot be written, the property the check is for: it is runc's `memfd-bind`) and keeps its
 /// pages, and their translations, for the VM's life — snapshots included.
 fn seal_crun(path: &Path) -> Result<(), String> {
