@@ -5,16 +5,22 @@
 //! 2. image (ro, `plan.image_fstype`) → /mnt/image, writable (ext4) → /mnt/rw;
 //! 3. overlay `lower=/mnt/image, upper=/mnt/rw/upper, work=/mnt/rw/work` → /run/fcvm/rootfs;
 //! 4. hostname for the VM (the container shares its UTS namespace); the container's
-//!    /etc/hostname, /etc/hosts and /etc/resolv.conf are files under [`ETC`] (tmpfs) that its
-//!    config bind-mounts, as podman does — rewriting them on every restore stays cheap;
+//!    /etc/hostname, /etc/hosts, /etc/resolv.conf and /etc/machine-id are files under [`ETC`]
+//!    (tmpfs) that its config bind-mounts, as podman does for the first three. They stay open
+//!    from Prepare on: a restore rewrites them in place without a path lookup or an open,
+//!    each of which costs milliseconds of untranslated kernel code under TCG. The VM's own
+//!    /etc/machine-id is a symlink to the same file;
 //! 5. crun sealed in memory, once per VM (`crate::init::seal_crun_once`).
 //!
 //! The OCI config that `crun` runs it with is written by [`crate::oci`].
 
 use fcvm_proto::ContainerPlan;
 use nix::mount::{mount, MsFlags};
-use std::path::{Path, PathBuf};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 
 /// Set once the container root is mounted: a restore asks, and reading /proc/mounts right
 /// after a restore is slow under TCG (every kernel path runs untranslated once).
@@ -27,7 +33,14 @@ pub const ID: &str = "fcvm";
 pub const CRUN: &str = "/usr/bin/crun";
 /// The container's identity files, bind-mounted over its /etc/<name>.
 pub const ETC: &str = "/run/fcvm/etc";
-pub const ETC_FILES: [&str; 3] = ["hostname", "hosts", "resolv.conf"];
+pub const ETC_FILES: [&str; 4] = ["hostname", "hosts", "resolv.conf", "machine-id"];
+const HOSTNAME: usize = 0;
+const HOSTS: usize = 1;
+const RESOLV_CONF: usize = 2;
+const MACHINE_ID: usize = 3;
+
+/// [`ETC_FILES`], open for writing, in that order.
+static ETC_OPEN: OnceLock<Vec<File>> = OnceLock::new();
 
 fn e<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> String + '_ {
     move |err| format!("{what}: {err}")
@@ -127,30 +140,28 @@ pub fn prepare(plan: &ContainerPlan) -> Result<(), String> {
     }
     // Every bind-mounted file must exist, even with no hostname given.
     let current = nix::unistd::gethostname().unwrap_or_default();
-    set_identity(Some(&current.to_string_lossy()), None)?;
-    set_identity(Some(&plan.hostname), None)?;
+    let current = current.to_string_lossy();
+    let hostname = Some(plan.hostname.as_str())
+        .filter(|h| !h.is_empty())
+        .unwrap_or(&*current);
+    let fresh_id = etc_files()?[MACHINE_ID].metadata().map(|m| m.len() == 0);
+    let id = fresh_id.unwrap_or(true).then(random_machine_id);
+    set_identity(Some(hostname), id.as_deref())?;
+    let _ = std::fs::remove_file("/etc/machine-id");
+    let _ = std::os::unix::fs::symlink(Path::new(ETC).join("machine-id"), "/etc/machine-id");
     copy_resolv_conf()
 }
 
 /// Sets the VM's (and so the container's) hostname and writes the container's identity files
 /// (hostname, hosts, machine-id) — used by Prepare and by restore steps.
 pub fn set_identity(hostname: Option<&str>, machine_id: Option<&str>) -> Result<(), String> {
-    let etc = Path::new(ETC);
-    std::fs::create_dir_all(etc).map_err(e("mkdir /run/fcvm/etc"))?;
     if let Some(h) = hostname.filter(|h| !h.is_empty()) {
         nix::unistd::sethostname(h).map_err(|err| format!("sethostname {h}: {}", err.desc()))?;
-        // Truncated and rewritten in place: the bind mounts keep pointing at these inodes.
-        std::fs::write(etc.join("hostname"), format!("{h}\n")).map_err(e("write hostname"))?;
-        std::fs::write(etc.join("hosts"), hosts_text(h)).map_err(e("write hosts"))?;
+        rewrite(HOSTNAME, format!("{h}\n").as_bytes())?;
+        rewrite(HOSTS, hosts_text(h).as_bytes())?;
     }
     if let Some(id) = machine_id.filter(|m| !m.is_empty()) {
-        let _ = std::fs::write("/etc/machine-id", format!("{id}\n"));
-        if prepared() {
-            let dir = PathBuf::from(ROOTFS).join("etc");
-            std::fs::create_dir_all(&dir).map_err(e("mkdir /etc in the container"))?;
-            std::fs::write(dir.join("machine-id"), format!("{id}\n"))
-                .map_err(e("write /etc/machine-id"))?;
-        }
+        rewrite(MACHINE_ID, format!("{id}\n").as_bytes())?;
     }
     Ok(())
 }
@@ -159,8 +170,44 @@ pub fn set_identity(hostname: Option<&str>, machine_id: Option<&str>) -> Result<
 /// container's.
 pub fn copy_resolv_conf() -> Result<(), String> {
     let r = std::fs::read("/etc/resolv.conf").unwrap_or_default();
+    rewrite(RESOLV_CONF, &r)
+}
+
+/// Opens (creating) the identity files once.
+fn etc_files() -> Result<&'static [File], String> {
+    if let Some(f) = ETC_OPEN.get() {
+        return Ok(f);
+    }
     std::fs::create_dir_all(ETC).map_err(e("mkdir /run/fcvm/etc"))?;
-    std::fs::write(Path::new(ETC).join("resolv.conf"), r).map_err(e("write resolv.conf"))
+    let files = ETC_FILES
+        .iter()
+        .map(|name| {
+            let path = Path::new(ETC).join(name);
+            let mut o = std::fs::OpenOptions::new();
+            o.write(true).create(true).truncate(false).open(&path)
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(e("open /run/fcvm/etc"))?;
+    Ok(ETC_OPEN.get_or_init(|| files))
+}
+
+/// Replaces the contents of identity file `i` in place: the bind mounts keep pointing at
+/// these inodes.
+fn rewrite(i: usize, contents: &[u8]) -> Result<(), String> {
+    let f = &etc_files()?[i];
+    let what = || format!("write /etc/{}", ETC_FILES[i]);
+    f.write_all_at(contents, 0)
+        .map_err(|err| format!("{}: {err}", what()))?;
+    f.set_len(contents.len() as u64)
+        .map_err(|err| format!("{}: {err}", what()))
+}
+
+/// 32 hex digits from the kernel's RNG, as systemd writes a machine-id.
+fn random_machine_id() -> String {
+    let mut b = [0u8; 16];
+    // SAFETY: getrandom writes at most `b.len()` bytes into `b`.
+    unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// Whether the container root is mounted.

@@ -55,10 +55,16 @@ pub fn console_raw(line: &str) {
     let _ = std::io::stderr().write_all(format!("{line}\n").as_bytes());
 }
 
-/// Console line plus a Log frame when a session is open.
+/// A Log frame when a session is open (the host keeps it in agent.log), else a console line.
+/// Warnings and errors also go to the console, in case the channel itself is what failed.
+/// Info lines do not: under TCG every console line runs the serial driver (~1 ms, and tens
+/// of ms of cold code right after a restore), which the host's copy makes redundant.
 pub fn log(level: LogLevel, msg: &str) {
-    console(msg);
-    if SESSION_OPEN.load(Ordering::SeqCst) {
+    let open = SESSION_OPEN.load(Ordering::SeqCst);
+    if !open || matches!(level, LogLevel::Warn | LogLevel::Error) {
+        console(msg);
+    }
+    if open {
         if let Some(out) = OUTBOX.get() {
             out.send(Frame::control(Msg::Log {
                 level,

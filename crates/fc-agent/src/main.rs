@@ -44,6 +44,7 @@ fn main() {
     }
     init::stage2();
     reaper::start();
+    restore::arm();
     serve()
 }
 

@@ -275,7 +275,8 @@ mod tests {
                 "/sys/fs/cgroup",
                 "/etc/hostname",
                 "/etc/hosts",
-                "/etc/resolv.conf"
+                "/etc/resolv.conf",
+                "/etc/machine-id"
             ]
         );
         let caps = &v["process"]["capabilities"];

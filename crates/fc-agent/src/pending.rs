@@ -69,7 +69,6 @@ impl Pending {
     fn run(&self, id: u32, spec: &ProcessSpec, target: Target, out: &Outbox, t0: Instant) {
         match process::start(id, spec, target, out, t0) {
             Ok(s) => {
-                crate::log::console(&format!("stream {id}: {target:?} pid {} started", s.pid));
                 self.finish(Some(s));
             }
             Err((kind, message)) => {

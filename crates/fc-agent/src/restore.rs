@@ -1,18 +1,44 @@
 //! Restore steps (DESIGN §4, step 3), run when the host sends `Restored{epoch, plan}`:
 //!
 //! 1. set the wall clock from the host's (`clock_settime(CLOCK_REALTIME)`);
-//! 2. reseed the RNG: write the seed to /dev/urandom and credit it with `RNDADDENTROPY`;
+//! 2. reseed the RNG: mix the seed in with `RNDADDENTROPY`, then `RNDRESEEDCRNG` so the kernel's
+//!    CRNG is rekeyed now — otherwise clones of one snapshot would draw the same random bytes
+//!    until the kernel's next scheduled reseed (up to a minute later);
 //! 3. new network config when given and not the one the VM already has (`crate::net`:
 //!    address, default route, resolv.conf);
 //! 4. new identity when given (hostname, machine-id; also the container's files).
 //!
-//! Every step must succeed before the session answers `RestoreComplete`.
+//! Every step must succeed before the session answers `RestoreComplete`. Right after a restore
+//! under TCG every kernel path costs its translation (opening a file: milliseconds), so the
+//! steps use files opened before the snapshot ([`arm`], [`crate::container`]'s identity files).
 
 use fcvm_proto::{NetConfig, RestorePlan};
+use std::fs::File;
 use std::os::fd::AsRawFd;
+use std::sync::OnceLock;
 
 /// `_IOW('R', 0x03, int[2])`
 const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
+/// `_IO('R', 0x07)`
+const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
+
+static URANDOM: OnceLock<File> = OnceLock::new();
+
+/// Opens what the restore steps use, at boot (so a restore does not pay for the open).
+pub fn arm() {
+    let _ = urandom();
+}
+
+fn urandom() -> Result<&'static File, String> {
+    if let Some(f) = URANDOM.get() {
+        return Ok(f);
+    }
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/urandom")
+        .map_err(|e| format!("Open /dev/urandom: {e}"))?;
+    Ok(URANDOM.get_or_init(|| f))
+}
 
 /// `current` is the network the snapshotted VM was configured with.
 pub fn run(plan: &RestorePlan, current: Option<&NetConfig>) -> Result<(), String> {
@@ -51,18 +77,18 @@ pub fn pool_info(seed: &[u8]) -> Vec<u8> {
 }
 
 fn reseed(seed: &[u8]) -> Result<(), String> {
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open("/dev/urandom")
-        .map_err(|e| format!("Open /dev/urandom: {e}"))?;
+    let fd = urandom()?.as_raw_fd();
     // RNDADDENTROPY mixes the bytes in as well: no separate write needed.
     let info = pool_info(seed);
     // SAFETY: RNDADDENTROPY reads a rand_pool_info of the size encoded in its header.
-    if unsafe { libc::ioctl(f.as_raw_fd(), RNDADDENTROPY as _, info.as_ptr()) } != 0 {
-        return Err(format!(
-            "RNDADDENTROPY: {}",
-            std::io::Error::last_os_error()
-        ));
+    if unsafe { libc::ioctl(fd, RNDADDENTROPY as _, info.as_ptr()) } != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(format!("RNDADDENTROPY: {e}"));
+    }
+    // SAFETY: RNDRESEEDCRNG takes no argument.
+    if unsafe { libc::ioctl(fd, RNDRESEEDCRNG as _) } != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(format!("RNDRESEEDCRNG: {e}"));
     }
     Ok(())
 }

@@ -259,7 +259,6 @@ impl Session {
         }
         match process::start(id, spec, target, &self.out, t0) {
             Ok(s) => {
-                crate::log::console(&format!("stream {id}: {target:?} pid {} started", s.pid));
                 self.streams.insert(id, s);
             }
             Err((kind, message)) => {

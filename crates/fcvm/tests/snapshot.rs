@@ -11,6 +11,7 @@
 
 mod common;
 
+use std::collections::HashSet;
 use std::process::{Child, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -253,8 +254,24 @@ fn ten_clones_at_once_have_their_own_identity_and_writes() {
         assert!(o.status.success(), "{n}: {cmd}: {}", text(&o.stderr));
         text(&o.stdout)
     };
+    // Each clone has its own hostname, machine-id and random numbers (the CRNG is rekeyed
+    // on restore, not just fed).
+    let (mut ids, mut rands) = (HashSet::new(), HashSet::new());
     for n in &names {
-        assert_eq!(exec(n, "hostname"), format!("{n}\n"));
+        let out = exec(
+            n,
+            "hostname; cat /etc/machine-id; head -c 16 /dev/urandom | od -An -tx1",
+        );
+        let mut lines = out.lines();
+        assert_eq!(lines.next(), Some(n.as_str()));
+        let id = lines.next().unwrap_or_default().to_string();
+        assert_eq!(id.len(), 32, "{n}: machine-id {id:?}");
+        assert!(
+            ids.insert(id.clone()),
+            "{n}: machine-id {id} is another clone's"
+        );
+        let rnd: String = lines.collect();
+        assert!(rands.insert(rnd.clone()), "{n}: random bytes {rnd} repeat");
     }
     exec(&names[0], "echo mine > /tmp/only-in-first");
     assert_eq!(exec(&names[0], "cat /tmp/only-in-first"), "mine\n");
