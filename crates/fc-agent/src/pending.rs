@@ -12,7 +12,7 @@
 use crate::channel::Outbox;
 use crate::process::{self, Stream};
 use crate::pump::StdinMsg;
-use crate::warn;
+use crate::{info, warn};
 use fcvm_proto::{Frame, Msg, ProcessSpec, Target};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -74,7 +74,8 @@ impl Pending {
             Err((kind, message)) => {
                 let cancelled = self.finish(None);
                 if !cancelled {
-                    warn!("stream {id}: {target:?} {:?}: {message}", spec.args.first());
+                    // The host reports it to the user; agent.log keeps it.
+                    info!("stream {id}: {target:?} {:?}: {message}", spec.args.first());
                     out.send(Frame {
                         stream: id,
                         msg: Msg::Error { kind, message },

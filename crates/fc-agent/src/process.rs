@@ -247,6 +247,53 @@ fn os<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> StartError 
     move |e| failed(format!("{what}: {e}"))
 }
 
+/// A spawned process's stdio: the child's ends (closed once it runs) and ours.
+struct Stdio {
+    child: [OwnedFd; 3],
+    /// Output fds and whether each is stderr.
+    outputs: Vec<(OwnedFd, bool)>,
+    stdin: Option<OwnedFd>,
+    /// The pty master, for resizes.
+    tty: Option<OwnedFd>,
+}
+
+impl Stdio {
+    /// Pipes (stdin: /dev/null unless `stdin`), or the pty's slave as all three.
+    fn new(pty: Option<nix::pty::OpenptyResult>, stdin: bool) -> Result<Stdio, StartError> {
+        if let Some(pty) = pty {
+            return Ok(Stdio {
+                child: [dup(&pty.slave)?, dup(&pty.slave)?, pty.slave],
+                stdin: if stdin { Some(dup(&pty.master)?) } else { None },
+                tty: Some(dup(&pty.master)?),
+                outputs: vec![(pty.master, false)],
+            });
+        }
+        let (or, ow) = pipe()?;
+        let (er, ew) = pipe()?;
+        let (inr, inw) = if stdin {
+            let (r, w) = pipe()?;
+            (r, Some(w))
+        } else {
+            let null = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/null")
+                .map_err(os("open /dev/null"))?;
+            (OwnedFd::from(null), None)
+        };
+        Ok(Stdio {
+            child: [inr, ow, ew],
+            outputs: vec![(or, false), (er, true)],
+            stdin: inw,
+            tty: None,
+        })
+    }
+
+    fn child_raw(&self) -> [RawFd; 3] {
+        self.child.each_ref().map(|f| f.as_raw_fd())
+    }
+}
+
 fn pipe() -> Result<(OwnedFd, OwnedFd), StartError> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(os("pipe"))
 }
@@ -319,14 +366,30 @@ pub fn start(
         .first()
         .ok_or_else(|| failed("no command given"))?;
     let root = Path::new(if target == Target::Vm { "/" } else { ROOTFS });
-    let ids = crate::users::resolve(root, &spec.user).map_err(failed)?;
+    // Before the first Start after an image-cache restore, what the agent looked up before
+    // the snapshot still holds (see crate::warm::Lookups); a --vm process could change it.
+    let memo = match target {
+        Target::Container => crate::warm::lookups(),
+        _ => {
+            crate::warm::forget_lookups();
+            None
+        }
+    };
+    let ids = match &memo {
+        Some(m) => m.user(&spec.user),
+        None => crate::users::resolve(root, &spec.user),
+    }
+    .map_err(failed)?;
     let env = full_env(spec, &ids.home);
     let cwd = if spec.cwd.is_empty() {
         "/".to_string()
     } else {
         spec.cwd.clone()
     };
-    let found = find_executable(root, name, &path_of(&env), &cwd);
+    let path = path_of(&env);
+    let found = memo
+        .and_then(|m| m.exe(name, &path, &cwd))
+        .unwrap_or_else(|| find_executable(root, name, &path, &cwd));
     if let Some(err) = lookup_error(target, name, &found) {
         return Err(err);
     }
@@ -348,7 +411,7 @@ pub fn start(
     } else {
         None
     };
-    if target == Target::Container {
+    if target == Target::Container && cwd != "/" {
         // The workdir need not exist in the image (crun would fail on it).
         let _ = std::fs::create_dir_all(Path::new(ROOTFS).join(cwd.trim_start_matches('/')));
     }
@@ -360,6 +423,7 @@ pub fn start(
                 let init = crate::warm::InitSpec {
                     path: inside.clone(),
                     process: proc_cfg.clone(),
+                    stdin: spec.stdin,
                 };
                 (w, init)
             })
@@ -430,71 +494,36 @@ pub fn start(
             (Some(exec), None)
         }
     };
-    // stdio: (child ends, our ends)
-    let null = || {
-        std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/null")
-            .map(OwnedFd::from)
-            .map_err(os("open /dev/null"))
-    };
-    let (child_fds, outputs, stdin_fd, tty): (Vec<OwnedFd>, Vec<(OwnedFd, bool)>, _, _);
-    if let Some(pty) = pty {
-        let stdin = if spec.stdin {
-            Some(dup(&pty.master)?)
-        } else {
-            None
-        };
-        let resize = dup(&pty.master)?;
-        child_fds = vec![dup(&pty.slave)?, dup(&pty.slave)?, pty.slave];
-        outputs = vec![(pty.master, false)];
-        stdin_fd = stdin;
-        tty = Some(resize);
-    } else {
-        let (or, ow) = pipe()?;
-        let (er, ew) = pipe()?;
-        let (inr, inw) = if spec.stdin {
-            let (r, w) = pipe()?;
-            (r, Some(w))
-        } else {
-            (null()?, None)
-        };
-        child_fds = vec![inr, ow, ew];
-        outputs = vec![(or, false), (er, true)];
-        stdin_fd = inw;
-        tty = None;
-    }
-    let stdio = [
-        child_fds[0].as_raw_fd(),
-        child_fds[1].as_raw_fd(),
-        child_fds[2].as_raw_fd(),
-    ];
-    let (pid, status_rx) = match (warm, exec) {
-        (Some((w, init)), _) => w.start(&init, stdio).map_err(|(kind, msg)| {
-            let l = match kind {
-                ErrorKind::NotFound => Lookup::NotFound,
-                ErrorKind::NotExecutable => Lookup::NotExecutable,
-                _ => return failed(format!("start {name}: {msg}")),
-            };
-            lookup_error(target, name, &l).unwrap_or_else(|| failed(msg))
-        })?,
+    let (pid, status_rx, outputs, stdin_fd, tty) = match (warm, exec) {
+        (Some((w, init)), _) => {
+            let s = w.start(&init).map_err(|(kind, msg)| {
+                let l = match kind {
+                    ErrorKind::NotFound => Lookup::NotFound,
+                    ErrorKind::NotExecutable => Lookup::NotExecutable,
+                    _ => return failed(format!("start {name}: {msg}")),
+                };
+                lookup_error(target, name, &l).unwrap_or_else(|| failed(msg))
+            })?;
+            let outputs = vec![(s.stdout, false), (s.stderr, true)];
+            (s.pid, s.status, outputs, s.stdin, None)
+        }
         (None, Some((argv, path, envp, cwd, ids))) => {
+            let io = Stdio::new(pty, spec.stdin)?;
             let cmd = Cmd {
                 path: std::ffi::CString::new(path).map_err(os("path"))?,
                 argv,
                 envp,
                 cwd,
                 ids,
-                stdio,
+                stdio: io.child_raw(),
                 extra: vec![],
                 ctty: spec.tty,
             };
-            spawn(&cmd, target, name)?
+            let (pid, status) = spawn(&cmd, target, name)?;
+            (pid, status, io.outputs, io.stdin, io.tty)
         }
         (None, None) => return Err(failed("nothing to start")),
     };
-    drop(child_fds);
     let spawn_us = t0.elapsed().as_micros() as u64;
     let (stdin_tx, stdin_rx) = sync_channel(64);
     let stream = Arc::new(Stream {

@@ -262,7 +262,8 @@ impl Session {
                 self.streams.insert(id, s);
             }
             Err((kind, message)) => {
-                warn!("stream {id}: {target:?} {:?}: {message}", spec.args.first());
+                // The host reports it to the user; agent.log keeps it.
+                info!("stream {id}: {target:?} {:?}: {message}", spec.args.first());
                 self.reply(id, err(kind, &message));
             }
         }

@@ -21,24 +21,28 @@
 
 use crate::container::{BUNDLE, CRUN, ID};
 use crate::oci::{self, ProcConfig};
+use crate::pathres::{find_executable, Lookup, DEFAULT_PATH};
 use crate::process::{StartError, CONTAINER_PIDFILE};
 use crate::reaper::{self, cstrings, Cmd};
+use crate::users::Ids;
 use fcvm_proto::ErrorKind;
-use nix::sys::socket::{
-    recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
-    SockFlag, SockType,
-};
+use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 use serde::{Deserialize, Serialize};
-use std::io::IoSliceMut;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 use std::sync::mpsc::Receiver;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// The argument that makes this binary the stand-in instead of the VM's init.
 pub const INIT_ARG: &str = "fcvm-container-init";
 /// Where crun's errors from creating the warm container go.
 const ERR_FILE: &str = "/run/fcvm/warm-crun.err";
+
+/// The stand-in's fds (as crun passes them: `--preserve-fds` keeps 3 and up).
+const SOCK_FD: i32 = 3;
+const EXE_FD: i32 = 4;
+const STDIO_FDS: [i32; 3] = [5, 6, 7];
+const NULL_FD: i32 = 8;
 
 /// What the stand-in execs: resolved by the agent, which already checked it exists.
 #[derive(Debug, Serialize, Deserialize)]
@@ -47,6 +51,8 @@ pub struct InitSpec {
     pub path: String,
     /// Arguments, environment, directory and ids.
     pub process: ProcConfig,
+    /// Whether stdin is the pipe (`-i`) or /dev/null.
+    pub stdin: bool,
 }
 
 /// A created container whose stand-in waits for its command.
@@ -54,9 +60,60 @@ pub struct Warm {
     pid: i32,
     sock: OwnedFd,
     status: Receiver<i32>,
+    /// Our ends of its stdin, stdout and stderr pipes.
+    stdio: [OwnedFd; 3],
+}
+
+/// The stand-in's process, exec'd, and our ends of its pipes (stdin: only with `-i`).
+pub struct Started {
+    pub pid: i32,
+    pub status: Receiver<i32>,
+    pub stdin: Option<OwnedFd>,
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
 }
 
 static WARM: Mutex<Option<Warm>> = Mutex::new(None);
+
+/// What [`prefetch`] found, kept for the first Start: the files cannot have changed while
+/// the stand-in waits, as nothing else has run in the container (a `--vm` process could
+/// write to its files: [`forget_lookups`]).
+#[derive(Default)]
+pub struct Lookups {
+    passwd: String,
+    group: String,
+    /// (command, PATH it was looked up on from "/", result).
+    exes: Vec<(String, String, Lookup)>,
+}
+
+static LOOKUPS: Mutex<Option<Arc<Lookups>>> = Mutex::new(None);
+
+impl Lookups {
+    /// `users::resolve` of `spec` in the container.
+    pub fn user(&self, spec: &str) -> Result<Ids, String> {
+        crate::users::resolve_text(spec, &self.passwd, &self.group)
+    }
+
+    /// What `find_executable` answered for `name` on `path` from `cwd`, if it was asked.
+    pub fn exe(&self, name: &str, path: &str, cwd: &str) -> Option<Lookup> {
+        let hit = |(n, p, _): &&(String, String, Lookup)| n == name && p == path;
+        (cwd == "/")
+            .then(|| self.exes.iter().find(hit).map(|(_, _, l)| l.clone()))
+            .flatten()
+    }
+}
+
+/// The lookups made before the snapshot, while they are still true.
+pub fn lookups() -> Option<Arc<Lookups>> {
+    LOOKUPS.lock().ok().and_then(|l| l.clone())
+}
+
+/// Drops the lookups (something ran that could change the container's files).
+pub fn forget_lookups() {
+    if let Ok(mut l) = LOOKUPS.lock() {
+        *l = None;
+    }
+}
 
 /// Creates the warm container (no-op if a container exists already).
 pub fn create() -> Result<(), String> {
@@ -80,6 +137,15 @@ pub fn create() -> Result<(), String> {
     .map_err(|e| format!("socketpair: {}", e.desc()))?;
     let exe = std::fs::File::open("/proc/self/exe").map_err(|e| format!("open self: {e}"))?;
     let null = std::fs::File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
+    let pipe = || {
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {}", e.desc()))
+    };
+    let ((in_r, in_w), (out_r, out_w), (err_r, err_w)) = (pipe()?, pipe()?, pipe()?);
+    let rw_null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map_err(|e| format!("/dev/null: {e}"))?;
     let err = std::fs::File::create(ERR_FILE).map_err(|e| format!("{ERR_FILE}: {e}"))?;
     let _ = std::fs::remove_file(CONTAINER_PIDFILE);
     let argv = [
@@ -91,7 +157,7 @@ pub fn create() -> Result<(), String> {
         "--pid-file",
         CONTAINER_PIDFILE,
         "--preserve-fds",
-        "2",
+        "6",
         ID,
     ];
     let argv = cstrings(&argv)?;
@@ -102,11 +168,20 @@ pub fn create() -> Result<(), String> {
         cwd: None,
         ids: None,
         stdio: [null.as_raw_fd(), null.as_raw_fd(), err.as_raw_fd()],
-        extra: vec![theirs.as_raw_fd(), exe.as_raw_fd()],
+        // In the order of SOCK_FD, EXE_FD, STDIO_FDS, NULL_FD.
+        extra: vec![
+            theirs.as_raw_fd(),
+            exe.as_raw_fd(),
+            in_r.as_raw_fd(),
+            out_w.as_raw_fd(),
+            err_w.as_raw_fd(),
+            rw_null.as_raw_fd(),
+        ],
         ctty: false,
     };
     let (_, rx) = reaper::spawn(&cmd).map_err(|e| format!("{CRUN}: {e}"))?;
-    drop((theirs, exe, null, err));
+    drop((theirs, exe, null, err, rw_null));
+    drop((in_r, out_w, err_w));
     let code = rx.recv().map(reaper::exit_code).unwrap_or(255);
     if code != 0 {
         let msg = std::fs::read_to_string(ERR_FILE).unwrap_or_default();
@@ -123,6 +198,7 @@ pub fn create() -> Result<(), String> {
             pid,
             sock: ours,
             status,
+            stdio: [in_w, out_r, err_r],
         });
     }
     Ok(())
@@ -132,11 +208,18 @@ pub fn create() -> Result<(), String> {
 /// ELF interpreters, and the user database into the page cache. Best effort: a miss only
 /// costs the restored run a disk read.
 pub fn prefetch(commands: &[String]) {
-    use crate::pathres::{find_executable, Lookup, DEFAULT_PATH};
     let root = Path::new(crate::container::ROOTFS);
-    let _ = crate::users::resolve(root, "");
+    let read = |f: &str| std::fs::read_to_string(root.join(f)).unwrap_or_default();
+    let mut memo = Lookups {
+        passwd: read("etc/passwd"),
+        group: read("etc/group"),
+        exes: vec![],
+    };
     for name in commands {
-        if let Lookup::Found { host, .. } = find_executable(root, name, DEFAULT_PATH, "/") {
+        let found = find_executable(root, name, DEFAULT_PATH, "/");
+        memo.exes
+            .push((name.clone(), DEFAULT_PATH.to_string(), found.clone()));
+        if let Lookup::Found { host, .. } = found {
             let Ok(bytes) = std::fs::read(&host) else {
                 continue;
             };
@@ -146,6 +229,9 @@ pub fn prefetch(commands: &[String]) {
                 }
             }
         }
+    }
+    if let Ok(mut l) = LOOKUPS.lock() {
+        *l = Some(Arc::new(memo));
     }
 }
 
@@ -174,8 +260,10 @@ fn elf_interpreter(b: &[u8]) -> Option<String> {
     })
 }
 
-/// The warm container, if one waits (taking it: it serves one Start).
+/// The warm container, if one waits (taking it: it serves one Start, and the lookups made
+/// for it will no longer hold).
 pub fn take() -> Option<Warm> {
+    forget_lookups();
     WARM.lock().ok().and_then(|mut w| w.take())
 }
 
@@ -192,39 +280,39 @@ fn failed(msg: impl Into<String>) -> StartError {
 }
 
 impl Warm {
-    /// Hands the stand-in its command and stdio; returns once it exec'd (or failed to).
-    pub fn start(
-        self,
-        spec: &InitSpec,
-        stdio: [RawFd; 3],
-    ) -> Result<(i32, Receiver<i32>), StartError> {
-        let json = serde_json::to_vec(spec).map_err(|e| failed(format!("init spec: {e}")))?;
-        let fds = [ControlMessage::ScmRights(&stdio)];
-        sendmsg::<()>(
-            self.sock.as_raw_fd(),
-            &[std::io::IoSlice::new(&json)],
-            &fds,
-            MsgFlags::empty(),
-            None,
-        )
-        .map_err(|e| failed(format!("hand the command to the container: {}", e.desc())))?;
+    /// Hands the stand-in its command; returns once it exec'd (or failed to).
+    pub fn start(self, spec: &InitSpec) -> Result<Started, StartError> {
+        let msg = postcard::to_allocvec(spec).map_err(|e| failed(format!("init spec: {e}")))?;
+        let sock = self.sock.as_raw_fd();
+        // SAFETY: writing our buffer to our socket (one SEQPACKET message).
+        if unsafe { libc::write(sock, msg.as_ptr().cast(), msg.len()) } != msg.len() as isize {
+            let e = std::io::Error::last_os_error();
+            return Err(failed(format!("hand the command to the container: {e}")));
+        }
         let mut buf = [0u8; 64];
         let n = loop {
             // SAFETY: reading into a local buffer from our socket.
-            let n = unsafe { libc::read(self.sock.as_raw_fd(), buf.as_mut_ptr().cast(), 64) };
+            let n = unsafe { libc::read(sock, buf.as_mut_ptr().cast(), 64) };
             if n >= 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
                 break n;
             }
         };
-        if n <= 0 {
-            return Ok((self.pid, self.status));
+        if n > 0 {
+            let errno: i32 = String::from_utf8_lossy(&buf[..n as usize])
+                .trim()
+                .parse()
+                .unwrap_or(libc::EIO);
+            let e = std::io::Error::from_raw_os_error(errno);
+            return Err((exec_error_kind(errno), e.to_string()));
         }
-        let errno: i32 = String::from_utf8_lossy(&buf[..n as usize])
-            .trim()
-            .parse()
-            .unwrap_or(libc::EIO);
-        Err(std::io::Error::from_raw_os_error(errno))
-            .map_err(|e| (exec_error_kind(errno), e.to_string()))
+        let [stdin, stdout, stderr] = self.stdio;
+        Ok(Started {
+            pid: self.pid,
+            status: self.status,
+            stdin: spec.stdin.then_some(stdin),
+            stdout,
+            stderr,
+        })
     }
 }
 
@@ -243,51 +331,45 @@ pub fn container_init() -> ! {
         let msg = errno.to_string();
         // SAFETY: writing a short message to our socket, then exiting.
         unsafe {
-            libc::write(3, msg.as_ptr().cast(), msg.len());
+            libc::write(SOCK_FD, msg.as_ptr().cast(), msg.len());
             libc::_exit(if errno == libc::ENOENT { 127 } else { 126 })
         }
     };
     reset_signals();
     let mut buf = vec![0u8; 1 << 20];
-    let mut iov = [IoSliceMut::new(&mut buf)];
-    let mut space = nix::cmsg_space!([RawFd; 3]);
-    let (n, fds) = match recvmsg::<()>(3, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC) {
-        Ok(m) => {
-            let mut fds = Vec::new();
-            if let Ok(cmsgs) = m.cmsgs() {
-                for c in cmsgs {
-                    if let ControlMessageOwned::ScmRights(f) = c {
-                        fds.extend(f);
-                    }
-                }
-            }
-            (m.bytes, fds)
+    let n = loop {
+        // SAFETY: reading one message into our buffer.
+        let n = unsafe { libc::read(SOCK_FD, buf.as_mut_ptr().cast(), buf.len()) };
+        if n >= 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            break n;
         }
-        Err(_) => std::process::exit(1),
     };
-    if n == 0 || fds.len() != 3 {
+    if n <= 0 {
         std::process::exit(1); // the agent let go of us: nothing to run
     }
     let Ok(InitSpec {
         path,
         process: spec,
-    }) = serde_json::from_slice::<InitSpec>(&buf[..n])
+        stdin,
+    }) = postcard::from_bytes::<InitSpec>(&buf[..n as usize])
     else {
         fail(libc::EINVAL)
     };
+    let stdio = [
+        if stdin { STDIO_FDS[0] } else { NULL_FD },
+        STDIO_FDS[1],
+        STDIO_FDS[2],
+    ];
     // SAFETY: single-threaded fresh process arranging its own fds, ids and directory; every
     // pointer passed lives until the exec.
     unsafe {
-        libc::close(4);
-        for (i, fd) in fds.iter().enumerate() {
-            if libc::dup2(*fd, i as i32) < 0 {
+        for (i, fd) in stdio.into_iter().enumerate() {
+            if libc::dup2(fd, i as i32) < 0 {
                 fail(errno());
             }
         }
-        for fd in fds {
-            if fd > 2 {
-                drop(OwnedFd::from_raw_fd(fd));
-            }
+        for fd in EXE_FD..=NULL_FD {
+            libc::close(fd);
         }
         if libc::setgroups(spec.groups.len(), spec.groups.as_ptr()) != 0
             || libc::setgid(spec.gid) != 0
@@ -306,7 +388,7 @@ pub fn container_init() -> ! {
         if libc::chdir(cwd.as_ptr()) != 0 {
             fail(errno());
         }
-        libc::fcntl(3, libc::F_SETFD, libc::FD_CLOEXEC);
+        libc::fcntl(SOCK_FD, libc::F_SETFD, libc::FD_CLOEXEC);
         let (argv, envp) = (
             reaper::null_terminated(&args),
             reaper::null_terminated(&env),
@@ -355,5 +437,33 @@ mod tests {
             None,
             "a truncated header"
         );
+    }
+
+    #[test]
+    fn remembered_lookups_answer_only_what_was_asked() {
+        use super::{Lookup, Lookups, DEFAULT_PATH};
+        let found = Lookup::Found {
+            inside: "/bin/busybox".into(),
+            host: "/r/bin/busybox".into(),
+        };
+        let m = Lookups {
+            passwd: "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n".into(),
+            group: "root:x:0:\napp:x:1000:\n".into(),
+            exes: vec![("echo".into(), DEFAULT_PATH.into(), found.clone())],
+        };
+        assert_eq!(m.exe("echo", DEFAULT_PATH, "/"), Some(found));
+        assert_eq!(m.exe("echo", "/bin", "/"), None, "another PATH");
+        assert_eq!(
+            m.exe("echo", DEFAULT_PATH, "/tmp"),
+            None,
+            "another directory"
+        );
+        assert_eq!(m.exe("cat", DEFAULT_PATH, "/"), None);
+        let app = m.user("app").unwrap();
+        assert_eq!(
+            (app.uid, app.gid, app.home.as_str()),
+            (1000, 1000, "/home/app")
+        );
+        assert!(m.user("nobody").is_err());
     }
 }
