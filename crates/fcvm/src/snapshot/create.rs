@@ -107,12 +107,7 @@ async fn save_paused(
     } else {
         super::rehydrate::FULL_STREAM
     });
-    qmp.execute(
-        "migrate",
-        json!({ "uri": format!("exec:cat > '{}'", dev.display()) }),
-    )
-    .await
-    .map_err(vmm_err)?;
+    qmp.migrate_to(&dev).await.map_err(vmm_err)?;
     qmp.wait_migration(SAVE_TIMEOUT).await.map_err(vmm_err)?;
     let files: &[&str] = if own_ram {
         &[RAM_FILE, RW_DISK]

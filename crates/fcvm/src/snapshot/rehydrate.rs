@@ -10,7 +10,6 @@
 use std::path::Path;
 use std::time::Duration;
 
-use serde_json::json;
 
 use super::{io_err, Manifest, SnapshotError, DEVSTATE, RAM_FILE, RW_DISK};
 use crate::vmm::qemu::qmp::Qmp;
@@ -46,21 +45,11 @@ pub async fn rehydrate(dir: &Path, m: &Manifest, net_args: &[String]) -> Result<
             .await
             .map_err(q)?;
         let full = dir.join(FULL_STREAM);
-        qmp.execute(
-            "migrate-incoming",
-            json!({ "uri": format!("exec:cat '{}'", full.display()) }),
-        )
-        .await
-        .map_err(q)?;
+        qmp.migrate_in_from(&full).await.map_err(q)?;
         qmp.wait_migration(STEP_TIMEOUT).await.map_err(q)?;
         qmp.set_ignore_shared(true).await.map_err(q)?;
         let dev = dir.join(DEVSTATE);
-        qmp.execute(
-            "migrate",
-            json!({ "uri": format!("exec:cat > '{}'", dev.display()) }),
-        )
-        .await
-        .map_err(q)?;
+        qmp.migrate_to(&dev).await.map_err(q)?;
         qmp.wait_migration(STEP_TIMEOUT).await.map_err(q)?;
         Ok(())
     }

@@ -84,12 +84,9 @@ async fn resume(
         .await
         .map_err(|e| err("QMP", e.to_string()))?;
     let dev: PathBuf = snap_dir.join(DEVSTATE);
-    qmp.execute(
-        "migrate-incoming",
-        json!({ "uri": format!("exec:cat '{}'", dev.display()) }),
-    )
-    .await
-    .map_err(|e| err("loading device state", e.to_string()))?;
+    qmp.migrate_in_from(&dev)
+        .await
+        .map_err(|e| err("loading device state", e.to_string()))?;
     qmp.wait_migration(STEP_TIMEOUT)
         .await
         .map_err(|e| err("loading device state", e.to_string()))?;

@@ -2,13 +2,17 @@
 //!
 //! fcvm uses QMP only for snapshot work (stop, migrate with `x-ignore-shared`, incoming
 //! migration, cont) and status queries. Events are skipped; each command waits for its own
-//! `return` or `error`.
+//! `return` or `error`. Migration streams go through a file descriptor that fcvm opens and
+//! hands over (`getfd` with SCM_RIGHTS, then `fd:NAME`): no `exec:cat` process per restore.
 
+use std::io::IoSlice;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Interest};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
 
@@ -70,6 +74,53 @@ impl Qmp {
         let mut bytes = serde_json::to_vec(&msg)?;
         bytes.push(b'\n');
         self.wr.write_all(&bytes).await?;
+        self.reply(cmd).await
+    }
+
+    /// `getfd`: QEMU keeps a copy of `fd` under `name` (for `fd:NAME` URIs).
+    pub async fn send_fd(&mut self, name: &str, fd: impl AsFd) -> Result<(), QmpError> {
+        let msg = json!({ "execute": "getfd", "arguments": { "fdname": name } });
+        let mut bytes = serde_json::to_vec(&msg)?;
+        bytes.push(b'\n');
+        let sock: &UnixStream = self.wr.as_ref();
+        let fds = [fd.as_fd().as_raw_fd()];
+        loop {
+            sock.writable().await?;
+            // The fd must travel with the command's bytes: one sendmsg, not write_all.
+            let sent = sock.try_io(Interest::WRITABLE, || {
+                let rights = [ControlMessage::ScmRights(&fds)];
+                let iov = [IoSlice::new(&bytes)];
+                sendmsg::<()>(sock.as_raw_fd(), &iov, &rights, MsgFlags::empty(), None)
+                    .map_err(std::io::Error::from)
+            });
+            match sent {
+                Ok(n) if n == bytes.len() => break,
+                Ok(_) => return Err(QmpError::Closed),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.reply("getfd").await.map(|_| ())
+    }
+
+    /// Starts loading a migration stream from the file at `path` (`-incoming defer` VMs).
+    pub async fn migrate_in_from(&mut self, path: &Path) -> Result<(), QmpError> {
+        let f = std::fs::File::open(path)?;
+        self.send_fd("incoming", &f).await?;
+        let uri = json!({ "uri": "fd:incoming" });
+        self.execute("migrate-incoming", uri).await.map(|_| ())
+    }
+
+    /// Starts writing the VM's migration stream to a new file at `path`.
+    pub async fn migrate_to(&mut self, path: &Path) -> Result<(), QmpError> {
+        let f = std::fs::File::create(path)?;
+        self.send_fd("outgoing", &f).await?;
+        self.execute("migrate", json!({ "uri": "fd:outgoing" }))
+            .await
+            .map(|_| ())
+    }
+
+    async fn reply(&mut self, cmd: &str) -> Result<Value, QmpError> {
         loop {
             let v = self.read_msg().await?;
             if v.get("event").is_some() {
