@@ -20,14 +20,19 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::cpio::{Archive, Data};
+use super::fingerprint::Memo;
 use super::{io_err, AssetError};
-use crate::util::{run_tool, sha256_file, sha256_hex};
+use crate::util::{run_tool, sha256_hex};
 
 /// Bump when the layout above changes, so every initramfs is rebuilt.
 pub(super) const LAYOUT: &str = "fcvm-initramfs-1";
 /// Prefix of the temp file in `tmp/` (a crash can leave one; see `clean_stale`).
 pub(super) const TMP_PREFIX: &str = "initramfs.";
 pub(super) const CRUN: &str = "/usr/bin/crun";
+/// What `ldd` lists for crun depends on: crun and what the loader reads to find libraries
+/// (ldconfig rewrites the cache whenever libraries are installed, moved or removed; dpkg runs
+/// it).
+const LDD_INPUTS: [&str; 3] = [CRUN, "/etc/ld.so.cache", "/etc/ld.so.preload"];
 const EMPTY_DIRS: &[&str] = &[
     "/proc",
     "/sys",
@@ -49,21 +54,35 @@ pub(super) struct HostFile {
     pub sha256: String,
 }
 
-/// crun and the shared libraries it loads (including the dynamic loader), hashed.
-pub(super) fn crun_files() -> Result<Vec<HostFile>, AssetError> {
+/// crun and the shared libraries it loads (including the dynamic loader), hashed. Both the
+/// `ldd` list and the hashes come from `memo` while the files they depend on are unchanged.
+pub(super) fn crun_files(memo: &mut Memo) -> Result<Vec<HostFile>, AssetError> {
     if !Path::new(CRUN).is_file() {
         return Err(AssetError::CrunMissing);
     }
-    let out = run_tool(Command::new("ldd").arg(CRUN), "libc-bin")?;
-    let mut paths = vec![PathBuf::from(CRUN)];
-    paths.extend(parse_ldd(&String::from_utf8_lossy(&out))?);
-    paths
-        .into_iter()
+    let libs = memo.paths(&ldd_key(), &LDD_INPUTS.map(Path::new), || {
+        let out = run_tool(Command::new("ldd").arg(CRUN), "libc-bin")?;
+        parse_ldd(&String::from_utf8_lossy(&out))
+    })?;
+    std::iter::once(PathBuf::from(CRUN))
+        .chain(libs)
         .map(|path| {
-            let sha256 = sha256_file(&path).map_err(io_err("read", &path))?;
+            let sha256 = memo.sha256(&path).map_err(io_err("read", &path))?;
             Ok(HostFile { path, sha256 })
         })
         .collect()
+}
+
+/// Names the `ldd` run, with the environment the loader takes library paths, preloads and
+/// tunables (e.g. which `glibc-hwcaps` variant to load) from.
+fn ldd_key() -> String {
+    let mut env: Vec<String> = std::env::vars_os()
+        .map(|(n, v)| format!("{}={}", n.to_string_lossy(), v.to_string_lossy()))
+        .filter(|kv| kv.starts_with("LD_") || kv.starts_with("GLIBC_TUNABLES="))
+        .collect();
+    env.sort();
+    env.insert(0, format!("ldd {CRUN}"));
+    env.join(" ")
 }
 
 /// The absolute library paths in `ldd` output, in its order. The vDSO has no file; a

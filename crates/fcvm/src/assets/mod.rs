@@ -4,13 +4,15 @@
 //! 1. kernel: the newest complete `assets/kernel-<version>/` (ELF vmlinux + modules), else
 //!    Debian's current kernel package through apt ([`kernel`]),
 //! 2. initramfs: `assets/initramfs-<id16>.cpio`, its id hashed from the kernel id, the agent
-//!    and crun with its libraries, rebuilt when any of them changes ([`initramfs`]).
+//!    and crun with its libraries, rebuilt when any of them changes ([`initramfs`]). Those
+//!    hashes are memoized by file stat ([`fingerprint`]): an unchanged set costs a few `stat`s.
 //!
 //! Every asset is built in `tmp/` and renamed into place, so a crash never leaves a half-written
 //! one behind. Building holds an exclusive lock on `locks/assets.lock`: two concurrent runs
 //! build once. When everything is cached, nothing is printed and no lock or network is used.
 
 mod cpio;
+mod fingerprint;
 mod initramfs;
 mod kernel;
 mod modules;
@@ -82,12 +84,15 @@ pub(super) fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Erro
 
 /// Builds what is missing, reuses what is there (a no-op the second time), shows progress.
 pub fn ensure(dirs: &Dirs, agent: &Path) -> Result<Assets, AssetError> {
-    let agent_bytes = std::fs::read(agent).map_err(io_err("read", agent))?;
-    if !is_static_elf(&agent_bytes) {
+    // Only the headers: the whole agent is read when an initramfs is built.
+    let head = elf_head(agent).map_err(io_err("read", agent))?;
+    if !is_static_elf(&head) {
         return Err(AssetError::AgentNotStatic(agent.to_path_buf()));
     }
-    let agent_sha = sha256_hex(&agent_bytes);
-    let crun = initramfs::crun_files()?;
+    let mut memo = fingerprint::Memo::load(dirs.assets().join(fingerprint::FILE));
+    let agent_sha = memo.sha256(agent).map_err(io_err("read", agent))?;
+    let crun = initramfs::crun_files(&mut memo)?;
+    memo.save();
 
     // Fast path: everything published is complete (atomic renames), so no lock is needed.
     if let Some(a) = cached(dirs, &agent_sha, &crun) {
@@ -100,7 +105,13 @@ pub fn ensure(dirs: &Dirs, agent: &Path) -> Result<Assets, AssetError> {
         Some(k) => k,
         None => kernel::build(dirs)?,
     };
-    let id = initramfs::id(&kernel.id, &agent_sha, &crun);
+    // The id hashes the very bytes archived: the agent may have been rebuilt since it was
+    // hashed above.
+    let agent_bytes = std::fs::read(agent).map_err(io_err("read", agent))?;
+    if !is_static_elf(&agent_bytes) {
+        return Err(AssetError::AgentNotStatic(agent.to_path_buf()));
+    }
+    let id = initramfs::id(&kernel.id, &sha256_hex(&agent_bytes), &crun);
     let path = initramfs_path(dirs, &id);
     if !path.exists() {
         let step = progress::step("Building initramfs");
@@ -176,9 +187,23 @@ fn clean_stale(dirs: &Dirs) {
 }
 
 /// True for an x86-64 ELF executable without a program interpreter (PT_INTERP): a dynamic
-/// agent would die as PID 1 with an unhelpful kernel panic, so it is refused here.
+/// agent would die as PID 1 with an unhelpful kernel panic, so it is refused here. `b` needs
+/// only the file's start up to the end of its program headers ([`elf_head`]).
 fn is_static_elf(b: &[u8]) -> bool {
     const PT_INTERP: u32 = 3;
+    let Some((phoff, phentsize, phnum)) = program_headers(b) else {
+        return false;
+    };
+    (0..phnum).all(|i| {
+        let o = phoff.saturating_add(i * phentsize);
+        b.get(o..)
+            .and_then(|t| t.get(..4))
+            .is_some_and(|t| u32::from_le_bytes(t.try_into().unwrap()) != PT_INTERP)
+    })
+}
+
+/// e_phoff, e_phentsize and e_phnum of an x86-64 ELF64 little-endian header, else `None`.
+fn program_headers(b: &[u8]) -> Option<(usize, usize, usize)> {
     let u16_at = |o: usize| {
         b.get(o..o + 2)
             .map(|s| u16::from_le_bytes([s[0], s[1]]) as usize)
@@ -189,16 +214,25 @@ fn is_static_elf(b: &[u8]) -> bool {
     };
     // ELF64 (class 2), little-endian (1), x86-64 (62).
     if b.len() < 64 || &b[..4] != b"\x7fELF" || b[4] != 2 || b[5] != 1 || u16_at(18) != Some(62) {
-        return false;
+        return None;
     }
-    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(32), u16_at(54), u16_at(56)) else {
-        return false;
-    };
-    (0..phnum).all(|i| {
-        let o = phoff + i * phentsize;
-        b.get(o..o + 4)
-            .is_some_and(|t| u32::from_le_bytes(t.try_into().unwrap()) != PT_INTERP)
-    })
+    Some((u64_at(32)?, u16_at(54)?, u16_at(56)?))
+}
+
+/// The start of the file at `path` up to the end of its ELF program headers (a few hundred
+/// bytes), or just its first 64 bytes if it is no x86-64 ELF.
+fn elf_head(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut head = Vec::new();
+    (&mut f).take(64).read_to_end(&mut head)?;
+    if let Some((phoff, phentsize, phnum)) = program_headers(&head) {
+        let end = phoff.saturating_add(phentsize * phnum);
+        // `take` stops at the end of the file, whatever a bogus header claims.
+        f.take(end.saturating_sub(head.len()) as u64)
+            .read_to_end(&mut head)?;
+    }
+    Ok(head)
 }
 
 /// Where the static agent binary is: `$FCVM_AGENT`, else `fc-agent` next to the current exe,
@@ -261,6 +295,29 @@ mod tests {
         if let Ok(bb) = std::fs::read("/bin/busybox") {
             assert!(is_static_elf(&bb), "busybox-static");
         }
+    }
+
+    #[test]
+    fn static_check_needs_only_the_head() {
+        let head = elf_head(Path::new("/bin/ls")).unwrap();
+        assert!(head.len() < 4096 && head.len() > 64, "{}", head.len());
+        assert!(!is_static_elf(&head), "/bin/ls is dynamic");
+        let d = tempfile::tempdir().unwrap();
+        let script = d.path().join("script");
+        std::fs::write(&script, b"#!/bin/sh\n").unwrap();
+        assert_eq!(elf_head(&script).unwrap(), b"#!/bin/sh\n");
+        if Path::new("/bin/busybox").exists() {
+            assert!(is_static_elf(&elf_head(Path::new("/bin/busybox")).unwrap()));
+        }
+        // A header claiming program headers far beyond the file: read up to its end only.
+        let mut bogus = [0u8; 64];
+        bogus[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        bogus[18] = 62;
+        bogus[32..40].copy_from_slice(&(u64::MAX / 2).to_le_bytes());
+        bogus[54..58].copy_from_slice(&[56, 0, 0xff, 0xff]);
+        std::fs::write(&script, bogus).unwrap();
+        assert_eq!(elf_head(&script).unwrap(), bogus);
+        assert!(!is_static_elf(&bogus));
     }
 
     /// Builds the real assets: `FCVM_DATA_DIR` (default /tmp/fcvm-assets-test), agent

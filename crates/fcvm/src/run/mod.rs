@@ -82,6 +82,7 @@ impl Facts {
             &self.image_digest,
             &self.assets.kernel_id,
             &self.assets.initramfs_id,
+            vmm::qemu::cmdline::KERNEL_ARGS,
             &self.cpus.to_string(),
             &self.mem_mib.to_string(),
             &format!("{:?}/{:?}", self.backend, self.accel),

@@ -10,7 +10,6 @@
 use std::path::Path;
 use std::time::Duration;
 
-
 use super::{io_err, Manifest, SnapshotError, DEVSTATE, RAM_FILE, RW_DISK};
 use crate::vmm::qemu::qmp::Qmp;
 use crate::vmm::{self, Memory};

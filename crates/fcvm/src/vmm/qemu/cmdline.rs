@@ -27,8 +27,14 @@ pub fn host_tsc_khz() -> Option<u64> {
     Some((mhz * 1000.0) as u64)
 }
 
+/// The fixed kernel arguments. Part of the image-cache key: a restored snapshot runs a kernel
+/// that booted with them.
+pub const KERNEL_ARGS: &str = "console=ttyS0 quiet panic=-1 reboot=t";
+
+/// [`KERNEL_ARGS`] and the TSC frequency. The frequency is not part of the key: it is read
+/// from /proc/cpuinfo, which varies with frequency scaling, and would defeat the cache.
 pub fn kernel_cmdline(tsc_khz: Option<u64>) -> String {
-    let mut s = String::from("console=ttyS0 quiet panic=-1 reboot=t");
+    let mut s = String::from(KERNEL_ARGS);
     if let Some(k) = tsc_khz {
         s.push_str(&format!(" tsc_early_khz={k}"));
     }
