@@ -576,10 +576,17 @@ pub fn start(
             .spawn(move || stdin_loop(&s, fd, stdin_rx, is_tty));
     }
     let s = stream.clone();
-    std::thread::Builder::new()
-        .name(format!("pump-{id}"))
-        .spawn(move || pump(&s, outputs, status_rx))
-        .map_err(os("thread"))?;
+    let job: crate::warm::Job = Box::new(move || pump(&s, outputs, status_rx));
+    let job = match warm_started {
+        true => crate::warm::on_spare_thread(job).err(),
+        false => Some(job),
+    };
+    if let Some(job) = job {
+        std::thread::Builder::new()
+            .name(format!("pump-{id}"))
+            .spawn(job)
+            .map_err(os("thread"))?;
+    }
     Ok(stream)
 }
 
