@@ -5,13 +5,16 @@
   10 parallel execs right after a restore (wall, failures);
   N restore+exec cycles (`snapshot run --exec`, failures);
   10 clones' total PSS / one VM's PSS.
-usage: bench/snapshot.py [--cycles 100] [--accel tcg]     (after ./fcvm setup)
+usage: bench/snapshot.py [--cycles 100] [--cold-runs 3] [--cached-runs 11] [--accel tcg]
+       (after ./fcvm setup). Medians: start times vary by ±30 % run to run on a shared host.
 """
 import argparse, json, os, re, statistics, subprocess, sys, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ap = argparse.ArgumentParser()
 ap.add_argument("--cycles", type=int, default=100)
+ap.add_argument("--cold-runs", type=int, default=3)
+ap.add_argument("--cached-runs", type=int, default=11)
 ap.add_argument("--accel", default="tcg")
 a = ap.parse_args()
 F = os.path.join(ROOT, "target/release/fcvm")
@@ -60,9 +63,10 @@ def exec_rt(name):
 
 # warm the image cache, then measure
 subprocess.run([F, "podman", "run", "--network", "none", IMG, "true"], env=ENV, check=True)
-cold = sorted(first_byte(["podman", "run", "--no-snapshot", "--network", "none", IMG, "echo", "hi"])[0] for _ in range(3))
+cold = sorted(first_byte(["podman", "run", "--no-snapshot", "--network", "none", IMG, "echo", "hi"])[0]
+              for _ in range(a.cold_runs))
 cached, ready = [], []
-for _ in range(5):
+for _ in range(a.cached_runs):
     t, err = first_byte(["podman", "run", "--network", "none", IMG, "echo", "hi"])
     m = re.search(r"restored_from=(\S+) .*ready_ms=(\d+)", err)
     if not m or m.group(1) == "-":
