@@ -17,6 +17,7 @@ mod net;
 mod oci;
 mod pathres;
 mod pending;
+mod pool;
 mod probe;
 mod process;
 mod pump;

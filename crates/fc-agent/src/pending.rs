@@ -51,9 +51,7 @@ impl Pending {
             }),
         });
         let (pw, wout) = (p.clone(), out.clone());
-        let spawned = std::thread::Builder::new()
-            .name(format!("start-{id}"))
-            .spawn(move || pw.run(id, &spec, target, &wout, t0));
+        let spawned = crate::pool::run(Box::new(move || pw.run(id, &spec, target, &wout, t0)));
         if let Err(e) = spawned {
             p.finish(None);
             let kind = fcvm_proto::ErrorKind::Failed;

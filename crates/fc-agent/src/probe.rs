@@ -31,14 +31,12 @@ pub fn cancel_all() {
 pub fn start(stream: u32, url: String, timeout_ms: u32, out: &Outbox) {
     let gen = GENERATION.load(Ordering::SeqCst);
     let tx = out.clone();
-    let spawned = std::thread::Builder::new()
-        .name("probe".into())
-        .spawn(move || {
-            let msg = answer(get(&url, Duration::from_millis(timeout_ms.max(1) as u64)));
-            if GENERATION.load(Ordering::SeqCst) == gen {
-                tx.send(Frame { stream, msg });
-            }
-        });
+    let spawned = crate::pool::run(Box::new(move || {
+        let msg = answer(get(&url, Duration::from_millis(timeout_ms.max(1) as u64)));
+        if GENERATION.load(Ordering::SeqCst) == gen {
+            tx.send(Frame { stream, msg });
+        }
+    }));
     if let Err(e) = spawned {
         out.send(Frame {
             stream,

@@ -544,24 +544,22 @@ pub fn start(
         // signal, never on a guess (DESIGN §4).
         let s = stream.clone();
         let size = spec.tty.then_some((spec.rows.max(1), spec.cols.max(1)));
-        let _ = std::thread::Builder::new()
-            .name("started".into())
-            .spawn(move || {
-                let pidfile = s.pidfile.clone().unwrap_or_default();
-                while !s.finished() && !pidfile.exists() {
-                    std::thread::sleep(std::time::Duration::from_millis(2));
-                }
-                if let Some((rows, cols)) = size {
-                    size_container_pty(&s, rows, cols);
-                }
-                if !s.finished() {
-                    let spawn_us = t0.elapsed().as_micros() as u64;
-                    s.send(Msg::Started {
-                        pid: pid as u32,
-                        spawn_us,
-                    });
-                }
-            });
+        let _ = crate::pool::run(Box::new(move || {
+            let pidfile = s.pidfile.clone().unwrap_or_default();
+            while !s.finished() && !pidfile.exists() {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            if let Some((rows, cols)) = size {
+                size_container_pty(&s, rows, cols);
+            }
+            if !s.finished() {
+                let spawn_us = t0.elapsed().as_micros() as u64;
+                s.send(Msg::Started {
+                    pid: pid as u32,
+                    spawn_us,
+                });
+            }
+        }));
     } else {
         stream.send(Msg::Started {
             pid: pid as u32,
@@ -571,22 +569,10 @@ pub fn start(
     if let Some(fd) = stdin_fd {
         let s = stream.clone();
         let is_tty = spec.tty;
-        let _ = std::thread::Builder::new()
-            .name(format!("stdin-{id}"))
-            .spawn(move || stdin_loop(&s, fd, stdin_rx, is_tty));
+        let _ = crate::pool::run(Box::new(move || stdin_loop(&s, fd, stdin_rx, is_tty)));
     }
     let s = stream.clone();
-    let job: crate::warm::Job = Box::new(move || pump(&s, outputs, status_rx));
-    let job = match warm_started {
-        true => crate::warm::on_spare_thread(job).err(),
-        false => Some(job),
-    };
-    if let Some(job) = job {
-        std::thread::Builder::new()
-            .name(format!("pump-{id}"))
-            .spawn(job)
-            .map_err(os("thread"))?;
-    }
+    crate::pool::run(Box::new(move || pump(&s, outputs, status_rx))).map_err(os("thread"))?;
     Ok(stream)
 }
 

@@ -75,39 +75,6 @@ pub struct Started {
 
 static WARM: Mutex<Option<Warm>> = Mutex::new(None);
 
-/// Work for [`SPARE`].
-pub type Job = Box<dyn FnOnce() + Send>;
-
-/// A thread started with the warm container, waiting to pump the first Start's output:
-/// creating a thread right after a restore runs untranslated kernel paths (clone, mmap)
-/// under TCG.
-static SPARE: Mutex<Option<std::sync::mpsc::SyncSender<Job>>> = Mutex::new(None);
-
-fn start_spare() {
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(1);
-    let spawned = std::thread::Builder::new()
-        .name("spare".into())
-        .spawn(move || {
-            if let Ok(job) = rx.recv() {
-                job()
-            }
-        });
-    if spawned.is_ok() {
-        if let Ok(mut s) = SPARE.lock() {
-            *s = Some(tx);
-        }
-    }
-}
-
-/// Runs `job` on the spare thread if there still is one, else gives it back.
-pub fn on_spare_thread(job: Job) -> Result<(), Job> {
-    let tx = SPARE.lock().ok().and_then(|mut s| s.take());
-    match tx {
-        Some(tx) => tx.send(job).map_err(|e| e.0),
-        None => Err(job),
-    }
-}
-
 /// What [`prefetch`] found, kept for the first Start: the files cannot have changed while
 /// the stand-in waits, as nothing else has run in the container (a `--vm` process could
 /// write to its files: [`forget_lookups`]).
@@ -226,7 +193,8 @@ pub fn create() -> Result<(), String> {
         .and_then(|s| s.trim().parse::<i32>().ok())
         .ok_or("crun wrote no pid file")?;
     let status = reaper::adopt(pid);
-    start_spare();
+    // The first Start's output pump then finds a thread waiting (crate::pool).
+    crate::pool::prestart(1);
     if let Ok(mut w) = WARM.lock() {
         *w = Some(Warm {
             pid,
