@@ -8,9 +8,9 @@
 use crate::container::ROOTFS;
 use oci_spec::runtime::{
     Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxDeviceCgroupBuilder,
-    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResourcesBuilder, Mount, MountBuilder,
-    PosixRlimitBuilder, PosixRlimitType, Process, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
-    UserBuilder,
+    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPersonalityBuilder, LinuxPersonalityDomain,
+    LinuxResourcesBuilder, Mount, MountBuilder, PosixRlimitBuilder, PosixRlimitType, Process,
+    ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 use std::path::Path;
 
@@ -165,8 +165,15 @@ pub fn spec(p: &ProcConfig) -> Result<Spec, String> {
         .build()
         .map_err(e("devices"))?;
     let strs = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    // crun itself runs with a fixed address layout (reaper::Cmd::fixed_layout); the
+    // personality it sets from here gives the container's processes their ASLR back.
+    let personality = LinuxPersonalityBuilder::default()
+        .domain(LinuxPersonalityDomain::PerLinux)
+        .build()
+        .map_err(e("personality"))?;
     let linux = LinuxBuilder::default()
         .namespaces(namespaces)
+        .personality(personality)
         .resources(
             LinuxResourcesBuilder::default()
                 .devices(vec![deny_all])
@@ -257,6 +264,7 @@ mod tests {
             .map(|n| n["type"].as_str().unwrap())
             .collect();
         assert_eq!(ns, ["pid", "ipc", "mount"]);
+        assert_eq!(v["linux"]["personality"]["domain"], "LINUX");
         let dests: Vec<&str> = v["mounts"]
             .as_array()
             .unwrap()

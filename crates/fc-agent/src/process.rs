@@ -518,6 +518,8 @@ pub fn start(
                 stdio: io.child_raw(),
                 extra: vec![],
                 ctty: spec.tty,
+                // crun (every target but the VM's own processes), see Cmd::fixed_layout.
+                fixed_layout: target != Target::Vm,
             };
             let (pid, status) = spawn(&cmd, target, name)?;
             (pid, status, io.outputs, io.stdin, io.tty)

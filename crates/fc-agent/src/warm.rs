@@ -178,6 +178,7 @@ pub fn create() -> Result<(), String> {
             rw_null.as_raw_fd(),
         ],
         ctty: false,
+        fixed_layout: true,
     };
     let (_, rx) = reaper::spawn(&cmd).map_err(|e| format!("{CRUN}: {e}"))?;
     drop((theirs, exe, null, err, rw_null));
