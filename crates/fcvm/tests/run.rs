@@ -7,7 +7,8 @@
 //! no capabilities as a non-root user); 127/126 for commands
 //! that cannot run; SIGTERM to fcvm stops a long-running container and leaves nothing;
 //! SIGKILL of QEMU is reported, not hung on; SIGKILL of fcvm leaves a `dead` VM (its QEMU
-//! gone) that `fcvm rm` removes; bad input exits 125 and creates no VM.
+//! gone) that `fcvm rm` removes; bad input exits 125 and creates no VM; `-d` returns the id
+//! of a running VM whose output `fcvm logs` shows, and a start failure as the command's own.
 
 mod common;
 
@@ -345,4 +346,41 @@ fn images_from_an_oci_layout_a_docker_archive_and_a_loopback_registry_run() {
         assert_eq!(code, 0, "{image}: {err}");
         assert_eq!(out, format!("{tag} ok\n"), "{image}");
     }
+}
+
+#[test]
+fn detached_run_prints_its_id_keeps_its_output_and_stops_with_rm_force() {
+    let n = name("det");
+    let script = "echo hello; echo oops >&2; exec sleep 1000";
+    let (code, out, err) = run_ok(&[
+        "podman", "run", "-d", "--name", &n, IMG, "--", "sh", "-c", script,
+    ]);
+    assert_eq!(code, 0, "stdout: {out} stderr: {err}");
+    let id = out.trim().to_string();
+    // The command returned: the VM runs on, owned by the detached fcvm.
+    let v = vm(&n).expect("listed");
+    assert_eq!(
+        (v["id"].as_str(), v["observed"].as_str()),
+        (Some(id.as_str()), Some("running"))
+    );
+    let logs = || text(&run(&["logs", &n], Duration::from_secs(30)).stdout);
+    wait_for("the container's output in fcvm logs", BOOT, || {
+        let l = logs();
+        l.contains("hello\n") && l.contains("oops\n")
+    });
+    let o = run(&["exec", "--name", &n, "--", "echo", "hi"], BOOT);
+    assert_eq!(text(&o.stdout), "hi\n", "{}", text(&o.stderr));
+    let o = run(&["rm", "--force", &n], BOOT);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    wait_for("the detached VM to go", BOOT, || vm(&n).is_none());
+    assert_gone(&n, Some(&id));
+    // A container that cannot start is reported by the command itself, as podman does.
+    let n2 = name("det-bad");
+    let (code, out, err) = run_ok(&["podman", "run", "-d", "--name", &n2, IMG, "no-such-cmd"]);
+    assert_eq!(code, 127, "stdout: {out} stderr: {err}");
+    assert!(
+        out.is_empty() && err.contains("no-such-cmd"),
+        "stdout: {out} stderr: {err}"
+    );
+    wait_for("the failed VM to go", BOOT, || vm(&n2).is_none());
 }

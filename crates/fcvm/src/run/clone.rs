@@ -114,6 +114,7 @@ pub async fn run_clone(dirs: &Dirs, o: CloneOptions) -> Result<i32> {
                 health: &o.health,
                 image_config: &crate::image::ImageConfig::default(),
                 startup_snapshot: None,
+                detached: None,
             })
             .await
         }

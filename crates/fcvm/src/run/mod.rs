@@ -10,6 +10,7 @@
 //! 5. `--rm` semantics: the VM and its directory are removed; the container's code is returned.
 
 pub mod clone;
+pub mod detach;
 pub mod launch;
 pub mod serve;
 pub mod spec;
@@ -52,6 +53,8 @@ pub struct RunOptions {
     pub health: crate::health::HealthFlags,
     /// Never save nor restore snapshots for this run.
     pub no_snapshot: bool,
+    /// `-d`: this process is the detached owner; the ready pipe's fd ([`detach`]).
+    pub detached: Option<std::os::fd::RawFd>,
 }
 
 /// What a VM is made of: everything a snapshot manifest records about it.
@@ -272,10 +275,12 @@ pub async fn run(dirs: &Dirs, opts: RunOptions) -> Result<i32> {
         facts: &facts,
         start,
         attach: crate::attach::AttachOptions {
-            stdin: opts.interactive,
+            // Detached: the container's stdin stays open with nothing to read it from.
+            stdin: opts.interactive && opts.detached.is_none(),
             tty: opts.tty,
             stop_on_signal: true,
         },
+        detached: opts.detached,
         health: &opts.health,
         image_config: &image.config,
         startup_snapshot: save_startup,

@@ -29,6 +29,8 @@ pub struct Serving<'a> {
     pub image_config: &'a crate::image::ImageConfig,
     /// Take this startup snapshot after the first healthy check (if it does not exist yet).
     pub startup_snapshot: Option<String>,
+    /// `-d`: the ready pipe to report on once the VM runs (`super::detach`).
+    pub detached: Option<std::os::fd::RawFd>,
 }
 
 pub async fn serve(s: Serving<'_>) -> Result<i32> {
@@ -50,9 +52,9 @@ pub async fn serve(s: Serving<'_>) -> Result<i32> {
     };
     // Explicit readiness: the VM is "running" (and takes execs) once the agent reported the
     // container created, not when we asked for it. A restored app is already running.
-    if fresh {
-        proc.wait_started().await;
-    }
+    // A detached run reports only a container that started: one that could not (127, 126)
+    // ends here with its code and message, as `podman run -d` does.
+    let started = !fresh || proc.wait_started().await;
     let t_started = t0.elapsed();
     let _exec = crate::exec::serve(
         &s.vmdir.path.join(crate::exec::EXEC_SOCK),
@@ -64,6 +66,10 @@ pub async fn serve(s: Serving<'_>) -> Result<i32> {
     // Only now do `fcvm ls` and `fcvm exec` see it running: its exec socket already listens.
     state.status = VmStatus::Running;
     s.vmdir.write_state(&state)?;
+    if let Some(fd) = s.detached.filter(|_| started) {
+        super::detach::report_ready(fd, &s.vmdir.path, &state.id)
+            .context("Cannot detach from the terminal")?;
+    }
     let shared = Arc::new(Mutex::new(state));
     let (healthy_tx, mut healthy_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let _startup = s.startup_snapshot.map(|snap| {

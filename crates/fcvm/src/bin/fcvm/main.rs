@@ -34,6 +34,8 @@ enum Command {
     /// List VMs.
     #[command(alias = "ps")]
     Ls(commands::ls::LsArgs),
+    /// Print the output of a detached run (`podman run -d`).
+    Logs(commands::logs::LogsArgs),
     /// Snapshots: create, run (clone), ls, rm.
     Snapshot {
         #[command(subcommand)]
@@ -100,6 +102,7 @@ fn main() {
                 command: SnapshotsCommand::Prune,
             } => commands::snapshot::prune(&dirs),
             Command::Ls(a) => commands::ls::run(&dirs, a),
+            Command::Logs(a) => commands::logs::run(&dirs, a),
             Command::Rm(a) => commands::rm::run(&dirs, a),
         }
     });

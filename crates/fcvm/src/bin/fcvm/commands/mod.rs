@@ -1,6 +1,7 @@
 //! One file per verb: parse, call the library, add context.
 
 pub mod exec;
+pub mod logs;
 pub mod ls;
 pub mod podman;
 pub mod rm;

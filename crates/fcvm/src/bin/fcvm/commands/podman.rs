@@ -42,6 +42,10 @@ pub struct RunArgs {
     /// qemu or firecracker (firecracker needs KVM).
     #[arg(long)]
     hypervisor: Option<VmmKind>,
+    /// Run in the background and print the VM's id once the container runs (its output goes
+    /// to `fcvm logs`; stop it with `fcvm rm --force`).
+    #[arg(short = 'd', long)]
+    detach: bool,
     /// Keep stdin open and forward it.
     #[arg(short = 'i', long)]
     interactive: bool,
@@ -103,6 +107,11 @@ pub struct HealthArgs {
 
 pub async fn run(dirs: &Dirs, cmd: PodmanCommand) -> Result<i32> {
     let PodmanCommand::Run(a) = cmd;
+    // -d: this process only waits for the detached owner (the same command, run again).
+    let detached = fcvm::run::detach::claim_ready_fd();
+    if a.detach && detached.is_none() {
+        return fcvm::run::detach::spawn();
+    }
     let creds = match a.creds {
         Some(c) => match c.split_once(':') {
             Some((u, p)) => Some((u.to_string(), p.to_string())),
@@ -143,6 +152,7 @@ pub async fn run(dirs: &Dirs, cmd: PodmanCommand) -> Result<i32> {
             publish: a.publish,
         },
         health,
+        detached,
     };
     fcvm::run::run(dirs, opts).await
 }
