@@ -202,11 +202,22 @@ fn rewrite(i: usize, contents: &[u8]) -> Result<(), String> {
         .map_err(|err| format!("{}: {err}", what()))
 }
 
-/// 32 hex digits from the kernel's RNG, as systemd writes a machine-id.
+/// 32 hex digits from the kernel's RNG, as systemd writes a machine-id. GRND_INSECURE: an
+/// id needs uniqueness, not secrecy, and must not wait for the RNG (a restore rewrites it
+/// with the host's anyway); /dev/urandom if that fails.
 fn random_machine_id() -> String {
     let mut b = [0u8; 16];
-    // SAFETY: getrandom writes at most `b.len()` bytes into `b`.
-    unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    let n = loop {
+        // SAFETY: getrandom writes at most `b.len()` bytes into `b`.
+        let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), libc::GRND_INSECURE) };
+        if n >= 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            break n;
+        }
+    };
+    if n != b.len() as isize {
+        use std::io::Read;
+        let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b));
+    }
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 

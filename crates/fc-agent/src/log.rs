@@ -1,6 +1,9 @@
-//! Agent logging: every line goes to the console (`/dev/console`, the host captures ttyS0 to a
-//! file) prefixed `fc-agent:` with the guest uptime, and — once a session is open — also to the
-//! host as a `Log{level, message}` frame on the control stream (DESIGN: never fail silently).
+//! Agent logging: lines go to the console (`/dev/console`, the host captures ttyS0 to a file)
+//! prefixed `fc-agent:` with the guest uptime until a session is open; from then on as a
+//! `Log{level, message}` frame on the control stream, which the host keeps in agent.log —
+//! warnings and errors to both (DESIGN: never fail silently). The session stays "open" once
+//! a host has said Hello: the channel is a virtio port that outlives host connections (a
+//! restore reconnects to the same agent).
 
 use crate::channel::Outbox;
 use fcvm_proto::{Frame, LogLevel, Msg};

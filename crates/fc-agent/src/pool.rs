@@ -75,10 +75,10 @@ impl Pool {
                     job();
                 }
                 loop {
-                    if p.idle.fetch_add(1, SeqCst) >= MAX_IDLE {
-                        // Back out before anyone could count on it: callers only use idle
-                        // threads they took out of the count.
-                        p.idle.fetch_sub(1, SeqCst);
+                    // Join the idle count only if there is room: once counted, a caller may
+                    // have promised this thread a job, so it can never back out.
+                    let join = |n: usize| (n < MAX_IDLE).then_some(n + 1);
+                    if p.idle.fetch_update(SeqCst, SeqCst, join).is_err() {
                         return;
                     }
                     let job = match p.rx.lock() {
@@ -139,6 +139,34 @@ mod tests {
             let (_, t) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
             assert!(before.contains(&t), "job {i} ran on a new thread");
         }
+    }
+
+    #[test]
+    fn bursts_beyond_the_idle_cap_lose_no_job() {
+        let pool = Pool::new();
+        let (tx, rx) = sync_channel(1024);
+        for round in 0..20 {
+            for i in 0..(3 * MAX_IDLE) {
+                let tx = tx.clone();
+                pool.run(Box::new(move || {
+                    let _ = tx.send(round * 100 + i);
+                }))
+                .unwrap();
+            }
+        }
+        for _ in 0..20 * 3 * MAX_IDLE {
+            rx.recv_timeout(Duration::from_secs(10))
+                .expect("a job was lost");
+        }
+        assert!(pool.idle.load(SeqCst) <= MAX_IDLE);
+        // And the pool still runs jobs afterwards.
+        let (tx2, rx2) = sync_channel(1);
+        pool.run(Box::new(move || {
+            let _ = tx2.send(());
+        }))
+        .unwrap();
+        rx2.recv_timeout(Duration::from_secs(10))
+            .expect("pool dead");
     }
 
     #[test]

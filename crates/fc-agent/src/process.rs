@@ -568,13 +568,14 @@ pub fn start(
             spawn_us,
         });
     }
+    // The pump first: after a restore it takes the thread started before the snapshot.
+    let s = stream.clone();
+    crate::pool::run(Box::new(move || pump(&s, outputs, status_rx))).map_err(os("thread"))?;
     if let Some(fd) = stdin_fd {
         let s = stream.clone();
         let is_tty = spec.tty;
         let _ = crate::pool::run(Box::new(move || stdin_loop(&s, fd, stdin_rx, is_tty)));
     }
-    let s = stream.clone();
-    crate::pool::run(Box::new(move || pump(&s, outputs, status_rx))).map_err(os("thread"))?;
     Ok(stream)
 }
 

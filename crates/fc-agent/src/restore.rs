@@ -85,6 +85,9 @@ fn reseed(seed: &[u8]) -> Result<(), String> {
         let e = std::io::Error::last_os_error();
         return Err(format!("RNDADDENTROPY: {e}"));
     }
+    // Fails the restore if it fails: a clone that cannot rekey would share its siblings'
+    // random bytes. (The 32-byte seed just credited makes the CRNG ready, so ENODATA cannot
+    // happen; the guest kernel is ours, so ENOTTY cannot either.)
     // SAFETY: RNDRESEEDCRNG takes no argument.
     if unsafe { libc::ioctl(fd, RNDRESEEDCRNG as _) } != 0 {
         let e = std::io::Error::last_os_error();

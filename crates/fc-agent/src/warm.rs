@@ -7,16 +7,22 @@
 //! socket ([`container_init`]). The image-cache snapshot is taken with it waiting, so a
 //! restored run only has to hand it the command:
 //!
-//! 1. [`create`] (after Prepare): `crun run --detach --preserve-fds 2` with fd 3 = our
-//!    socket end and fd 4 = this binary; the stand-in's pid is adopted from crun's pid file;
-//! 2. [`Warm::start`] (on `Start{Container}`): sends [`InitSpec`] and the stdio fds
-//!    (SCM_RIGHTS); the stand-in takes them, switches to the user, changes directory and
-//!    execs. Its end of the socket is close-on-exec, so end-of-file is the explicit "exec
-//!    succeeded" signal; a failed exec sends its errno instead.
+//! 1. [`create`] (after Prepare): `crun run --detach --preserve-fds 6` with fd 3 = our
+//!    socket end, fd 4 = this binary, fds 5-7 = the stand-in's ends of its future stdin,
+//!    stdout and stderr pipes and fd 8 = /dev/null; the stand-in's pid is adopted from
+//!    crun's pid file;
+//! 2. [`Warm::start`] (on `Start{Container}`): sends [`InitSpec`] (postcard, one message);
+//!    the stand-in puts the pipes (or /dev/null for stdin without `-i`) on 0-2, closes the
+//!    rest, switches to the user, changes directory and execs. Its end of the socket is
+//!    close-on-exec, so end-of-file is the explicit "exec succeeded" signal; a failed exec
+//!    sends its errno instead.
 //!
 //! The user's process is still started fresh on every run: only crun's set-up is reused.
-//! [`prefetch`] also reads what that process will most likely need first (its executable,
-//! ELF interpreter, /etc/passwd and /etc/group) into the page cache the snapshot keeps.
+//! Whatever else can be done before the snapshot is, because after a restore under TCG each
+//! kernel path costs its translation (creating pipes, passing fds, a JSON parser:
+//! milliseconds each). [`prefetch`] reads what that process will most likely need first (its
+//! executable, ELF interpreter, /etc/passwd and /etc/group) into the page cache the snapshot
+//! keeps, and remembers the answers ([`Lookups`]) for the first Start.
 //! TTY runs (crun makes their terminal when it creates the container) use plain `crun run`.
 
 use crate::container::{BUNDLE, CRUN, ID};
@@ -287,19 +293,19 @@ impl Warm {
     pub fn start(self, spec: &InitSpec) -> Result<Started, StartError> {
         let msg = postcard::to_allocvec(spec).map_err(|e| failed(format!("init spec: {e}")))?;
         let sock = self.sock.as_raw_fd();
-        // SAFETY: writing our buffer to our socket (one SEQPACKET message).
-        if unsafe { libc::write(sock, msg.as_ptr().cast(), msg.len()) } != msg.len() as isize {
+        // SAFETY: writing our buffer to our socket (one SEQPACKET message: all or nothing).
+        let sent = retry_eintr(|| unsafe { libc::write(sock, msg.as_ptr().cast(), msg.len()) });
+        if sent != msg.len() as isize {
             let e = std::io::Error::last_os_error();
             return Err(failed(format!("hand the command to the container: {e}")));
         }
         let mut buf = [0u8; 64];
-        let n = loop {
-            // SAFETY: reading into a local buffer from our socket.
-            let n = unsafe { libc::read(sock, buf.as_mut_ptr().cast(), 64) };
-            if n >= 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-                break n;
-            }
-        };
+        // SAFETY: reading into a local buffer from our socket.
+        let n = retry_eintr(|| unsafe { libc::read(sock, buf.as_mut_ptr().cast(), 64) });
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            return Err(failed(format!("hear back from the container: {e}")));
+        }
         if n > 0 {
             let errno: i32 = String::from_utf8_lossy(&buf[..n as usize])
                 .trim()
@@ -340,13 +346,8 @@ pub fn container_init() -> ! {
     };
     reset_signals();
     let mut buf = vec![0u8; 1 << 20];
-    let n = loop {
-        // SAFETY: reading one message into our buffer.
-        let n = unsafe { libc::read(SOCK_FD, buf.as_mut_ptr().cast(), buf.len()) };
-        if n >= 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-            break n;
-        }
-    };
+    // SAFETY: reading one message into our buffer.
+    let n = retry_eintr(|| unsafe { libc::read(SOCK_FD, buf.as_mut_ptr().cast(), buf.len()) });
     if n <= 0 {
         std::process::exit(1); // the agent let go of us: nothing to run
     }
@@ -398,6 +399,16 @@ pub fn container_init() -> ! {
         );
         libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr());
         fail(errno())
+    }
+}
+
+/// Calls `f` again while it fails with EINTR.
+fn retry_eintr(mut f: impl FnMut() -> isize) -> isize {
+    loop {
+        let n = f();
+        if n >= 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return n;
+        }
     }
 }
 

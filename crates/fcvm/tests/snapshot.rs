@@ -417,7 +417,13 @@ fn a_damaged_image_cache_snapshot_is_discarded_and_the_run_boots_cold() {
 
 #[test]
 fn startup_snapshot_restores_the_app_already_running() {
-    let app = "echo up > /tmp/index.html; exec httpd -f -p 8080 -h /tmp";
+    // Unique to this test run: the startup snapshot's key includes the command, and one
+    // left in a reused data dir by an earlier run would be restored instead of saved anew.
+    let app = format!(
+        "echo up > /tmp/index.html; : {}; exec httpd -f -p 8080 -h /tmp",
+        std::process::id()
+    );
+    let app = app.as_str();
     let start = |tag: &str| {
         let n = name(tag);
         let args = [

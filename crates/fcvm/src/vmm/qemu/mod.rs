@@ -44,13 +44,8 @@ impl Qemu {
         let stderr = std::fs::File::create(spec.dir.join("qemu.log"))
             .map_err(|e| VmmError::Spawn(QEMU_BIN.into(), e))?;
         let mut cmd = Command::new(&bin);
-        cmd.args(&args);
-        if spec.incoming {
-            if let Ok(x) = std::env::var("FCVM_TMP_QEMU_ARGS") {
-                cmd.args(x.split_whitespace());
-            }
-        }
-        cmd.stdin(Stdio::null())
+        cmd.args(&args)
+            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr);
         crate::util::owned_by_us(&mut cmd);

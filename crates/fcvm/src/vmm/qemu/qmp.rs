@@ -90,12 +90,16 @@ impl Qmp {
             let sent = sock.try_io(Interest::WRITABLE, || {
                 let rights = [ControlMessage::ScmRights(&fds)];
                 let iov = [IoSlice::new(&bytes)];
-                sendmsg::<()>(sock.as_raw_fd(), &iov, &rights, MsgFlags::empty(), None)
+                let flags = MsgFlags::MSG_NOSIGNAL;
+                sendmsg::<()>(sock.as_raw_fd(), &iov, &rights, flags, None)
                     .map_err(std::io::Error::from)
             });
             match sent {
-                Ok(n) if n == bytes.len() => break,
-                Ok(_) => return Err(QmpError::Closed),
+                // The fd went with the first byte; the rest of the command may follow.
+                Ok(n) => {
+                    self.wr.write_all(&bytes[n..]).await?;
+                    break;
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Err(e.into()),
             }
