@@ -177,6 +177,7 @@ fn main() {
             Msg::Hello {
                 epoch: 1,
                 version: PROTOCOL_VERSION,
+                random_seed: vec![],
             },
         );
         c.control(|m| matches!(m, Msg::HelloAck { .. }));
@@ -214,6 +215,7 @@ fn main() {
         Msg::Hello {
             epoch: 1,
             version: PROTOCOL_VERSION,
+            random_seed: vec![],
         },
     );
     let ack = c.control(|m| matches!(m, Msg::HelloAck { .. }));
@@ -380,6 +382,7 @@ fn main() {
         Msg::Hello {
             epoch: 1,
             version: PROTOCOL_VERSION,
+            random_seed: vec![],
         },
     );
     let ack = c.control(|m| matches!(m, Msg::HelloAck { .. }));
@@ -396,6 +399,7 @@ fn main() {
         Msg::Hello {
             epoch: 2,
             version: PROTOCOL_VERSION,
+            random_seed: vec![],
         },
     );
     let t = Instant::now();

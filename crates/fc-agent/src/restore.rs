@@ -76,7 +76,9 @@ pub fn pool_info(seed: &[u8]) -> Vec<u8> {
     v
 }
 
-fn reseed(seed: &[u8]) -> Result<(), String> {
+/// Mixes `seed` into the kernel's RNG, credits it, and rekeys the CRNG at once (also used
+/// for the host's seed at Hello).
+pub fn reseed(seed: &[u8]) -> Result<(), String> {
     let fd = urandom()?.as_raw_fd();
     // RNDADDENTROPY mixes the bytes in as well: no separate write needed.
     let info = pool_info(seed);

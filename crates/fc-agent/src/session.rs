@@ -89,7 +89,11 @@ impl Session {
         self.settle();
         self.streams.retain(|_, s| !s.finished());
         match frame.msg {
-            Msg::Hello { epoch, version } => self.hello(epoch, version),
+            Msg::Hello {
+                epoch,
+                version,
+                random_seed,
+            } => self.hello(epoch, version, &random_seed),
             Msg::Restored { epoch, plan } => self.restored(epoch, &plan),
             _ if self.epoch.is_none() => crate::log::console(&format!(
                 "ignoring frame before Hello: {:?}",
@@ -133,12 +137,17 @@ impl Session {
         true
     }
 
-    fn hello(&mut self, epoch: u64, version: u32) {
+    fn hello(&mut self, epoch: u64, version: u32, random_seed: &[u8]) {
         if self.stale(epoch) {
             warn!("ignoring Hello for stale epoch {epoch}");
             return;
         }
-        self.enter_epoch(epoch);
+        // Once per epoch (the host resends Hello until it hears back).
+        if self.enter_epoch(epoch) && !random_seed.is_empty() {
+            if let Err(e) = crate::restore::reseed(random_seed) {
+                warn!("seeding the RNG: {e}");
+            }
+        }
         if version != PROTOCOL_VERSION {
             warn!("host speaks protocol {version}, agent {PROTOCOL_VERSION}");
         }
@@ -368,6 +377,7 @@ mod tests {
             Msg::Hello {
                 epoch: 3,
                 version: PROTOCOL_VERSION,
+                random_seed: vec![],
             },
         ));
         let r = replies(&rx);
@@ -416,6 +426,7 @@ mod tests {
             Msg::Hello {
                 epoch: 3,
                 version: PROTOCOL_VERSION,
+                random_seed: vec![],
             },
         ));
         s.handle(frame(
@@ -423,6 +434,7 @@ mod tests {
             Msg::Hello {
                 epoch: 4,
                 version: PROTOCOL_VERSION,
+                random_seed: vec![],
             },
         ));
         let epochs: Vec<u64> = replies(&rx)

@@ -144,6 +144,7 @@ mod tests {
             Frame::control(Msg::Hello {
                 epoch: 7,
                 version: PROTOCOL_VERSION,
+                random_seed: vec![7; 32],
             }),
             Frame {
                 stream: 3,
@@ -258,11 +259,13 @@ mod tests {
         let f = Frame::control(Msg::Hello {
             epoch: 1,
             version: 1,
+            random_seed: vec![],
         });
         let bytes = encode(&f).unwrap();
         assert_eq!(decode_all(&bytes), vec![Ok(f)]);
-        // postcard [stream 0, variant 0, epoch 1, version 1] + crc32 LE, COBS-encoded, 0x00.
-        assert_eq!(bytes, [1, 1, 7, 1, 1, 203, 222, 88, 79, 0]);
+        // postcard [stream 0, variant 0, epoch 1, version 1, seed length 0] + crc32 LE,
+        // COBS-encoded, 0x00. (Protocol 3 added the seed.)
+        assert_eq!(bytes, [1, 1, 3, 1, 1, 5, 107, 172, 251, 222, 0]);
     }
 
     /// COBS-encodes `body` + its CRC (a frame whose checks pass but whose content may not).

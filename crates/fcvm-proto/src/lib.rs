@@ -20,7 +20,7 @@ pub mod codec;
 use serde::{Deserialize, Serialize};
 
 /// Bumped on every incompatible change of [`Msg`]; checked in the Hello exchange.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The control stream.
 pub const CONTROL: u32 = 0;
@@ -64,6 +64,11 @@ pub enum Msg {
     Hello {
         epoch: u64,
         version: u32,
+        /// Entropy from the host's RNG, mixed in and credited by the agent: the guest has no
+        /// hardware RNG (QEMU's TCG CPU has no RDRAND), so its CRNG would otherwise be ready
+        /// only seconds into boot — and, if that falls after an image-cache snapshot, every
+        /// restore would finish initialising it.
+        random_seed: Vec<u8>,
     },
     /// agent → host: the session of `epoch` is open.
     HelloAck {

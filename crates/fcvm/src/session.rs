@@ -73,6 +73,7 @@ impl Session {
         let hello = Msg::Hello {
             epoch,
             version: PROTOCOL_VERSION,
+            random_seed: rand::random::<[u8; 32]>().to_vec(),
         };
         Session::open(
             sock,
