@@ -207,13 +207,10 @@ fn rewrite(i: usize, contents: &[u8]) -> Result<(), String> {
 /// with the host's anyway); /dev/urandom if that fails.
 fn random_machine_id() -> String {
     let mut b = [0u8; 16];
-    let n = loop {
-        // SAFETY: getrandom writes at most `b.len()` bytes into `b`.
-        let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), libc::GRND_INSECURE) };
-        if n >= 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-            break n;
-        }
-    };
+    // SAFETY: getrandom writes at most `b.len()` bytes into `b`.
+    let n = crate::reaper::retry_eintr(|| unsafe {
+        libc::getrandom(b.as_mut_ptr().cast(), b.len(), libc::GRND_INSECURE)
+    });
     if n != b.len() as isize {
         use std::io::Read;
         let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b));

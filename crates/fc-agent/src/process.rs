@@ -274,11 +274,7 @@ impl Stdio {
             let (r, w) = pipe()?;
             (r, Some(w))
         } else {
-            let null = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open("/dev/null")
-                .map_err(os("open /dev/null"))?;
+            let null = reaper::dev_null().map_err(os("open /dev/null"))?;
             (OwnedFd::from(null), None)
         };
         Ok(Stdio {

@@ -29,11 +29,10 @@ pub enum StdinMsg {
 fn write_all(fd: RawFd, mut buf: &[u8]) -> bool {
     while !buf.is_empty() {
         // SAFETY: writing from a valid slice to an fd we own.
-        let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+        let n = crate::reaper::retry_eintr(|| unsafe {
+            libc::write(fd, buf.as_ptr().cast(), buf.len())
+        });
         if n < 0 {
-            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-                continue;
-            }
             return false;
         }
         buf = &buf[n as usize..];

@@ -203,12 +203,7 @@ pub fn spawn(cmd: &Cmd) -> Result<(i32, Receiver<i32>), std::io::Error> {
     let (n, buf) = unsafe {
         libc::close(errpipe[1]);
         let mut buf = [0u8; 4];
-        let n = loop {
-            let n = libc::read(errpipe[0], buf.as_mut_ptr().cast(), 4);
-            if n >= 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-                break n;
-            }
-        };
+        let n = retry_eintr(|| libc::read(errpipe[0], buf.as_mut_ptr().cast(), 4));
         libc::close(errpipe[0]);
         (n, buf)
     };
@@ -316,14 +311,28 @@ unsafe fn child(
     }
 }
 
-/// Runs crun (e.g. `crun delete`) to completion with stdio on /dev/null; returns its exit code.
-pub fn run_quiet(args: &[&str]) -> Result<i32, String> {
-    let argv = cstrings(args)?;
-    let null = std::fs::OpenOptions::new()
+/// Calls `f` (a read or write returning its byte count or -1) again while it fails with EINTR.
+pub fn retry_eintr(mut f: impl FnMut() -> isize) -> isize {
+    loop {
+        let n = f();
+        if n >= 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return n;
+        }
+    }
+}
+
+/// /dev/null open for reading and writing: stdio for processes that get none.
+pub fn dev_null() -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/null")
-        .map_err(|e| e.to_string())?;
+}
+
+/// Runs crun (e.g. `crun delete`) to completion with stdio on /dev/null; returns its exit code.
+pub fn run_quiet(args: &[&str]) -> Result<i32, String> {
+    let argv = cstrings(args)?;
+    let null = dev_null().map_err(|e| e.to_string())?;
     use std::os::fd::AsRawFd;
     let fd = null.as_raw_fd();
     let cmd = Cmd {

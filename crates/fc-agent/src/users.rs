@@ -125,10 +125,15 @@ pub fn resolve_text(spec: &str, passwd: &str, group: &str) -> Result<Ids, String
     })
 }
 
+/// The texts of `root`/etc/passwd and `root`/etc/group (missing files are empty).
+pub fn database(root: &Path) -> (String, String) {
+    let read = |f: &str| std::fs::read_to_string(root.join(f)).unwrap_or_default();
+    (read("etc/passwd"), read("etc/group"))
+}
+
 /// Resolves `spec` against `root`/etc/passwd and `root`/etc/group (missing files are empty).
 pub fn resolve(root: &Path, spec: &str) -> Result<Ids, String> {
-    let passwd = std::fs::read_to_string(root.join("etc/passwd")).unwrap_or_default();
-    let group = std::fs::read_to_string(root.join("etc/group")).unwrap_or_default();
+    let (passwd, group) = database(root);
     resolve_text(spec, &passwd, &group)
 }
 

@@ -29,7 +29,7 @@ use crate::container::{BUNDLE, CRUN, ID};
 use crate::oci::{self, ProcConfig};
 use crate::pathres::{find_executable, Lookup, DEFAULT_PATH};
 use crate::process::{StartError, CONTAINER_PIDFILE};
-use crate::reaper::{self, cstrings, Cmd};
+use crate::reaper::{self, cstrings, retry_eintr, Cmd};
 use crate::users::Ids;
 use fcvm_proto::ErrorKind;
 use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
@@ -142,16 +142,12 @@ pub fn create() -> Result<(), String> {
     )
     .map_err(|e| format!("socketpair: {}", e.desc()))?;
     let exe = std::fs::File::open("/proc/self/exe").map_err(|e| format!("open self: {e}"))?;
-    let null = std::fs::File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
+    // crun's own stdin and stdout, and the stand-in's stdin for runs without `-i`.
+    let null = reaper::dev_null().map_err(|e| format!("/dev/null: {e}"))?;
     let pipe = || {
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {}", e.desc()))
     };
     let ((in_r, in_w), (out_r, out_w), (err_r, err_w)) = (pipe()?, pipe()?, pipe()?);
-    let rw_null = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/null")
-        .map_err(|e| format!("/dev/null: {e}"))?;
     let err = std::fs::File::create(ERR_FILE).map_err(|e| format!("{ERR_FILE}: {e}"))?;
     let _ = std::fs::remove_file(CONTAINER_PIDFILE);
     let argv = [
@@ -181,13 +177,13 @@ pub fn create() -> Result<(), String> {
             in_r.as_raw_fd(),
             out_w.as_raw_fd(),
             err_w.as_raw_fd(),
-            rw_null.as_raw_fd(),
+            null.as_raw_fd(),
         ],
         ctty: false,
         fixed_layout: true,
     };
     let (_, rx) = reaper::spawn(&cmd).map_err(|e| format!("{CRUN}: {e}"))?;
-    drop((theirs, exe, null, err, rw_null));
+    drop((theirs, exe, null, err));
     drop((in_r, out_w, err_w));
     let code = rx.recv().map(reaper::exit_code).unwrap_or(255);
     if code != 0 {
@@ -218,10 +214,10 @@ pub fn create() -> Result<(), String> {
 /// costs the restored run a disk read.
 pub fn prefetch(commands: &[String]) {
     let root = Path::new(crate::container::ROOTFS);
-    let read = |f: &str| std::fs::read_to_string(root.join(f)).unwrap_or_default();
+    let (passwd, group) = crate::users::database(root);
     let mut memo = Lookups {
-        passwd: read("etc/passwd"),
-        group: read("etc/group"),
+        passwd,
+        group,
         exes: vec![],
     };
     for name in commands {
@@ -399,16 +395,6 @@ pub fn container_init() -> ! {
         );
         libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr());
         fail(errno())
-    }
-}
-
-/// Calls `f` again while it fails with EINTR.
-fn retry_eintr(mut f: impl FnMut() -> isize) -> isize {
-    loop {
-        let n = f();
-        if n >= 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-            return n;
-        }
     }
 }
 
