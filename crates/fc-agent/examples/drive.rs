@@ -189,6 +189,7 @@ fn main() {
                 network: None,
                 warm: false,
                 prefetch: vec![],
+                path: String::new(),
             }),
         );
         c.control(|m| matches!(m, Msg::Prepared));
@@ -229,6 +230,7 @@ fn main() {
             network: None,
             warm: false,
             prefetch: vec![],
+            path: String::new(),
         }),
     );
     let r = c.control(|m| matches!(m, Msg::Prepared | Msg::PrepareFailed { .. }));

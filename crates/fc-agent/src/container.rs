@@ -19,7 +19,7 @@ use nix::mount::{mount, MsFlags};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 /// Set once the container root is mounted: a restore asks, and reading /proc/mounts right
@@ -41,6 +41,8 @@ const MACHINE_ID: usize = 3;
 
 /// [`ETC_FILES`], open for writing, in that order.
 static ETC_OPEN: OnceLock<Vec<File>> = OnceLock::new();
+/// The length last written to each of [`ETC_OPEN`] (opened truncated).
+static ETC_LEN: [AtomicU64; ETC_FILES.len()] = [const { AtomicU64::new(0) }; ETC_FILES.len()];
 
 fn e<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> String + '_ {
     move |err| format!("{what}: {err}")
@@ -184,7 +186,7 @@ fn etc_files() -> Result<&'static [File], String> {
         .map(|name| {
             let path = Path::new(ETC).join(name);
             let mut o = std::fs::OpenOptions::new();
-            o.write(true).create(true).truncate(false).open(&path)
+            o.write(true).create(true).truncate(true).open(&path)
         })
         .collect::<Result<Vec<_>, _>>()
         .map_err(e("open /run/fcvm/etc"))?;
@@ -192,14 +194,18 @@ fn etc_files() -> Result<&'static [File], String> {
 }
 
 /// Replaces the contents of identity file `i` in place: the bind mounts keep pointing at
-/// these inodes.
+/// these inodes. Truncates only a file that got shorter: a restore rewrites the same kinds
+/// of names and ids, and the truncation path is one more to translate under TCG.
 fn rewrite(i: usize, contents: &[u8]) -> Result<(), String> {
     let f = &etc_files()?[i];
     let what = || format!("write /etc/{}", ETC_FILES[i]);
     f.write_all_at(contents, 0)
         .map_err(|err| format!("{}: {err}", what()))?;
-    f.set_len(contents.len() as u64)
-        .map_err(|err| format!("{}: {err}", what()))
+    let len = contents.len() as u64;
+    if ETC_LEN[i].swap(len, Ordering::SeqCst) > len {
+        f.set_len(len).map_err(|err| format!("{}: {err}", what()))?;
+    }
+    Ok(())
 }
 
 /// 32 hex digits from the kernel's RNG, as systemd writes a machine-id. GRND_INSECURE: an

@@ -8,12 +8,11 @@
 //! 3. the first regular file with an execute bit wins; if something was found but none was
 //!    executable (no x bit, or a directory) the answer is `NotExecutable`, else `NotFound`.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-/// The PATH used when the environment has none (podman's default).
-pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub use fcvm_proto::DEFAULT_PATH;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lookup {
@@ -125,6 +124,42 @@ pub fn find_executable(root: &Path, name: &str, path_env: &str, cwd: &str) -> Lo
     }
 }
 
+/// What [`find_executable`] answers for every bare name found in the directories of `path_env`
+/// (at most `limit` names), from one listing of each directory: a name is resolved only in
+/// the directories that hold it, which gives the same answer as searching them all.
+pub fn index(root: &Path, path_env: &str, limit: usize) -> HashMap<String, Lookup> {
+    let dirs: Vec<&str> = path_env.split(':').filter(|d| !d.is_empty()).collect();
+    // name -> the PATH entries that hold it, in PATH order.
+    let mut holders: HashMap<String, Vec<&str>> = HashMap::new();
+    for dir in &dirs {
+        let Some(comps) = resolve_in_root(root, "/", dir) else {
+            continue;
+        };
+        let Ok(entries) = std::fs::read_dir(host_path(root, &comps)) else {
+            continue;
+        };
+        for name in entries
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+        {
+            if holders.len() >= limit && !holders.contains_key(&name) {
+                continue;
+            }
+            let h = holders.entry(name).or_default();
+            if !h.contains(dir) {
+                h.push(dir);
+            }
+        }
+    }
+    holders
+        .into_iter()
+        .map(|(name, h)| {
+            let found = find_executable(root, &name, &h.join(":"), "/");
+            (name, found)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,6 +240,34 @@ mod tests {
             find_executable(&root, "sh", "/usr/bin", "/"),
             Lookup::NotFound
         );
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn index_answers_as_a_search_does() {
+        let root = tree();
+        std::fs::write(root.join("usr/bin/sh"), b"not executable").unwrap();
+        for p in [
+            "/usr/bin:/bin",
+            "/bin:/usr/bin",
+            "/opt/app/bindir:/nope:/bin",
+        ] {
+            let idx = index(&root, p, 1000);
+            assert!(idx.contains_key("sh") && idx.contains_key("loop1"), "{p}");
+            for (name, found) in &idx {
+                assert_eq!(
+                    found,
+                    &find_executable(&root, name, p, "/"),
+                    "{name} on {p}"
+                );
+            }
+        }
+        // "sh" in /usr/bin is not executable: the search goes on to /bin's.
+        assert!(matches!(
+            index(&root, "/usr/bin:/bin", 1000)["sh"],
+            Lookup::Found { .. }
+        ));
+        assert_eq!(index(&root, "/usr/bin:/bin", 2).len(), 2);
         std::fs::remove_dir_all(&root).unwrap();
     }
 

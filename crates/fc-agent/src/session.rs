@@ -110,15 +110,14 @@ impl Session {
         }
     }
 
-    /// Switches to `epoch` if it is new: old exec/VM streams are killed and silenced.
-    fn enter_epoch(&mut self, epoch: u64) -> bool {
+    /// Switches to `epoch` if it is new (returning the epoch it ends, if any): old exec/VM
+    /// streams are killed and silenced.
+    fn enter_epoch(&mut self, epoch: u64) -> Option<Option<u64>> {
         if self.epoch == Some(epoch) {
-            return false;
+            return None;
         }
         self.seen.insert(epoch);
-        if let Some(old) = self.epoch {
-            info!("epoch {old} -> {epoch}: dropping its streams");
-        }
+        let old = self.epoch;
         self.streams.retain(|_, s| {
             if s.target == Target::Container {
                 return true;
@@ -134,7 +133,7 @@ impl Session {
         crate::probe::cancel_all();
         self.epoch = Some(epoch);
         crate::log::set_session_open(true);
-        true
+        Some(old)
     }
 
     fn hello(&mut self, epoch: u64, version: u32, random_seed: &[u8]) {
@@ -142,27 +141,31 @@ impl Session {
             warn!("ignoring Hello for stale epoch {epoch}");
             return;
         }
-        // Once per epoch (the host resends Hello until it hears back).
-        if self.enter_epoch(epoch) && !random_seed.is_empty() {
-            if let Err(e) = crate::restore::reseed(random_seed) {
-                warn!("seeding the RNG: {e}");
+        let uptime_ms = crate::log::uptime_ms();
+        // Once per epoch: the host resends Hello until it hears back, and a booting guest
+        // may find dozens queued (each console line costs ~1 ms under TCG).
+        if let Some(old) = self.enter_epoch(epoch) {
+            crate::log::console(&format!("hello epoch {epoch}, uptime {uptime_ms} ms"));
+            if let Some(old) = old {
+                info!("epoch {old} -> {epoch}: dropping its streams");
             }
-        }
-        if version != PROTOCOL_VERSION {
-            warn!("host speaks protocol {version}, agent {PROTOCOL_VERSION}");
+            if !random_seed.is_empty() {
+                if let Err(e) = crate::restore::reseed(random_seed) {
+                    warn!("seeding the RNG: {e}");
+                }
+            }
+            if version != PROTOCOL_VERSION {
+                warn!("host speaks protocol {version}, agent {PROTOCOL_VERSION}");
+            }
         }
         let info = AgentInfo {
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             kernel: nix::sys::utsname::uname()
                 .map(|u| u.release().to_string_lossy().into_owned())
                 .unwrap_or_default(),
-            uptime_ms: crate::log::uptime_ms(),
+            uptime_ms,
             prepared: crate::container::prepared(),
         };
-        crate::log::console(&format!(
-            "hello epoch {epoch}, uptime {} ms",
-            info.uptime_ms
-        ));
         self.reply(
             CONTROL,
             Msg::HelloAck {
@@ -181,10 +184,11 @@ impl Session {
             self.reply(CONTROL, Msg::RestoreFailed { epoch, error });
             return;
         }
+        let mut ended = None;
         let result = match &self.restore_result {
             Some((e, r)) if *e == epoch => r.clone(),
             _ => {
-                self.enter_epoch(epoch);
+                ended = self.enter_epoch(epoch).flatten();
                 let current = self.plan.as_ref().and_then(|p| p.network.as_ref());
                 let r = crate::restore::run(plan, current);
                 if r.is_ok() {
@@ -203,8 +207,13 @@ impl Session {
         match result {
             Ok(()) => {
                 let ms = t0.elapsed().as_millis();
-                info!("restore steps done for epoch {epoch} in {ms} ms");
+                // One log line, after the answer the host waits for.
                 self.reply(CONTROL, Msg::RestoreComplete { epoch });
+                let from = ended.map(|o| format!(" (from {o}: its streams dropped)"));
+                info!(
+                    "restore steps done for epoch {epoch}{} in {ms} ms",
+                    from.unwrap_or_default()
+                );
             }
             Err(e) => {
                 error!("restore failed: {e}");
@@ -224,7 +233,7 @@ impl Session {
                         Ok(()) => info!("warm container in {} ms", t1.elapsed().as_millis()),
                         Err(e) => warn!("no warm container, the run will use crun run: {e}"),
                     }
-                    crate::warm::prefetch(&plan.prefetch);
+                    crate::warm::prefetch(&plan.prefetch, &plan.path);
                 }
                 self.plan = Some(plan);
                 self.reply(CONTROL, Msg::Prepared);

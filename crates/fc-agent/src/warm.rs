@@ -7,15 +7,17 @@
 //! socket ([`container_init`]). The image-cache snapshot is taken with it waiting, so a
 //! restored run only has to hand it the command:
 //!
-//! 1. [`create`] (after Prepare): `crun run --detach --preserve-fds 6` with fd 3 = our
-//!    socket end, fd 4 = this binary, fds 5-7 = the stand-in's ends of its future stdin,
-//!    stdout and stderr pipes and fd 8 = /dev/null; the stand-in's pid is adopted from
-//!    crun's pid file;
-//! 2. [`Warm::start`] (on `Start{Container}`): sends [`InitSpec`] (postcard, one message);
-//!    the stand-in puts the pipes (or /dev/null for stdin without `-i`) on 0-2, closes the
-//!    rest, switches to the user, changes directory and execs. Its end of the socket is
-//!    close-on-exec, so end-of-file is the explicit "exec succeeded" signal; a failed exec
-//!    sends its errno instead.
+//! 1. [`create`] (after Prepare): `crun run --detach --preserve-fds 7` with fd 3 = the read
+//!    end of the command pipe, fd 4 = the write end of the status pipe, fd 5 = this binary,
+//!    fds 6-8 = the stand-in's ends of its future stdin, stdout and stderr pipes and fd 9 =
+//!    /dev/null; the stand-in's pid is adopted from crun's pid file;
+//! 2. [`Warm::start`] (on `Start{Container}`): writes [`InitSpec`] (postcard) into the command
+//!    pipe and closes it; the stand-in reads to its end, puts the pipes (or /dev/null for
+//!    stdin without `-i`) on 0-2, closes the rest, switches to the user (unless it already
+//!    is that user), changes directory and execs. Its status pipe end is close-on-exec, so
+//!    end-of-file is the explicit "exec succeeded" signal; a failed exec writes its errno
+//!    instead. (Pipes rather than a socket: the output needs the pipe code right after,
+//!    while a socket's would be translated for this one message after a restore.)
 //!
 //! The user's process is still started fresh on every run: only crun's set-up is reused.
 //! Whatever else can be done before the snapshot is, because after a restore under TCG each
@@ -29,26 +31,31 @@ use crate::container::{BUNDLE, CRUN, ID};
 use crate::oci::{self, ProcConfig};
 use crate::pathres::{find_executable, Lookup, DEFAULT_PATH};
 use crate::process::{StartError, CONTAINER_PIDFILE};
-use crate::reaper::{self, cstrings, retry_eintr, Cmd};
+use crate::reaper::{self, cstrings, Cmd};
 use crate::users::Ids;
 use fcvm_proto::ErrorKind;
-use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 use serde::{Deserialize, Serialize};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 
 /// The argument that makes this binary the stand-in instead of the VM's init.
 pub const INIT_ARG: &str = "fcvm-container-init";
+/// At most this many names on the PATH are looked up ahead (an image's PATH rarely holds
+/// more; past it, a restored run looks its command up itself).
+const INDEX_LIMIT: usize = 4096;
 /// Where crun's errors from creating the warm container go.
 const ERR_FILE: &str = "/run/fcvm/warm-crun.err";
 
 /// The stand-in's fds (as crun passes them: `--preserve-fds` keeps 3 and up).
-const SOCK_FD: i32 = 3;
-const EXE_FD: i32 = 4;
-const STDIO_FDS: [i32; 3] = [5, 6, 7];
-const NULL_FD: i32 = 8;
+const SPEC_FD: i32 = 3;
+const STATUS_FD: i32 = 4;
+const EXE_FD: i32 = 5;
+const STDIO_FDS: [i32; 3] = [6, 7, 8];
+const NULL_FD: i32 = 9;
 
 /// What the stand-in execs: resolved by the agent, which already checked it exists.
 #[derive(Debug, Serialize, Deserialize)]
@@ -64,7 +71,9 @@ pub struct InitSpec {
 /// A created container whose stand-in waits for its command.
 pub struct Warm {
     pid: i32,
-    sock: OwnedFd,
+    /// Our ends of the command pipe (closed once the command is written) and the status pipe.
+    spec: OwnedFd,
+    status_pipe: OwnedFd,
     status: Receiver<i32>,
     /// Our ends of its stdin, stdout and stderr pipes.
     stdio: [OwnedFd; 3],
@@ -88,8 +97,10 @@ static WARM: Mutex<Option<Warm>> = Mutex::new(None);
 pub struct Lookups {
     passwd: String,
     group: String,
-    /// (command, PATH it was looked up on from "/", result).
-    exes: Vec<(String, String, Lookup)>,
+    /// The PATH the executables were looked up on, from "/".
+    path: String,
+    /// Command name -> what `find_executable` answered.
+    exes: HashMap<String, Lookup>,
 }
 
 static LOOKUPS: Mutex<Option<Arc<Lookups>>> = Mutex::new(None);
@@ -100,11 +111,12 @@ impl Lookups {
         crate::users::resolve_text(spec, &self.passwd, &self.group)
     }
 
-    /// What `find_executable` answered for `name` on `path` from `cwd`, if it was asked.
+    /// What `find_executable` answered for `name` on `path` from `cwd`, if it was asked. (A
+    /// bare name on a PATH of absolute directories does not depend on the directory.)
     pub fn exe(&self, name: &str, path: &str, cwd: &str) -> Option<Lookup> {
-        let hit = |(n, p, _): &&(String, String, Lookup)| n == name && p == path;
-        (cwd == "/")
-            .then(|| self.exes.iter().find(hit).map(|(_, _, l)| l.clone()))
+        let anywhere = !name.contains('/') && path.split(':').all(|d| d.starts_with('/'));
+        (path == self.path && (cwd == "/" || anywhere))
+            .then(|| self.exes.get(name).cloned())
             .flatten()
     }
 }
@@ -127,20 +139,13 @@ pub fn create() -> Result<(), String> {
         return Ok(());
     }
     let stand_in = ProcConfig {
-        args: vec!["/proc/self/fd/4".into(), INIT_ARG.into()],
+        args: vec![format!("/proc/self/fd/{EXE_FD}"), INIT_ARG.into()],
         env: vec![reaper::HELPER_ENV.into()],
         cwd: "/".into(),
         ..Default::default()
     };
     let cfg = oci::spec(&stand_in)?;
     oci::write_json(&Path::new(BUNDLE).join("config.json"), &cfg)?;
-    let (ours, theirs) = socketpair(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        None,
-        SockFlag::SOCK_CLOEXEC,
-    )
-    .map_err(|e| format!("socketpair: {}", e.desc()))?;
     let exe = std::fs::File::open("/proc/self/exe").map_err(|e| format!("open self: {e}"))?;
     // crun's own stdin and stdout, and the stand-in's stdin for runs without `-i`.
     let null = reaper::dev_null().map_err(|e| format!("/dev/null: {e}"))?;
@@ -148,6 +153,7 @@ pub fn create() -> Result<(), String> {
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {}", e.desc()))
     };
     let ((in_r, in_w), (out_r, out_w), (err_r, err_w)) = (pipe()?, pipe()?, pipe()?);
+    let ((spec_r, spec_w), (status_r, status_w)) = (pipe()?, pipe()?);
     let err = std::fs::File::create(ERR_FILE).map_err(|e| format!("{ERR_FILE}: {e}"))?;
     let _ = std::fs::remove_file(CONTAINER_PIDFILE);
     let argv = [
@@ -159,7 +165,7 @@ pub fn create() -> Result<(), String> {
         "--pid-file",
         CONTAINER_PIDFILE,
         "--preserve-fds",
-        "6",
+        "7",
         ID,
     ];
     let argv = cstrings(&argv)?;
@@ -170,9 +176,10 @@ pub fn create() -> Result<(), String> {
         cwd: None,
         ids: None,
         stdio: [null.as_raw_fd(), null.as_raw_fd(), err.as_raw_fd()],
-        // In the order of SOCK_FD, EXE_FD, STDIO_FDS, NULL_FD.
+        // In the order of SPEC_FD, STATUS_FD, EXE_FD, STDIO_FDS, NULL_FD.
         extra: vec![
-            theirs.as_raw_fd(),
+            spec_r.as_raw_fd(),
+            status_w.as_raw_fd(),
             exe.as_raw_fd(),
             in_r.as_raw_fd(),
             out_w.as_raw_fd(),
@@ -183,7 +190,8 @@ pub fn create() -> Result<(), String> {
         fixed_layout: true,
     };
     let (_, rx) = reaper::spawn(&cmd).map_err(|e| format!("{CRUN}: {e}"))?;
-    drop((theirs, exe, null, err));
+    // The status pipe's only writer must be the stand-in: its exec then closes it.
+    drop((spec_r, status_w, exe, null, err));
     drop((in_r, out_w, err_w));
     let code = rx.recv().map(reaper::exit_code).unwrap_or(255);
     if code != 0 {
@@ -201,7 +209,8 @@ pub fn create() -> Result<(), String> {
     if let Ok(mut w) = WARM.lock() {
         *w = Some(Warm {
             pid,
-            sock: ours,
+            spec: spec_w,
+            status_pipe: status_r,
             status,
             stdio: [in_w, out_r, err_r],
         });
@@ -209,21 +218,26 @@ pub fn create() -> Result<(), String> {
     Ok(())
 }
 
-/// Reads the executables of `commands` (resolved in the container on the default PATH), their
-/// ELF interpreters, and the user database into the page cache. Best effort: a miss only
-/// costs the restored run a disk read.
-pub fn prefetch(commands: &[String]) {
+/// Looks up every executable on `path` (the container's PATH; empty: the default) — which
+/// also brings their directories and inodes into the caches the snapshot keeps — and reads
+/// the executables of `commands`, their ELF interpreters and the user database into the page
+/// cache. Best effort: a miss only costs the restored run a lookup or a disk read.
+pub fn prefetch(commands: &[String], path: &str) {
     let root = Path::new(crate::container::ROOTFS);
+    let path = if path.is_empty() { DEFAULT_PATH } else { path };
     let (passwd, group) = crate::users::database(root);
     let mut memo = Lookups {
         passwd,
         group,
-        exes: vec![],
+        path: path.to_string(),
+        exes: crate::pathres::index(root, path, INDEX_LIMIT),
     };
     for name in commands {
-        let found = find_executable(root, name, DEFAULT_PATH, "/");
-        memo.exes
-            .push((name.clone(), DEFAULT_PATH.to_string(), found.clone()));
+        let found = match memo.exes.get(name) {
+            Some(l) => l.clone(),
+            None => find_executable(root, name, path, "/"),
+        };
+        memo.exes.insert(name.clone(), found.clone());
         if let Lookup::Found { host, .. } = found {
             let Ok(bytes) = std::fs::read(&host) else {
                 continue;
@@ -288,25 +302,16 @@ impl Warm {
     /// Hands the stand-in its command; returns once it exec'd (or failed to).
     pub fn start(self, spec: &InitSpec) -> Result<Started, StartError> {
         let msg = postcard::to_allocvec(spec).map_err(|e| failed(format!("init spec: {e}")))?;
-        let sock = self.sock.as_raw_fd();
-        // SAFETY: writing our buffer to our socket (one SEQPACKET message: all or nothing).
-        let sent = retry_eintr(|| unsafe { libc::write(sock, msg.as_ptr().cast(), msg.len()) });
-        if sent != msg.len() as isize {
-            let e = std::io::Error::last_os_error();
-            return Err(failed(format!("hand the command to the container: {e}")));
-        }
-        let mut buf = [0u8; 64];
-        // SAFETY: reading into a local buffer from our socket.
-        let n = retry_eintr(|| unsafe { libc::read(sock, buf.as_mut_ptr().cast(), 64) });
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            return Err(failed(format!("hear back from the container: {e}")));
-        }
-        if n > 0 {
-            let errno: i32 = String::from_utf8_lossy(&buf[..n as usize])
-                .trim()
-                .parse()
-                .unwrap_or(libc::EIO);
+        // Closing our end (the drop) is what ends the stand-in's read.
+        std::fs::File::from(self.spec)
+            .write_all(&msg)
+            .map_err(|e| failed(format!("hand the command to the container: {e}")))?;
+        let mut status = String::new();
+        std::fs::File::from(self.status_pipe)
+            .read_to_string(&mut status)
+            .map_err(|e| failed(format!("hear back from the container: {e}")))?;
+        if !status.is_empty() {
+            let errno: i32 = status.trim().parse().unwrap_or(libc::EIO);
             let e = std::io::Error::from_raw_os_error(errno);
             return Err((exec_error_kind(errno), e.to_string()));
         }
@@ -336,22 +341,23 @@ pub fn container_init() -> ! {
         let msg = errno.to_string();
         // SAFETY: writing a short message to our socket, then exiting.
         unsafe {
-            libc::write(SOCK_FD, msg.as_ptr().cast(), msg.len());
+            libc::write(STATUS_FD, msg.as_ptr().cast(), msg.len());
             libc::_exit(if errno == libc::ENOENT { 127 } else { 126 })
         }
     };
     reset_signals();
-    let mut buf = vec![0u8; 1 << 20];
-    // SAFETY: reading one message into our buffer.
-    let n = retry_eintr(|| unsafe { libc::read(SOCK_FD, buf.as_mut_ptr().cast(), buf.len()) });
-    if n <= 0 {
+    let mut buf = Vec::with_capacity(1 << 16);
+    // SAFETY: SPEC_FD is the command pipe crun passed us; nothing else owns it.
+    let mut pipe = unsafe { std::fs::File::from_raw_fd(SPEC_FD) };
+    if pipe.read_to_end(&mut buf).is_err() || buf.is_empty() {
         std::process::exit(1); // the agent let go of us: nothing to run
     }
+    drop(pipe);
     let Ok(InitSpec {
         path,
         process: spec,
         stdin,
-    }) = postcard::from_bytes::<InitSpec>(&buf[..n as usize])
+    }) = postcard::from_bytes::<InitSpec>(&buf)
     else {
         fail(libc::EINVAL)
     };
@@ -371,9 +377,16 @@ pub fn container_init() -> ! {
         for fd in EXE_FD..=NULL_FD {
             libc::close(fd);
         }
-        if libc::setgroups(spec.groups.len(), spec.groups.as_ptr()) != 0
-            || libc::setgid(spec.gid) != 0
-            || libc::setuid(spec.uid) != 0
+        // Changing ids that are already right would only cost (three new sets of
+        // credentials); the stand-in runs as root with no supplementary groups, as root does
+        // in most images.
+        let unchanged = libc::getuid() == spec.uid
+            && libc::getgid() == spec.gid
+            && groups().is_some_and(|g| same_set(&g, &spec.groups));
+        if !unchanged
+            && (libc::setgroups(spec.groups.len(), spec.groups.as_ptr()) != 0
+                || libc::setgid(spec.gid) != 0
+                || libc::setuid(spec.uid) != 0)
         {
             fail(errno());
         }
@@ -388,7 +401,7 @@ pub fn container_init() -> ! {
         if libc::chdir(cwd.as_ptr()) != 0 {
             fail(errno());
         }
-        libc::fcntl(SOCK_FD, libc::F_SETFD, libc::FD_CLOEXEC);
+        libc::fcntl(STATUS_FD, libc::F_SETFD, libc::FD_CLOEXEC);
         let (argv, envp) = (
             reaper::null_terminated(&args),
             reaper::null_terminated(&env),
@@ -405,6 +418,19 @@ fn errno() -> i32 {
 }
 
 /// The user's process must not inherit Rust's ignored SIGPIPE or any mask.
+/// This process's supplementary groups (None: more than we asked for).
+fn groups() -> Option<Vec<u32>> {
+    let mut g = vec![0 as libc::gid_t; 256];
+    // SAFETY: getgroups writes at most `g.len()` ids into `g`.
+    let n = unsafe { libc::getgroups(g.len() as i32, g.as_mut_ptr()) };
+    g.truncate(usize::try_from(n).ok()?);
+    Some(g)
+}
+
+fn same_set(a: &[u32], b: &[u32]) -> bool {
+    a.iter().all(|x| b.contains(x)) && b.iter().all(|x| a.contains(x))
+}
+
 fn reset_signals() {
     // SAFETY: resetting this process's own signal dispositions and mask.
     unsafe {
@@ -449,12 +475,20 @@ mod tests {
         let m = Lookups {
             passwd: "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n".into(),
             group: "root:x:0:\napp:x:1000:\n".into(),
-            exes: vec![("echo".into(), DEFAULT_PATH.into(), found.clone())],
+            path: DEFAULT_PATH.into(),
+            exes: [("echo", &found), ("./run", &found)]
+                .into_iter()
+                .map(|(n, l)| (n.to_string(), l.clone()))
+                .collect(),
         };
-        assert_eq!(m.exe("echo", DEFAULT_PATH, "/"), Some(found));
+        assert_eq!(m.exe("echo", DEFAULT_PATH, "/"), Some(found.clone()));
         assert_eq!(m.exe("echo", "/bin", "/"), None, "another PATH");
+        // A bare name on absolute directories is found wherever the process starts...
+        assert_eq!(m.exe("echo", DEFAULT_PATH, "/tmp"), Some(found.clone()));
+        // ... a relative path is not.
+        assert_eq!(m.exe("./run", DEFAULT_PATH, "/"), Some(found));
         assert_eq!(
-            m.exe("echo", DEFAULT_PATH, "/tmp"),
+            m.exe("./run", DEFAULT_PATH, "/tmp"),
             None,
             "another directory"
         );

@@ -20,7 +20,10 @@ pub mod codec;
 use serde::{Deserialize, Serialize};
 
 /// Bumped on every incompatible change of [`Msg`]; checked in the Hello exchange.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
+
+/// The `PATH` of a process whose environment sets none (podman's default), on both sides.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// The control stream.
 pub const CONTROL: u32 = 0;
@@ -203,6 +206,10 @@ pub struct ContainerPlan {
     /// interpreters and /etc/passwd and /etc/group the agent reads into the page cache with
     /// the warm container, so that a restored run does not wait on the image disk for them.
     pub prefetch: Vec<String>,
+    /// The `PATH` of this run's container processes: the agent indexes the executables on
+    /// it with the warm container, so that a restored run's first command is looked up
+    /// without touching the image disk (whatever the command). Empty: [`DEFAULT_PATH`].
+    pub path: String,
 }
 
 /// How the agent configures the VM's network interface (no DHCP client in the guest).

@@ -271,10 +271,7 @@ pub fn spawn(
 fn exec_spec(image: &ImageConfig) -> ProcessSpec {
     let mut env = image.env.clone();
     if !env.iter().any(|e| e.starts_with("PATH=")) {
-        env.insert(
-            0,
-            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
-        );
+        env.insert(0, format!("PATH={}", fcvm_proto::DEFAULT_PATH));
     }
     ProcessSpec {
         env,

@@ -210,6 +210,13 @@ async fn cold_boot(
         network: net.guest.clone(),
         warm,
         prefetch: facts.prefetch.clone(),
+        path: facts
+            .container_env
+            .iter()
+            .rev()
+            .find_map(|e| e.strip_prefix("PATH="))
+            .unwrap_or_default()
+            .to_string(),
     };
     session
         .request(Msg::Prepare(plan), BOOT_TIMEOUT, |m| match m {

@@ -47,10 +47,7 @@ pub fn process_spec(opts: &RunOptions, img: &ImageConfig, env: Vec<String>) -> R
     }
     let mut merged: Vec<String> = img.env.clone();
     if !merged.iter().any(|e| e.starts_with("PATH=")) {
-        merged.insert(
-            0,
-            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
-        );
+        merged.insert(0, format!("PATH={}", fcvm_proto::DEFAULT_PATH));
     }
     if opts.tty {
         env_set(&mut merged, "TERM=xterm".into());
