@@ -7,7 +7,8 @@
 pub mod cmdline;
 pub mod qmp;
 
-use std::os::unix::process::ExitStatusExt;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
@@ -43,12 +44,34 @@ impl Qemu {
         let args = cmdline::args(spec, cmdline::host_tsc_khz());
         let stderr = std::fs::File::create(spec.dir.join("qemu.log"))
             .map_err(|e| VmmError::Spawn(QEMU_BIN.into(), e))?;
+        // QMP's socket is bound here, before QEMU starts: a client can connect at once and
+        // waits for QEMU's greeting, instead of retrying until QEMU has made the socket.
+        let qmp_path = spec.dir.join(cmdline::QMP_SOCK);
+        let _ = std::fs::remove_file(&qmp_path);
+        let qmp = std::os::unix::net::UnixListener::bind(&qmp_path)
+            .map_err(|e| VmmError::Spawn(format!("{QEMU_BIN} (QMP socket)"), e))?;
+        let qmp_fd = qmp.as_raw_fd();
         let mut cmd = Command::new(&bin);
         cmd.args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr);
         crate::util::owned_by_us(&mut cmd);
+        // SAFETY: only dup2/fcntl (async-signal-safe) between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                // dup2 clears close-on-exec on the copy; an fd already in place keeps it.
+                let r = if qmp_fd == cmdline::QMP_FD {
+                    libc::fcntl(qmp_fd, libc::F_SETFD, 0)
+                } else {
+                    libc::dup2(qmp_fd, cmdline::QMP_FD)
+                };
+                if r < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         let child = cmd
             .spawn()
             .map_err(|e| VmmError::Spawn(QEMU_BIN.into(), e))?;

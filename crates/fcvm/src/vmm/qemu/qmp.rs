@@ -1,8 +1,8 @@
 //! A minimal QMP client: JSON lines over the VM's `qmp.sock`.
 //!
 //! fcvm uses QMP only for snapshot work (stop, migrate with `x-ignore-shared`, incoming
-//! migration, cont) and status queries. Events are skipped; each command waits for its own
-//! `return` or `error`. Migration streams go through a file descriptor that fcvm opens and
+//! migration, cont) and status queries. Each command waits for its own `return` or `error`;
+//! the only event read is a migration's end (`MIGRATION`), so no one polls for it. Migration streams go through a file descriptor that fcvm opens and
 //! hands over (`getfd` with SCM_RIGHTS, then `fd:NAME`): no `exec:cat` process per restore.
 
 use std::io::IoSlice;
@@ -144,33 +144,54 @@ impl Qmp {
     }
 
     /// `x-ignore-shared`: leave shared RAM (the VM's RAM file) out of the migration stream.
-    /// Both ends of a stream must agree: it changes the stream's format.
+    /// Both ends of a stream must agree: it changes the stream's format. Also turns on
+    /// `MIGRATION` events, which [`Qmp::wait_migration`] waits for.
     pub async fn set_ignore_shared(&mut self, on: bool) -> Result<(), QmpError> {
-        self.execute(
-            "migrate-set-capabilities",
-            json!({"capabilities": [{"capability": "x-ignore-shared", "state": on}]}),
-        )
-        .await
-        .map(|_| ())
+        let caps = json!([
+            {"capability": "x-ignore-shared", "state": on},
+            {"capability": "events", "state": true},
+        ]);
+        self.execute("migrate-set-capabilities", json!({ "capabilities": caps }))
+            .await
+            .map(|_| ())
     }
 
-    /// Waits until the current migration (outgoing or incoming) completes.
+    /// Waits until the current migration (outgoing or incoming) completes: asks, then waits
+    /// for its `MIGRATION` event (asking again now and then, should events be off).
     pub async fn wait_migration(&mut self, timeout: Duration) -> Result<(), QmpError> {
+        const ASK_AGAIN: Duration = Duration::from_millis(50);
         let start = Instant::now();
         loop {
             let v = self.execute("query-migrate", json!({})).await?;
-            match v["status"].as_str().unwrap_or("") {
-                "completed" => return Ok(()),
-                s @ ("failed" | "cancelled") => {
-                    let why = v["error-desc"].as_str().unwrap_or(s).to_string();
-                    return Err(QmpError::Command("migrate".into(), why));
+            if migration_over(v["status"].as_str().unwrap_or(""), &v["error-desc"])? {
+                return Ok(());
+            }
+            let until = (start + timeout).min(Instant::now() + ASK_AGAIN);
+            while let Ok(msg) = tokio::time::timeout_at(until.into(), self.read_msg()).await {
+                let msg = msg?;
+                // Its end: asking again gives the outcome (and a failure's reason).
+                let status = msg["data"]["status"].as_str().unwrap_or("");
+                if msg["event"] == "MIGRATION"
+                    && !matches!(migration_over(status, &Value::Null), Ok(false))
+                {
+                    break;
                 }
-                _ => {}
             }
             if start.elapsed() > timeout {
                 return Err(QmpError::Timeout("migrate".into(), timeout));
             }
-            tokio::time::sleep(Duration::from_millis(2)).await;
         }
+    }
+}
+
+/// Whether a migration in `status` is over: Ok(true) once completed, an error if it failed.
+fn migration_over(status: &str, why: &Value) -> Result<bool, QmpError> {
+    match status {
+        "completed" => Ok(true),
+        "failed" | "cancelled" => {
+            let why = why.as_str().unwrap_or(status).to_string();
+            Err(QmpError::Command("migrate".into(), why))
+        }
+        _ => Ok(false),
     }
 }
