@@ -6,7 +6,8 @@
   N restore+exec cycles (`snapshot run --exec`, failures);
   10 clones' total PSS / one cold-booted VM's PSS.
 usage: bench/snapshot.py [--cycles 100] [--cold-runs 3] [--cached-runs 11] [--accel tcg]
-       (after ./fcvm setup). Medians: start times vary by ±30 % run to run on a shared host.
+       (after ./fcvm setup). Medians: start times vary by ±30 % run to run on a shared host, so
+       cold and cached runs are interleaved.
 """
 import argparse, json, os, re, statistics, subprocess, sys, time
 
@@ -63,15 +64,18 @@ def exec_rt(name):
 
 # warm the image cache, then measure
 subprocess.run([F, "podman", "run", "--network", "none", IMG, "true"], env=ENV, check=True)
-cold = sorted(first_byte(["podman", "run", "--no-snapshot", "--network", "none", IMG, "echo", "hi"])[0]
-              for _ in range(a.cold_runs))
-cached, ready = [], []
-for _ in range(a.cached_runs):
-    t, err = first_byte(["podman", "run", "--network", "none", IMG, "echo", "hi"])
-    m = re.search(r"restored_from=(\S+) .*ready_ms=(\d+)", err)
-    if not m or m.group(1) == "-":
-        sys.exit(f"cached run did not restore: {err}")
-    cached.append(t); ready.append(int(m.group(2)))
+# Cold and cached runs interleaved (rounds of one cold run and its share of cached runs): this
+# host's speed drifts by tens of percent over minutes, and all cold runs first would compare
+# a slower moment with a faster one.
+cold, cached, ready = [], [], []
+for r in range(a.cold_runs):
+    cold.append(first_byte(["podman", "run", "--no-snapshot", "--network", "none", IMG, "echo", "hi"])[0])
+    for _ in range(a.cached_runs * (r + 1) // a.cold_runs - len(cached)):
+        t, err = first_byte(["podman", "run", "--network", "none", IMG, "echo", "hi"])
+        m = re.search(r"restored_from=(\S+) .*ready_ms=(\d+)", err)
+        if not m or m.group(1) == "-":
+            sys.exit(f"cached run did not restore: {err}")
+        cached.append(t); ready.append(int(m.group(2)))
 print(f"cold start  -> first output: median {statistics.median(cold):.0f} ms  (runs {[round(x) for x in cold]})")
 print(f"cached start-> first output: median {statistics.median(cached):.0f} ms  ratio cached/cold = "
       f"{statistics.median(cached) / statistics.median(cold):.3f} (goal <= 0.05)")
