@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Interest};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Interest, Lines};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
 
@@ -33,7 +33,9 @@ pub enum QmpError {
 }
 
 pub struct Qmp {
-    rd: BufReader<OwnedReadHalf>,
+    /// Lines, not `read_line`: waiting for an event gives up now and then, and a cancelled
+    /// `next_line` keeps what it had read of a line.
+    rd: Lines<BufReader<OwnedReadHalf>>,
     wr: OwnedWriteHalf,
 }
 
@@ -52,7 +54,7 @@ impl Qmp {
         };
         let (rd, wr) = stream.into_split();
         let mut q = Qmp {
-            rd: BufReader::new(rd),
+            rd: BufReader::new(rd).lines(),
             wr,
         };
         q.read_msg().await?; // greeting
@@ -61,10 +63,7 @@ impl Qmp {
     }
 
     async fn read_msg(&mut self) -> Result<Value, QmpError> {
-        let mut line = String::new();
-        if self.rd.read_line(&mut line).await? == 0 {
-            return Err(QmpError::Closed);
-        }
+        let line = self.rd.next_line().await?.ok_or(QmpError::Closed)?;
         Ok(serde_json::from_str(&line)?)
     }
 
