@@ -73,73 +73,91 @@ fn parse_group(text: &str) -> Vec<GrEnt> {
         .collect()
 }
 
-/// Resolves `spec` from the texts of passwd and group (either may be empty).
-pub fn resolve_text(spec: &str, passwd: &str, group: &str) -> Result<Ids, String> {
-    let pw = parse_passwd(passwd);
-    let gr = parse_group(group);
-    let (user, grp) = match spec.split_once(':') {
-        Some((u, g)) => (u, Some(g)),
-        None => (spec, None),
-    };
-    let user = if user.is_empty() { "0" } else { user };
-    let ent = match user.parse::<u32>() {
-        Ok(uid) => pw.iter().find(|p| p.uid == uid),
-        Err(_) => Some(
-            pw.iter()
-                .find(|p| p.name == user)
-                .ok_or_else(|| format!("unable to find user {user}"))?,
-        ),
-    };
-    let uid = ent
-        .map(|e| e.uid)
-        .unwrap_or_else(|| user.parse().unwrap_or(0));
-    let mut gid = ent.map(|e| e.gid).unwrap_or(0);
-    if let Some(g) = grp.filter(|g| !g.is_empty()) {
-        gid = match g.parse::<u32>() {
-            Ok(n) => n,
-            Err(_) => {
-                gr.iter()
-                    .find(|e| e.name == g)
-                    .ok_or_else(|| format!("unable to find group {g}"))?
-                    .gid
-            }
-        };
-    }
-    let mut groups = Vec::new();
-    if let Some(e) = ent {
-        for g in gr.iter().filter(|g| g.members.contains(&e.name)) {
-            if g.gid != gid && !groups.contains(&g.gid) {
-                groups.push(g.gid);
-            }
-        }
-    }
-    let home = ent
-        .map(|e| e.home.clone())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "/".into());
-    Ok(Ids {
-        uid,
-        gid,
-        groups,
-        home,
-    })
+/// A parsed passwd and group (the warm container keeps one from before a snapshot: parsing
+/// is code a restored run would otherwise translate first).
+pub struct Database {
+    pw: Vec<PwEnt>,
+    gr: Vec<GrEnt>,
 }
 
-/// The texts of `root`/etc/passwd and `root`/etc/group (missing files are empty).
-pub fn database(root: &Path) -> (String, String) {
-    let read = |f: &str| std::fs::read_to_string(root.join(f)).unwrap_or_default();
-    (read("etc/passwd"), read("etc/group"))
+impl Database {
+    pub fn parse(passwd: &str, group: &str) -> Database {
+        Database {
+            pw: parse_passwd(passwd),
+            gr: parse_group(group),
+        }
+    }
+
+    /// `root`/etc/passwd and `root`/etc/group (missing files are empty).
+    pub fn read(root: &Path) -> Database {
+        let read = |f: &str| std::fs::read_to_string(root.join(f)).unwrap_or_default();
+        Database::parse(&read("etc/passwd"), &read("etc/group"))
+    }
+
+    /// Resolves `spec` (see the module docs).
+    pub fn resolve(&self, spec: &str) -> Result<Ids, String> {
+        let (pw, gr) = (&self.pw, &self.gr);
+        let (user, grp) = match spec.split_once(':') {
+            Some((u, g)) => (u, Some(g)),
+            None => (spec, None),
+        };
+        let user = if user.is_empty() { "0" } else { user };
+        let ent = match user.parse::<u32>() {
+            Ok(uid) => pw.iter().find(|p| p.uid == uid),
+            Err(_) => Some(
+                pw.iter()
+                    .find(|p| p.name == user)
+                    .ok_or_else(|| format!("unable to find user {user}"))?,
+            ),
+        };
+        let uid = ent
+            .map(|e| e.uid)
+            .unwrap_or_else(|| user.parse().unwrap_or(0));
+        let mut gid = ent.map(|e| e.gid).unwrap_or(0);
+        if let Some(g) = grp.filter(|g| !g.is_empty()) {
+            gid = match g.parse::<u32>() {
+                Ok(n) => n,
+                Err(_) => {
+                    gr.iter()
+                        .find(|e| e.name == g)
+                        .ok_or_else(|| format!("unable to find group {g}"))?
+                        .gid
+                }
+            };
+        }
+        let mut groups = Vec::new();
+        if let Some(e) = ent {
+            for g in gr.iter().filter(|g| g.members.contains(&e.name)) {
+                if g.gid != gid && !groups.contains(&g.gid) {
+                    groups.push(g.gid);
+                }
+            }
+        }
+        let home = ent
+            .map(|e| e.home.clone())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "/".into());
+        Ok(Ids {
+            uid,
+            gid,
+            groups,
+            home,
+        })
+    }
 }
 
 /// Resolves `spec` against `root`/etc/passwd and `root`/etc/group (missing files are empty).
 pub fn resolve(root: &Path, spec: &str) -> Result<Ids, String> {
-    let (passwd, group) = database(root);
-    resolve_text(spec, &passwd, &group)
+    Database::read(root).resolve(spec)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn resolve_text(spec: &str, passwd: &str, group: &str) -> Result<Ids, String> {
+        Database::parse(passwd, group).resolve(spec)
+    }
 
     const PW: &str = "root:x:0:0:root:/root:/bin/sh\n\
                       nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n\

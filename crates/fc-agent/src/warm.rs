@@ -93,10 +93,9 @@ static WARM: Mutex<Option<Warm>> = Mutex::new(None);
 /// What [`prefetch`] found, kept for the first Start: the files cannot have changed while
 /// the stand-in waits, as nothing else has run in the container (a `--vm` process could
 /// write to its files: [`forget_lookups`]).
-#[derive(Default)]
 pub struct Lookups {
-    passwd: String,
-    group: String,
+    /// The container's passwd and group, parsed.
+    users: crate::users::Database,
     /// The PATH the executables were looked up on, from "/".
     path: String,
     /// Command name -> what `find_executable` answered.
@@ -108,7 +107,7 @@ static LOOKUPS: Mutex<Option<Arc<Lookups>>> = Mutex::new(None);
 impl Lookups {
     /// `users::resolve` of `spec` in the container.
     pub fn user(&self, spec: &str) -> Result<Ids, String> {
-        crate::users::resolve_text(spec, &self.passwd, &self.group)
+        self.users.resolve(spec)
     }
 
     /// What `find_executable` answered for `name` on `path` from `cwd`, if it was asked. (A
@@ -225,10 +224,8 @@ pub fn create() -> Result<(), String> {
 pub fn prefetch(commands: &[String], path: &str) {
     let root = Path::new(crate::container::ROOTFS);
     let path = if path.is_empty() { DEFAULT_PATH } else { path };
-    let (passwd, group) = crate::users::database(root);
     let mut memo = Lookups {
-        passwd,
-        group,
+        users: crate::users::Database::read(root),
         path: path.to_string(),
         exes: crate::pathres::index(root, path, INDEX_LIMIT),
     };
@@ -398,7 +395,8 @@ pub fn container_init() -> ! {
         ) else {
             fail(libc::EINVAL)
         };
-        if libc::chdir(cwd.as_ptr()) != 0 {
+        // The stand-in was created in "/" (see `create`): only another directory is a change.
+        if spec.cwd != "/" && libc::chdir(cwd.as_ptr()) != 0 {
             fail(errno());
         }
         libc::fcntl(STATUS_FD, libc::F_SETFD, libc::FD_CLOEXEC);
@@ -473,8 +471,10 @@ mod tests {
             host: "/r/bin/busybox".into(),
         };
         let m = Lookups {
-            passwd: "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n".into(),
-            group: "root:x:0:\napp:x:1000:\n".into(),
+            users: crate::users::Database::parse(
+                "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n",
+                "root:x:0:\napp:x:1000:\n",
+            ),
             path: DEFAULT_PATH.into(),
             exes: [("echo", &found), ("./run", &found)]
                 .into_iter()
