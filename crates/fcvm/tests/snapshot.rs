@@ -155,6 +155,50 @@ fn second_run_restores_from_the_image_cache() {
     );
 }
 
+#[test]
+fn a_restored_run_takes_any_command_user_and_directory() {
+    seed_cache();
+    let restored = |tag: &str, args: &[&str]| {
+        let out = fcvm()
+            .env("FCVM_TIMINGS", "1")
+            .args(["podman", "run", "--name", &name(tag), "--network", "none"])
+            .args(args)
+            .output()
+            .unwrap();
+        let err = text(&out.stderr);
+        assert!(
+            err.contains("restored_from=cache-"),
+            "did not restore: {err}"
+        );
+        (out.status.code(), text(&out.stdout), err)
+    };
+    // Not the command the snapshot was made with (the agent's PATH index answers), as
+    // another user, in another directory: the warm stand-in switches to them.
+    let (code, out, err) = restored(
+        "anycmd",
+        &[
+            "-u",
+            "nobody",
+            "-w",
+            "/tmp",
+            IMG,
+            "sh",
+            "-c",
+            "id -u; id -g; pwd",
+        ],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out, "65534\n65534\n/tmp\n");
+    let (code, out, _) = restored("anycmd2", &[IMG, "env"]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("HOME=/root"), "{out}");
+    // podman's codes for a command that cannot run, on a restored run too.
+    let (code, _, err) = restored("nocmd", &[IMG, "no-such-cmd"]);
+    assert_eq!(code, Some(127), "{err}");
+    let (code, _, err) = restored("noexec", &[IMG, "/etc/passwd"]);
+    assert_eq!(code, Some(126), "{err}");
+}
+
 /// Makes sure the image-cache snapshot for busybox without network exists.
 fn seed_cache() {
     static SEEDED: OnceLock<()> = OnceLock::new();
