@@ -3,8 +3,8 @@
 //! `crun run` spends most of a container's start (under TCG ~0.5 s) on namespaces, mounts,
 //! cgroups and pivot_root — none of which depends on the command. So right after Prepare
 //! the agent runs `crun run --detach` with a stand-in process: this very binary, exec'd
-//! through `/proc/self/fd/4` (nothing is added to the container's files), which waits on a
-//! socket ([`container_init`]). The image-cache snapshot is taken with it waiting, so a
+//! through `/proc/self/fd/5` (nothing is added to the container's files), which waits on a
+//! pipe ([`container_init`]). The image-cache snapshot is taken with it waiting, so a
 //! restored run only has to hand it the command:
 //!
 //! 1. [`create`] (after Prepare): `crun run --detach --preserve-fds 7` with fd 3 = the read
@@ -22,9 +22,10 @@
 //! The user's process is still started fresh on every run: only crun's set-up is reused.
 //! Whatever else can be done before the snapshot is, because after a restore under TCG each
 //! kernel path costs its translation (creating pipes, passing fds, a JSON parser:
-//! milliseconds each). [`prefetch`] reads what that process will most likely need first (its
-//! executable, ELF interpreter, /etc/passwd and /etc/group) into the page cache the snapshot
-//! keeps, and remembers the answers ([`Lookups`]) for the first Start.
+//! milliseconds each). [`prefetch`] looks up every executable on the container's PATH and
+//! reads what that process will most likely need first (its executable, ELF interpreter,
+//! /etc/passwd and /etc/group) into the caches the snapshot keeps, and remembers the answers
+//! ([`Lookups`]) for the first Start.
 //! TTY runs (crun makes their terminal when it creates the container) use plain `crun run`.
 
 use crate::container::{BUNDLE, CRUN, ID};
@@ -336,7 +337,7 @@ fn exec_error_kind(errno: i32) -> ErrorKind {
 pub fn container_init() -> ! {
     let fail = |errno: i32| -> ! {
         let msg = errno.to_string();
-        // SAFETY: writing a short message to our socket, then exiting.
+        // SAFETY: writing a short message to our status pipe, then exiting.
         unsafe {
             libc::write(STATUS_FD, msg.as_ptr().cast(), msg.len());
             libc::_exit(if errno == libc::ENOENT { 127 } else { 126 })
@@ -415,7 +416,6 @@ fn errno() -> i32 {
         .unwrap_or(libc::EIO)
 }
 
-/// The user's process must not inherit Rust's ignored SIGPIPE or any mask.
 /// This process's supplementary groups (None: more than we asked for).
 fn groups() -> Option<Vec<u32>> {
     let mut g = vec![0 as libc::gid_t; 256];
@@ -429,6 +429,7 @@ fn same_set(a: &[u32], b: &[u32]) -> bool {
     a.iter().all(|x| b.contains(x)) && b.iter().all(|x| a.contains(x))
 }
 
+/// The user's process must not inherit Rust's ignored SIGPIPE or any mask.
 fn reset_signals() {
     // SAFETY: resetting this process's own signal dispositions and mask.
     unsafe {

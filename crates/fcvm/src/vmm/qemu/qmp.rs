@@ -2,8 +2,9 @@
 //!
 //! fcvm uses QMP only for snapshot work (stop, migrate with `x-ignore-shared`, incoming
 //! migration, cont) and status queries. Each command waits for its own `return` or `error`;
-//! the only event read is a migration's end (`MIGRATION`), so no one polls for it. Migration streams go through a file descriptor that fcvm opens and
-//! hands over (`getfd` with SCM_RIGHTS, then `fd:NAME`): no `exec:cat` process per restore.
+//! the only event read is a migration's end (`MIGRATION`), so no one polls for it. Migration
+//! streams go through a file descriptor that fcvm opens and hands over (`getfd` with
+//! SCM_RIGHTS, then `fd:NAME`): no `exec:cat` process per restore.
 
 use std::io::IoSlice;
 use std::os::fd::{AsFd, AsRawFd};
@@ -170,9 +171,7 @@ impl Qmp {
                 let msg = msg?;
                 // Its end: asking again gives the outcome (and a failure's reason).
                 let status = msg["data"]["status"].as_str().unwrap_or("");
-                if msg["event"] == "MIGRATION"
-                    && !matches!(migration_over(status, &Value::Null), Ok(false))
-                {
+                if msg["event"] == "MIGRATION" && FINAL_STATUSES.contains(&status) {
                     break;
                 }
             }
@@ -182,6 +181,9 @@ impl Qmp {
         }
     }
 }
+
+/// The statuses a migration ends in.
+const FINAL_STATUSES: [&str; 3] = ["completed", "failed", "cancelled"];
 
 /// Whether a migration in `status` is over: Ok(true) once completed, an error if it failed.
 fn migration_over(status: &str, why: &Value) -> Result<bool, QmpError> {
