@@ -15,6 +15,7 @@ pub mod exec;
 pub mod health;
 pub mod image;
 pub mod network;
+pub mod owner_only;
 pub mod paths;
 pub mod progress;
 pub mod run;

@@ -66,7 +66,7 @@ impl Session {
     pub async fn connect(
         sock: &Path,
         epoch: u64,
-        vmm: &mut dyn Vmm,
+        vmm: &dyn Vmm,
         timeout: Duration,
         log: Option<PathBuf>,
     ) -> Result<Session, SessionError> {
@@ -105,7 +105,7 @@ impl Session {
         sock: &Path,
         epoch: u64,
         plan: RestorePlan,
-        vmm: &mut dyn Vmm,
+        vmm: &dyn Vmm,
         timeout: Duration,
         log: Option<PathBuf>,
     ) -> Result<Session, SessionError> {
@@ -140,7 +140,7 @@ impl Session {
     async fn open(
         sock: &Path,
         epoch: u64,
-        vmm: &mut dyn Vmm,
+        vmm: &dyn Vmm,
         timeout: Duration,
         log: Option<PathBuf>,
         (first, resend): (Msg, Duration),

@@ -9,7 +9,10 @@ use sha2::{Digest, Sha256};
 /// Writes `data` to `path` atomically: a temp file in the same directory, fsync, rename.
 pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
+    if !dir.is_dir() {
+        crate::owner_only::create_dir(dir)?;
+    }
+    // NamedTempFile is 0600 whatever the umask; rename keeps the mode.
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
     tmp.write_all(data)?;
     tmp.as_file().sync_all()?;
@@ -17,10 +20,10 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// A fresh temp directory under `parent` (created if missing), removed on drop unless kept.
+/// A fresh temp directory under `parent` (created if missing), 0700, removed on drop unless
+/// kept.
 pub fn temp_dir_in(parent: &Path, prefix: &str) -> std::io::Result<tempfile::TempDir> {
-    std::fs::create_dir_all(parent)?;
-    tempfile::Builder::new().prefix(prefix).tempdir_in(parent)
+    crate::owner_only::temp_dir_in(parent, prefix)
 }
 
 /// Moves a finished directory into place atomically. If `dest` already exists (another process

@@ -18,10 +18,12 @@
 //! request (≈59 vs 78 req/s, 16 vs 6 ms) — correctness first. passt stays selectable, at MTU
 //! 1500, for a newer passt.
 //!
-//! API: `NetworkOptions` from the flags, [`check`] before anything is created (syntax, free
-//! ports, tools), [`setup`] per VM → [`Network`] (QEMU args, the guest's `NetConfig` that the
-//! agent applies, what `ls --json` shows). Dropping the `Network` tears everything down (the
-//! passt process; slirp's ports close with QEMU, which dies with fcvm).
+//! API: [`NetworkOptions`] from the flags (ports parsed once, by clap, with
+//! [`publish::parse_one`]); [`check`] before anything is created (duplicates, free ports,
+//! tools, privileges) → a [`NetworkPlan`]; [`setup`] per VM → [`Network`] (the VM's typed
+//! [`Nic`], the guest's `NetConfig` that the agent applies, what `ls --json` shows). Dropping
+//! the `Network` tears everything down (the passt process; slirp's ports close with QEMU,
+//! which dies with fcvm). Nothing here knows a VMM's argument syntax.
 
 pub mod bridged;
 pub mod netns;
@@ -33,6 +35,8 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+
+use crate::vmm::{NetDev, Nic};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetworkError {
@@ -76,8 +80,16 @@ impl std::str::FromStr for NetworkMode {
 #[derive(Debug, Clone, Default)]
 pub struct NetworkOptions {
     pub mode: NetworkMode,
-    /// Raw `--publish` values (podman syntax).
-    pub publish: Vec<String>,
+    /// `--publish` values, parsed (a host port of 0 is picked by [`check`]).
+    pub publish: Vec<publish::Publish>,
+}
+
+/// Network options that passed [`check`]: every host port is free (and chosen, where the
+/// user left it to fcvm).
+#[derive(Debug, Clone)]
+pub struct NetworkPlan {
+    mode: NetworkMode,
+    ports: Vec<publish::Publish>,
 }
 
 /// What `fcvm ls --json` shows about a VM's network.
@@ -92,33 +104,14 @@ pub struct NetworkInfo {
 /// A VM's network while it runs; dropping it tears everything down.
 #[derive(Debug, Default)]
 pub struct Network {
-    pub qemu_args: Vec<String>,
+    /// The VM's network card (None: no network).
+    pub nic: Option<Nic>,
     pub guest: Option<fcvm_proto::NetConfig>,
     pub info: NetworkInfo,
     /// The helper process (passt), stopped on drop.
     _helper: Option<passt::Passt>,
     /// The bridged network's netns, links and rules, removed on drop.
     _bridged: Option<bridged::Bridged>,
-}
-
-impl Network {
-    /// The kind of QEMU netdev: "user" (slirp), "stream" (passt), "tap" (bridged) or "none".
-    /// slirp puts its own section into a migration stream, so a snapshot only restores into
-    /// a QEMU with the same kind: snapshot keys should include it.
-    pub fn netdev_kind(&self) -> &'static str {
-        netdev_kind(&self.qemu_args)
-    }
-}
-
-/// The network backend named by QEMU arguments: `user`, `stream`, `tap` or `none`.
-pub fn netdev_kind(qemu_args: &[String]) -> &'static str {
-    let nd = qemu_args.iter().skip_while(|a| *a != "-netdev").nth(1);
-    match nd.and_then(|a| a.split(',').next()) {
-        Some("user") => "user",
-        Some("stream") => "stream",
-        Some("tap") => "tap",
-        _ => "none",
-    }
 }
 
 /// Which rootless backend: QEMU's slirp (default) or passt.
@@ -142,12 +135,18 @@ fn guest_dns() -> Result<Vec<String>, NetworkError> {
     }
 }
 
-/// Validates the options up front (syntax, ports free, tools present, privileges).
-pub fn check(opts: &NetworkOptions) -> Result<(), NetworkError> {
-    let ports = publish::parse_all(&opts.publish)?;
+/// Validates the options up front (duplicate ports, ports free, tools present, privileges).
+pub fn check(opts: &NetworkOptions) -> Result<NetworkPlan, NetworkError> {
+    let plan = |ports| NetworkPlan {
+        mode: opts.mode,
+        ports,
+    };
+    publish::check_unique(&opts.publish)?;
     match opts.mode {
-        NetworkMode::None if !ports.is_empty() => return Err(NetworkError::PublishWithoutNetwork),
-        NetworkMode::None => return Ok(()),
+        NetworkMode::None if !opts.publish.is_empty() => {
+            return Err(NetworkError::PublishWithoutNetwork)
+        }
+        NetworkMode::None => return Ok(plan(vec![])),
         NetworkMode::Bridged => {
             if !nix::unistd::geteuid().is_root() {
                 return Err(NetworkError::BridgedNeedsRoot);
@@ -164,18 +163,16 @@ pub fn check(opts: &NetworkOptions) -> Result<(), NetworkError> {
         return Err(NetworkError::Tool("passt", "passt"));
     }
     guest_dns()?;
-    publish::resolve(ports)?;
-    Ok(())
+    Ok(plan(publish::resolve(opts.publish.clone())?))
 }
 
 /// Sets up the network of one VM whose directory is `vm_dir`.
-pub fn setup(opts: &NetworkOptions, vm_dir: &Path, vm_id: &str) -> Result<Network, NetworkError> {
-    check(opts)?;
+pub fn setup(plan: &NetworkPlan, vm_dir: &Path, vm_id: &str) -> Result<Network, NetworkError> {
     // Bridged networks of VMs whose fcvm died (SIGKILL) go first, whatever this VM's mode.
     if nix::unistd::geteuid().is_root() {
         netns::reap_orphans();
     }
-    if opts.mode == NetworkMode::None {
+    if plan.mode == NetworkMode::None {
         return Ok(Network {
             info: NetworkInfo {
                 mode: NetworkMode::None,
@@ -184,16 +181,21 @@ pub fn setup(opts: &NetworkOptions, vm_dir: &Path, vm_id: &str) -> Result<Networ
             ..Default::default()
         });
     }
-    let ports = publish::resolve(publish::parse_all(&opts.publish)?)?;
+    let ports = &plan.ports;
     let resolv = std::env::var_os("FCVM_HOST_RESOLV_CONF")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| "/etc/resolv.conf".into());
     let (servers, search) = read_resolv_conf(&std::fs::read_to_string(resolv).unwrap_or_default());
-    let device = format!("virtio-net-device,netdev=n0,mac={}", mac(vm_id));
+    let nic = |netdev| {
+        Some(Nic {
+            netdev,
+            mac: mac(vm_id),
+        })
+    };
     let address = format!("{}/{}", passt::GUEST_ADDR, passt::PREFIX);
     let ports_info = ports.iter().map(|p| p.display()).collect();
-    if opts.mode == NetworkMode::Bridged {
-        let (b, tap) = bridged::setup(vm_id, &ports)?;
+    if plan.mode == NetworkMode::Bridged {
+        let (b, tap) = bridged::setup(vm_id, ports)?;
         let dns = match std::env::var("FCVM_DNS") {
             Ok(v) if !v.is_empty() => guest_dns()?,
             _ => servers
@@ -203,12 +205,7 @@ pub fn setup(opts: &NetworkOptions, vm_dir: &Path, vm_id: &str) -> Result<Networ
                 .collect(),
         };
         return Ok(Network {
-            qemu_args: vec![
-                "-netdev".into(),
-                format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
-                "-device".into(),
-                device,
-            ],
+            nic: nic(NetDev::Tap { ifname: tap }),
             guest: Some(fcvm_proto::NetConfig {
                 address: address.clone(),
                 gateway: passt::GATEWAY.into(),
@@ -227,17 +224,16 @@ pub fn setup(opts: &NetworkOptions, vm_dir: &Path, vm_id: &str) -> Result<Networ
         });
     }
     let (netdev, helper, mtu) = if use_slirp() {
-        (slirp::netdev(&ports), None, 1500)
+        (NetDev::User(slirp::user_net(ports)), None, 1500)
     } else {
-        let p = passt::start(vm_dir, &ports, servers.first().copied())?;
-        let nd = format!(
-            "stream,id=n0,server=off,addr.type=unix,addr.path={}",
-            p.socket.display()
-        );
+        let p = passt::start(vm_dir, ports, servers.first().copied())?;
+        let nd = NetDev::Stream {
+            socket: p.socket.clone(),
+        };
         (nd, Some(p), passt::MTU)
     };
     Ok(Network {
-        qemu_args: vec!["-netdev".into(), netdev, "-device".into(), device],
+        nic: nic(netdev),
         guest: Some(fcvm_proto::NetConfig {
             address: address.clone(),
             gateway: passt::GATEWAY.into(),
@@ -297,27 +293,12 @@ mod tests {
     }
 
     #[test]
-    fn netdev_kind_from_args() {
-        let mut n = Network::default();
-        assert_eq!(n.netdev_kind(), "none");
-        n.qemu_args = vec![
-            "-netdev".into(),
-            "user,id=n0".into(),
-            "-device".into(),
-            "x".into(),
-        ];
-        assert_eq!(n.netdev_kind(), "user");
-        n.qemu_args[1] = "tap,id=n0,ifname=t".into();
-        assert_eq!(n.netdev_kind(), "tap");
-    }
-
-    #[test]
     fn mode_and_checks() {
         assert_eq!("none".parse::<NetworkMode>().unwrap(), NetworkMode::None);
         assert!("bogus".parse::<NetworkMode>().is_err());
         let none = NetworkOptions {
             mode: NetworkMode::None,
-            publish: vec!["8080:80".into()],
+            publish: vec![publish::parse_one("8080:80").unwrap()],
         };
         assert!(matches!(
             check(&none),

@@ -5,7 +5,8 @@
 //! - A missing or empty host port (`80`, `127.0.0.1::80`) takes a free port, as podman does.
 //! - `proto` is `tcp` (default) or `udp`.
 //!
-//! [`resolve`] parses and then proves each host port free by binding it: a busy port is an
+//! [`parse_one`] is clap's value parser for one item (the flag splits comma lists);
+//! [`resolve`] proves each host port free by binding it: a busy port is an
 //! error before anything is created (the bind is released at once; the port is taken again
 //! by the forwarder a moment later).
 
@@ -114,25 +115,33 @@ pub fn parse_one(s: &str) -> Result<Publish, NetworkError> {
     })
 }
 
-/// Parses every value (each may be a comma list); rejects a host port published twice.
-pub fn parse_all(values: &[String]) -> Result<Vec<Publish>, NetworkError> {
-    let mut out: Vec<Publish> = Vec::new();
-    for v in values {
-        for item in v.split(',') {
-            let p = parse_one(item.trim())?;
-            if p.host_port != 0
-                && out
-                    .iter()
-                    .any(|q| q.host_port == p.host_port && q.proto == p.proto)
-            {
-                return Err(NetworkError::Publish(
-                    item.into(),
-                    "host port published twice".into(),
-                ));
-            }
-            out.push(p);
+/// Rejects a host port published twice (per protocol).
+pub fn check_unique(ports: &[Publish]) -> Result<(), NetworkError> {
+    for (i, p) in ports.iter().enumerate() {
+        if p.host_port != 0
+            && ports[..i]
+                .iter()
+                .any(|q| q.host_port == p.host_port && q.proto == p.proto)
+        {
+            return Err(NetworkError::Publish(
+                p.display(),
+                "host port published twice".into(),
+            ));
         }
     }
+    Ok(())
+}
+
+/// Parses every value (each may be a comma list) and checks for duplicates.
+#[cfg(test)]
+pub(crate) fn parse_all(values: &[String]) -> Result<Vec<Publish>, NetworkError> {
+    let mut out = Vec::new();
+    for v in values {
+        for item in v.split(',') {
+            out.push(parse_one(item.trim())?);
+        }
+    }
+    check_unique(&out)?;
     Ok(out)
 }
 

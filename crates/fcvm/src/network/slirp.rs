@@ -1,4 +1,5 @@
-//! QEMU's built-in user networking (`-netdev user`, libslirp): the default rootless backend.
+//! The VMM's built-in user networking (QEMU's `-netdev user`, libslirp): the default
+//! rootless backend, described as a typed [`UserNet`] that the VMM renders.
 //!
 //! Chosen over passt (why: `network/mod.rs`). Same address plan
 //! as [`super::passt`], so the guest cannot tell them apart: 10.0.2.15/24, host loopback at
@@ -6,42 +7,40 @@
 //! QEMU itself binds the published ports, so they close when QEMU ends (it dies with fcvm).
 //! `restrict=off`: the guest may reach the outside world, as with podman's default network.
 
+use super::passt::{DNS, GATEWAY, GUEST_ADDR, PREFIX};
 use super::publish::{Proto, Publish};
+use crate::vmm::{HostForward, UserNet};
 
-/// The `-netdev user,...` value for `ports`.
-pub fn netdev(ports: &[Publish]) -> String {
-    let mut s = format!(
-        "user,id=n0,net=10.0.2.0/{},host={},dns={},dhcpstart={}",
-        super::passt::PREFIX,
-        super::passt::GATEWAY,
-        super::passt::DNS,
-        super::passt::GUEST_ADDR
-    );
-    for p in ports {
-        let proto = match p.proto {
-            Proto::Tcp => "tcp",
-            Proto::Udp => "udp",
-        };
-        let ip = match p.host_ip {
-            Some(std::net::IpAddr::V6(a)) => format!("[{a}]"),
-            Some(a) => a.to_string(),
-            None => String::new(),
-        };
-        s.push_str(&format!(
-            ",hostfwd={proto}:{ip}:{}-{}:{}",
-            p.host_port,
-            super::passt::GUEST_ADDR,
-            p.guest_port
-        ));
+/// The user-mode network for `ports`: passt's address plan, one forward per port.
+pub fn user_net(ports: &[Publish]) -> UserNet {
+    let ip = |s: &str| s.parse().expect("fixed address");
+    UserNet {
+        net: ip("10.0.2.0"),
+        prefix: PREFIX,
+        host: ip(GATEWAY),
+        dns: ip(DNS),
+        guest: ip(GUEST_ADDR),
+        forwards: ports
+            .iter()
+            .map(|p| HostForward {
+                udp: p.proto == Proto::Udp,
+                host_ip: p.host_ip,
+                host_port: p.host_port,
+                guest_port: p.guest_port,
+            })
+            .collect(),
     }
-    s
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
-    fn hostfwd_per_port() {
-        let ports = super::super::publish::parse_all(&["127.0.0.1:8080:80/udp".into()]).unwrap();
-        assert!(super::netdev(&ports).ends_with(",hostfwd=udp:127.0.0.1:8080-10.0.2.15:80"));
+    fn one_forward_per_port() {
+        let p = super::super::publish::parse_one("127.0.0.1:8080:80/udp").unwrap();
+        let u = super::user_net(&[p]);
+        assert_eq!(u.guest.to_string(), "10.0.2.15");
+        let f = u.forwards[0];
+        assert!(f.udp && f.host_port == 8080 && f.guest_port == 80);
+        assert_eq!(f.host_ip, Some("127.0.0.1".parse().unwrap()));
     }
 }

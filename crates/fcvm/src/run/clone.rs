@@ -52,7 +52,7 @@ pub async fn run_clone(dirs: &Dirs, o: CloneOptions) -> Result<i32> {
             m.name
         );
     }
-    crate::network::check(&net_opts)?;
+    let net_plan = crate::network::check(&net_opts)?;
     if o.exec.is_none() && !m.container_running {
         bail!(
             "Snapshot {} has no running container: give a command with --exec",
@@ -83,15 +83,15 @@ pub async fn run_clone(dirs: &Dirs, o: CloneOptions) -> Result<i32> {
         rootfs: m.rootfs.clone(),
         fstype: m.fstype.clone(),
         net_devices: m.net_devices,
-        net_args: vec![],
+        nic: None,
         container_env: m.container_env.clone(),
         prefetch: vec![],
     };
     let vmdir = VmDir::new(dirs, &id);
     let guard = DirGuard(vmdir.clone());
-    std::fs::create_dir_all(&vmdir.path).context("Cannot create the VM directory")?;
-    let net = crate::network::setup(&net_opts, &vmdir.path, &id)?;
-    facts.net_args = net.qemu_args.clone();
+    crate::owner_only::create_dir(&vmdir.path).context("Cannot create the VM directory")?;
+    let net = crate::network::setup(&net_plan, &vmdir.path, &id)?;
+    facts.nic = net.nic.clone();
     let mut state = new_state(&id, &name, &facts);
     state.network = Some(net.info.clone());
     let launched = restore_as(&sdir, &m, &vmdir, &mut state, &net, &name).await?;
@@ -126,7 +126,7 @@ pub async fn run_clone(dirs: &Dirs, o: CloneOptions) -> Result<i32> {
 
 /// Runs `cmd` in the clone — in its running container, or as the container's process where
 /// none runs yet (an image-cache snapshot) — and tears the clone down.
-async fn one_shot(mut l: Launched, facts: &Facts, cmd: &str, in_container: bool) -> Result<i32> {
+async fn one_shot(l: Launched, facts: &Facts, cmd: &str, in_container: bool) -> Result<i32> {
     let spec = ProcessSpec {
         args: vec!["/bin/sh".into(), "-c".into(), cmd.into()],
         env: facts.container_env.clone(),
@@ -147,6 +147,6 @@ async fn one_shot(mut l: Launched, facts: &Facts, cmd: &str, in_container: bool)
         },
     )
     .await;
-    l.vm.kill();
+    l.vm.quit();
     outcome.result
 }

@@ -5,6 +5,7 @@
 //! taken after `Prepared` and before the user's process starts, so every later run starts its
 //! process fresh (DESIGN §5).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -19,7 +20,7 @@ use crate::vm::{VmDir, VmState};
 use crate::vmm::{self, Disk, Memory, VmSpec, Vmm};
 
 pub struct Launched {
-    pub vm: Box<dyn Vmm>,
+    pub vm: Arc<dyn Vmm>,
     pub session: Session,
     /// The snapshot the VM was restored from, if it was.
     pub restored_from: Option<String>,
@@ -64,7 +65,16 @@ pub async fn launch(
     {
         let m = facts.manifest(&cname, SnapshotKind::ImageCache, &state.name, false);
         let step = crate::progress::step(format!("Saving image-cache snapshot {cname}"));
-        match snapshot::create::create(dirs, &vmdir.path, m, &net.qemu_args).await {
+        let created = snapshot::create::create(
+            dirs,
+            &*launched.vm,
+            &vmdir.path,
+            m,
+            net.nic.as_ref(),
+            &vmm::boot,
+        )
+        .await;
+        match created {
             Ok(_) => step.finish(),
             // Another run is writing the same snapshot: one is enough.
             Err(SnapshotError::Busy(_)) => drop(step),
@@ -120,14 +130,14 @@ pub async fn restore_as(
         sdir,
         m,
         &vmdir.path,
-        net.qemu_args.clone(),
+        net.nic.clone(),
         plan,
         new_epoch(),
+        &vmm::boot,
     )
     .await?;
     state.snapshot = Some(m.name.clone());
-    record_vmm(vmdir, state, &*r.vm)
-        .map_err(|e| SnapshotError::Vmm(m.name.clone(), e.to_string()))?;
+    record_vmm(vmdir, state, &*r.vm).map_err(SnapshotError::Record)?;
     let t = t0.elapsed();
     Ok(Launched {
         vm: r.vm,
@@ -144,11 +154,14 @@ fn discard(dirs: &Dirs, name: &str, e: &SnapshotError) {
     let _ = snapshot::remove(dirs, name);
 }
 
-pub(crate) fn record_vmm(vmdir: &VmDir, state: &mut VmState, vm: &dyn Vmm) -> Result<()> {
+pub(crate) fn record_vmm(
+    vmdir: &VmDir,
+    state: &mut VmState,
+    vm: &dyn Vmm,
+) -> Result<(), crate::vm::VmError> {
     state.vmm_pid = Some(vm.pid());
     state.vmm_start = crate::vm::process_start(vm.pid());
-    vmdir.write_state(state)?;
-    Ok(())
+    vmdir.write_state(state)
 }
 
 /// Boots the kernel, opens the session, prepares the container's root.
@@ -161,12 +174,11 @@ async fn cold_boot(
     warm: bool,
 ) -> Result<Launched> {
     // Leftovers of a failed restore attempt must not be mistaken for ours.
-    for f in ["rw.ext4", "agent.sock", "qmp.sock", "console.log"] {
-        let _ = std::fs::remove_file(vmdir.path.join(f));
-    }
+    let _ = std::fs::remove_file(vmdir.path.join(snapshot::RW_DISK));
     let rw = vmdir.path.join(snapshot::RW_DISK);
     super::make_rw_disk(&rw, 1024)?;
     let vspec = VmSpec {
+        kind: facts.backend,
         dir: vmdir.path.clone(),
         kernel: facts.assets.kernel.clone(),
         initramfs: facts.assets.initramfs.clone(),
@@ -183,7 +195,7 @@ async fn cold_boot(
             },
         ],
         accel: facts.accel,
-        extra_args: net.qemu_args.clone(),
+        nic: net.nic.clone(),
         memory: Memory::File {
             path: vmdir.path.join(snapshot::RAM_FILE),
             shared: true,
@@ -191,13 +203,13 @@ async fn cold_boot(
         incoming: false,
     };
     let t0 = Instant::now();
-    let mut vm = vmm::start(facts.backend, &vspec)?;
+    let vm = vmm::boot(&vspec)?;
     record_vmm(vmdir, state, &*vm)?;
     let name = state.name.clone();
     let session = Session::connect(
         &vm.agent_socket(),
         new_epoch(),
-        vm.as_mut(),
+        &*vm,
         BOOT_TIMEOUT,
         Some(vmdir.path.join("agent.log")),
     )

@@ -70,8 +70,8 @@ pub struct Facts {
     pub rootfs: std::path::PathBuf,
     pub fstype: String,
     pub net_devices: bool,
-    /// The VM's network device arguments (a snapshot's rehydrating helper needs them).
-    pub net_args: Vec<String>,
+    /// The VM's network card (a snapshot's rehydrating helper needs the same devices).
+    pub nic: Option<vmm::Nic>,
     pub container_env: Vec<String>,
     /// Commands whose files the guest caches before an image-cache snapshot (not part of its
     /// key: only a hint for what a restored run will start).
@@ -85,13 +85,13 @@ impl Facts {
             &self.image_digest,
             &self.assets.kernel_id,
             &self.assets.initramfs_id,
-            vmm::qemu::cmdline::KERNEL_ARGS,
+            vmm::KERNEL_ARGS,
             &self.cpus.to_string(),
             &self.mem_mib.to_string(),
             &format!("{:?}/{:?}", self.backend, self.accel),
             // Not just whether there is a network device: user-mode networking (slirp) puts
             // its own section into the device state, so each backend needs its own snapshot.
-            crate::network::netdev_kind(&self.net_args),
+            vmm::NetKind::of(self.nic.as_ref()).as_str(),
             &self.fstype,
         ])
     }
@@ -146,12 +146,8 @@ pub(crate) fn check_machine(kind: VmmKind, cpus: u32, mem_mib: u32) -> Result<Ac
     if cpus == 0 {
         bail!("--cpu must be at least 1");
     }
-    let accel = Accel::detect();
-    if kind == VmmKind::Firecracker && accel != Accel::Kvm {
-        bail!(vmm::VmmError::NoKvm(kind));
-    }
-    vmm::qemu::find_binary()?;
-    Ok(accel)
+    vmm::probe(kind)?;
+    Ok(Accel::detect())
 }
 
 /// A fresh state record for a VM this process owns.
@@ -184,7 +180,7 @@ pub async fn run(dirs: &Dirs, opts: RunOptions) -> Result<i32> {
     let env = parse_env(&opts.env)?;
     let kind = opts.hypervisor.unwrap_or(VmmKind::Qemu);
     let accel = check_machine(kind, opts.cpus, opts.mem_mib)?;
-    crate::network::check(&opts.network)?;
+    let net_plan = crate::network::check(&opts.network)?;
     let id = crate::vm::new_id();
     let name = opts
         .name
@@ -213,7 +209,7 @@ pub async fn run(dirs: &Dirs, opts: RunOptions) -> Result<i32> {
         rootfs: image.rootfs.clone(),
         fstype: image.fstype.clone(),
         net_devices: opts.network.mode != crate::network::NetworkMode::None,
-        net_args: vec![],
+        nic: None,
         container_env: spec.env.clone(),
         // This run's command and the image's own, the likeliest for the next runs.
         prefetch: [
@@ -230,9 +226,9 @@ pub async fn run(dirs: &Dirs, opts: RunOptions) -> Result<i32> {
     // 3. The VM.
     let vmdir = VmDir::new(dirs, &id);
     let guard = DirGuard(vmdir.clone());
-    std::fs::create_dir_all(&vmdir.path).context("Cannot create the VM directory")?;
-    let net = crate::network::setup(&opts.network, &vmdir.path, &id)?;
-    facts.net_args = net.qemu_args.clone();
+    crate::owner_only::create_dir(&vmdir.path).context("Cannot create the VM directory")?;
+    let net = crate::network::setup(&net_plan, &vmdir.path, &id)?;
+    facts.nic = net.nic.clone();
     let mut state = new_state(&id, &name, &facts);
     state.network = Some(net.info.clone());
     let hostname = opts.hostname.clone().unwrap_or_else(|| name.clone());
@@ -301,7 +297,7 @@ impl Drop for DirGuard {
 }
 
 pub(crate) fn console_tail(dir: &Path) -> String {
-    let Ok(s) = std::fs::read_to_string(dir.join("console.log")) else {
+    let Ok(s) = std::fs::read_to_string(dir.join(vmm::CONSOLE_LOG)) else {
         return String::new();
     };
     let lines: Vec<&str> = s.lines().filter(|l| !l.trim().is_empty()).collect();
@@ -321,7 +317,7 @@ pub(crate) fn console_tail(dir: &Path) -> String {
 /// writes zeros over them in the background for seconds after mounting — work a snapshot
 /// taken meanwhile hands on to every restore of it.
 pub fn make_rw_disk(path: &Path, size_mib: u64) -> Result<()> {
-    let f = std::fs::File::create(path).context("Cannot create the writable disk")?;
+    let f = crate::owner_only::create_file(path).context("Cannot create the writable disk")?;
     f.set_len(size_mib << 20)?;
     drop(f);
     let mkfs = |extended: &str| {

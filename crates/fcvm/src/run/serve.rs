@@ -35,7 +35,7 @@ pub struct Serving<'a> {
 
 pub async fn serve(s: Serving<'_>) -> Result<i32> {
     let Launched {
-        mut vm,
+        vm,
         session,
         restored_from,
         t0,
@@ -60,7 +60,7 @@ pub async fn serve(s: Serving<'_>) -> Result<i32> {
         &s.vmdir.path.join(crate::exec::EXEC_SOCK),
         session.clone(),
         s.facts.container_env.clone(),
-        Some(snapshotter(s.dirs, s.vmdir, s.facts, &name)),
+        Some(snapshotter(s.dirs, s.vmdir, s.facts, &name, vm.clone())),
     )
     .context("Cannot open the exec socket")?;
     // Only now do `fcvm ls` and `fcvm exec` see it running: its exec socket already listens.
@@ -74,11 +74,12 @@ pub async fn serve(s: Serving<'_>) -> Result<i32> {
     let (healthy_tx, mut healthy_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let _startup = s.startup_snapshot.map(|snap| {
         // Once, on the first healthy result: the app is up, so the next run can skip its start.
-        let (dirs, dir, facts, vm_name) = (
+        let (dirs, dir, facts, vm_name, vm) = (
             s.dirs.clone(),
             s.vmdir.path.clone(),
             s.facts.clone(),
             name.clone(),
+            vm.clone(),
         );
         AbortOnDrop(tokio::spawn(async move {
             if healthy_rx.recv().await.is_none() {
@@ -88,7 +89,9 @@ pub async fn serve(s: Serving<'_>) -> Result<i32> {
                 return;
             }
             let m = facts.manifest(&snap, SnapshotKind::Startup, &vm_name, true);
-            match crate::snapshot::create::create(&dirs, &dir, m, &facts.net_args).await {
+            let nic = facts.nic.as_ref();
+            let boot = &crate::vmm::boot;
+            match crate::snapshot::create::create(&dirs, &*vm, &dir, m, nic, boot).await {
                 Ok(_) => tracing::info!("startup snapshot {snap} saved"),
                 Err(e) => eprintln!("fcvm: warning: startup snapshot not saved: {e}"),
             }
@@ -132,7 +135,7 @@ pub async fn serve(s: Serving<'_>) -> Result<i32> {
     let mut state = shared.lock().expect("state").clone();
     state.status = VmStatus::Stopping;
     let _ = s.vmdir.write_state(&state);
-    vm.kill();
+    vm.quit();
     match outcome.result {
         Ok(code) => Ok(code),
         Err(e) => {
@@ -152,7 +155,13 @@ impl Drop for AbortOnDrop {
 }
 
 /// `fcvm snapshot create` requests arrive here: the owner snapshots its own VM.
-fn snapshotter(dirs: &Dirs, vmdir: &VmDir, facts: &Facts, vm_name: &str) -> Snapshotter {
+fn snapshotter(
+    dirs: &Dirs,
+    vmdir: &VmDir,
+    facts: &Facts,
+    vm_name: &str,
+    vm: Arc<dyn crate::vmm::Vmm>,
+) -> Snapshotter {
     let (dirs, dir, facts, vm_name) = (
         dirs.clone(),
         vmdir.path.clone(),
@@ -160,11 +169,11 @@ fn snapshotter(dirs: &Dirs, vmdir: &VmDir, facts: &Facts, vm_name: &str) -> Snap
         vm_name.to_string(),
     );
     Arc::new(move |snap: String| {
-        let (dirs, dir) = (dirs.clone(), dir.clone());
+        let (dirs, dir, vm) = (dirs.clone(), dir.clone(), vm.clone());
         let m = facts.manifest(&snap, SnapshotKind::User, &vm_name, true);
-        let net_args = facts.net_args.clone();
+        let nic = facts.nic.clone();
         Box::pin(async move {
-            crate::snapshot::create::create(&dirs, &dir, m, &net_args)
+            crate::snapshot::create::create(&dirs, &*vm, &dir, m, nic.as_ref(), &crate::vmm::boot)
                 .await
                 .map(|_| ())
                 // The whole chain: the client prints it as one line.

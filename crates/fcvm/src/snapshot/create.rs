@@ -1,70 +1,61 @@
-//! Taking a snapshot of a running QEMU VM (DESIGN §5):
+//! Taking a snapshot of a running VM (docs/design.md §6), through the [`Vmm`] verbs only:
 //!
 //! 1. lock the snapshot's name (two writers never interleave);
-//! 2. QMP `stop`; migrate the device state with `x-ignore-shared` into a temp directory
-//!    (RAM is not in the stream: it is the VM's RAM file);
+//! 2. pause the VM; save its device state into a temp directory ([`StateScope::Devices`]:
+//!    RAM is not in the stream, it is the VM's RAM file);
 //! 3. while the VM is paused, copy its RAM file and writable disk (reflink or sparse copy):
 //!    the VM goes on writing into its own files after it resumes, the snapshot's stay frozen;
-//! 4. QMP `cont` (on every path: a failed snapshot never leaves the VM paused);
+//! 4. resume (on every path: a failed snapshot never leaves the VM paused);
 //! 5. write the manifest and rename the directory into place (replacing an older snapshot of
 //!    the same name only once the new one is complete).
 //!
 //! A VM that was itself restored has no RAM file of its own: it maps its snapshot's RAM
 //! copy-on-write, so `x-ignore-shared` does not apply and its changed pages exist only in
 //! QEMU's memory. Its snapshot is taken as a full migration stream (step 2-3, RAM inside),
-//! then *rehydrated* after the VM resumed: a paused helper QEMU with the same devices loads
+//! then *rehydrated* after the VM resumed: a paused helper VM with the same devices loads
 //! that stream into a fresh shared RAM file and saves the device state alone, giving the
 //! same layout as any other snapshot (so its clones share pages too).
 
 use std::path::Path;
-use std::time::Duration;
-
-use fs2::FileExt;
-use serde_json::json;
 
 use super::{io_err, FileSum, Manifest, SnapshotError, DEVSTATE, MANIFEST, RAM_FILE, RW_DISK};
 use crate::paths::Dirs;
-use crate::vmm::qemu::qmp::Qmp;
+use crate::vmm::{Boot, Nic, StateScope, Vmm};
 
-/// Bound on saving the device state (it is ~60 KB: this only ends a hung QEMU).
-const SAVE_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Snapshots the VM in `vm_dir` as described by `m` (name, kind and VM facts filled in by the
-/// caller); returns the manifest as written.
-/// `net_args` are the VM's network device arguments (a rehydrating helper needs the same
-/// devices; its backends are replaced by inert ones).
+/// Snapshots the running `vm` (its directory `vm_dir`) as described by `m` (name, kind and VM
+/// facts filled in by the caller); returns the manifest as written. `nic` is the VM's network
+/// card (a rehydrating helper needs the same devices; its back end is made inert). `boot`
+/// starts that helper (`vmm::boot`; a test double in unit tests).
 pub async fn create(
     dirs: &Dirs,
+    vm: &dyn Vmm,
     vm_dir: &Path,
     mut m: Manifest,
-    net_args: &[String],
+    nic: Option<&Nic>,
+    boot: Boot<'_>,
 ) -> Result<Manifest, SnapshotError> {
     super::validate_name(&m.name)?;
     let name = m.name.clone();
-    std::fs::create_dir_all(dirs.locks()).map_err(io_err(&dirs.locks()))?;
+    crate::owner_only::create_dir(&dirs.locks()).map_err(io_err(&dirs.locks()))?;
     let lock_path = dirs.locks().join(format!("snapshot-{name}.lock"));
-    let lock = std::fs::File::create(&lock_path).map_err(io_err(&lock_path))?;
-    lock.try_lock_exclusive()
+    let lock = crate::owner_only::create_file(&lock_path).map_err(io_err(&lock_path))?;
+    lock.try_lock()
         .map_err(|_| SnapshotError::Busy(name.clone()))?;
     let tmp = crate::util::temp_dir_in(&dirs.tmp(), "snap.").map_err(io_err(&dirs.tmp()))?;
-    let vmm_err =
-        |e: crate::vmm::qemu::qmp::QmpError| SnapshotError::Vmm(name.clone(), e.to_string());
+    let vmm_err = |what| {
+        let name = name.clone();
+        move |e| SnapshotError::vmm(&name, what, e, vm.last_message())
+    };
 
-    let mut qmp = Qmp::connect(
-        &vm_dir.join(crate::vmm::qemu::cmdline::QMP_SOCK),
-        Duration::from_secs(10),
-    )
-    .await
-    .map_err(vmm_err)?;
     let own_ram = vm_dir.join(RAM_FILE).exists();
-    qmp.execute("stop", json!({})).await.map_err(vmm_err)?;
-    let saved = save_paused(&mut qmp, vm_dir, tmp.path(), &name, own_ram).await;
-    let resumed = qmp.execute("cont", json!({})).await.map_err(vmm_err);
-    drop(qmp);
+    vm.pause().await.map_err(vmm_err("pausing the VM"))?;
+    let saved = save_paused(vm, vm_dir, tmp.path(), &name, own_ram).await;
+    // On every path: a failed snapshot never leaves the VM paused.
+    let resumed = vm.resume().await.map_err(vmm_err("resuming the VM"));
     saved?;
     resumed?;
     if !own_ram {
-        super::rehydrate::rehydrate(tmp.path(), &m, net_args).await?;
+        super::rehydrate::rehydrate(tmp.path(), &m, nic, boot).await?;
     }
 
     m.files = vec![];
@@ -91,24 +82,22 @@ pub async fn create(
 }
 
 async fn save_paused(
-    qmp: &mut Qmp,
+    vm: &dyn Vmm,
     vm_dir: &Path,
     out: &Path,
     name: &str,
     own_ram: bool,
 ) -> Result<(), SnapshotError> {
-    let vmm_err =
-        |e: crate::vmm::qemu::qmp::QmpError| SnapshotError::Vmm(name.into(), e.to_string());
-    // A restored VM's RAM is not shared: its full stream is written without the capability,
+    // A restored VM's RAM is not a file of its own: its full stream (RAM inside) is written,
     // in the format the rehydrating helper reads.
-    qmp.set_ignore_shared(own_ram).await.map_err(vmm_err)?;
-    let dev = out.join(if own_ram {
-        DEVSTATE
+    let (dev, scope) = if own_ram {
+        (out.join(DEVSTATE), StateScope::Devices)
     } else {
-        super::rehydrate::FULL_STREAM
-    });
-    qmp.migrate_to(&dev).await.map_err(vmm_err)?;
-    qmp.wait_migration(SAVE_TIMEOUT).await.map_err(vmm_err)?;
+        (out.join(super::rehydrate::FULL_STREAM), StateScope::WithRam)
+    };
+    vm.save_state(&dev, scope)
+        .await
+        .map_err(|e| SnapshotError::vmm(name, "saving the state", e, vm.last_message()))?;
     let files: &[&str] = if own_ram {
         &[RAM_FILE, RW_DISK]
     } else {

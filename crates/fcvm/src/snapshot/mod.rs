@@ -18,6 +18,8 @@
 pub mod create;
 pub mod rehydrate;
 pub mod restore;
+#[cfg(test)]
+mod seam_tests;
 
 use std::path::{Path, PathBuf};
 
@@ -49,8 +51,42 @@ pub enum SnapshotError {
     InvalidName(String),
     #[error("Snapshot I/O on {0}")]
     Io(PathBuf, #[source] std::io::Error),
-    #[error("Snapshot {0}: {1}")]
-    Vmm(String, String),
+    #[error("Snapshot {name}: {step} failed{}", last_words(.said))]
+    Vmm {
+        name: String,
+        step: &'static str,
+        #[source]
+        source: crate::vmm::VmmError,
+        /// The VMM's own last message (QEMU says why it refused a stream).
+        said: Option<String>,
+    },
+    #[error("Cannot record the restored VM")]
+    Record(#[source] crate::vm::VmError),
+    #[error("Snapshot {0}: the restored VM's agent did not complete the handshake")]
+    Handshake(String, #[source] crate::session::SessionError),
+}
+
+/// The VMM's own last message, appended to a failure.
+fn last_words(w: &Option<String>) -> String {
+    w.as_ref()
+        .map(|w| format!(" (VMM: {w})"))
+        .unwrap_or_default()
+}
+
+impl SnapshotError {
+    pub(crate) fn vmm(
+        name: &str,
+        step: &'static str,
+        source: crate::vmm::VmmError,
+        said: Option<String>,
+    ) -> SnapshotError {
+        SnapshotError::Vmm {
+            name: name.into(),
+            step,
+            source,
+            said,
+        }
+    }
 }
 
 pub(crate) fn io_err(p: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError + '_ {
@@ -97,7 +133,7 @@ pub struct Manifest {
     pub image_digest: String,
     pub rootfs: PathBuf,
     pub fstype: String,
-    /// QEMU args of the network devices: a restore must have the same devices.
+    /// Whether the VM has a network card: a restore must have the same devices.
     pub net_devices: bool,
     /// Whether the container's main process runs in the snapshot (startup/user snapshots).
     pub container_running: bool,
@@ -107,16 +143,18 @@ pub struct Manifest {
 }
 
 impl Manifest {
-    /// The VM this snapshot was taken of, as a spec to start a QEMU with the same devices:
-    /// image disk, writable disk `rw`, RAM from `memory`, waiting for device state.
+    /// The VM this snapshot was taken of, as a spec to start a VM with the same devices:
+    /// image disk, writable disk `rw`, RAM from `memory`, the NIC `nic`, waiting for its
+    /// state.
     pub fn vm_spec(
         &self,
         dir: &Path,
         rw: PathBuf,
         memory: crate::vmm::Memory,
-        extra_args: Vec<String>,
+        nic: Option<crate::vmm::Nic>,
     ) -> crate::vmm::VmSpec {
         crate::vmm::VmSpec {
+            kind: self.backend,
             dir: dir.to_path_buf(),
             kernel: self.kernel.clone(),
             initramfs: self.initramfs.clone(),
@@ -133,7 +171,7 @@ impl Manifest {
                 },
             ],
             accel: self.accel,
-            extra_args,
+            nic,
             memory,
             incoming: true,
         }

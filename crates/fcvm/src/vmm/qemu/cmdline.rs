@@ -1,18 +1,22 @@
 //! The QEMU command line for one fcvm VM (`-M microvm`, PVH boot of an ELF vmlinux).
 //!
-//! Kept a pure function of the [`VmSpec`] so it can be unit-tested and, later, reproduced
-//! exactly when a snapshot is restored (the restoring QEMU must have the same devices).
+//! Kept a pure function of the [`VmSpec`] so it can be unit-tested and reproduced exactly
+//! when a snapshot is restored (the restoring QEMU must have the same devices). This is the
+//! only place fcvm writes QEMU option strings: every value that comes from elsewhere (paths,
+//! interface names) goes through [`opt`], which doubles its commas — QEMU's option parser
+//! splits on `,`, so a data directory named `a,b` would otherwise inject options.
 
 use std::path::Path;
 
-use crate::vmm::{Accel, Memory, VmSpec};
+use crate::vmm::{Accel, Memory, NetDev, Nic, UserNet, VmSpec, CONSOLE_LOG, KERNEL_ARGS};
 
 /// Files inside the VM directory that QEMU creates or uses.
 pub const AGENT_SOCK: &str = "agent.sock";
 pub const QMP_SOCK: &str = "qmp.sock";
-/// The fd QEMU finds QMP's listening socket ([`QMP_SOCK`]) on.
+/// The fds QEMU finds the listening sockets fcvm bound for it on: QMP's ([`QMP_SOCK`]) and
+/// the agent channel's ([`AGENT_SOCK`]). fcvm binds them so it sets their mode itself.
 pub const QMP_FD: i32 = 3;
-pub const CONSOLE_LOG: &str = "console.log";
+pub const AGENT_FD: i32 = 4;
 
 /// Host TSC frequency in kHz. Debian's kernel hangs on microvm under TCG without
 /// `tsc_early_khz` (DESIGN §2); /proc/cpuinfo's "cpu MHz" is what the probe used.
@@ -29,30 +33,9 @@ pub fn host_tsc_khz() -> Option<u64> {
     Some((mhz * 1000.0) as u64)
 }
 
-/// The fixed kernel arguments. Part of the image-cache key: a restored snapshot runs a kernel
-/// that booted with them.
-///
-/// `lsm=`: Debian's kernel also enables AppArmor and TOMOYO, whose hooks run on every exec
-/// and open (TOMOYO computes the path of each executable). No policy is ever loaded in an
-/// fcvm guest — the VM is the isolation boundary; crun applies namespaces, capabilities and
-/// seccomp — so they only cost: ~380 of the ~18,400 translation blocks of a cached start
-/// under TCG. Landlock (unprivileged sandboxing), Yama, lockdown and BPF stay.
-///
-/// The rest quiets background work that a restore inherits (timers that fire in its first
-/// few hundred ms: ~3 % of a cached start's blocks, measured over several snapshots):
-/// `tsc=reliable` (QEMU's TSC is the guest's only good clock: the clocksource watchdog, on a
-/// slow host, marks it unstable and falls back to jiffies — seen right after restores under
-/// load), `nowatchdog` (no soft-lockup reports when the host, not the guest, stalls),
-/// `psi=0` (pressure accounting on every context switch; nothing in a guest reads it),
-/// `cgroup.memory=nokmem` (kernel memory charged to cgroups on every allocation; fcvm sets no
-/// container memory limit — the VM's memory is the limit) and no proactive compaction.
-pub const KERNEL_ARGS: &str = "console=ttyS0 quiet panic=-1 reboot=t \
-     lsm=landlock,lockdown,yama,bpf tsc=reliable nowatchdog psi=0 cgroup.memory=nokmem \
-     sysctl.vm.compaction_proactiveness=0";
-
 /// [`KERNEL_ARGS`] and the TSC frequency. The frequency is not part of the key: it is read
 /// from /proc/cpuinfo, which varies with frequency scaling, and would defeat the cache.
-pub fn kernel_cmdline(tsc_khz: Option<u64>) -> String {
+fn kernel_cmdline(tsc_khz: Option<u64>) -> String {
     let mut s = String::from(KERNEL_ARGS);
     if let Some(k) = tsc_khz {
         s.push_str(&format!(" tsc_early_khz={k}"));
@@ -63,7 +46,7 @@ pub fn kernel_cmdline(tsc_khz: Option<u64>) -> String {
 /// Arguments (without the program name).
 pub fn args(spec: &VmSpec, tsc_khz: Option<u64>) -> Vec<String> {
     let dir = &spec.dir;
-    let p = |name: &str| dir.join(name).display().to_string();
+    let p = |name: &str| opt(&dir.join(name).display().to_string());
     let mut a: Vec<String> = vec![];
     let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
     match spec.accel {
@@ -77,7 +60,7 @@ pub fn args(spec: &VmSpec, tsc_khz: Option<u64>) -> Vec<String> {
             a.push(format!(
                 "memory-backend-file,id=mem,size={}M,mem-path={},share={}",
                 spec.mem_mib,
-                path_str(path),
+                opt_path(path),
                 if *shared { "on" } else { "off" }
             ));
         }
@@ -105,7 +88,7 @@ pub fn args(spec: &VmSpec, tsc_khz: Option<u64>) -> Vec<String> {
         "-mon".into(),
         "chardev=qmp,mode=control".into(),
         "-chardev".into(),
-        format!("socket,id=agent,path={},server=on,wait=off", p(AGENT_SOCK)),
+        format!("socket,id=agent,fd={AGENT_FD},server=on,wait=off"),
         "-device".into(),
         "virtio-serial-device".into(),
         "-device".into(),
@@ -119,30 +102,86 @@ pub fn args(spec: &VmSpec, tsc_khz: Option<u64>) -> Vec<String> {
         a.push("-drive".into());
         a.push(format!(
             "file={},format=raw,if=none,id=disk{i},cache=unsafe{ro}",
-            path_str(&d.path)
+            opt_path(&d.path)
         ));
         a.push("-device".into());
         a.push(format!("virtio-blk-device,drive=disk{i}"));
     }
-    a.extend(spec.extra_args.iter().cloned());
+    if let Some(nic) = &spec.nic {
+        a.extend(nic_args(nic));
+    }
     if spec.incoming {
         a.extend(["-incoming".into(), "defer".into()]);
     }
     a
 }
 
+/// The `-netdev` and `-device` arguments of the guest's network card.
+fn nic_args(nic: &Nic) -> Vec<String> {
+    let netdev = match &nic.netdev {
+        NetDev::User(u) => user_netdev(u),
+        NetDev::Stream { socket } => format!(
+            "stream,id=n0,server=off,addr.type=unix,addr.path={}",
+            opt_path(socket)
+        ),
+        NetDev::Tap { ifname } => {
+            format!("tap,id=n0,ifname={},script=no,downscript=no", opt(ifname))
+        }
+        NetDev::Inert => "user,id=n0,restrict=on".into(),
+    };
+    vec![
+        "-netdev".into(),
+        netdev,
+        "-device".into(),
+        format!("virtio-net-device,netdev=n0,mac={}", opt(&nic.mac)),
+    ]
+}
+
+/// `-netdev user,...` (libslirp): the guest's address plan and one `hostfwd` per port.
+/// `restrict=off` (the default): the guest may reach the outside world, as with podman's
+/// default network.
+fn user_netdev(u: &UserNet) -> String {
+    let mut s = format!(
+        "user,id=n0,net={}/{},host={},dns={},dhcpstart={}",
+        u.net, u.prefix, u.host, u.dns, u.guest
+    );
+    for f in &u.forwards {
+        let proto = if f.udp { "udp" } else { "tcp" };
+        let ip = match f.host_ip {
+            Some(std::net::IpAddr::V6(a)) => format!("[{a}]"),
+            Some(a) => a.to_string(),
+            None => String::new(),
+        };
+        s.push_str(&format!(
+            ",hostfwd={proto}:{ip}:{}-{}:{}",
+            f.host_port, u.guest, f.guest_port
+        ));
+    }
+    s
+}
+
+/// A value inside a QEMU option list: `,` doubled (QEMU's escape), so it stays one value.
+fn opt(v: &str) -> String {
+    v.replace(',', ",,")
+}
+
+fn opt_path(p: &Path) -> String {
+    opt(&p.display().to_string())
+}
+
+/// A whole argument that is not an option list (`-kernel PATH`, `-initrd PATH`).
 fn path_str(p: &Path) -> String {
-    // QEMU's option parser treats ',' as a separator; paths we create never contain one.
     p.display().to_string()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vmm::Disk;
+    use crate::vmm::{Disk, HostForward, VmmKind};
 
     fn spec(accel: Accel) -> VmSpec {
         VmSpec {
+            kind: VmmKind::Qemu,
             dir: "/d/vm1".into(),
             kernel: "/a/vmlinux".into(),
             initramfs: "/a/initrd.cpio".into(),
@@ -159,7 +198,7 @@ mod tests {
                 },
             ],
             accel,
-            extra_args: vec![],
+            nic: None,
             memory: Memory::Anonymous,
             incoming: false,
         }
@@ -176,7 +215,7 @@ mod tests {
             a.contains("file=/i/rootfs.erofs,format=raw,if=none,id=disk0,cache=unsafe,readonly=on")
         );
         assert!(a.contains("id=disk1,cache=unsafe -device"));
-        assert!(a.contains("socket,id=agent,path=/d/vm1/agent.sock,server=on,wait=off"));
+        assert!(a.contains("socket,id=agent,fd=4,server=on,wait=off"));
     }
 
     #[test]
@@ -197,5 +236,74 @@ mod tests {
         let a = args(&spec(Accel::Kvm), None).join(" ");
         assert!(a.starts_with("-accel kvm -cpu host"));
         assert!(!a.contains("tsc_early_khz"));
+    }
+
+    #[test]
+    fn nics_render_from_typed_values() {
+        let mut s = spec(Accel::Tcg);
+        let user = UserNet {
+            net: "10.0.2.0".parse().unwrap(),
+            prefix: 24,
+            host: "10.0.2.2".parse().unwrap(),
+            dns: "10.0.2.3".parse().unwrap(),
+            guest: "10.0.2.15".parse().unwrap(),
+            forwards: vec![HostForward {
+                udp: true,
+                host_ip: Some("127.0.0.1".parse().unwrap()),
+                host_port: 8080,
+                guest_port: 80,
+            }],
+        };
+        let mac = "02:fc:00:00:00:01".to_string();
+        let cases = [
+            (
+                NetDev::User(user),
+                "-netdev user,id=n0,net=10.0.2.0/24,host=10.0.2.2,dns=10.0.2.3,dhcpstart=10.0.2.15,hostfwd=udp:127.0.0.1:8080-10.0.2.15:80 ",
+            ),
+            (
+                NetDev::Tap { ifname: "fc0".into() },
+                "-netdev tap,id=n0,ifname=fc0,script=no,downscript=no ",
+            ),
+            (
+                NetDev::Stream { socket: "/d/p.sock".into() },
+                "-netdev stream,id=n0,server=off,addr.type=unix,addr.path=/d/p.sock ",
+            ),
+            (NetDev::Inert, "-netdev user,id=n0,restrict=on "),
+        ];
+        for (netdev, want) in cases {
+            s.nic = Some(Nic {
+                netdev,
+                mac: mac.clone(),
+            });
+            let a = args(&s, None).join(" ");
+            assert!(a.contains(want), "{a}");
+            assert!(a.contains("-device virtio-net-device,netdev=n0,mac=02:fc:00:00:00:01"));
+        }
+    }
+
+    #[test]
+    fn commas_in_paths_stay_inside_their_value() {
+        let mut s = spec(Accel::Tcg);
+        s.dir = "/data,x=1/vm".into();
+        s.disks[0].path = "/i,readonly=off/rootfs".into();
+        s.memory = Memory::File {
+            path: "/s,share=on/ram".into(),
+            shared: false,
+        };
+        s.nic = Some(Nic {
+            netdev: NetDev::Stream {
+                socket: "/p,addr.path=/x/passt.sock".into(),
+            },
+            mac: "02:fc:00:00:00:01".into(),
+        });
+        let a = args(&s, None);
+        let joined = a.join(" ");
+        assert!(
+            joined.contains("path=/data,,x=1/vm/console.log"),
+            "{joined}"
+        );
+        assert!(joined.contains("file=/i,,readonly=off/rootfs,format=raw"));
+        assert!(joined.contains("mem-path=/s,,share=on/ram,share=off"));
+        assert!(joined.contains("addr.path=/p,,addr.path=/x/passt.sock"));
     }
 }

@@ -1,25 +1,38 @@
 //! QEMU backend: `qemu-system-x86_64 -M microvm`, KVM or TCG.
 //!
+//! - [`cmdline`] renders a [`VmSpec`] (typed devices) into QEMU's arguments: the only place
+//!   fcvm writes a QEMU option string.
+//! - [`qmp`] is the QMP client; [`persist`] implements the [`Vmm`] lifecycle verbs (pause,
+//!   resume, save and load state) with it. Nothing outside this directory speaks QMP.
+//!
 //! The QEMU process is owned by the fcvm process that started it (`util::owned_by_us`):
 //! `PR_SET_PDEATHSIG` (SIGKILL) so it dies with fcvm, and its own process group so a
 //! terminal's Ctrl-C reaches fcvm (which stops the container cleanly) and not QEMU directly.
 
 pub mod cmdline;
+mod persist;
 pub mod qmp;
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 
-use super::{VmSpec, Vmm, VmmError, VmmKind};
+use super::{StateScope, VmSpec, Vmm, VmmError, VmmFuture, VmmKind};
 
 pub const QEMU_BIN: &str = "qemu-system-x86_64";
+/// QEMU's own messages (stderr), in the VM's directory.
+const QEMU_LOG: &str = "qemu.log";
 
 pub struct Qemu {
-    child: Child,
+    child: Mutex<Child>,
+    pid: u32,
     dir: PathBuf,
-    exited: Option<String>,
+    exited: Mutex<Option<String>>,
+    /// The QMP connection, opened at the first verb and kept: QEMU's monitor serves one
+    /// client at a time, and only the VM's owner talks to it.
+    qmp: tokio::sync::Mutex<Option<qmp::Qmp>>,
 }
 
 /// Path of the QEMU binary, or an error saying how to install it.
@@ -31,43 +44,59 @@ pub fn find_binary() -> Result<PathBuf, VmmError> {
         }
         return Err(VmmError::Missing(
             p.display().to_string(),
-            "qemu-system-x86".into(),
+            "qemu-system-x86",
         ));
     }
     crate::util::which(QEMU_BIN)
-        .ok_or_else(|| VmmError::Missing(QEMU_BIN.into(), "qemu-system-x86".into()))
+        .ok_or_else(|| VmmError::Missing(QEMU_BIN.into(), "qemu-system-x86"))
 }
 
 impl Qemu {
     pub fn start(spec: &VmSpec) -> Result<Qemu, VmmError> {
         let bin = find_binary()?;
         let args = cmdline::args(spec, cmdline::host_tsc_khz());
-        let stderr = std::fs::File::create(spec.dir.join("qemu.log"))
-            .map_err(|e| VmmError::Spawn(QEMU_BIN.into(), e))?;
-        // QMP's socket is bound here, before QEMU starts: a client can connect at once and
-        // waits for QEMU's greeting, instead of retrying until QEMU has made the socket.
-        let qmp_path = spec.dir.join(cmdline::QMP_SOCK);
-        let _ = std::fs::remove_file(&qmp_path);
-        let qmp = std::os::unix::net::UnixListener::bind(&qmp_path)
-            .map_err(|e| VmmError::Spawn(format!("{QEMU_BIN} (QMP socket)"), e))?;
-        let qmp_fd = qmp.as_raw_fd();
+        let spawn_err = |what: &str, e| VmmError::Spawn(format!("{QEMU_BIN} ({what})"), e);
+        let stderr = crate::owner_only::create_file(&spec.dir.join(QEMU_LOG))
+            .map_err(|e| spawn_err("log", e))?;
+        // The console log exists before QEMU opens it, so it keeps the mode set here.
+        crate::owner_only::create_file(&spec.dir.join(crate::vmm::CONSOLE_LOG))
+            .map_err(|e| spawn_err("console log", e))?;
+        // QMP's and the agent's sockets are bound here, before QEMU starts, with their mode
+        // set by fcvm: a client can connect at once and waits for QEMU to accept, instead of
+        // retrying until QEMU has made the socket.
+        let qmp = crate::owner_only::bind(&spec.dir.join(cmdline::QMP_SOCK))
+            .map_err(|e| spawn_err("QMP socket", e))?;
+        let agent = crate::owner_only::bind(&spec.dir.join(cmdline::AGENT_SOCK))
+            .map_err(|e| spawn_err("agent socket", e))?;
+        // Copies above every fd the child could be handed, so placing one at its fixed
+        // number never overwrites the other.
+        let high = |fd: std::os::fd::BorrowedFd<'_>| {
+            nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10))
+                .map(|raw| {
+                    // SAFETY: F_DUPFD_CLOEXEC returned a new fd that nothing else owns.
+                    unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) }
+                })
+                .map_err(std::io::Error::from)
+        };
+        let qmp_fd = high(qmp.as_fd()).map_err(|e| spawn_err("QMP socket", e))?;
+        let agent_fd = high(agent.as_fd()).map_err(|e| spawn_err("agent socket", e))?;
+        let (qmp_raw, agent_raw) = (qmp_fd.as_raw_fd(), agent_fd.as_raw_fd());
         let mut cmd = Command::new(&bin);
         cmd.args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr);
         crate::util::owned_by_us(&mut cmd);
-        // SAFETY: only dup2/fcntl (async-signal-safe) between fork and exec.
+        // SAFETY: only umask and dup2 (async-signal-safe) between fork and exec. dup2 clears
+        // close-on-exec on the copy. The umask is a second line behind the VM directory's
+        // 0700: whatever QEMU creates itself is private too.
         unsafe {
             cmd.pre_exec(move || {
-                // dup2 clears close-on-exec on the copy; an fd already in place keeps it.
-                let r = if qmp_fd == cmdline::QMP_FD {
-                    libc::fcntl(qmp_fd, libc::F_SETFD, 0)
-                } else {
-                    libc::dup2(qmp_fd, cmdline::QMP_FD)
-                };
-                if r < 0 {
-                    return Err(std::io::Error::last_os_error());
+                libc::umask(0o077);
+                for (from, to) in [(qmp_raw, cmdline::QMP_FD), (agent_raw, cmdline::AGENT_FD)] {
+                    if libc::dup2(from, to) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
                 }
                 Ok(())
             });
@@ -77,9 +106,11 @@ impl Qemu {
             .map_err(|e| VmmError::Spawn(QEMU_BIN.into(), e))?;
         tracing::debug!(pid = child.id(), "started {}", bin.display());
         Ok(Qemu {
-            child,
+            pid: child.id(),
+            child: Mutex::new(child),
             dir: spec.dir.clone(),
-            exited: None,
+            exited: Mutex::new(None),
+            qmp: tokio::sync::Mutex::new(None),
         })
     }
 }
@@ -90,45 +121,62 @@ impl Vmm for Qemu {
     }
 
     fn pid(&self) -> u32 {
-        self.child.id()
+        self.pid
     }
 
     fn agent_socket(&self) -> PathBuf {
         self.dir.join(cmdline::AGENT_SOCK)
     }
 
-    fn try_exited(&mut self) -> Option<String> {
-        if self.exited.is_none() {
-            if let Ok(Some(st)) = self.child.try_wait() {
-                self.exited = Some(describe(st));
+    fn try_exited(&self) -> Option<String> {
+        let mut exited = self.exited.lock().expect("exit status");
+        if exited.is_none() {
+            if let Ok(Some(st)) = self.child.lock().expect("child").try_wait() {
+                *exited = Some(describe(st));
             }
         }
-        self.exited.clone()
+        exited.clone()
     }
 
-    fn kill(&mut self) {
+    fn pause(&self) -> VmmFuture<'_, ()> {
+        Box::pin(persist::pause(self))
+    }
+
+    fn resume(&self) -> VmmFuture<'_, ()> {
+        Box::pin(persist::resume(self))
+    }
+
+    fn save_state<'a>(&'a self, path: &'a Path, scope: StateScope) -> VmmFuture<'a, ()> {
+        Box::pin(persist::save_state(self, path, scope))
+    }
+
+    fn load_state<'a>(&'a self, path: &'a Path, scope: StateScope) -> VmmFuture<'a, ()> {
+        Box::pin(persist::load_state(self, path, scope))
+    }
+
+    fn quit(&self) {
         if self.try_exited().is_none() {
-            let _ = self.child.kill();
-            if let Ok(st) = self.child.wait() {
-                self.exited = Some(describe(st));
+            let mut child = self.child.lock().expect("child");
+            let _ = child.kill();
+            if let Ok(st) = child.wait() {
+                *self.exited.lock().expect("exit status") = Some(describe(st));
             }
         }
+    }
+
+    fn last_message(&self) -> Option<String> {
+        let log = std::fs::read_to_string(self.dir.join(QEMU_LOG)).ok()?;
+        log.lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .map(str::to_string)
     }
 }
 
 impl Drop for Qemu {
     fn drop(&mut self) {
-        self.kill();
+        self.quit();
     }
-}
-
-/// The last line QEMU wrote to its log in `dir` (its own error messages).
-pub fn log_tail(dir: &std::path::Path) -> Option<String> {
-    let log = std::fs::read_to_string(dir.join("qemu.log")).ok()?;
-    log.lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .map(str::to_string)
 }
 
 fn describe(st: std::process::ExitStatus) -> String {

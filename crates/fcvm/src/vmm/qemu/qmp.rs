@@ -1,6 +1,6 @@
 //! A minimal QMP client: JSON lines over the VM's `qmp.sock`.
 //!
-//! fcvm uses QMP only for snapshot work (stop, migrate with `x-ignore-shared`, incoming
+//! Only [`super::persist`] uses it, for the lifecycle verbs (stop, migrate with `x-ignore-shared`, incoming
 //! migration, cont) and status queries. Each command waits for its own `return` or `error`;
 //! the only event read is a migration's end (`MIGRATION`), so no one polls for it. Migration
 //! streams go through a file descriptor that fcvm opens and hands over (`getfd` with
@@ -23,7 +23,7 @@ pub enum QmpError {
     Connect(String, #[source] std::io::Error),
     #[error("QMP connection closed")]
     Closed,
-    #[error("QMP I/O: {0}")]
+    #[error("QMP I/O failed")]
     Io(#[from] std::io::Error),
     #[error("QMP {0} failed: {1}")]
     Command(String, String),
@@ -107,18 +107,16 @@ impl Qmp {
         self.reply("getfd").await.map(|_| ())
     }
 
-    /// Starts loading a migration stream from the file at `path` (`-incoming defer` VMs).
-    pub async fn migrate_in_from(&mut self, path: &Path) -> Result<(), QmpError> {
-        let f = std::fs::File::open(path)?;
-        self.send_fd("incoming", &f).await?;
+    /// Starts loading a migration stream from `f` (`-incoming defer` VMs).
+    pub async fn migrate_in_from(&mut self, f: &std::fs::File) -> Result<(), QmpError> {
+        self.send_fd("incoming", f).await?;
         let uri = json!({ "uri": "fd:incoming" });
         self.execute("migrate-incoming", uri).await.map(|_| ())
     }
 
-    /// Starts writing the VM's migration stream to a new file at `path`.
-    pub async fn migrate_to(&mut self, path: &Path) -> Result<(), QmpError> {
-        let f = std::fs::File::create(path)?;
-        self.send_fd("outgoing", &f).await?;
+    /// Starts writing the VM's migration stream into `f`.
+    pub async fn migrate_to(&mut self, f: &std::fs::File) -> Result<(), QmpError> {
+        self.send_fd("outgoing", f).await?;
         self.execute("migrate", json!({ "uri": "fd:outgoing" }))
             .await
             .map(|_| ())
@@ -194,5 +192,142 @@ fn migration_over(status: &str, why: &Value) -> Result<bool, QmpError> {
             Err(QmpError::Command("migrate".into(), why))
         }
         _ => Ok(false),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The client against a scripted QMP peer on a Unix socket: no QEMU needed.
+    use super::*;
+    use tokio::io::AsyncBufReadExt;
+
+    /// Serves one client: the greeting, then for each expected command its scripted lines.
+    async fn peer(
+        listener: tokio::net::UnixListener,
+        script: Vec<(&'static str, Vec<&'static str>)>,
+    ) -> Vec<String> {
+        let (s, _) = listener.accept().await.unwrap();
+        let (rd, mut wr) = s.into_split();
+        let mut lines = BufReader::new(rd).lines();
+        wr.write_all(b"{\"QMP\": {\"version\": {}, \"capabilities\": []}}\n")
+            .await
+            .unwrap();
+        let mut seen = vec![];
+        for (cmd, replies) in
+            std::iter::once(("qmp_capabilities", vec![r#"{"return": {}}"#])).chain(script)
+        {
+            let line = lines.next_line().await.unwrap().unwrap();
+            let v: Value = serde_json::from_str(&line).unwrap();
+            assert_eq!(v["execute"], cmd, "{line}");
+            seen.push(line);
+            for r in replies {
+                wr.write_all(format!("{r}\n").as_bytes()).await.unwrap();
+            }
+        }
+        seen
+    }
+
+    #[tokio::test]
+    async fn commands_errors_and_events() {
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("qmp.sock");
+        let l = tokio::net::UnixListener::bind(&path).unwrap();
+        let server = tokio::spawn(peer(
+            l,
+            vec![
+                // An event before the reply is skipped.
+                (
+                    "query-status",
+                    vec![
+                        r#"{"event": "RESUME", "data": {}}"#,
+                        r#"{"return": {"status": "running"}}"#,
+                    ],
+                ),
+                (
+                    "cont",
+                    vec![r#"{"error": {"class": "GenericError", "desc": "no"}}"#],
+                ),
+                // Active, then its MIGRATION event, then asked again: completed.
+                ("query-migrate", vec![r#"{"return": {"status": "active"}}"#]),
+                (
+                    "query-migrate",
+                    vec![r#"{"return": {"status": "completed"}}"#],
+                ),
+            ],
+        ));
+        let mut q = Qmp::connect(&path, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(q.status().await.unwrap(), "running");
+        let e = q.execute("cont", json!({})).await.unwrap_err();
+        assert!(
+            matches!(&e, QmpError::Command(c, d) if c == "cont" && d == "no"),
+            "{e}"
+        );
+        // The event arrives while the client waits between its two questions.
+        let wait = q.wait_migration(Duration::from_secs(5));
+        wait.await.unwrap();
+        drop(q);
+        assert_eq!(server.await.unwrap().len(), 5);
+    }
+
+    #[tokio::test]
+    async fn a_failed_migration_says_why_and_a_closed_peer_is_an_error() {
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("qmp.sock");
+        let l = tokio::net::UnixListener::bind(&path).unwrap();
+        let server = tokio::spawn(peer(
+            l,
+            vec![(
+                "query-migrate",
+                vec![r#"{"return": {"status": "failed", "error-desc": "bad stream"}}"#],
+            )],
+        ));
+        let mut q = Qmp::connect(&path, Duration::from_secs(5)).await.unwrap();
+        let e = q.wait_migration(Duration::from_secs(5)).await.unwrap_err();
+        assert!(format!("{e}").contains("bad stream"), "{e}");
+        server.await.unwrap();
+        let e = q.execute("stop", json!({})).await.unwrap_err();
+        assert!(matches!(e, QmpError::Closed | QmpError::Io(_)), "{e}");
+    }
+
+    #[tokio::test]
+    async fn getfd_passes_a_descriptor_with_the_command() {
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("qmp.sock");
+        let l = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let server = std::thread::spawn(move || {
+            use std::io::{BufRead, Write};
+            let (mut s, _) = l.accept().unwrap();
+            s.write_all(b"{\"QMP\": {}}\n").unwrap();
+            let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap();
+            s.write_all(b"{\"return\": {}}\n").unwrap();
+            // The getfd command: receive it with its descriptor.
+            let mut buf = [0u8; 256];
+            let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+            let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+            let msg = nix::sys::socket::recvmsg::<()>(
+                s.as_raw_fd(),
+                &mut iov,
+                Some(&mut cmsg),
+                MsgFlags::empty(),
+            )
+            .unwrap();
+            let fds: Vec<_> = msg
+                .cmsgs()
+                .unwrap()
+                .filter_map(|c| match c {
+                    nix::sys::socket::ControlMessageOwned::ScmRights(f) => Some(f),
+                    _ => None,
+                })
+                .flatten()
+                .collect();
+            s.write_all(b"{\"return\": {}}\n").unwrap();
+            fds.len()
+        });
+        let mut q = Qmp::connect(&path, Duration::from_secs(5)).await.unwrap();
+        let f = tempfile::tempfile().unwrap();
+        q.send_fd("outgoing", &f).await.unwrap();
+        assert_eq!(server.join().unwrap(), 1);
     }
 }

@@ -39,8 +39,8 @@ pub struct RunArgs {
     /// Hostname of the VM and container (default: the name).
     #[arg(long)]
     hostname: Option<String>,
-    /// qemu or firecracker (firecracker needs KVM).
-    #[arg(long)]
+    /// The VMM (only qemu runs here: KVM when usable, else TCG).
+    #[arg(long, value_enum)]
     hypervisor: Option<VmmKind>,
     /// Run in the background and print the VM's id once the container runs (its output goes
     /// to `fcvm logs`; stop it with `fcvm rm --force`).
@@ -71,8 +71,9 @@ pub struct RunArgs {
     #[arg(long, default_value = "rootless")]
     network: fcvm::network::NetworkMode,
     /// Publish a port: [ip:][hostPort:]containerPort[/tcp|udp] (comma lists, repeatable).
-    #[arg(short = 'p', long = "publish")]
-    publish: Vec<String>,
+    #[arg(short = 'p', long = "publish", value_delimiter = ',',
+          value_parser = fcvm::network::publish::parse_one)]
+    publish: Vec<fcvm::network::publish::Publish>,
     /// Image reference: oci:DIR[:TAG], oci-archive:FILE, docker-archive:FILE, builtin:busybox,
     /// a name in the host's podman store, or a registry reference.
     image: String,

@@ -29,8 +29,9 @@ pub enum SnapshotCommand {
         #[arg(long)]
         network: Option<fcvm::network::NetworkMode>,
         /// Publish a port of the clone: [ip:][hostPort:]containerPort[/proto].
-        #[arg(short = 'p', long = "publish")]
-        publish: Vec<String>,
+        #[arg(short = 'p', long = "publish", value_delimiter = ',',
+              value_parser = fcvm::network::publish::parse_one)]
+        publish: Vec<fcvm::network::publish::Publish>,
     },
     /// List snapshots.
     Ls {
