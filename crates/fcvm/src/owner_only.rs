@@ -54,6 +54,18 @@ pub fn create_file(path: &Path) -> std::io::Result<File> {
     Ok(f)
 }
 
+/// Opens (creating if needed, 0600) a lock file without truncating it.
+pub fn open_lock(path: &Path) -> std::io::Result<File> {
+    let f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(FILE_MODE)
+        .open(path)?;
+    f.set_permissions(Permissions::from_mode(FILE_MODE))?;
+    Ok(f)
+}
+
 /// Binds a Unix socket at `path` (replacing a stale one), mode 0600. Between bind and chmod
 /// the socket has the umask's mode; it is only ever bound inside a 0700 directory, so no
 /// one else can reach it in that moment either.
@@ -84,6 +96,20 @@ pub fn temp_dir_in(parent: &Path, prefix: &str) -> std::io::Result<tempfile::Tem
 /// repairing the modes of an existing tree's top (what lies below was made by fcvm with
 /// its own modes, or sits in a directory no one else can enter).
 pub fn repair_data_dir(root: &Path, subdirs: &[PathBuf]) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    if let Ok(m) = std::fs::symlink_metadata(root) {
+        let me = nix::unistd::geteuid().as_raw();
+        if !m.is_dir() || m.uid() != me {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!(
+                    "{} is not a directory of uid {me} (it belongs to uid {})",
+                    root.display(),
+                    m.uid()
+                ),
+            ));
+        }
+    }
     create_dir(root)?;
     for d in subdirs {
         if d.is_dir() {

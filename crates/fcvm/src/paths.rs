@@ -2,6 +2,8 @@
 //! assets, image root filesystems, per-VM directories and snapshots.
 //!
 //! `FCVM_DATA_DIR` overrides; else `/var/lib/fcvm` as root, `$XDG_DATA_HOME/fcvm` otherwise.
+//! The whole tree is the owner's alone: [`Dirs::prepare`] runs at every start
+//! (docs/security.md).
 //! `tmp/` sits inside the same directory so that every "write to temp, rename into place" is
 //! a rename on one filesystem.
 
@@ -29,6 +31,22 @@ impl Dirs {
             .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".local/share")))
             .unwrap_or_else(|| PathBuf::from("/tmp"));
         Dirs::new(base.join("fcvm"))
+    }
+
+    /// Creates the data directory if needed and makes it, and its top-level directories,
+    /// the owner's alone (0700) — repairing a tree made by an older fcvm or under another
+    /// umask. Refuses a root that is a symlink or belongs to another user.
+    pub fn prepare(&self) -> std::io::Result<()> {
+        let top = [
+            self.assets(),
+            self.images(),
+            self.blobs(),
+            self.vms(),
+            self.snapshots(),
+            self.tmp(),
+            self.locks(),
+        ];
+        crate::owner_only::repair_data_dir(&self.root, &top)
     }
 
     /// Content-addressed guest assets: kernel, initramfs, module sets.

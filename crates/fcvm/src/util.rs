@@ -64,7 +64,7 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
 pub fn copy_sparse(src: &Path, dst: &Path) -> std::io::Result<u64> {
     use std::os::fd::AsRawFd;
     let input = std::fs::File::open(src)?;
-    let output = std::fs::File::create(dst)?;
+    let output = crate::owner_only::create_file(dst)?;
     // SAFETY: FICLONE takes the source fd as its argument; both fds are open.
     let r = unsafe { libc::ioctl(output.as_raw_fd(), libc::FICLONE, input.as_raw_fd()) };
     let len = input.metadata()?.len();

@@ -20,7 +20,6 @@ mod vmlinux;
 
 use std::path::{Path, PathBuf};
 
-use fs2::FileExt;
 
 use crate::paths::Dirs;
 use crate::progress;
@@ -147,17 +146,13 @@ fn assets(kernel: kernel::Kernel, initramfs: PathBuf, initramfs_id: String) -> A
 fn lock(dirs: &Dirs) -> Result<std::fs::File, AssetError> {
     let path = dirs.locks().join("assets.lock");
     let open = || {
-        std::fs::create_dir_all(dirs.locks())?;
-        std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
+        crate::owner_only::create_dir(&dirs.locks())?;
+        crate::owner_only::open_lock(&path)
     };
     let file = open().map_err(|e| AssetError::Lock(path.clone(), e))?;
-    if file.try_lock_exclusive().is_err() {
+    if file.try_lock().is_err() {
         let step = progress::step("Waiting for another fcvm to finish building assets");
-        file.lock_exclusive()
+        file.lock()
             .map_err(|e| AssetError::Lock(path.clone(), e))?;
         step.finish();
     }

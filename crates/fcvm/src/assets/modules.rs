@@ -108,7 +108,7 @@ pub(super) fn install(moddir: &Path, out: &Path) -> Result<Vec<String>, AssetErr
     let builtin = read("modules.builtin").unwrap_or_default();
     let order = load_order(&dep, &builtin, WANTED)?;
 
-    std::fs::create_dir_all(out).map_err(io_err("create", out))?;
+    crate::owner_only::create_dir(out).map_err(io_err("create", out))?;
     let mut names = Vec::new();
     for rel in &order {
         let src = moddir.join(rel);

@@ -59,11 +59,12 @@ pub fn setup(vm_id: &str, ports: &[Publish]) -> Result<(Bridged, String), Networ
             return Err(NetworkError::Tool(tool.0, tool.1));
         }
     }
-    std::fs::create_dir_all(RUN_DIR).map_err(|e| NetworkError::Setup(format!("{RUN_DIR}: {e}")))?;
+    crate::owner_only::create_dir(Path::new(RUN_DIR))
+        .map_err(|e| NetworkError::Setup(format!("{RUN_DIR}: {e}")))?;
     let n = Names::new(vm_id);
-    let lock = std::fs::File::create(Path::new(RUN_DIR).join(".lock"))
+    let lock = crate::owner_only::open_lock(&Path::new(RUN_DIR).join(".lock"))
         .map_err(|e| NetworkError::Setup(e.to_string()))?;
-    fs2::FileExt::lock_exclusive(&lock).map_err(|e| NetworkError::Setup(e.to_string()))?;
+    lock.lock().map_err(|e| NetworkError::Setup(e.to_string()))?;
     let slot = claim(&n)?;
     drop(lock);
     let b = Bridged {

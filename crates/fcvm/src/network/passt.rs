@@ -101,7 +101,7 @@ pub fn start(
     let bin = crate::util::which("passt").ok_or(NetworkError::Tool("passt", "passt"))?;
     let socket = vm_dir.join("passt.sock");
     let _ = std::fs::remove_file(&socket);
-    let log = std::fs::File::create(vm_dir.join("passt.log"))
+    let log = crate::owner_only::create_file(&vm_dir.join("passt.log"))
         .map_err(|e| NetworkError::Setup(format!("passt log: {e}")))?;
     let mut cmd = Command::new(&bin);
     cmd.args(args(&socket, ports, host_dns))

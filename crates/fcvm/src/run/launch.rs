@@ -177,6 +177,9 @@ async fn cold_boot(
     let _ = std::fs::remove_file(vmdir.path.join(snapshot::RW_DISK));
     let rw = vmdir.path.join(snapshot::RW_DISK);
     super::make_rw_disk(&rw, 1024)?;
+    // Guest RAM holds the container's secrets: the file exists, private, before QEMU maps it.
+    let ram = vmdir.path.join(snapshot::RAM_FILE);
+    crate::owner_only::create_file(&ram).context("Cannot create the VM's RAM file")?;
     let vspec = VmSpec {
         kind: facts.backend,
         dir: vmdir.path.clone(),
@@ -197,7 +200,7 @@ async fn cold_boot(
         accel: facts.accel,
         nic: net.nic.clone(),
         memory: Memory::File {
-            path: vmdir.path.join(snapshot::RAM_FILE),
+            path: ram,
             shared: true,
         },
         incoming: false,

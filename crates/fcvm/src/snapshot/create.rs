@@ -119,7 +119,7 @@ async fn save_paused(
 /// now, so a failed save leaves it intact.
 fn publish(dirs: &Dirs, tmp: tempfile::TempDir, name: &str) -> Result<(), SnapshotError> {
     let dest = super::dir(dirs, name);
-    std::fs::create_dir_all(dirs.snapshots()).map_err(io_err(&dirs.snapshots()))?;
+    crate::owner_only::create_dir(&dirs.snapshots()).map_err(io_err(&dirs.snapshots()))?;
     let staged = tmp.keep();
     if dest.exists() {
         let old = dirs

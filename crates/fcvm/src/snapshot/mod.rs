@@ -271,7 +271,7 @@ pub fn remove(dirs: &Dirs, name: &str) -> Result<(), SnapshotError> {
     }
     // Rename first: a reader sees the whole snapshot or none of it.
     let trash = dirs.tmp().join(format!("rm-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(dirs.tmp()).map_err(io_err(&trash))?;
+    crate::owner_only::create_dir(&dirs.tmp()).map_err(io_err(&trash))?;
     std::fs::rename(&d, &trash).map_err(io_err(&d))?;
     std::fs::remove_dir_all(&trash).map_err(io_err(&trash))
 }

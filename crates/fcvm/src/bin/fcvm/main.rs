@@ -86,6 +86,10 @@ fn main() {
         .without_time()
         .init();
     let dirs = fcvm::paths::Dirs::from_env();
+    if let Err(e) = dirs.prepare() {
+        eprintln!("Error: data directory {}: {e}", dirs.root.display());
+        std::process::exit(125);
+    }
     // One thread: the VMM's parent-death signal is tied to the thread that spawned it, and
     // this one lives as long as the process.
     let rt = tokio::runtime::Builder::new_current_thread()
