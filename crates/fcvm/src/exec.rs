@@ -52,8 +52,9 @@ pub fn serve(
     container_env: Vec<String>,
     snapshotter: Option<Snapshotter>,
 ) -> std::io::Result<ExecServer> {
-    let _ = std::fs::remove_file(path);
-    let listener = UnixListener::bind(path)?;
+    let listener = crate::owner_only::bind(path)?;
+    listener.set_nonblocking(true)?;
+    let listener = UnixListener::from_std(listener)?;
     let env = Arc::new(container_env);
     let task = tokio::spawn(async move {
         while let Ok((conn, _)) = listener.accept().await {

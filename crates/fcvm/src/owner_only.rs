@@ -54,6 +54,17 @@ pub fn create_file(path: &Path) -> std::io::Result<File> {
     Ok(f)
 }
 
+/// Opens (creating if needed, 0600) a file for appending.
+pub fn append_file(path: &Path) -> std::io::Result<File> {
+    let f = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(FILE_MODE)
+        .open(path)?;
+    f.set_permissions(Permissions::from_mode(FILE_MODE))?;
+    Ok(f)
+}
+
 /// Opens (creating if needed, 0600) a lock file without truncating it.
 pub fn open_lock(path: &Path) -> std::io::Result<File> {
     let f = OpenOptions::new()

@@ -214,13 +214,7 @@ impl Session {
         let streams_rd = streams.clone();
         tokio::spawn(async move {
             let mut frames = FrameReader::new(rd);
-            let mut log = log.and_then(|p| {
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(p)
-                    .ok()
-            });
+            let mut log = log.and_then(|p| crate::owner_only::append_file(&p).ok());
             while let Some(r) = frames.next().await {
                 let frame = match r {
                     Ok(f) => f,

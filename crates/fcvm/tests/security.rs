@@ -10,7 +10,7 @@
 
 mod common;
 
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -48,8 +48,8 @@ fn open_to_others(root: &Path) -> Vec<String> {
 }
 
 /// A copy of the built-in busybox layout whose config carries `tag` (a new config digest,
-/// so fcvm builds its root filesystem anew).
-fn unique_layout(dir: &Path, tag: &str) -> String {
+/// so fcvm builds its root filesystem anew): its reference and its config digest's hex.
+fn unique_layout(dir: &Path, tag: &str) -> (String, String) {
     use sha2::Digest;
     let src = data_dir().join("images/builtin/busybox");
     let cp = Command::new("cp")
@@ -57,7 +57,10 @@ fn unique_layout(dir: &Path, tag: &str) -> String {
         .status()
         .unwrap();
     assert!(cp.success());
-    let blob = |d: &str| dir.join("blobs/sha256").join(d.trim_start_matches("sha256:"));
+    let blob = |d: &str| {
+        dir.join("blobs/sha256")
+            .join(d.trim_start_matches("sha256:"))
+    };
     let put = |v: &serde_json::Value| {
         let data = serde_json::to_vec(v).unwrap();
         let hex = hex::encode(sha2::Sha256::digest(&data));
@@ -77,13 +80,14 @@ fn unique_layout(dir: &Path, tag: &str) -> String {
     let env = env.as_array_mut().expect("an array now");
     env.push(format!("FCVM_SECURITY_TEST={tag}").into());
     let (cd, cs) = put(&config);
+    let config_hex = cd.trim_start_matches("sha256:").to_string();
     manifest["config"]["digest"] = cd.into();
     manifest["config"]["size"] = cs.into();
     let (md, ms) = put(&manifest);
     index["manifests"][0]["digest"] = md.into();
     index["manifests"][0]["size"] = ms.into();
     std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
-    format!("oci:{}:latest", dir.display())
+    (format!("oci:{}:latest", dir.display()), config_hex)
 }
 
 /// fcvm under umask 000.
@@ -117,7 +121,6 @@ fn reachable_by_nobody(list: &[PathBuf]) -> Vec<String> {
         .env(PROBE_LIST, &listing)
         .uid(65534)
         .gid(65534)
-        .groups(&[])
         .output()
         .unwrap();
     assert!(out.status.success(), "probe failed: {}", text_of(&out));
@@ -155,11 +158,20 @@ fn nothing_under_the_data_dir_is_reachable_by_another_user() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let t = tempfile::tempdir().unwrap();
     let tag = format!("{}-{:?}", std::process::id(), std::time::SystemTime::now());
-    let image = unique_layout(&t.path().join("layout"), &tag);
+    let (image, config_hex) = unique_layout(&t.path().join("layout"), &tag);
     let vm = name("private");
     let snap = name("private-snap");
     let out = fcvm_open_umask(&[
-        "podman", "run", "-d", "--name", &vm, "-e", "SECRET=hunter2", &image, "sleep", "600",
+        "podman",
+        "run",
+        "-d",
+        "--name",
+        &vm,
+        "-e",
+        "SECRET=hunter2",
+        &image,
+        "sleep",
+        "600",
     ]);
     assert!(out.status.success(), "run -d: {}", text_of(&out));
     let id = text(&out.stdout).trim().to_string();
@@ -169,11 +181,38 @@ fn nothing_under_the_data_dir_is_reachable_by_another_user() {
     let data = data_dir();
     let vm_dir = data.join("vms").join(&id);
     assert!(vm_dir.join("ram").exists() && vm_dir.join("agent.sock").exists());
-    let mut made = vec![data.clone(), vm_dir, data.join("snapshots").join(&snap)];
-    made.extend(["vms", "snapshots", "images", "tmp", "locks", "assets"].map(|d| data.join(d)));
+    // What this run made, whole; the shared top-level directories themselves.
+    let made = [
+        vm_dir,
+        data.join("snapshots").join(&snap),
+        data.join("images").join(&config_hex),
+        data.join("locks").join(format!("name-{vm}.lock")),
+        data.join("locks").join(format!("snapshot-{snap}.lock")),
+        data.join("locks").join(format!("image-{config_hex}.lock")),
+    ];
     for m in &made {
+        assert!(m.exists(), "{} was not made", m.display());
         let open = open_to_others(m);
-        assert!(open.is_empty(), "open to others under {}: {open:#?}", m.display());
+        assert!(
+            open.is_empty(),
+            "open to others under {}: {open:#?}",
+            m.display()
+        );
+    }
+    for d in [
+        "",
+        "vms",
+        "snapshots",
+        "images",
+        "tmp",
+        "locks",
+        "assets",
+        "blobs",
+    ] {
+        let p = data.join(d);
+        if let Ok(m) = std::fs::metadata(&p) {
+            assert_eq!(m.mode() & 0o077, 0, "{} is {:o}", p.display(), m.mode());
+        }
     }
     let mut all = vec![data.clone()];
     walk(&data, &mut all);

@@ -20,7 +20,6 @@ mod vmlinux;
 
 use std::path::{Path, PathBuf};
 
-
 use crate::paths::Dirs;
 use crate::progress;
 use crate::util::{sha256_hex, ToolError};
@@ -152,8 +151,7 @@ fn lock(dirs: &Dirs) -> Result<std::fs::File, AssetError> {
     let file = open().map_err(|e| AssetError::Lock(path.clone(), e))?;
     if file.try_lock().is_err() {
         let step = progress::step("Waiting for another fcvm to finish building assets");
-        file.lock()
-            .map_err(|e| AssetError::Lock(path.clone(), e))?;
+        file.lock().map_err(|e| AssetError::Lock(path.clone(), e))?;
         step.finish();
     }
     Ok(file)

@@ -1,7 +1,7 @@
 //! The image cache: `images/<config hex>/{rootfs.erofs, config.json}`, built once.
 //!
 //! 1. [`cached`]: both files present → reuse (the directory only ever appears whole).
-//! 2. [`lock`]: `locks/image-<hex>.lock` (fs2, exclusive) so concurrent runs build once; the
+//! 2. [`lock`]: `locks/image-<hex>.lock` (exclusive) so concurrent runs build once; the
 //!    caller checks the cache again after taking it.
 //! 3. [`build`]: in a temp dir under `tmp/`: unpack layers into `root/`, `mkfs.erofs`, write
 //!    `config.json`, drop `root/`, then one rename into `images/`. Any error drops the temp dir,
@@ -11,8 +11,6 @@ use std::fs::File;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-use fs2::FileExt;
 
 use super::{unpack, ImageConfig, ImageError, LayerBlob};
 use crate::paths::Dirs;
@@ -31,10 +29,10 @@ pub(crate) fn cached(dirs: &Dirs, hex: &str) -> Option<PathBuf> {
 /// Takes the per-image build lock (blocking); released when the file is dropped.
 pub(crate) fn lock(dirs: &Dirs, hex: &str) -> Result<File, ImageError> {
     let dir = dirs.locks();
-    std::fs::create_dir_all(&dir).map_err(ImageError::io(&dir))?;
+    crate::owner_only::create_dir(&dir).map_err(ImageError::io(&dir))?;
     let path = dir.join(format!("image-{hex}.lock"));
-    let f = File::create(&path).map_err(ImageError::io(&path))?;
-    f.lock_exclusive().map_err(ImageError::io(&path))?;
+    let f = crate::owner_only::open_lock(&path).map_err(ImageError::io(&path))?;
+    f.lock().map_err(ImageError::io(&path))?;
     Ok(f)
 }
 
@@ -77,14 +75,12 @@ pub(crate) fn build(
         cmd.arg("--all-root");
     }
     util::run_tool(cmd.arg(&image).arg(&root), "erofs-utils")?;
-    std::fs::set_permissions(&image, std::fs::Permissions::from_mode(0o444))
+    // Read-only, and the owner's alone (docs/security.md).
+    std::fs::set_permissions(&image, std::fs::Permissions::from_mode(0o400))
         .map_err(ImageError::io(&image))?;
     let json = serde_json::to_vec_pretty(config).expect("ImageConfig serialises");
     let config_path = tmp.path().join(CONFIG);
     util::write_atomic(&config_path, &json).map_err(ImageError::io(&config_path))?;
-    // write_atomic's temp file is 0600; the cache is meant to be readable like the rootfs.
-    std::fs::set_permissions(&config_path, std::fs::Permissions::from_mode(0o644))
-        .map_err(ImageError::io(&config_path))?;
     remove_tree(&root).map_err(ImageError::io(&root))?;
     step.finish();
 

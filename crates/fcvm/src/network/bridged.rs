@@ -64,7 +64,8 @@ pub fn setup(vm_id: &str, ports: &[Publish]) -> Result<(Bridged, String), Networ
     let n = Names::new(vm_id);
     let lock = crate::owner_only::open_lock(&Path::new(RUN_DIR).join(".lock"))
         .map_err(|e| NetworkError::Setup(e.to_string()))?;
-    lock.lock().map_err(|e| NetworkError::Setup(e.to_string()))?;
+    lock.lock()
+        .map_err(|e| NetworkError::Setup(e.to_string()))?;
     let slot = claim(&n)?;
     drop(lock);
     let b = Bridged {

@@ -133,10 +133,7 @@ pub fn claim_ready_fd() -> Option<RawFd> {
 /// In the detached owner, once the VM runs: output to the VM's log file, the id to the
 /// waiting command.
 pub fn report_ready(fd: RawFd, vmdir: &Path, id: &str) -> std::io::Result<()> {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(vmdir.join(LOG_FILE))?;
+    let log = crate::owner_only::append_file(&vmdir.join(LOG_FILE))?;
     // SAFETY: dup2 onto our own stdout/stderr; `fd` is the ready pipe we were given and is
     // used (and closed) only here.
     unsafe {

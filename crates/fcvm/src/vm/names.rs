@@ -45,8 +45,9 @@ pub fn validate(name: &str) -> Result<(), NameError> {
 pub fn claim(dirs: &Dirs, name: &str) -> Result<NameLock, NameError> {
     validate(name)?;
     let lock_err = |e| NameError::Lock(name.into(), e);
-    std::fs::create_dir_all(dirs.locks()).map_err(lock_err)?;
-    let file = File::create(dirs.locks().join(format!("name-{name}.lock"))).map_err(lock_err)?;
+    crate::owner_only::create_dir(&dirs.locks()).map_err(lock_err)?;
+    let file = crate::owner_only::open_lock(&dirs.locks().join(format!("name-{name}.lock")))
+        .map_err(lock_err)?;
     if file.try_lock_exclusive().is_err() {
         return Err(NameError::InUse(name.into()));
     }
