@@ -46,6 +46,18 @@ pub fn publish_dir(tmp: tempfile::TempDir, dest: &Path) -> std::io::Result<()> {
     }
 }
 
+/// An error and its sources on one line ("outer: inner: innermost"), for log lines.
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
 pub fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }

@@ -80,7 +80,8 @@ pub async fn launch(
             Err(SnapshotError::Busy(_)) => drop(step),
             Err(e) => {
                 drop(step);
-                eprintln!("fcvm: warning: image-cache snapshot not saved: {e}");
+                let e = crate::util::chain(&e);
+                tracing::warn!("image-cache snapshot not saved: {e}");
             }
         }
     }
@@ -150,7 +151,8 @@ pub async fn restore_as(
 }
 
 fn discard(dirs: &Dirs, name: &str, e: &SnapshotError) {
-    eprintln!("fcvm: snapshot {name} failed to load ({e}); discarding it and booting cold");
+    let e = crate::util::chain(e);
+    tracing::warn!("snapshot {name} failed to load ({e}); discarding it and booting cold");
     let _ = snapshot::remove(dirs, name);
 }
 

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-pub use spec::{parse_env, process_spec};
+pub use spec::{parse_env, process_spec, EnvArg};
 
 use crate::image::PullOptions;
 use crate::paths::Dirs;
@@ -38,7 +38,7 @@ pub struct RunOptions {
     pub name: Option<String>,
     pub image: String,
     pub command: Vec<String>,
-    pub env: Vec<String>,
+    pub env: Vec<EnvArg>,
     pub cpus: u32,
     pub mem_mib: u32,
     pub workdir: Option<String>,
@@ -177,7 +177,7 @@ pub(crate) fn new_state(id: &str, name: &str, facts: &Facts) -> VmState {
 
 pub async fn run(dirs: &Dirs, opts: RunOptions) -> Result<i32> {
     // 1. Inputs first: a bad flag changes nothing.
-    let env = parse_env(&opts.env)?;
+    let env = EnvArg::resolved(&opts.env);
     let kind = opts.hypervisor.unwrap_or(VmmKind::Qemu);
     let accel = check_machine(kind, opts.cpus, opts.mem_mib)?;
     let net_plan = crate::network::check(&opts.network)?;

@@ -7,26 +7,44 @@ use fcvm_proto::ProcessSpec;
 use super::RunOptions;
 use crate::image::ImageConfig;
 
-/// `-e K=V` and `-e K` (take K from fcvm's own environment, as podman does).
-pub fn parse_env(items: &[String]) -> Result<Vec<String>> {
-    items
+#[derive(Debug, thiserror::Error)]
+#[error("Invalid --env {0:?}: expected KEY=VALUE")]
+pub struct EnvError(String);
+
+/// One `-e` value, checked and resolved once, at the edge (clap's value parser):
+/// `KEY=VALUE`, or `KEY` alone, which takes fcvm's own value of KEY and is dropped when fcvm
+/// has none (podman).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvArg(Option<String>);
+
+impl EnvArg {
+    pub fn parse(e: &str) -> Result<EnvArg, EnvError> {
+        let (k, v) = match e.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (e, None),
+        };
+        if k.is_empty() || k.contains(char::is_whitespace) {
+            return Err(EnvError(e.into()));
+        }
+        Ok(EnvArg(match v {
+            Some(v) => Some(format!("{k}={v}")),
+            None => std::env::var(k).ok().map(|v| format!("{k}={v}")),
+        }))
+    }
+
+    /// The `KEY=VALUE` entries of `args`, in order.
+    pub fn resolved(args: &[EnvArg]) -> Vec<String> {
+        args.iter().filter_map(|a| a.0.clone()).collect()
+    }
+}
+
+/// `-e` values given as text (`fcvm exec`'s): parsed and resolved like [`EnvArg`]s.
+pub fn parse_env(items: &[String]) -> Result<Vec<String>, EnvError> {
+    let args = items
         .iter()
-        .filter_map(|e| {
-            let (k, v) = match e.split_once('=') {
-                Some((k, v)) => (k, Some(v)),
-                None => (e.as_str(), None),
-            };
-            if k.is_empty() || k.contains(char::is_whitespace) {
-                return Some(Err(anyhow::anyhow!(
-                    "Invalid --env {e:?}: expected KEY=VALUE"
-                )));
-            }
-            match v {
-                Some(v) => Some(Ok(format!("{k}={v}"))),
-                None => std::env::var(k).ok().map(|v| Ok(format!("{k}={v}"))),
-            }
-        })
-        .collect()
+        .map(|e| EnvArg::parse(e))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(EnvArg::resolved(&args))
 }
 
 /// Merges the image config with the run flags, the way podman does.
@@ -144,6 +162,7 @@ mod tests {
     #[test]
     fn env_parsing() {
         assert_eq!(parse_env(&["A=b=c".into()]).unwrap(), ["A=b=c"]);
+        assert_eq!(EnvArg::parse("A=1").unwrap(), EnvArg(Some("A=1".into())));
         assert!(parse_env(&["=x".into()]).is_err());
         assert!(parse_env(&["A B=1".into()]).is_err());
         std::env::set_var("FCVM_TEST_ENV_X", "v");

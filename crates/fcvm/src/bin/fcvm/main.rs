@@ -83,6 +83,7 @@ fn main() {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
         )
         .with_writer(std::io::stderr)
+        .with_target(false)
         .without_time()
         .init();
     let dirs = fcvm::paths::Dirs::from_env();

@@ -19,8 +19,8 @@ pub struct RunArgs {
     #[arg(long)]
     name: Option<String>,
     /// Environment variable KEY=VALUE (KEY alone takes fcvm's own value).
-    #[arg(short = 'e', long = "env")]
-    env: Vec<String>,
+    #[arg(short = 'e', long = "env", value_parser = fcvm::run::EnvArg::parse)]
+    env: Vec<fcvm::run::EnvArg>,
     /// Virtual CPUs.
     #[arg(long = "cpu", alias = "cpus", default_value_t = 1)]
     cpus: u32,
