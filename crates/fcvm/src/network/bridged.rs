@@ -60,12 +60,11 @@ pub fn setup(vm_id: &str, ports: &[Publish]) -> Result<(Bridged, String), Networ
         }
     }
     crate::owner_only::create_dir(Path::new(RUN_DIR))
-        .map_err(|e| NetworkError::Setup(format!("{RUN_DIR}: {e}")))?;
+        .map_err(|e| NetworkError::Io(format!("creating {RUN_DIR}"), e))?;
     let n = Names::new(vm_id);
-    let lock = crate::owner_only::open_lock(&Path::new(RUN_DIR).join(".lock"))
-        .map_err(|e| NetworkError::Setup(e.to_string()))?;
-    lock.lock()
-        .map_err(|e| NetworkError::Setup(e.to_string()))?;
+    let lock_err = |e| NetworkError::Io(format!("locking {RUN_DIR}/.lock"), e);
+    let lock = crate::owner_only::open_lock(&Path::new(RUN_DIR).join(".lock")).map_err(lock_err)?;
+    lock.lock().map_err(lock_err)?;
     let slot = claim(&n)?;
     drop(lock);
     let b = Bridged {
@@ -91,7 +90,7 @@ pub fn setup(vm_id: &str, ports: &[Publish]) -> Result<(Bridged, String), Networ
         format!("/proc/sys/net/ipv4/conf/{}/route_localnet", n.host),
         "1",
     )
-    .map_err(|e| NetworkError::Setup(format!("route_localnet: {e}")))?;
+    .map_err(|e| NetworkError::Io("setting route_localnet".into(), e))?;
     ns(&["ip", "link", "set", "lo", "up"])?;
     ns(&["ip", "addr", "add", &pc, "dev", &n.peer])?;
     ns(&["ip", "link", "set", &n.peer, "up"])?;

@@ -44,8 +44,8 @@ pub enum NetworkError {
     Mode(String),
     #[error("Invalid --publish {0:?}: {1}")]
     Publish(String, String),
-    #[error("--publish {0}: the host port is not available ({1})")]
-    PortBusy(String, String),
+    #[error("--publish {0}: the host port is not available")]
+    PortBusy(String, #[source] std::io::Error),
     #[error("--publish needs a network: --network none has none")]
     PublishWithoutNetwork,
     #[error("--network bridged needs root (use --network rootless)")]
@@ -54,6 +54,8 @@ pub enum NetworkError {
     Tool(&'static str, &'static str),
     #[error("Network setup failed: {0}")]
     Setup(String),
+    #[error("Network setup: {0}")]
+    Io(String, #[source] std::io::Error),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

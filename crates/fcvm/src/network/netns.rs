@@ -20,7 +20,7 @@ pub fn run(args: &[&str]) -> Result<String, NetworkError> {
     let out = Command::new(args[0])
         .args(&args[1..])
         .output()
-        .map_err(|e| NetworkError::Setup(format!("{}: {e}", args[0])))?;
+        .map_err(|e| NetworkError::Io(format!("running {}", args[0]), e))?;
     if !out.status.success() {
         return Err(NetworkError::Setup(format!(
             "`{}` failed: {}",
@@ -154,7 +154,7 @@ pub fn claim(n: &Names) -> Result<u32, NetworkError> {
         &Path::new(RUN_DIR).join(format!("{}.json", n.id8)),
         rec.to_string().as_bytes(),
     )
-    .map_err(|e| NetworkError::Setup(format!("record {RUN_DIR}: {e}")))?;
+    .map_err(|e| NetworkError::Io(format!("writing a record in {RUN_DIR}"), e))?;
     Ok(slot)
 }
 

@@ -102,19 +102,19 @@ pub fn start(
     let socket = vm_dir.join("passt.sock");
     let _ = std::fs::remove_file(&socket);
     let log = crate::owner_only::create_file(&vm_dir.join("passt.log"))
-        .map_err(|e| NetworkError::Setup(format!("passt log: {e}")))?;
+        .map_err(|e| NetworkError::Io("creating passt.log".into(), e))?;
     let mut cmd = Command::new(&bin);
     cmd.args(args(&socket, ports, host_dns))
         .stdin(Stdio::null())
         .stdout(
             log.try_clone()
-                .map_err(|e| NetworkError::Setup(e.to_string()))?,
+                .map_err(|e| NetworkError::Io("creating passt.log".into(), e))?,
         )
         .stderr(log);
     crate::util::owned_by_us(&mut cmd);
     let child = cmd
         .spawn()
-        .map_err(|e| NetworkError::Setup(format!("start {}: {e}", bin.display())))?;
+        .map_err(|e| NetworkError::Io(format!("starting {}", bin.display()), e))?;
     let mut p = Passt { child, socket };
     let t0 = Instant::now();
     while !p.socket.exists() {

@@ -158,7 +158,7 @@ pub fn resolve(mut ports: Vec<Publish>) -> Result<Vec<Publish>, NetworkError> {
             Err(e) => {
                 return Err(NetworkError::PortBusy(
                     format!("{addr}/{}", p.proto.as_str()),
-                    e.to_string(),
+                    e,
                 ))
             }
         }
