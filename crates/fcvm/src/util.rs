@@ -74,45 +74,46 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
 /// keeps holes (guest RAM and disks are mostly holes). Written to `dst` directly: callers put
 /// `dst` inside a temp directory that is renamed into place when complete.
 pub fn copy_sparse(src: &Path, dst: &Path) -> std::io::Result<u64> {
-    use std::os::fd::AsRawFd;
+    use nix::errno::Errno;
+    use nix::unistd::{lseek, Whence};
+    use std::os::fd::{AsFd, AsRawFd};
     let input = std::fs::File::open(src)?;
     let output = crate::owner_only::create_file(dst)?;
-    // SAFETY: FICLONE takes the source fd as its argument; both fds are open.
-    let r = unsafe { libc::ioctl(output.as_raw_fd(), libc::FICLONE, input.as_raw_fd()) };
+    nix::ioctl_write_int_bad!(ficlone, libc::FICLONE);
+    // SAFETY: FICLONE takes the source fd as its argument; both fds are open for the call.
+    let cloned = unsafe { ficlone(output.as_raw_fd(), input.as_raw_fd()) }.is_ok();
     let len = input.metadata()?.len();
-    if r == 0 {
+    if cloned {
         return Ok(len);
     }
     output.set_len(len)?;
-    let (ifd, ofd) = (input.as_raw_fd(), output.as_raw_fd());
+    let ifd = input.as_raw_fd();
     let mut pos: i64 = 0;
     while (pos as u64) < len {
-        // SAFETY: plain lseek on an open fd.
-        let data = unsafe { libc::lseek(ifd, pos, libc::SEEK_DATA) };
-        if data < 0 {
+        let Ok(data) = lseek(ifd, pos, Whence::SeekData) else {
             break; // ENXIO: only a hole remains
-        }
-        let hole = unsafe { libc::lseek(ifd, data, libc::SEEK_HOLE) };
-        let end = if hole < 0 { len as i64 } else { hole };
+        };
+        let end = lseek(ifd, data, Whence::SeekHole).unwrap_or(len as i64);
         let mut off_in = data;
         let mut off_out = data;
         while off_in < end {
             let n = (end - off_in) as usize;
-            // SAFETY: offsets point at locals; copy_file_range copies between open fds.
-            let c = unsafe { libc::copy_file_range(ifd, &mut off_in, ofd, &mut off_out, n, 0) };
-            if c < 0 {
-                let e = std::io::Error::last_os_error();
-                match e.raw_os_error() {
-                    // Some kernels/filesystems refuse copy_file_range: copy through userspace.
-                    Some(libc::EXDEV | libc::EINVAL | libc::EOPNOTSUPP | libc::ENOSYS) => {
-                        copy_range(&input, &output, off_in as u64, (end - off_in) as u64)?;
-                        break;
-                    }
-                    _ => return Err(e),
+            let copied = nix::fcntl::copy_file_range(
+                input.as_fd(),
+                Some(&mut off_in),
+                output.as_fd(),
+                Some(&mut off_out),
+                n,
+            );
+            match copied {
+                Ok(0) => break,
+                Ok(_) => {}
+                // Some kernels/filesystems refuse copy_file_range: copy through userspace.
+                Err(Errno::EXDEV | Errno::EINVAL | Errno::EOPNOTSUPP | Errno::ENOSYS) => {
+                    copy_range(&input, &output, off_in as u64, (end - off_in) as u64)?;
+                    break;
                 }
-            }
-            if c == 0 {
-                break;
+                Err(e) => return Err(e.into()),
             }
         }
         pos = end;
