@@ -16,6 +16,7 @@ pub mod health;
 pub mod image;
 pub mod network;
 pub mod paths;
+pub mod procfs;
 pub mod progress;
 pub mod run;
 pub mod session;
