@@ -45,7 +45,8 @@ pub fn run(dirs: &Dirs, a: LsArgs) -> Result<i32> {
             st.name,
             st.id,
             st.vmm_pid.unwrap_or(st.pid),
-            st.backend,
+            // to_string: the backend's Display ignores the column width.
+            st.backend.to_string(),
             st.observed(),
             health,
             st.image,
