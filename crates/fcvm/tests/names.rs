@@ -76,13 +76,20 @@ fn names_leading_out_of_the_data_dir_are_refused_and_change_nothing() {
             err.starts_with("Error: ") && err.contains("Invalid name") && err.contains(*bad),
             "{args:?}: {err}"
         );
-        assert!(!err.contains("secret"), "{args:?} read a planted file: {err}");
+        assert!(
+            !err.contains("secret"),
+            "{args:?} read a planted file: {err}"
+        );
         assert_eq!(text(&out.stdout), "", "{args:?}");
         assert_planted(&d);
     }
     // Nothing was created in the data directory either.
     for sub in ["snapshots", "vms"] {
-        assert_eq!(std::fs::read_dir(data.join(sub)).unwrap().count(), 0, "{sub}");
+        assert_eq!(
+            std::fs::read_dir(data.join(sub)).unwrap().count(),
+            0,
+            "{sub}"
+        );
     }
 }
 
