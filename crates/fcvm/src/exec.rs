@@ -189,7 +189,7 @@ pub async fn request_snapshot(
     crate::snapshot::validate_name(name)?;
     let (dir, st) = crate::vm::find(dirs, vm)?;
     let status = st.observed();
-    if status != "running" {
+    if !status.can_snapshot() {
         anyhow::bail!("VM {vm} is not running (it is {status})");
     }
     let conn = UnixStream::connect(dir.path.join(EXEC_SOCK))
@@ -230,7 +230,7 @@ pub async fn exec(dirs: &crate::paths::Dirs, o: ExecOptions) -> anyhow::Result<i
     let t0 = std::time::Instant::now();
     let (dir, st) = crate::vm::find(dirs, &o.name)?;
     let status = st.observed();
-    if status != "running" {
+    if !status.can_exec() {
         anyhow::bail!("VM {} is not running (it is {status})", o.name);
     }
     if o.command.is_empty() {

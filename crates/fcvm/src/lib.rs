@@ -17,6 +17,7 @@ pub mod image;
 pub mod network;
 pub mod owner_only;
 pub mod paths;
+pub mod procfs;
 pub mod progress;
 pub mod run;
 pub mod session;

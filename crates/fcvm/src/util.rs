@@ -30,7 +30,9 @@ pub fn temp_dir_in(parent: &Path, prefix: &str) -> std::io::Result<tempfile::Tem
 /// won the race with identical content-addressed data) the new copy is dropped.
 pub fn publish_dir(tmp: tempfile::TempDir, dest: &Path) -> std::io::Result<()> {
     if let Some(p) = dest.parent() {
-        std::fs::create_dir_all(p)?;
+        if !p.is_dir() {
+            crate::owner_only::create_dir(p)?;
+        }
     }
     let path: PathBuf = tmp.keep();
     match std::fs::rename(&path, dest) {

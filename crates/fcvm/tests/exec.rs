@@ -2,8 +2,9 @@
 //!
 //! Plan: boot `builtin:busybox -- sleep 100000` once, then run the checks in order (one #[test],
 //! each check a function, so the VM is booted once and the end state can be asserted):
-//! 1. exit codes 0/1/42/127/126, in the container and with `--vm` (the VM's own root has no
-//!    shell: `--vm` commands find busybox through PATH=/run/fcvm/rootfs/bin);
+//! 1. exit codes 0/1/42/127/126, in the container and with `--vm` (checks 1-6 run `--vm`
+//!    commands on the container's busybox, PATH=/run/fcvm/rootfs/bin, to compare like with
+//!    like; the VM's own tools are checked apart, as the README uses them);
 //! 2. stdout and stderr stay apart;
 //! 3. 1 MiB of binary output byte-exact, generated in the guest and piped in from the host;
 //!    stdin with EOF (`-i cat`, `-i wc -c`);
@@ -13,7 +14,9 @@
 //! 5. 50 concurrent execs, each printing its own index;
 //! 6. a SIGKILLed client ends its guest process (and what it started);
 //! 7. garbage and oversize frames on the exec socket leave the session working;
-//! 8. a missing VM, an exec whose VM dies under it, and a dead VM: 125 with one clear line.
+//! 8. the VM's own root has a shell and tools (busybox in the initramfs): `--vm -- cat
+//!    /proc/cpuinfo` and `--vm -- sh -c 'ls / | head -1'` work with the default PATH;
+//! 9. a missing VM, an exec whose VM dies under it, and a dead VM: 125 with one clear line.
 //!
 //! Then the VM is removed and nothing of it may be left (record, directory, QEMU). A guard
 //! kills the VM if a check panics.
@@ -30,7 +33,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 const LIMIT: Duration = Duration::from_secs(120);
-/// `--vm` commands: the VM's root has no shell, the container's busybox does.
+/// `--vm` commands on the container's busybox (the VM's own is [`vm_has_its_own_tools`]).
 const VM: &[&str] = &["--vm", "-e", "PATH=/run/fcvm/rootfs/bin"];
 
 /// The VM under test; dropping it (a failed check) kills its owner and removes it.
@@ -176,7 +179,29 @@ fn exec_end_to_end() {
     }
     fifty_concurrent_execs(&vm);
     bad_frames_leave_the_session_working(&vm);
+    vm_has_its_own_tools(&vm);
     missing_and_dead_vms(&mut vm);
+}
+
+/// The README's `fcvm exec --name web --vm -- cat /proc/cpuinfo`, as written: no PATH given,
+/// the VM's root (not the container's) has a shell and the usual tools.
+fn vm_has_its_own_tools(vm: &Fixture) {
+    let out = vm.exec(&["--vm", "--", "cat", "/proc/cpuinfo"]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).starts_with("processor"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(vm.sh(&["--vm"], "ls / | head -1"), "bin\n");
+    // The VM's root it is: the agent is its /init, and the container's root is mounted in it.
+    assert_eq!(
+        vm.sh(
+            &["--vm"],
+            "test -x /init && test -d /run/fcvm/rootfs/bin && echo vm"
+        ),
+        "vm\n"
+    );
 }
 
 fn exit_codes(vm: &Fixture, t: &[&str]) {
@@ -568,21 +593,19 @@ fn missing_and_dead_vms(vm: &mut Fixture) {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("lost"), "{err}");
 
-    // The VM is now dead: exec says so at once.
-    wait_for("VM reported dead", quick, || {
-        common::vm(&vm.name).is_some_and(|v| v["observed"] == "dead")
+    // The VM is now dead (its QEMU died with its owner): exec says so at once. (Not waited
+    // for through `fcvm ls`, which would reap it.)
+    let dir = data_dir().join("vms").join(&vm.id);
+    wait_for("QEMU gone", quick, || {
+        process_with_arg(&dir.display().to_string()).is_none()
     });
     let out = run(&["exec", "--name", &vm.name, "--", "true"], quick);
     let err = text(&out.stderr);
     assert_eq!(code(&out), 125, "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
-    assert!(err.contains("not running"), "{err}");
+    assert!(err.contains("not running (it is dead)"), "{err}");
 
     let out = run(&["rm", &vm.name], quick);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let dir = data_dir().join("vms").join(&vm.id);
-    wait_for("QEMU gone", quick, || {
-        process_with_arg(&dir.display().to_string()).is_none()
-    });
     assert_gone(&vm.name, Some(&vm.id));
 }

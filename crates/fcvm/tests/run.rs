@@ -224,10 +224,8 @@ fn sigkill_of_fcvm_leaves_a_dead_vm_that_rm_removes() {
         .to_string();
     child.kill().unwrap();
     child.wait().unwrap();
-    // Its QEMU dies with it (parent-death signal); ls tells the truth.
-    wait_for("VM reported dead", Duration::from_secs(30), || {
-        vm(&n).is_some_and(|v| v["observed"] == "dead")
-    });
+    // Its QEMU dies with it (parent-death signal). (Not checked through `fcvm ls`, which
+    // reaps such a VM: tests/dead_vms.rs.)
     let dir = data_dir().join("vms").join(&id);
     wait_for("QEMU gone", Duration::from_secs(30), || {
         process_with_arg(&dir.display().to_string()).is_none()

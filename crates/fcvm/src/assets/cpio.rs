@@ -17,6 +17,7 @@ use std::path::PathBuf;
 const S_IFDIR: u32 = 0o040000;
 const S_IFREG: u32 = 0o100000;
 const S_IFCHR: u32 = 0o020000;
+const S_IFLNK: u32 = 0o120000;
 
 /// Where a regular file's bytes come from.
 pub enum Data {
@@ -29,6 +30,7 @@ enum Node {
     Dir,
     File { mode: u32, data: Data },
     CharDev { mode: u32, major: u32, minor: u32 },
+    Symlink { target: String },
 }
 
 /// An archive being assembled. Paths are absolute guest paths (`/usr/bin/crun`).
@@ -59,6 +61,14 @@ impl Archive {
         let rel = self.parents(path);
         self.entries
             .insert(rel, Node::CharDev { mode, major, minor });
+    }
+
+    /// Adds a symbolic link to `target` (stored as is: relative targets resolve against the
+    /// link's directory).
+    pub fn symlink(&mut self, path: &str, target: &str) {
+        let rel = self.parents(path);
+        let target = target.to_string();
+        self.entries.insert(rel, Node::Symlink { target });
     }
 
     /// Strips the leading `/` and adds every ancestor directory; returns the relative path.
@@ -95,6 +105,14 @@ impl Archive {
                     0,
                     (*major, *minor),
                 )?,
+                Node::Symlink { target } => {
+                    let t = target.as_bytes();
+                    let len = t.len() as u64;
+                    header(w, &mut pos, name, ino, S_IFLNK | 0o777, 1, len, (0, 0))?;
+                    w.write_all(t)?;
+                    pos += len;
+                    pad(w, &mut pos)?;
+                }
                 Node::File { mode, data } => match data {
                     Data::Bytes(b) => {
                         header(
@@ -181,6 +199,7 @@ fn pad(w: &mut impl Write, pos: &mut u64) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
     use std::process::Command;
 
     fn sample() -> Archive {
@@ -278,6 +297,36 @@ mod tests {
         assert_eq!(
             std::fs::read(out_dir.join("etc/fcvm/modules")).unwrap(),
             b"a.ko\nbc.ko\n"
+        );
+    }
+
+    #[test]
+    fn symlinks_extract_as_links_to_their_target() {
+        let mut a = sample();
+        a.file("/usr/local/bin/tool", 0o755, Data::Bytes(b"tool".to_vec()));
+        a.symlink("/usr/local/bin/ls", "tool");
+        a.symlink("/usr/local/bin/abs", "/init");
+        let mut buf = Vec::new();
+        a.write_to(&mut buf).unwrap();
+        assert_eq!(buf.len() % 4, 0);
+        let d = tempfile::tempdir().unwrap();
+        let mut child = Command::new("cpio")
+            .args(["-id", "--quiet", "--nonmatching", "dev/console"])
+            .current_dir(d.path())
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(&buf).unwrap();
+        assert!(child.wait().unwrap().success());
+        let bin = d.path().join("usr/local/bin");
+        assert_eq!(
+            std::fs::read_link(bin.join("ls")).unwrap(),
+            Path::new("tool")
+        );
+        assert_eq!(std::fs::read(bin.join("ls")).unwrap(), b"tool");
+        assert_eq!(
+            std::fs::read_link(bin.join("abs")).unwrap(),
+            Path::new("/init")
         );
     }
 

@@ -1,7 +1,8 @@
-//! The guest initramfs: the agent as `/init`, the kernel modules, crun and its libraries.
+//! The guest initramfs: the agent as `/init`, the kernel modules, crun and its libraries, and
+//! busybox as the VM's own shell and tools (`fcvm exec --vm`).
 //!
 //! Content-addressed: the id hashes everything that goes in (kernel id, agent, crun and each
-//! library, [`LAYOUT`]), so a rebuilt agent or an upgraded crun gives a new
+//! library, busybox, [`LAYOUT`]), so a rebuilt agent or an upgraded crun gives a new
 //! `assets/initramfs-<id16>.cpio` and an unchanged set reuses the old file. The layout, which
 //! the agent relies on:
 //! ```text
@@ -10,6 +11,10 @@
 //! /lib/modules/fcvm/<name>.ko   the modules
 //! /usr/bin/crun + every library `ldd` lists, at the same absolute path (symlinks resolved:
 //!                               the real file is stored under the linked name)
+//! /usr/local/bin/busybox        the host's busybox-static, and a symlink to it per applet
+//! /usr/local/bin/<applet>       (`busybox --list`): on the agent's default PATH, where
+//!                               neither the kernel (/sbin/modprobe, /sbin/init) nor crun's
+//!                               helpers (PATH without /usr/local) look
 //! /dev/console (c 5 1), empty /proc /sys /dev /tmp /run /mnt /etc /root /var /usr/sbin /bin /sbin
 //! ```
 //! Uncompressed: QEMU loads it with a memcpy, while a gzip one is inflated by the guest's CPU,
@@ -25,10 +30,14 @@ use super::{io_err, AssetError};
 use crate::util::{run_tool, sha256_hex};
 
 /// Bump when the layout above changes, so every initramfs is rebuilt.
-pub(super) const LAYOUT: &str = "fcvm-initramfs-1";
+pub(super) const LAYOUT: &str = "fcvm-initramfs-2";
 /// Prefix of the temp file in `tmp/` (a crash can leave one; see `clean_stale`).
 pub(super) const TMP_PREFIX: &str = "initramfs.";
 pub(super) const CRUN: &str = "/usr/bin/crun";
+/// Debian's busybox-static, a run dependency of fcvm (the builtin image takes its own copy).
+pub(super) const BUSYBOX: &str = "/bin/busybox";
+/// Where the guest gets busybox and its applets.
+const TOOLS_DIR: &str = "/usr/local/bin";
 /// What `ldd` lists for crun depends on: crun and what the loader reads to find libraries
 /// (ldconfig rewrites the cache whenever libraries are installed, moved or removed; dpkg runs
 /// it).
@@ -73,6 +82,26 @@ pub(super) fn crun_files(memo: &mut Memo) -> Result<Vec<HostFile>, AssetError> {
         .collect()
 }
 
+/// The host's busybox, hashed (through `memo`).
+pub(super) fn busybox_file(memo: &mut Memo) -> Result<HostFile, AssetError> {
+    let path = PathBuf::from(BUSYBOX);
+    if !path.is_file() {
+        return Err(AssetError::BusyboxMissing);
+    }
+    let sha256 = memo.sha256(&path).map_err(io_err("read", &path))?;
+    Ok(HostFile { path, sha256 })
+}
+
+/// The applet names `busybox --list` prints, one a line; anything that is not a plain file
+/// name is skipped (a link is made per name in one directory).
+fn parse_applets(text: &str) -> Vec<&str> {
+    text.lines()
+        .map(str::trim)
+        .filter(|a| !a.is_empty() && !a.contains('/') && *a != "." && *a != "..")
+        .filter(|a| *a != "busybox")
+        .collect()
+}
+
 /// Names the `ldd` run, with the environment the loader takes library paths, preloads and
 /// tunables (e.g. which `glibc-hwcaps` variant to load) from.
 fn ldd_key() -> String {
@@ -105,8 +134,14 @@ fn parse_ldd(text: &str) -> Result<Vec<PathBuf>, AssetError> {
 }
 
 /// The initramfs id: sha256 over the layout version and every input's hash.
-pub(super) fn id(kernel_id: &str, agent_sha256: &str, crun: &[HostFile]) -> String {
+pub(super) fn id(
+    kernel_id: &str,
+    agent_sha256: &str,
+    crun: &[HostFile],
+    busybox: &HostFile,
+) -> String {
     let mut s = format!("{LAYOUT}\nkernel {kernel_id}\nagent {agent_sha256}\n");
+    s += &format!("busybox {}\n", busybox.sha256);
     for f in crun {
         s += &format!("{} {}\n", f.path.display(), f.sha256);
     }
@@ -119,6 +154,7 @@ pub(super) fn archive(
     agent: Vec<u8>,
     modules_dir: &Path,
     crun: &[HostFile],
+    busybox: &HostFile,
 ) -> Result<Archive, AssetError> {
     let mut a = Archive::new();
     for d in EMPTY_DIRS {
@@ -143,12 +179,30 @@ pub(super) fn archive(
         let real = f.path.canonicalize().map_err(io_err("resolve", &f.path))?;
         a.file(&f.path.to_string_lossy(), 0o755, Data::File(real));
     }
+    add_busybox(&mut a, &busybox.path)?;
     Ok(a)
+}
+
+/// `TOOLS_DIR/busybox` and a relative symlink to it per applet. A dynamic busybox would need
+/// libraries the guest may not have: only busybox-static is taken.
+fn add_busybox(a: &mut Archive, busybox: &Path) -> Result<(), AssetError> {
+    let real = busybox.canonicalize().map_err(io_err("resolve", busybox))?;
+    let head = super::elf_head(&real).map_err(io_err("read", &real))?;
+    if !super::is_static_elf(&head) {
+        return Err(AssetError::BusyboxNotStatic(busybox.to_path_buf()));
+    }
+    let list = run_tool(Command::new(&real).arg("--list"), "busybox-static")?;
+    let list = String::from_utf8_lossy(&list);
+    a.file(&format!("{TOOLS_DIR}/busybox"), 0o755, Data::File(real));
+    for applet in parse_applets(&list) {
+        a.symlink(&format!("{TOOLS_DIR}/{applet}"), "busybox");
+    }
+    Ok(())
 }
 
 /// Writes `archive` to `dest` atomically (a temp file in `tmp`, on the same filesystem).
 pub(super) fn write(archive: &Archive, tmp: &Path, dest: &Path) -> Result<(), AssetError> {
-    std::fs::create_dir_all(tmp).map_err(io_err("create", tmp))?;
+    crate::owner_only::create_dir(tmp).map_err(io_err("create", tmp))?;
     let file = tempfile::Builder::new()
         .prefix(TMP_PREFIX)
         .tempfile_in(tmp)
@@ -158,11 +212,7 @@ pub(super) fn write(archive: &Archive, tmp: &Path, dest: &Path) -> Result<(), As
     let file = w
         .into_inner()
         .map_err(|e| io_err("write", dest)(e.into_error()))?;
-    // tempfile creates 0600; QEMU or Firecracker may run as another user than fcvm.
-    let mode = std::os::unix::fs::PermissionsExt::from_mode(0o644);
-    file.as_file()
-        .set_permissions(mode)
-        .map_err(io_err("write", dest))?;
+    // tempfile creates 0600, and so it stays: QEMU runs as fcvm's own user.
     file.as_file().sync_all().map_err(io_err("write", dest))?;
     file.persist(dest)
         .map_err(|e| io_err("publish", dest)(e.error))?;
@@ -200,11 +250,28 @@ mod tests {
                 sha256: sha.into(),
             }]
         };
-        let base = id("k", "a", &f("c"));
-        assert_eq!(base, id("k", "a", &f("c")));
-        assert_ne!(base, id("k2", "a", &f("c")));
-        assert_ne!(base, id("k", "a2", &f("c")));
-        assert_ne!(base, id("k", "a", &f("c2")));
+        let bb = |sha: &str| HostFile {
+            path: BUSYBOX.into(),
+            sha256: sha.into(),
+        };
+        let base = id("k", "a", &f("c"), &bb("b"));
+        assert_eq!(base, id("k", "a", &f("c"), &bb("b")));
+        assert_ne!(base, id("k2", "a", &f("c"), &bb("b")));
+        assert_ne!(base, id("k", "a2", &f("c"), &bb("b")));
+        assert_ne!(base, id("k", "a", &f("c2"), &bb("b")));
+        assert_ne!(base, id("k", "a", &f("c"), &bb("b2")));
+    }
+
+    #[test]
+    fn applets_are_plain_names() {
+        let list = "[\n[[\nash\nbusybox\ncat\n\n../x\nsh\n.\n";
+        assert_eq!(parse_applets(list), ["[", "[[", "ash", "cat", "sh"]);
+    }
+
+    #[test]
+    fn a_dynamic_busybox_is_refused() {
+        let e = add_busybox(&mut Archive::new(), Path::new("/bin/ls")).unwrap_err();
+        assert!(matches!(e, AssetError::BusyboxNotStatic(_)), "{e}");
     }
 
     #[test]
@@ -222,10 +289,15 @@ mod tests {
             path: link.clone(),
             sha256: String::new(),
         }];
+        // The host's busybox-static (a run dependency of fcvm).
+        let busybox = HostFile {
+            path: BUSYBOX.into(),
+            sha256: String::new(),
+        };
 
         let dest = d.path().join("out.cpio");
         write(
-            &archive(std::fs::read(&agent).unwrap(), &mods, &crun).unwrap(),
+            &archive(std::fs::read(&agent).unwrap(), &mods, &crun, &busybox).unwrap(),
             &d.path().join("tmp"),
             &dest,
         )
@@ -243,12 +315,23 @@ mod tests {
             "dev/console",
             "usr/sbin",
             "sbin",
+            "usr/local/bin/busybox",
         ] {
             assert!(
                 list.lines().any(|l| l.ends_with(&format!(" {want}"))),
                 "{want} missing:\n{list}"
             );
         }
+        // The VM's shell and tools: links to busybox, on the agent's default PATH.
+        for applet in ["sh", "cat", "ls", "head"] {
+            let want = format!(" usr/local/bin/{applet} -> busybox");
+            assert!(
+                list.lines()
+                    .any(|l| l.starts_with('l') && l.ends_with(&want)),
+                "{applet} missing:\n{list}"
+            );
+        }
+        assert!(fcvm_proto::DEFAULT_PATH.split(':').any(|d| d == TOOLS_DIR));
         // The symlink is stored as a regular file under its own name.
         let rel = link.to_string_lossy().trim_start_matches('/').to_string();
         let line = list.lines().find(|l| l.ends_with(&rel)).unwrap();

@@ -3,9 +3,10 @@
 //! [`ensure`] builds what is missing and reuses what is there:
 //! 1. kernel: the newest complete `assets/kernel-<version>/` (ELF vmlinux + modules), else
 //!    Debian's current kernel package through apt ([`kernel`]),
-//! 2. initramfs: `assets/initramfs-<id16>.cpio`, its id hashed from the kernel id, the agent
-//!    and crun with its libraries, rebuilt when any of them changes ([`initramfs`]). Those
-//!    hashes are memoized by file stat ([`fingerprint`]): an unchanged set costs a few `stat`s.
+//! 2. initramfs: `assets/initramfs-<id16>.cpio`, its id hashed from the kernel id, the agent,
+//!    crun with its libraries and busybox, rebuilt when any of them changes ([`initramfs`]).
+//!    Those hashes are memoized by file stat ([`fingerprint`]): an unchanged set costs a few
+//!    `stat`s.
 //!
 //! Every asset is built in `tmp/` and renamed into place, so a crash never leaves a half-written
 //! one behind. Building holds an exclusive lock on `locks/assets.lock`: two concurrent runs
@@ -53,6 +54,10 @@ pub enum AssetError {
     CrunMissing,
     #[error("Library {0} of crun not found")]
     CrunLibrary(String),
+    #[error("busybox not found at /bin/busybox: install it with apt-get install busybox-static")]
+    BusyboxMissing,
+    #[error("{0} is not a static executable: install busybox-static")]
+    BusyboxNotStatic(PathBuf),
     #[error("No Debian kernel package found with `apt-cache depends linux-image-amd64`")]
     KernelPackage,
     #[error("Unexpected kernel package: {0}")]
@@ -90,10 +95,11 @@ pub fn ensure(dirs: &Dirs, agent: &Path) -> Result<Assets, AssetError> {
     let mut memo = fingerprint::Memo::load(dirs.assets().join(fingerprint::FILE));
     let agent_sha = memo.sha256(agent).map_err(io_err("read", agent))?;
     let crun = initramfs::crun_files(&mut memo)?;
+    let busybox = initramfs::busybox_file(&mut memo)?;
     memo.save();
 
     // Fast path: everything published is complete (atomic renames), so no lock is needed.
-    if let Some(a) = cached(dirs, &agent_sha, &crun) {
+    if let Some(a) = cached(dirs, &agent_sha, &crun, &busybox) {
         return Ok(a);
     }
     let _lock = lock(dirs)?;
@@ -109,20 +115,26 @@ pub fn ensure(dirs: &Dirs, agent: &Path) -> Result<Assets, AssetError> {
     if !is_static_elf(&agent_bytes) {
         return Err(AssetError::AgentNotStatic(agent.to_path_buf()));
     }
-    let id = initramfs::id(&kernel.id, &sha256_hex(&agent_bytes), &crun);
+    let id = initramfs::id(&kernel.id, &sha256_hex(&agent_bytes), &crun, &busybox);
     let path = initramfs_path(dirs, &id);
     if !path.exists() {
         let step = progress::step("Building initramfs");
-        let archive = initramfs::archive(agent_bytes, &kernel.dir.join("modules"), &crun)?;
+        let modules = kernel.dir.join("modules");
+        let archive = initramfs::archive(agent_bytes, &modules, &crun, &busybox)?;
         initramfs::write(&archive, &dirs.tmp(), &path)?;
         step.finish();
     }
     Ok(assets(kernel, path, id))
 }
 
-fn cached(dirs: &Dirs, agent_sha: &str, crun: &[initramfs::HostFile]) -> Option<Assets> {
+fn cached(
+    dirs: &Dirs,
+    agent_sha: &str,
+    crun: &[initramfs::HostFile],
+    busybox: &initramfs::HostFile,
+) -> Option<Assets> {
     let kernel = kernel::find_complete(&dirs.assets())?;
-    let id = initramfs::id(&kernel.id, agent_sha, crun);
+    let id = initramfs::id(&kernel.id, agent_sha, crun, busybox);
     let path = initramfs_path(dirs, &id);
     path.is_file().then(|| assets(kernel, path, id))
 }

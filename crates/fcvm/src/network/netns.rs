@@ -122,7 +122,7 @@ pub fn reap_orphans() {
             v["pid"].as_u64().unwrap_or(0) as u32,
             v["pid_start"].as_u64().unwrap_or(0),
         );
-        if pid != 0 && crate::vm::process_alive(pid, start) {
+        if pid != 0 && crate::procfs::process_alive(pid, start) {
             continue;
         }
         tracing::info!("reaping the bridged network of dead VM {id8}");
@@ -147,7 +147,7 @@ pub fn claim(n: &Names) -> Result<u32, NetworkError> {
     let me = std::process::id();
     let rec = serde_json::json!({
         "pid": me,
-        "pid_start": crate::vm::process_start(me).unwrap_or(0),
+        "pid_start": crate::procfs::process_start(me).unwrap_or(0),
         "slot": slot,
     });
     crate::util::write_atomic(

@@ -16,9 +16,9 @@ use crate::paths::Dirs;
 use crate::snapshot;
 use crate::vm::{names, VmDir};
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct CloneOptions {
-    pub snapshot: String,
+    pub snapshot: names::Name,
     pub name: Option<String>,
     /// One-shot: run this shell command in the clone, print its output, clean up.
     pub exec: Option<String>,

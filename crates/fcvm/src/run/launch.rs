@@ -16,7 +16,7 @@ use crate::network::Network;
 use crate::paths::Dirs;
 use crate::session::Session;
 use crate::snapshot::{self, restore, SnapshotError, SnapshotKind};
-use crate::vm::{VmDir, VmState};
+use crate::vm::{names::Name, VmDir, VmState};
 use crate::vmm::{self, Disk, Memory, VmSpec, Vmm};
 
 pub struct Launched {
@@ -96,7 +96,7 @@ pub async fn restore_named(
     state: &mut VmState,
     net: &Network,
     hostname: &str,
-    sname: &str,
+    sname: &Name,
 ) -> Option<Launched> {
     let (sdir, m) = match snapshot::load(dirs, sname) {
         Ok(x) => x,
@@ -150,7 +150,7 @@ pub async fn restore_as(
     })
 }
 
-fn discard(dirs: &Dirs, name: &str, e: &SnapshotError) {
+fn discard(dirs: &Dirs, name: &Name, e: &SnapshotError) {
     let e = crate::util::chain(e);
     tracing::warn!("snapshot {name} failed to load ({e}); discarding it and booting cold");
     let _ = snapshot::remove(dirs, name);
@@ -162,7 +162,7 @@ pub(crate) fn record_vmm(
     vm: &dyn Vmm,
 ) -> Result<(), crate::vm::VmError> {
     state.vmm_pid = Some(vm.pid());
-    state.vmm_start = crate::vm::process_start(vm.pid());
+    state.vmm_start = crate::procfs::process_start(vm.pid());
     vmdir.write_state(state)
 }
 

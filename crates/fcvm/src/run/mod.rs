@@ -158,7 +158,7 @@ pub(crate) fn new_state(id: &str, name: &str, facts: &Facts) -> VmState {
         name: name.into(),
         status: VmStatus::Starting,
         pid: me,
-        pid_start: crate::vm::process_start(me).unwrap_or(0),
+        pid_start: crate::procfs::process_start(me).unwrap_or(0),
         vmm_pid: None,
         vmm_start: None,
         backend: facts.backend,
@@ -236,7 +236,7 @@ pub async fn run(dirs: &Dirs, opts: RunOptions) -> Result<i32> {
     // With --health-check, a startup snapshot (taken once the app was first healthy) brings
     // the app back already running; else the image-cache snapshot, else a cold boot.
     let startup = match (&opts.health.check_url, opts.no_snapshot) {
-        (Some(url), false) => Some(format!("startup-{}", &facts.startup_key(&spec, url)[..16])),
+        (Some(url), false) => Some(snapshot::startup_name(&facts.startup_key(&spec, url))),
         _ => None,
     };
     let restored_app = match &startup {

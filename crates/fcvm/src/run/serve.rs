@@ -28,7 +28,7 @@ pub struct Serving<'a> {
     pub health: &'a crate::health::HealthFlags,
     pub image_config: &'a crate::image::ImageConfig,
     /// Take this startup snapshot after the first healthy check (if it does not exist yet).
-    pub startup_snapshot: Option<String>,
+    pub startup_snapshot: Option<crate::vm::names::Name>,
     /// `-d`: the ready pipe to report on once the VM runs (`super::detach`).
     pub detached: Option<std::os::fd::RawFd>,
 }

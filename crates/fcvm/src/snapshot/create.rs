@@ -118,7 +118,7 @@ async fn save_paused(
 /// Renames the finished snapshot into place; an older one of the same name is replaced only
 /// now, so a failed save leaves it intact.
 fn publish(dirs: &Dirs, tmp: tempfile::TempDir, name: &str) -> Result<(), SnapshotError> {
-    let dest = super::dir(dirs, name);
+    let dest = super::dir(dirs, &super::validate_name(name)?);
     crate::owner_only::create_dir(&dirs.snapshots()).map_err(io_err(&dirs.snapshots()))?;
     let staged = tmp.keep();
     if dest.exists() {

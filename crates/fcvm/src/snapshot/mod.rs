@@ -27,6 +27,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::paths::Dirs;
+use crate::vm::names::Name;
 use crate::vmm::{Accel, VmmKind};
 
 pub const MANIFEST_VERSION: u32 = 1;
@@ -178,23 +179,29 @@ impl Manifest {
     }
 }
 
-/// Valid snapshot names: like VM names.
-pub fn validate_name(name: &str) -> Result<(), SnapshotError> {
-    crate::vm::names::validate(name).map_err(|_| SnapshotError::InvalidName(name.into()))
+/// Valid snapshot names: like VM names ([`Name`]).
+pub fn validate_name(name: &str) -> Result<Name, SnapshotError> {
+    Name::new(name).map_err(|_| SnapshotError::InvalidName(name.into()))
 }
 
-pub fn dir(dirs: &Dirs, name: &str) -> PathBuf {
-    dirs.snapshots().join(name)
+/// `snapshots/<name>`: a checked name is one component of the path, never `..` or absolute.
+pub fn dir(dirs: &Dirs, name: &Name) -> PathBuf {
+    dirs.snapshots().join(name.as_str())
 }
 
-/// Name under which the image-cache snapshot of `key` is stored.
-pub fn cache_name(key: &str) -> String {
-    format!("cache-{}", &key[..16.min(key.len())])
+/// Name under which the image-cache snapshot of `key` (hex) is stored.
+pub fn cache_name(key: &str) -> Name {
+    Name::new(format!("cache-{}", &key[..16.min(key.len())])).expect("a hex key makes a name")
+}
+
+/// Name under which the startup snapshot of `key` (hex) is stored.
+pub fn startup_name(key: &str) -> Name {
+    Name::new(format!("startup-{}", &key[..16.min(key.len())])).expect("a hex key makes a name")
 }
 
 /// Reads and checks a snapshot: manifest version, every file present with its recorded size,
 /// the device state's checksum, and the assets it was taken with.
-pub fn load(dirs: &Dirs, name: &str) -> Result<(PathBuf, Manifest), SnapshotError> {
+pub fn load(dirs: &Dirs, name: &Name) -> Result<(PathBuf, Manifest), SnapshotError> {
     let d = dir(dirs, name);
     let mpath = d.join(MANIFEST);
     let data = match std::fs::read(&mpath) {
@@ -257,15 +264,14 @@ pub fn list(dirs: &Dirs) -> Vec<Manifest> {
 }
 
 /// Removes a snapshot unless a live VM was restored from it.
-pub fn remove(dirs: &Dirs, name: &str) -> Result<(), SnapshotError> {
+pub fn remove(dirs: &Dirs, name: &Name) -> Result<(), SnapshotError> {
     let d = dir(dirs, name);
     if !d.join(MANIFEST).exists() {
         return Err(SnapshotError::NotFound(name.into()));
     }
-    let users = crate::vm::list(dirs).into_iter().find(|(_, st)| {
-        st.snapshot.as_deref() == Some(name)
-            && matches!(st.observed(), "starting" | "running" | "stopping")
-    });
+    let users = crate::vm::list(dirs)
+        .into_iter()
+        .find(|(_, st)| st.snapshot.as_deref() == Some(name.as_str()) && st.observed().is_alive());
     if let Some((_, st)) = users {
         return Err(SnapshotError::InUse(name.into(), st.name));
     }
@@ -298,12 +304,13 @@ mod tests {
     fn missing_snapshot_is_not_found() {
         let d = tempfile::tempdir().unwrap();
         let dirs = Dirs::new(d.path());
+        let nope = Name::new("nope").unwrap();
         assert!(matches!(
-            load(&dirs, "nope"),
+            load(&dirs, &nope),
             Err(SnapshotError::NotFound(_))
         ));
         assert!(matches!(
-            remove(&dirs, "nope"),
+            remove(&dirs, &nope),
             Err(SnapshotError::NotFound(_))
         ));
     }

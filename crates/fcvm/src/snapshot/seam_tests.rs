@@ -10,6 +10,10 @@ use crate::paths::Dirs;
 use crate::vmm::double::{Double, Journal};
 use crate::vmm::{Accel, NetDev, Nic, VmSpec, Vmm, VmmError, VmmKind};
 
+fn nm(s: &str) -> crate::vm::names::Name {
+    crate::vm::names::Name::new(s).unwrap()
+}
+
 fn manifest(name: &str) -> Manifest {
     Manifest {
         version: super::MANIFEST_VERSION,
@@ -104,10 +108,10 @@ async fn a_vm_with_its_own_ram_is_paused_saved_copied_and_resumed() {
     assert_eq!(j.entries(), ["vm: pause", "vm: save Devices", "vm: resume"]);
     let names: Vec<_> = m.files.iter().map(|f| f.name.as_str()).collect();
     assert_eq!(names, ["devstate", "ram", "rw.ext4"]);
-    let d = super::dir(&dirs, "s1");
+    let d = super::dir(&dirs, &nm("s1"));
     assert_eq!(std::fs::read(d.join(RAM_FILE)).unwrap(), b"ram");
     assert!(
-        super::load(&dirs, "s1").is_err(),
+        super::load(&dirs, &nm("s1")).is_err(),
         "assets of the fake manifest are absent"
     );
     assert_eq!(std::fs::read_dir(dirs.tmp()).unwrap().count(), 0);
@@ -134,7 +138,7 @@ async fn a_failed_save_still_resumes_and_publishes_nothing() {
         "{text}"
     );
     assert!(text.contains("save said no"), "{text}");
-    assert!(!super::dir(&dirs, "s2").exists());
+    assert!(!super::dir(&dirs, &nm("s2")).exists());
     assert_eq!(std::fs::read_dir(dirs.tmp()).unwrap().count(), 0);
 }
 
@@ -165,7 +169,7 @@ async fn a_restored_vm_is_saved_whole_then_rehydrated_by_an_inert_helper() {
             "helper: quit",
         ]
     );
-    let d = super::dir(&dirs, "s3");
+    let d = super::dir(&dirs, &nm("s3"));
     assert!(!d.join(super::rehydrate::FULL_STREAM).exists());
     assert!(!d.join("helper").exists());
 }

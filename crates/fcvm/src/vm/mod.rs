@@ -1,20 +1,20 @@
 //! A VM's record on disk: `vms/<id>/state.json`, always written atomically, and the truth
 //! about it for `fcvm ls` even after a SIGKILL.
 //!
-//! A state file says what its owner last wrote; whether the owner (the `fcvm` process that runs
-//! the VM) and its VMM still live is checked at read time against their pids *and* start times
-//! (a recycled pid is not mistaken for ours). A VM whose owner is gone is reported `dead`, and
-//! `fcvm rm NAME` removes its leftovers.
+//! A state file says what its owner (the `fcvm` process that runs the VM) last wrote; what is
+//! true now is [`VmState::observed`] ([`state`]). A VM whose owner is gone is `dead`: `fcvm rm
+//! NAME` removes its leftovers, and `fcvm ls` and `fcvm snapshots prune` reap every VM nothing
+//! runs of any more ([`reap_abandoned`]), so a killed run never keeps a name or a snapshot.
 
 pub mod names;
+pub mod state;
 
 use std::path::PathBuf;
 
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
-
 use crate::paths::Dirs;
-use crate::vmm::{Accel, VmmKind};
+use crate::procfs::process_alive;
+
+pub use state::{Health, Observed, VmState, VmStatus};
 
 pub const STATE_FILE: &str = "state.json";
 
@@ -28,70 +28,6 @@ pub enum VmError {
     Running(String),
     #[error("Cannot remove VM directory {0}")]
     Remove(PathBuf, #[source] std::io::Error),
-}
-
-/// What the owner last recorded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum VmStatus {
-    Starting,
-    Running,
-    Stopping,
-    Exited,
-}
-
-/// Health as the monitor last saw it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Health {
-    Starting,
-    Healthy,
-    Unhealthy,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct VmState {
-    pub id: String,
-    pub name: String,
-    pub status: VmStatus,
-    /// The fcvm process that owns the VM, and its start time (clock ticks since boot).
-    pub pid: u32,
-    pub pid_start: u64,
-    pub vmm_pid: Option<u32>,
-    pub vmm_start: Option<u64>,
-    pub backend: VmmKind,
-    pub accel: Accel,
-    pub image: String,
-    pub image_digest: String,
-    pub cpus: u32,
-    pub mem_mib: u32,
-    pub started_at: DateTime<Utc>,
-    pub health: Option<Health>,
-    pub exit_code: Option<i32>,
-    #[serde(default)]
-    pub network: Option<crate::network::NetworkInfo>,
-    /// The snapshot this VM was restored from (such a snapshot cannot be removed meanwhile).
-    #[serde(default)]
-    pub snapshot: Option<String>,
-}
-
-impl VmState {
-    /// Status as observed now: `dead` if the owner or the VMM is gone while the record says
-    /// the VM should be alive.
-    pub fn observed(&self) -> &'static str {
-        let owner_alive = process_alive(self.pid, self.pid_start);
-        let vmm_alive = match (self.vmm_pid, self.vmm_start) {
-            (Some(p), Some(s)) => process_alive(p, s),
-            _ => true,
-        };
-        match self.status {
-            VmStatus::Exited => "exited",
-            _ if !owner_alive || !vmm_alive => "dead",
-            VmStatus::Starting => "starting",
-            VmStatus::Running => "running",
-            VmStatus::Stopping => "stopping",
-        }
-    }
 }
 
 /// The directory of one VM.
@@ -160,23 +96,10 @@ pub fn find(dirs: &Dirs, name: &str) -> Result<(VmDir, VmState), VmError> {
     }
 }
 
-/// Start time of a process in clock ticks since boot (field 22 of /proc/PID/stat).
-pub fn process_start(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may contain spaces: fields are counted after its closing ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split_whitespace().nth(19)?.parse().ok()
-}
-
-pub fn process_alive(pid: u32, start: u64) -> bool {
-    process_start(pid) == Some(start)
-}
-
 /// Removes a VM's leftovers. A VM whose owner still runs is refused unless `force`, in which
 /// case its owner (and with it, through the parent-death signal, its VMM) is killed first.
 pub fn remove(dir: &VmDir, st: &VmState, force: bool) -> Result<(), VmError> {
-    let alive = matches!(st.observed(), "starting" | "running" | "stopping");
-    if alive {
+    if st.observed().is_alive() {
         if !force {
             return Err(VmError::Running(st.name.clone()));
         }
@@ -198,6 +121,37 @@ pub fn remove(dir: &VmDir, st: &VmState, force: bool) -> Result<(), VmError> {
     dir.remove()
 }
 
+/// Removes every VM that nothing runs of any more ([`VmState::abandoned`]: its owner was
+/// killed, or crashed, and its VMM died with it) and returns their records, for the caller to
+/// report. Such a VM would otherwise keep its name and pin its snapshot until `fcvm rm`.
+///
+/// The directory is renamed into `tmp/` before it is deleted: of two fcvm reaping at once,
+/// one wins the rename and reports the VM; the other finds it gone and says nothing.
+pub fn reap_abandoned(dirs: &Dirs) -> Vec<VmState> {
+    let mut reaped = vec![];
+    for (dir, st) in list(dirs) {
+        if !st.abandoned() {
+            continue;
+        }
+        let trash = dirs
+            .tmp()
+            .join(format!("rm-vm-{}-{}", st.id, std::process::id()));
+        let moved = crate::owner_only::create_dir(&dirs.tmp())
+            .and_then(|()| std::fs::rename(&dir.path, &trash));
+        match moved {
+            Ok(()) => {
+                if let Err(e) = (VmDir { path: trash }).remove() {
+                    tracing::warn!("VM {}: {e}", st.name);
+                }
+                reaped.push(st);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!("cannot remove dead VM {}: {e}", st.name),
+        }
+    }
+    reaped
+}
+
 /// A short random VM id (12 hex digits).
 pub fn new_id() -> String {
     let n: u64 = rand::random();
@@ -208,11 +162,46 @@ pub fn new_id() -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn own_process_is_alive_and_fake_start_is_not() {
+    fn record(dirs: &Dirs, name: &str, pid: u32) -> VmDir {
         let me = std::process::id();
-        let start = process_start(me).unwrap();
-        assert!(process_alive(me, start));
-        assert!(!process_alive(me, start + 1));
+        let start = crate::procfs::process_start(me).unwrap();
+        let st: VmState = serde_json::from_value(serde_json::json!({
+            "id": format!("{name}-id"), "name": name, "status": "running",
+            "pid": pid, "pid_start": start, "vmm_pid": pid, "vmm_start": start,
+            "backend": "qemu", "accel": "tcg", "image": "i", "image_digest": "d",
+            "cpus": 1, "mem_mib": 512, "started_at": "2024-01-01T00:00:00Z",
+            "health": null, "exit_code": null, "snapshot": "cache-x",
+        }))
+        .unwrap();
+        let d = VmDir::new(dirs, &st.id);
+        std::fs::create_dir_all(&d.path).unwrap();
+        std::fs::write(d.path.join("console.log"), b"x").unwrap();
+        d.write_state(&st).unwrap();
+        d
+    }
+
+    #[test]
+    fn reaping_removes_abandoned_vms_only_and_names_them() {
+        let t = tempfile::tempdir().unwrap();
+        let dirs = Dirs::new(t.path());
+        let live = record(&dirs, "live", std::process::id());
+        let gone = record(&dirs, "gone", u32::MAX);
+        let reaped: Vec<String> = reap_abandoned(&dirs).into_iter().map(|s| s.name).collect();
+        assert_eq!(reaped, ["gone"]);
+        assert!(live.path.exists() && !gone.path.exists());
+        assert_eq!(std::fs::read_dir(dirs.tmp()).unwrap().count(), 0);
+        // Nothing left to reap: a second pass reports nothing.
+        assert!(reap_abandoned(&dirs).is_empty());
+        assert_eq!(list(&dirs).len(), 1);
+    }
+
+    #[test]
+    fn a_live_vm_is_refused_without_force() {
+        let t = tempfile::tempdir().unwrap();
+        let dirs = Dirs::new(t.path());
+        let d = record(&dirs, "live", std::process::id());
+        let (_, st) = find(&dirs, "live").unwrap();
+        assert!(matches!(remove(&d, &st, false), Err(VmError::Running(_))));
+        assert!(d.path.exists());
     }
 }

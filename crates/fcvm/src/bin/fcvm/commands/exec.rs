@@ -9,7 +9,7 @@ use fcvm::paths::Dirs;
 pub struct ExecArgs {
     /// The VM (name or id).
     #[arg(long)]
-    name: String,
+    name: fcvm::vm::names::Name,
     /// Run in the VM, outside the container.
     #[arg(long)]
     vm: bool,
@@ -37,7 +37,7 @@ pub async fn run(dirs: &Dirs, a: ExecArgs) -> Result<i32> {
     fcvm::exec::exec(
         dirs,
         fcvm::exec::ExecOptions {
-            name: a.name,
+            name: a.name.into(),
             vm: a.vm,
             command: a.command,
             env: a.env,

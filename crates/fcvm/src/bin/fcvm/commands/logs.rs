@@ -14,7 +14,7 @@ pub struct LogsArgs {
     #[arg(short, long)]
     follow: bool,
     /// VM name or id.
-    name: String,
+    name: fcvm::vm::names::Name,
 }
 
 pub fn run(dirs: &Dirs, a: LogsArgs) -> Result<i32> {
@@ -32,9 +32,7 @@ pub fn run(dirs: &Dirs, a: LogsArgs) -> Result<i32> {
         out.flush()?;
         // The owner writes the log; once it is gone nothing more comes (and the VM directory
         // goes with it, so the open file is all that is left to read).
-        let running = dir
-            .read_state()
-            .is_some_and(|st| st.observed() == "running");
+        let running = dir.read_state().is_some_and(|st| st.observed().is_alive());
         if !a.follow || !running {
             let mut rest = Vec::new();
             log.read_to_end(&mut rest)?;

@@ -1,4 +1,5 @@
-//! `fcvm ls`: every VM with its observed status (a VM whose owner died shows `dead`).
+//! `fcvm ls`: every VM with its observed status. VMs nothing runs of any more (their fcvm
+//! was killed, and their VMM with it) are removed first, saying so on stderr.
 
 use anyhow::Result;
 use clap::Args;
@@ -16,13 +17,14 @@ pub fn run(dirs: &Dirs, a: LsArgs) -> Result<i32> {
     if nix::unistd::geteuid().is_root() {
         fcvm::network::netns::reap_orphans();
     }
+    reap(dirs);
     let vms = fcvm::vm::list(dirs);
     if a.json {
         let rows: Vec<serde_json::Value> = vms
             .iter()
             .map(|(_, st)| {
                 let mut v = serde_json::to_value(st).expect("state serialises");
-                v["observed"] = st.observed().into();
+                v["observed"] = st.observed().as_str().into();
                 v
             })
             .collect();
@@ -43,7 +45,8 @@ pub fn run(dirs: &Dirs, a: LsArgs) -> Result<i32> {
             st.name,
             st.id,
             st.vmm_pid.unwrap_or(st.pid),
-            st.backend,
+            // to_string: the backend's Display ignores the column width.
+            st.backend.to_string(),
             st.observed(),
             health,
             st.image,
@@ -51,4 +54,12 @@ pub fn run(dirs: &Dirs, a: LsArgs) -> Result<i32> {
         );
     }
     Ok(0)
+}
+
+/// Removes the VMs whose fcvm died without cleaning up, one stderr line each (stdout stays
+/// the listing, JSON included).
+pub fn reap(dirs: &Dirs) {
+    for st in fcvm::vm::reap_abandoned(dirs) {
+        eprintln!("fcvm: removed dead VM {} (its fcvm was killed)", st.name);
+    }
 }

@@ -17,7 +17,7 @@ pub enum PodmanCommand {
 pub struct RunArgs {
     /// Name of the VM (and the container's default hostname).
     #[arg(long)]
-    name: Option<String>,
+    name: Option<fcvm::vm::names::Name>,
     /// Environment variable KEY=VALUE (KEY alone takes fcvm's own value).
     #[arg(short = 'e', long = "env", value_parser = fcvm::run::EnvArg::parse)]
     env: Vec<fcvm::run::EnvArg>,
@@ -131,7 +131,7 @@ pub async fn run(dirs: &Dirs, cmd: PodmanCommand) -> Result<i32> {
     health.validate().map_err(anyhow::Error::msg)?;
     let opts = fcvm::run::RunOptions {
         no_snapshot: a.no_snapshot,
-        name: a.name,
+        name: a.name.map(Into::into),
         image: a.image,
         command: a.command,
         env: a.env,

@@ -3,6 +3,7 @@
 use anyhow::Result;
 use clap::Args;
 use fcvm::paths::Dirs;
+use fcvm::vm::names::Name;
 
 #[derive(Args)]
 pub struct RmArgs {
@@ -11,7 +12,7 @@ pub struct RmArgs {
     force: bool,
     /// VM names or ids.
     #[arg(required = true)]
-    names: Vec<String>,
+    names: Vec<Name>,
 }
 
 pub fn run(dirs: &Dirs, a: RmArgs) -> Result<i32> {

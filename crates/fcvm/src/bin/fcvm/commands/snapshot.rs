@@ -4,24 +4,25 @@ use anyhow::Result;
 use clap::Subcommand;
 use fcvm::paths::Dirs;
 use fcvm::snapshot::{self, SnapshotKind};
+use fcvm::vm::names::Name;
 
 #[derive(Subcommand)]
 pub enum SnapshotCommand {
     /// Snapshot a running VM (it pauses briefly, then runs on).
     Create {
         /// The VM (name or id).
-        vm: String,
+        vm: Name,
         /// Name of the snapshot.
         #[arg(long)]
-        tag: String,
+        tag: Name,
     },
     /// Start a clone of a snapshot.
     Run {
         /// The snapshot.
-        snapshot: String,
+        snapshot: Name,
         /// Name of the clone (also its hostname).
         #[arg(long)]
-        name: Option<String>,
+        name: Option<Name>,
         /// Run this shell command in the clone, print its output, remove the clone.
         #[arg(long)]
         exec: Option<String>,
@@ -39,7 +40,10 @@ pub enum SnapshotCommand {
         json: bool,
     },
     /// Remove a snapshot (refused while a VM restored from it runs).
-    Rm { names: Vec<String> },
+    Rm {
+        #[arg(required = true)]
+        names: Vec<Name>,
+    },
 }
 
 pub async fn run(dirs: &Dirs, cmd: SnapshotCommand) -> Result<i32> {
@@ -65,7 +69,7 @@ pub async fn run(dirs: &Dirs, cmd: SnapshotCommand) -> Result<i32> {
                 dirs,
                 fcvm::run::clone::CloneOptions {
                     snapshot,
-                    name,
+                    name: name.map(Into::into),
                     exec,
                     network: net,
                     health: Default::default(),
@@ -112,13 +116,19 @@ pub async fn run(dirs: &Dirs, cmd: SnapshotCommand) -> Result<i32> {
 }
 
 /// Removes every image-cache and startup snapshot no running VM uses (they are rebuilt on
-/// demand); user snapshots stay.
+/// demand); user snapshots stay. VMs whose fcvm was killed are reaped first: they run
+/// nothing, so they pin nothing.
 pub fn prune(dirs: &Dirs) -> Result<i32> {
+    super::ls::reap(dirs);
     for m in snapshot::list(dirs) {
         if m.kind == SnapshotKind::User {
             continue;
         }
-        match snapshot::remove(dirs, &m.name) {
+        // A manifest's name is its directory's; one that is no name cannot be addressed.
+        let Ok(name) = Name::new(&m.name) else {
+            continue;
+        };
+        match snapshot::remove(dirs, &name) {
             Ok(()) => println!("{}", m.name),
             Err(e) => eprintln!("kept {}: {e}", m.name),
         }
