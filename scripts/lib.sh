@@ -32,7 +32,7 @@ ensure_packages() {
     fi
 }
 
-# The host binary and the static guest agent (DESIGN §2: crt-static with an explicit --target,
+# The host binary and the static guest agent (docs/design.md §6: crt-static with an explicit --target,
 # so the flag does not reach proc-macro crates).
 build_all() {
     local profile=${1:-release}

@@ -1,4 +1,4 @@
-//! Where fcvm keeps its state (DESIGN §6): one data directory holding content-addressed
+//! Where fcvm keeps its state (docs/design.md §15): one data directory holding content-addressed
 //! assets, image root filesystems, per-VM directories and snapshots.
 //!
 //! `FCVM_DATA_DIR` overrides; else `/var/lib/fcvm` as root, `$XDG_DATA_HOME/fcvm` otherwise.

@@ -3,7 +3,7 @@
 //!
 //! A snapshot that fails to load is discarded, the run says so and boots cold. The snapshot is
 //! taken after `Prepared` and before the user's process starts, so every later run starts its
-//! process fresh (DESIGN §5).
+//! process fresh (docs/design.md §10).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -1,4 +1,4 @@
-//! Taking a snapshot of a running VM (docs/design.md §6), through the [`Vmm`] verbs only:
+//! Taking a snapshot of a running VM (docs/design.md §10), through the [`Vmm`] verbs only:
 //!
 //! 1. lock the snapshot's name (two writers never interleave);
 //! 2. pause the VM; save its device state into a temp directory ([`StateScope::Devices`]:

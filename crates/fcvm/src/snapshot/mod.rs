@@ -1,4 +1,4 @@
-//! Snapshots (DESIGN §5): a VM's RAM file, its device state, its writable disk and a manifest,
+//! Snapshots (docs/design.md §10): a VM's RAM file, its device state, its writable disk and a manifest,
 //! in `snapshots/<name>/`. Written into a temp directory and renamed into place, so a reader
 //! never sees half of one; checked on load (sizes, device-state checksum, assets present), so
 //! a damaged one is refused, never half-loaded.

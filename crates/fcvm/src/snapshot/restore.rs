@@ -1,4 +1,4 @@
-//! Bringing a snapshot back as a new VM (docs/design.md §5 chain, §6 memory), through the
+//! Bringing a snapshot back as a new VM (docs/design.md §9 chain, §11 memory), through the
 //! [`Vmm`] verbs only:
 //!
 //! 1. the new VM's writable disk: a reflink/sparse copy of the snapshot's;

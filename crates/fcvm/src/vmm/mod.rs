@@ -1,4 +1,4 @@
-//! Virtual machine monitors behind one trait (docs/design.md §3).
+//! Virtual machine monitors behind one trait (docs/design.md §4).
 //!
 //! Everything above this module talks to a [`Vmm`]: [`boot`] starts a VM from a [`VmSpec`]
 //! (typed devices: disks, a NIC, where RAM lives), and the trait's verbs are every lifecycle
@@ -8,7 +8,7 @@
 //! one more module here and one more arm in [`boot`].
 //!
 //! QEMU (`qemu/`) is the one backend: KVM when `/dev/kvm` is usable, else TCG. Firecracker
-//! (KVM only) is not offered: no machine that builds fcvm can run it (docs/design.md §1).
+//! (KVM only) is not offered: no machine that builds fcvm can run it (docs/design.md §2).
 
 #[cfg(test)]
 pub mod double;
@@ -105,7 +105,7 @@ pub struct Disk {
     pub read_only: bool,
 }
 
-/// Where guest RAM lives (docs/design.md §6).
+/// Where guest RAM lives (docs/design.md §10).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Memory {
     /// Plain anonymous memory: the VM can never be snapshotted.

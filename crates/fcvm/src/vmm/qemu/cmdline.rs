@@ -19,7 +19,7 @@ pub const QMP_FD: i32 = 3;
 pub const AGENT_FD: i32 = 4;
 
 /// Host TSC frequency in kHz. Debian's kernel hangs on microvm under TCG without
-/// `tsc_early_khz` (DESIGN §2); /proc/cpuinfo's "cpu MHz" is what the probe used.
+/// `tsc_early_khz` (docs/design.md §2); /proc/cpuinfo's "cpu MHz" is what the probe used.
 pub fn host_tsc_khz() -> Option<u64> {
     let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
     let mhz: f64 = info
