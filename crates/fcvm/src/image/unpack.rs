@@ -160,7 +160,6 @@ pub(crate) fn unpack_layer(
     archive.set_unpack_xattrs(false);
     archive.set_overwrite(true);
 
-    // Paths this layer wrote (and their parents): an opaque whiteout must keep them.
     let mut ours = Written::default();
     for entry in archive.entries().map_err(fail)? {
         let mut entry = entry.map_err(fail)?;
