@@ -54,8 +54,8 @@ pub fn ensure_builtin_busybox(dirs: &Dirs) -> Result<PathBuf, ImageError> {
     .collect::<Vec<_>>();
     let binary = std::fs::read(&busybox).map_err(ImageError::io(&busybox))?;
     let tar = layer_tar(&binary, &applets).map_err(builtin_err)?;
-    let layout =
-        util::temp_dir_in(&dirs.tmp(), "busybox-layout-").map_err(ImageError::io(&dirs.tmp()))?;
+    let layout = super::member::private_temp_dir(&dirs.tmp(), "busybox-layout-")
+        .map_err(ImageError::io(&dirs.tmp()))?;
     write_layout(layout.path(), &tar).map_err(ImageError::io(layout.path()))?;
     util::publish_dir(layout, &dest).map_err(ImageError::io(&dest))?;
     step.finish();

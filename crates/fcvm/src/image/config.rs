@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use oci_spec::image::ImageConfiguration;
 
+use super::member::json_problem;
 use super::{HealthCheck, ImageConfig, ImageError};
 
 const DEFAULT_INTERVAL: u64 = 30;
@@ -20,15 +21,15 @@ pub(crate) fn parse(raw: &[u8], image: &str) -> Result<(ImageConfig, Vec<String>
         image: image.to_string(),
         reason,
     };
-    let mut value: serde_json::Value =
-        serde_json::from_slice(raw).map_err(|e| invalid(format!("bad config JSON: {e}")))?;
+    let mut value: serde_json::Value = serde_json::from_slice(raw)
+        .map_err(|e| invalid(format!("bad config: {}", json_problem(&e))))?;
     // oci-spec 0.7 insists on `history`, which the spec makes optional (and minimal images omit).
     if let Some(obj) = value.as_object_mut() {
         obj.entry("history")
             .or_insert_with(|| serde_json::json!([]));
     }
     let oci: ImageConfiguration = serde_json::from_value(value.clone())
-        .map_err(|e| invalid(format!("bad config JSON: {e}")))?;
+        .map_err(|e| invalid(format!("bad config: {}", json_problem(&e))))?;
     let diff_ids = oci.rootfs().diff_ids().clone();
     let mut out = ImageConfig::default();
     if let Some(c) = oci.config() {

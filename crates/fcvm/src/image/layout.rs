@@ -3,31 +3,82 @@
 //!
 //! 1. `index.json` → the manifest tagged `org.opencontainers.image.ref.name=TAG` (or the only
 //!    one); a nested index → the entry for linux/(host arch).
-//! 2. Manifest and config blobs are read and sha256-checked against their descriptors.
+//! 2. Manifest and config blobs are read (bounded, [`member::read_metadata`]) and sha256-checked
+//!    against their descriptors.
 //! 3. Layers stay where they are: [`super::unpack`] checks each blob before applying it.
+//!
+//! Every member is read inside the layout, as a regular file: a directory through
+//! [`member::open`] (no link out of it), an archive through [`archive::Extracted`] (links
+//! resolved by name inside the archive).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::{host_arch, sha256_hex_of, Descriptor, ImageError, LayerBlob, Manifest, Resolved};
+use super::archive::{self, Extracted};
+use super::member::{self, MemberError};
+use super::{
+    host_arch, sha256_hex_of, Descriptor, ImageError, LayerBlob, Manifest, Resolved, UnpackLimit,
+};
 use crate::paths::Dirs;
 
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
 
-fn blob_path(dir: &Path, digest: &str) -> Result<PathBuf, ImageError> {
-    Ok(dir.join("blobs/sha256").join(sha256_hex_of(digest)?))
+/// Where a layout's members are read from.
+#[derive(Clone, Copy)]
+pub(crate) enum Tree<'a> {
+    /// A layout directory on the host (`oci:DIR`, the builtin image).
+    Dir(&'a Path),
+    /// An extracted oci-archive.
+    Archive(&'a Extracted),
 }
 
-/// Reads a small blob (manifest, config) and checks its digest.
-pub(crate) fn read_verified(dir: &Path, digest: &str, image: &str) -> Result<Vec<u8>, ImageError> {
-    let path = blob_path(dir, digest)?;
-    let data = std::fs::read(&path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => ImageError::InvalidImage {
-            image: image.to_string(),
-            reason: format!("blob {digest} is missing"),
+impl Tree<'_> {
+    fn root(&self) -> &Path {
+        match self {
+            Tree::Dir(d) => d,
+            Tree::Archive(a) => a.root(),
+        }
+    }
+
+    fn read_metadata(&self, rel: &str) -> Result<Vec<u8>, MemberError> {
+        match self {
+            Tree::Dir(d) => member::read_metadata(d, Path::new(rel)),
+            Tree::Archive(a) => a.read_metadata(rel),
+        }
+    }
+
+    /// A blob's path, once it is known to be a regular file inside the tree.
+    fn file(&self, rel: &str) -> Result<PathBuf, MemberError> {
+        match self {
+            Tree::Dir(d) => member::open(d, Path::new(rel)).map(|_| d.join(rel)),
+            Tree::Archive(a) => a.file(rel),
+        }
+    }
+}
+
+fn blob_name(digest: &str) -> Result<String, ImageError> {
+    Ok(format!("blobs/sha256/{}", sha256_hex_of(digest)?))
+}
+
+/// A member's problem as an [`ImageError`] naming the member, never its content.
+fn member_error(tree: Tree, what: &str, image: &str) -> impl FnOnce(MemberError) -> ImageError {
+    let root = tree.root().to_path_buf();
+    let (what, image) = (what.to_string(), image.to_string());
+    move |e| match e {
+        MemberError::Io(source) => ImageError::Io { path: root, source },
+        e => ImageError::InvalidImage {
+            image,
+            reason: format!("{what}: {e}"),
         },
-        _ => ImageError::io(&path)(e),
-    })?;
+    }
+}
+
+/// Reads a small blob (manifest, config), bounded, and checks its digest.
+pub(crate) fn read_verified(tree: Tree, digest: &str, image: &str) -> Result<Vec<u8>, ImageError> {
+    let name = blob_name(digest)?;
+    let data =
+        tree.read_metadata(&name)
+            .map_err(member_error(tree, &format!("blob {digest}"), image))?;
     if crate::util::sha256_hex(&data) != sha256_hex_of(digest)? {
         return Err(ImageError::BlobDigest(digest.to_string()));
     }
@@ -41,7 +92,7 @@ fn parse_json<T: serde::de::DeserializeOwned>(
 ) -> Result<T, ImageError> {
     serde_json::from_slice(data).map_err(|e| ImageError::InvalidImage {
         image: image.to_string(),
-        reason: format!("bad {what}: {e}"),
+        reason: format!("bad {what}: {}", member::json_problem(&e)),
     })
 }
 
@@ -65,18 +116,27 @@ pub(crate) fn pick_platform<'a>(
         .ok_or_else(|| ImageError::NotFound(format!("{image} (no linux/{} variant)", host_arch())))
 }
 
-/// Resolves the image tagged `tag` (or the only one) in the OCI layout `dir`.
+/// Resolves the image tagged `tag` (or the only one) in the OCI layout directory `dir`.
 pub(crate) fn resolve_dir(
     dir: &Path,
     tag: Option<&str>,
     image: &str,
 ) -> Result<Resolved, ImageError> {
-    let index_path = dir.join("index.json");
-    let index = std::fs::read(&index_path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => {
-            ImageError::NotFound(format!("{image} (no OCI layout at {})", dir.display()))
-        }
-        _ => ImageError::io(&index_path)(e),
+    resolve_tree(Tree::Dir(dir), tag, image)
+}
+
+fn resolve_tree(tree: Tree, tag: Option<&str>, image: &str) -> Result<Resolved, ImageError> {
+    let index = tree.read_metadata("index.json").map_err(|e| match e {
+        MemberError::Missing => match tree {
+            Tree::Dir(dir) => {
+                ImageError::NotFound(format!("{image} (no OCI layout at {})", dir.display()))
+            }
+            Tree::Archive(_) => ImageError::InvalidImage {
+                image: image.to_string(),
+                reason: "not an OCI archive (no index.json)".into(),
+            },
+        },
+        e => member_error(tree, "index.json", image)(e),
     })?;
     let index: Manifest = parse_json(&index, "index.json", image)?;
     let entries = index.manifests.unwrap_or_default();
@@ -97,7 +157,7 @@ pub(crate) fn resolve_dir(
     .clone();
     // Nested indexes (multi-arch images), at most a few levels deep.
     for _ in 0..4 {
-        let raw = read_verified(dir, &desc.digest, image)?;
+        let raw = read_verified(tree, &desc.digest, image)?;
         let m: Manifest = parse_json(&raw, "manifest", image)?;
         if let Some(list) = &m.manifests {
             desc = pick_platform(list, image)?.clone();
@@ -112,13 +172,20 @@ pub(crate) fn resolve_dir(
         {
             return Err(ImageError::UnsupportedMediaType(config.media_type));
         }
-        let config_raw = read_verified(dir, &config.digest, image)?;
+        let config_raw = read_verified(tree, &config.digest, image)?;
         let layers = m
             .layers
             .iter()
             .map(|l| {
+                let name = blob_name(&l.digest)?;
+                let path = tree.file(&name).map_err(member_error(
+                    tree,
+                    &format!("layer {}", l.digest),
+                    image,
+                ))?;
                 Ok(LayerBlob {
-                    path: blob_path(dir, &l.digest)?,
+                    root: tree.root().to_path_buf(),
+                    path,
                     media_type: l.media_type.clone(),
                     digest: Some(l.digest.clone()),
                     diff_id: None,
@@ -140,49 +207,17 @@ pub(crate) fn resolve_dir(
     })
 }
 
-/// Extracts a tar (maybe compressed) into `dest` with the tar crate's own path checks.
-pub(crate) fn extract_archive(archive: &Path, dest: &Path) -> Result<(), ImageError> {
-    let unreadable = |reason: String| ImageError::UnreadableArchive {
-        path: archive.to_path_buf(),
-        reason,
-    };
-    let f = std::fs::File::open(archive).map_err(|e| unreadable(e.to_string()))?;
-    let r = super::unpack::decoder(f, super::unpack::Compression::Sniff)
-        .map_err(|e| unreadable(e.to_string()))?;
-    let mut a = tar::Archive::new(r);
-    a.set_preserve_permissions(false);
-    a.unpack(dest).map_err(|e| {
-        unreadable(format!(
-            "not a valid tar archive ({})",
-            e.to_string().replace('\n', " ")
-        ))
-    })
-}
-
 /// `oci-archive:PATH[:TAG]`: extracted under `dirs.tmp()` (kept until the build is done).
 pub(crate) fn resolve_archive(
     dirs: &Dirs,
     path: &Path,
     tag: Option<&str>,
     image: &str,
+    limit: UnpackLimit,
 ) -> Result<Resolved, ImageError> {
-    if !path.is_file() {
-        return Err(ImageError::UnreadableArchive {
-            path: path.to_path_buf(),
-            reason: "no such file".into(),
-        });
-    }
-    let tmp = crate::util::temp_dir_in(&dirs.tmp(), "oci-archive-")
-        .map_err(ImageError::io(&dirs.tmp()))?;
-    extract_archive(path, tmp.path())?;
-    if !tmp.path().join("index.json").is_file() {
-        return Err(ImageError::UnreadableArchive {
-            path: path.to_path_buf(),
-            reason: "not an OCI archive (no index.json)".into(),
-        });
-    }
-    let mut r = resolve_dir(tmp.path(), tag, image)?;
-    r.keep.push(tmp);
+    let extracted = archive::extract(path, &dirs.tmp(), "oci-archive-", limit)?;
+    let mut r = resolve_tree(Tree::Archive(&extracted), tag, image)?;
+    r.keep.push(extracted.dir);
     Ok(r)
 }
 
@@ -191,6 +226,7 @@ pub(crate) fn resolve_podman(
     dirs: &Dirs,
     name: &str,
     image: &str,
+    limit: UnpackLimit,
 ) -> Result<Option<Resolved>, ImageError> {
     if crate::util::which("podman").is_none() {
         return Ok(None);
@@ -202,7 +238,7 @@ pub(crate) fn resolve_podman(
         return Ok(None);
     }
     let step = crate::progress::step(format!("Exporting {name} from podman"));
-    let tmp = crate::util::temp_dir_in(&dirs.tmp(), "podman-save-")
+    let tmp = member::private_temp_dir(&dirs.tmp(), "podman-save-")
         .map_err(ImageError::io(&dirs.tmp()))?;
     let archive = tmp.path().join("image.tar");
     crate::util::run_tool(
@@ -213,7 +249,7 @@ pub(crate) fn resolve_podman(
         "podman",
     )?;
     step.finish();
-    let mut r = resolve_archive(dirs, &archive, None, image)?;
+    let mut r = resolve_archive(dirs, &archive, None, image, limit)?;
     r.keep.push(tmp);
     Ok(Some(r))
 }
@@ -253,21 +289,103 @@ mod tests {
         let hex = crate::util::sha256_hex(b"{}");
         std::fs::write(t.path().join("blobs/sha256").join(&hex), b"{}").unwrap();
         assert_eq!(
-            read_verified(t.path(), &format!("sha256:{hex}"), "x").unwrap(),
+            read_verified(Tree::Dir(t.path()), &format!("sha256:{hex}"), "x").unwrap(),
             b"{}"
         );
         std::fs::write(t.path().join("blobs/sha256").join(&hex), b"{ }").unwrap();
         assert!(matches!(
-            read_verified(t.path(), &format!("sha256:{hex}"), "x"),
+            read_verified(Tree::Dir(t.path()), &format!("sha256:{hex}"), "x"),
             Err(ImageError::BlobDigest(_))
         ));
         assert!(matches!(
-            read_verified(t.path(), "sha256:../../etc/passwd", "x"),
+            read_verified(Tree::Dir(t.path()), "sha256:../../etc/passwd", "x"),
             Err(ImageError::UnsupportedDigest(_))
         ));
         assert!(matches!(
-            read_verified(t.path(), &format!("sha512:{hex}"), "x"),
+            read_verified(Tree::Dir(t.path()), &format!("sha512:{hex}"), "x"),
             Err(ImageError::UnsupportedDigest(_))
         ));
+    }
+
+    /// Writes `data` as a blob of the layout `dir`; returns its digest.
+    fn blob(dir: &Path, data: &[u8]) -> String {
+        let hex = crate::util::sha256_hex(data);
+        std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
+        std::fs::write(dir.join("blobs/sha256").join(&hex), data).unwrap();
+        format!("sha256:{hex}")
+    }
+
+    /// A one-layer layout; returns (config digest, layer digest).
+    fn layout(dir: &Path) -> (String, String) {
+        let config = blob(dir, br#"{"rootfs":{"type":"layers","diff_ids":[]}}"#);
+        let layer = blob(dir, &[0; 1024]);
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer}],
+        });
+        let m = blob(dir, manifest.to_string().as_bytes());
+        let index = serde_json::json!({"schemaVersion": 2, "manifests": [{"digest": m}]});
+        std::fs::write(dir.join("index.json"), index.to_string()).unwrap();
+        (config, layer)
+    }
+
+    fn relink(dir: &Path, digest: &str, to: &str) {
+        let p = dir.join(blob_name(digest).unwrap());
+        std::fs::remove_file(&p).unwrap();
+        std::os::unix::fs::symlink(to, p).unwrap();
+    }
+
+    #[test]
+    fn a_layout_dir_is_read_only_inside_itself() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("layout");
+        let (config, layer) = layout(&dir);
+        resolve_dir(&dir, None, "x").unwrap();
+        // A link inside the layout is fine.
+        let layer_copy = dir.join("blobs/layer-copy");
+        std::fs::copy(dir.join(blob_name(&layer).unwrap()), &layer_copy).unwrap();
+        relink(&dir, &layer, "../layer-copy");
+        resolve_dir(&dir, None, "x").unwrap();
+
+        let err = |dir: &Path| resolve_dir(dir, None, "x").err().unwrap().to_string();
+        relink(&dir, &layer, "/etc/shadow");
+        let e = err(&dir);
+        assert!(
+            e.ends_with(&format!("layer {layer}: leads outside the image")),
+            "{e}"
+        );
+        relink(&dir, &layer, "../../../layout/../../etc/shadow");
+        assert!(err(&dir).ends_with("leads outside the image"));
+        // fcvm once grew to 2 GB reading a config that was /dev/zero.
+        relink(&dir, &config, "/dev/zero");
+        let e = err(&dir);
+        assert!(
+            e.ends_with(&format!("blob {config}: leads outside the image")),
+            "{e}"
+        );
+        let fifo = dir.join(blob_name(&config).unwrap());
+        std::fs::remove_file(&fifo).unwrap();
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let e = err(&dir);
+        assert!(
+            e.ends_with(&format!("blob {config}: not a regular file")),
+            "{e}"
+        );
+
+        let secret = t.path().join("secret");
+        std::fs::write(&secret, "root:$6$hunter2:19000:0:99999:7:::").unwrap();
+        std::fs::remove_file(dir.join("index.json")).unwrap();
+        std::os::unix::fs::symlink(&secret, dir.join("index.json")).unwrap();
+        let e = err(&dir);
+        assert!(e.ends_with("index.json: leads outside the image"), "{e}");
+        // Inside the layout, the same text is not quoted either.
+        std::fs::remove_file(dir.join("index.json")).unwrap();
+        std::fs::copy(&secret, dir.join("index.json")).unwrap();
+        let e = err(&dir);
+        assert!(
+            e.contains("bad index.json: not valid JSON") && !e.contains("hunter2"),
+            "{e}"
+        );
     }
 }

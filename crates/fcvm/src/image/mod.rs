@@ -11,18 +11,29 @@
 //! 3. The cache key is the config digest: `images/<hex>/{rootfs.erofs,config.json}`. A hit does
 //!    no more work (a registry pull stops after manifest + config). A miss takes a per-image lock
 //!    so concurrent runs build once.
-//! 4. `rootfs` unpacks the layers (`unpack`: whiteouts, no escapes), runs `mkfs.erofs`, and
-//!    publishes the finished directory with one rename.
+//! 4. `rootfs` unpacks the layers (`unpack`: whiteouts, no escapes) within the image's
+//!    [`UnpackLimit`] (`limits`), runs `mkfs.erofs`, and publishes the finished directory with
+//!    one rename.
+//!
+//! Untrusted input never reaches the host: members of layouts and archives are read only as
+//! regular files inside their own tree (`member`, `archive`), manifests and configs are bounded
+//! (4 MiB), errors never quote a file's content, and every temp tree is 0700
+//! (docs/security-image.md).
 //!
 //! [`ensure_builtin_busybox`] (`builtin`) makes an image that needs no internet or registry.
 
+mod archive;
 mod builtin;
 mod config;
 mod docker_archive;
 mod layout;
+mod limits;
+mod member;
 mod reference;
 mod registry;
 mod rootfs;
+#[cfg(test)]
+mod testutil;
 mod unpack;
 
 use std::collections::BTreeMap;
@@ -34,6 +45,7 @@ use crate::paths::Dirs;
 use crate::util::ToolError;
 
 pub use builtin::ensure_builtin_busybox;
+pub use limits::{ParseLimitError, UnpackLimit, UNPACK_LIMIT_ENV};
 pub use reference::{parse_reference, Source};
 
 /// What the agent needs from an image's config to build an OCI runtime config.
@@ -72,13 +84,15 @@ pub struct PreparedImage {
     pub config: ImageConfig,
 }
 
-/// Options for registry pulls.
+/// Options for fetching and unpacking an image.
 #[derive(Debug, Clone, Default)]
 pub struct PullOptions {
     /// `None`: https, except plain http for loopback registries. `Some(false)`: plain http.
     pub tls_verify: Option<bool>,
     /// Basic-auth user and password; else the podman/docker auth files, else anonymous.
     pub creds: Option<(String, String)>,
+    /// Most the image may unpack (a cache hit unpacks nothing, so is never refused).
+    pub unpack_limit: UnpackLimit,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -107,8 +121,17 @@ pub enum ImageError {
     Registry { registry: String, reason: String },
     #[error("Layer {layer} has an unsafe path {path:?}")]
     UnsafePath { layer: String, path: String },
-    #[error("Cannot unpack layer {layer}: {reason}")]
-    Unpack { layer: String, reason: String },
+    #[error("Cannot unpack layer {layer}")]
+    Unpack {
+        layer: String,
+        /// Says what went wrong without quoting the layer (see `unpack::content_free`).
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "Unpack limit reached in {at}: {what} (raise it with --unpack-limit or FCVM_UNPACK_LIMIT)"
+    )]
+    UnpackLimit { at: String, what: String },
     #[error("Cannot build the builtin busybox image: {0}")]
     Builtin(String),
     #[error(transparent)]
@@ -149,6 +172,10 @@ pub(crate) struct Resolved {
 /// One layer: where its blob is (or will be, for a registry) and what to check it against.
 #[derive(Debug, Clone)]
 pub(crate) struct LayerBlob {
+    /// The tree the blob is read in (a layout, an extracted archive, the blob cache): it is
+    /// opened beneath it ([`member::open`]), never through a link out of it.
+    pub root: PathBuf,
+    /// The blob, inside `root`.
     pub path: PathBuf,
     /// Empty when the source does not say (docker-archive): compression is sniffed.
     pub media_type: String,
@@ -222,6 +249,7 @@ pub async fn prepare(
     opts: &PullOptions,
 ) -> Result<PreparedImage, ImageError> {
     let source = parse_reference(reference)?;
+    let limit = opts.unpack_limit;
     let d = dirs.clone();
     let what = reference.to_string();
     let resolved = match source {
@@ -229,10 +257,12 @@ pub async fn prepare(
             blocking(move || layout::resolve_dir(&path, tag.as_deref(), &what)).await?
         }
         Source::OciArchive { path, tag } => {
-            blocking(move || layout::resolve_archive(&d, &path, tag.as_deref(), &what)).await?
+            blocking(move || layout::resolve_archive(&d, &path, tag.as_deref(), &what, limit))
+                .await?
         }
         Source::DockerArchive { path, name } => {
-            blocking(move || docker_archive::resolve(&d, &path, name.as_deref(), &what)).await?
+            blocking(move || docker_archive::resolve(&d, &path, name.as_deref(), &what, limit))
+                .await?
         }
         Source::Builtin(_) => {
             blocking(move || {
@@ -243,7 +273,7 @@ pub async fn prepare(
         }
         Source::ContainersStorage(name) => {
             blocking(move || {
-                layout::resolve_podman(&d, &name, &what)?.ok_or_else(|| {
+                layout::resolve_podman(&d, &name, &what, limit)?.ok_or_else(|| {
                     let why = match crate::util::which("podman") {
                         None => " (podman is not installed)",
                         Some(_) => "",
@@ -260,7 +290,7 @@ pub async fn prepare(
         } => {
             let (d2, n2, w2) = (d.clone(), name.clone(), what.clone());
             let local = if local_first {
-                blocking(move || layout::resolve_podman(&d2, &n2, &w2)).await?
+                blocking(move || layout::resolve_podman(&d2, &n2, &w2, limit)).await?
             } else {
                 None
             };
@@ -270,7 +300,7 @@ pub async fn prepare(
             }
         }
     };
-    finish(dirs, reference, resolved).await
+    finish(dirs, reference, resolved, limit).await
 }
 
 /// Common tail of every source: parse the config, hit the cache or build under the lock.
@@ -278,6 +308,7 @@ async fn finish(
     dirs: &Dirs,
     reference: &str,
     mut resolved: Resolved,
+    limit: UnpackLimit,
 ) -> Result<PreparedImage, ImageError> {
     let (config, diff_ids) = config::parse(&resolved.config_raw, reference)?;
     if diff_ids.len() != resolved.layers.len() {
@@ -321,7 +352,7 @@ async fn finish(
         config.clone(),
     );
     let rootfs = blocking(move || {
-        let r = rootfs::build(&d, &hex, &layers, &cfg);
+        let r = rootfs::build(&d, &hex, &layers, &cfg, limit);
         drop(keep);
         r
     })

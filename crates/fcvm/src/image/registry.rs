@@ -1,7 +1,8 @@
 //! Registry pulls over the OCI distribution API, with the oci-client crate.
 //!
 //! 1. [`resolve`]: manifest (a multi-arch index resolves to linux/(host arch)) and config; both
-//!    are digest-checked by oci-client. That is enough to hit the cache.
+//!    are digest-checked by oci-client, the config is bounded (4 MiB). That is enough to hit
+//!    the cache.
 //! 2. [`Remote::fetch_layers`] (only on a cache miss): each missing blob is streamed to a temp
 //!    file in `blobs/sha256/`, verified, and renamed into place, so a blob there is always whole.
 //!
@@ -12,6 +13,8 @@
 
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use oci_client::client::{linux_amd64_resolver, ClientConfig, ClientProtocol};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
@@ -20,6 +23,7 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use tokio::io::AsyncWriteExt;
 
+use super::member::{MemberError, METADATA_MAX};
 use super::{sha256_hex_of, ImageError, LayerBlob, PullOptions, Resolved};
 use crate::paths::Dirs;
 
@@ -221,11 +225,18 @@ pub(crate) async fn resolve(
         .pull_image_manifest(reference, &auth)
         .await
         .map_err(map)?;
-    let mut config_raw = Vec::new();
-    client
-        .pull_blob(reference, &manifest.config, &mut config_raw)
-        .await
-        .map_err(map)?;
+    let mut config = Bounded::default();
+    let pulled = client
+        .pull_blob(reference, &manifest.config, &mut config)
+        .await;
+    if config.overflowed {
+        return Err(ImageError::InvalidImage {
+            image: reference.whole(),
+            reason: format!("config: {}", MemberError::TooLarge),
+        });
+    }
+    pulled.map_err(map)?;
+    let config_raw = config.data;
     // oci-client checked it already; the cache key must not rest on someone else's check.
     if crate::util::sha256_hex(&config_raw) != sha256_hex_of(&manifest.config.digest)? {
         return Err(ImageError::BlobDigest(manifest.config.digest.clone()));
@@ -236,6 +247,7 @@ pub(crate) async fn resolve(
         .iter()
         .map(|l| {
             Ok(LayerBlob {
+                root: blobs.clone(),
                 path: blobs.join(sha256_hex_of(&l.digest)?),
                 media_type: l.media_type.clone(),
                 digest: Some(l.digest.clone()),
@@ -257,6 +269,37 @@ pub(crate) async fn resolve(
         }),
         keep: Vec::new(),
     })
+}
+
+/// A config being downloaded: refuses to grow past [`METADATA_MAX`] (an endless config from a
+/// hostile registry would otherwise fill memory).
+#[derive(Default)]
+struct Bounded {
+    data: Vec<u8>,
+    overflowed: bool,
+}
+
+impl tokio::io::AsyncWrite for Bounded {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        if (self.data.len() + buf.len()) as u64 > METADATA_MAX {
+            self.overflowed = true;
+            return Poll::Ready(Err(std::io::Error::other(MemberError::TooLarge)));
+        }
+        self.data.extend_from_slice(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
 }
 
 impl Remote {

@@ -3,16 +3,19 @@
 //! 1. [`cached`]: both files present → reuse (the directory only ever appears whole).
 //! 2. [`lock`]: `locks/image-<hex>.lock` (exclusive) so concurrent runs build once; the
 //!    caller checks the cache again after taking it.
-//! 3. [`build`]: in a temp dir under `tmp/`: unpack layers into `root/`, `mkfs.erofs`, write
-//!    `config.json`, drop `root/`, then one rename into `images/`. Any error drops the temp dir,
-//!    so nothing half-built is ever visible.
+//! 3. [`build`]: in a 0700 temp dir under `tmp/` (no other user may reach the tree's setuid
+//!    files or device nodes while it is built): unpack layers into `root/` within the unpack
+//!    limit, `mkfs.erofs`, write `config.json`, drop `root/`, then one rename into `images/`.
+//!    Any error (the limit included) drops the temp dir, so nothing half-built is ever visible
+//!    or left behind.
 
 use std::fs::File;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::{unpack, ImageConfig, ImageError, LayerBlob};
+use super::limits::{Budget, UnpackLimit};
+use super::{member, unpack, ImageConfig, ImageError, LayerBlob};
 use crate::paths::Dirs;
 use crate::util;
 
@@ -42,12 +45,14 @@ pub(crate) fn build(
     hex: &str,
     layers: &[LayerBlob],
     config: &ImageConfig,
+    limit: UnpackLimit,
 ) -> Result<PathBuf, ImageError> {
     let mkfs = util::which("mkfs.erofs").ok_or_else(|| util::ToolError::Missing {
         tool: "mkfs.erofs".into(),
         package: "erofs-utils".into(),
     })?;
-    let tmp = util::temp_dir_in(&dirs.tmp(), "image-").map_err(ImageError::io(&dirs.tmp()))?;
+    let tmp =
+        member::private_temp_dir(&dirs.tmp(), "image-").map_err(ImageError::io(&dirs.tmp()))?;
     let root = tmp.path().join("root");
     std::fs::create_dir(&root).map_err(ImageError::io(&root))?;
     // The image's / is usually not in any layer; give it the conventional mode.
@@ -59,9 +64,19 @@ pub(crate) fn build(
         layers.len(),
         if layers.len() == 1 { "" } else { "s" }
     ));
+    let mut budget = Budget::new(limit);
     for (i, layer) in layers.iter().enumerate() {
+        let at = format!("layer {} of {}", i + 1, layers.len());
         step.set_detail(&format!("{}/{}", i + 1, layers.len()));
-        unpack::unpack_layer(layer, &root)?;
+        let r = unpack::unpack_layer(layer, &root, &mut budget).map_err(|e| match e {
+            ImageError::UnpackLimit { what, .. } => ImageError::UnpackLimit { at, what },
+            e => e,
+        });
+        if r.is_err() {
+            // Dropping `tmp` would do it too, but not as non-root when a layer made 0555 dirs.
+            let _ = remove_tree(&root);
+        }
+        r?;
     }
     step.finish();
 
@@ -132,6 +147,7 @@ mod tests {
         b.finish().unwrap();
         drop(b);
         let good = LayerBlob {
+            root: layer_dir.clone(),
             path: path.clone(),
             media_type: String::new(),
             digest: Some(format!("sha256:{}", util::sha256_file(&path).unwrap())),
@@ -142,7 +158,14 @@ mod tests {
             cmd: vec!["sh".into()],
             ..Default::default()
         };
-        let rootfs = build(&dirs, &hex, std::slice::from_ref(&good), &cfg).unwrap();
+        let rootfs = build(
+            &dirs,
+            &hex,
+            std::slice::from_ref(&good),
+            &cfg,
+            UnpackLimit::default(),
+        )
+        .unwrap();
         assert_eq!(cached(&dirs, &hex), Some(rootfs.clone()));
         assert_eq!(std::fs::read_dir(dirs.tmp()).unwrap().count(), 0);
         let saved: ImageConfig =
@@ -156,11 +179,48 @@ mod tests {
         };
         let other = "cd".repeat(32);
         assert!(matches!(
-            build(&dirs, &other, &[bad], &cfg),
+            build(&dirs, &other, &[bad], &cfg, UnpackLimit::default()),
             Err(ImageError::LayerDigest(_))
         ));
         assert!(cached(&dirs, &other).is_none());
         assert!(!dirs.images().join(&other).exists());
         assert_eq!(std::fs::read_dir(dirs.tmp()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_layer_past_the_unpack_limit_leaves_nothing() {
+        use crate::image::testutil::{tar_gz, M};
+        let t = tempfile::tempdir().unwrap();
+        let dirs = Dirs::new(t.path().join("data"));
+        let path = t.path().join("bomb.tar.gz");
+        std::fs::write(
+            &path,
+            tar_gz(&[
+                M::Dir("etc"),
+                M::File("etc/x", b"x"),
+                M::Zeros("zeros", 64 << 20),
+            ]),
+        )
+        .unwrap();
+        let bomb = LayerBlob {
+            root: t.path().to_path_buf(),
+            path,
+            media_type: String::new(),
+            digest: None,
+            diff_id: None,
+        };
+        let hex = "ef".repeat(32);
+        let limit = UnpackLimit {
+            bytes: 1 << 20,
+            ..Default::default()
+        };
+        let e = build(&dirs, &hex, &[bomb], &ImageConfig::default(), limit).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "Unpack limit reached in layer 1 of 1: more than 1 MiB unpacked \
+             (raise it with --unpack-limit or FCVM_UNPACK_LIMIT)"
+        );
+        assert_eq!(std::fs::read_dir(dirs.tmp()).unwrap().count(), 0);
+        assert!(!dirs.images().join(&hex).exists());
     }
 }

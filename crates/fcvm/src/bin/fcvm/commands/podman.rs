@@ -67,6 +67,10 @@ pub struct RunArgs {
     /// Registry credentials USER:PASSWORD.
     #[arg(long)]
     creds: Option<String>,
+    /// Most the image may unpack: SIZE[,ENTRIES], e.g. 512M or 8G,2000000 (default 16G and
+    /// 1000000 entries, or $FCVM_UNPACK_LIMIT). A cached image is not unpacked again.
+    #[arg(long, value_name = "SIZE[,ENTRIES]")]
+    unpack_limit: Option<fcvm::image::UnpackLimit>,
     /// Network: rootless (default, no root needed), bridged (root: a netns per VM) or none.
     #[arg(long, default_value = "rootless")]
     network: fcvm::network::NetworkMode,
@@ -129,6 +133,10 @@ pub async fn run(dirs: &Dirs, cmd: PodmanCommand) -> Result<i32> {
         start_period: a.health.health_start_period,
     };
     health.validate().map_err(anyhow::Error::msg)?;
+    let unpack_limit = match a.unpack_limit {
+        Some(l) => l,
+        None => fcvm::image::UnpackLimit::from_env()?.unwrap_or_default(),
+    };
     let opts = fcvm::run::RunOptions {
         no_snapshot: a.no_snapshot,
         name: a.name.map(Into::into),
@@ -147,6 +155,7 @@ pub async fn run(dirs: &Dirs, cmd: PodmanCommand) -> Result<i32> {
         pull: fcvm::image::PullOptions {
             tls_verify: a.tls_verify,
             creds,
+            unpack_limit,
         },
         network: fcvm::network::NetworkOptions {
             mode: a.network,
