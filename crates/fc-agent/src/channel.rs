@@ -1,4 +1,4 @@
-//! The host channel: one virtio-serial port named [`fcvm_proto::PORT_NAME`] (DESIGN §4).
+//! The host channel: one virtio-serial port named [`fcvm_proto::PORT_NAME`] (docs/design.md §8).
 //!
 //! 1. [`open_port`] finds `/sys/class/virtio-ports/vport*/name` == `fcvm.agent` and opens
 //!    `/dev/<vportNpM>` once (the port allows a single opener); the writer gets a `dup`.

@@ -3,9 +3,9 @@
 //! Stage 1 (the initramfs root):
 //! 1. mount /proc, /sys, /dev (devtmpfs) and make /dev/console fds 0-2;
 //! 2. load the modules named in /etc/fcvm/modules, in order (`finit_module`; EEXIST is fine);
-//! 3. move the root to a tmpfs (crun's pivot_root fails on the initramfs, DESIGN §3): move every
-//!    file into /newroot (the loaded modules are just deleted), move the pseudo filesystems,
-//!    `mount --move . /`, chroot, and exec `/init stage2`.
+//! 3. move the root to a tmpfs (crun's pivot_root fails on the initramfs, docs/design.md §6):
+//!    move every file into /newroot (the loaded modules are just deleted), move the pseudo
+//!    filesystems, `mount --move . /`, chroot, and exec `/init stage2`.
 //!
 //! Stage 2: cgroup2 (controllers enabled for children), devpts, /dev/shm, /run, /tmp, `lo` up.
 //! crun is sealed in memory ([`crate::crun::seal_once`]) by the first Prepare, not at boot:

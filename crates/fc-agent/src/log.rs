@@ -1,8 +1,8 @@
-//! Agent logging: lines go to the console ([`crate::console`]) until a session is open; from then on as a
-//! `Log{level, message}` frame on the control stream, which the host keeps in agent.log —
-//! warnings and errors to both (DESIGN: never fail silently). The session stays "open" once
-//! a host has said Hello: the channel is a virtio port that outlives host connections (a
-//! restore reconnects to the same agent).
+//! Agent logging: lines go to the console ([`crate::console`]) until a session is open; from
+//! then on as a `Log{level, message}` frame on the control stream, which the host keeps in
+//! agent.log — warnings and errors to both (docs/design.md §6: never fail silently). The
+//! session stays "open" once a host has said Hello: the channel is a virtio port that outlives
+//! host connections (a restore reconnects to the same agent).
 
 use crate::channel::Outbox;
 use crate::console::console;

@@ -1,4 +1,4 @@
-//! fc-agent: the guest agent, PID 1 of every fcvm VM (DESIGN §3, §4).
+//! fc-agent: the guest agent, PID 1 of every fcvm VM (docs/design.md §6, §8).
 //!
 //! 1. `/init` (stage 1, [`init::stage1`]): pseudo filesystems, kernel modules, root moved to a
 //!    tmpfs, then exec `/init stage2`;

@@ -1,7 +1,8 @@
 //! The container's OCI runtime config, as podman would generate it: pid/ipc/mount
 //! namespaces (the VM's network and hostname are shared: the VM exists for this one container,
-//! and one `sethostname` then renames both, which a restore does on every run), the standard mounts, podman's default
-//! capabilities, `RLIMIT_NOFILE` 1048576, masked and read-only /proc and /sys paths.
+//! and one `sethostname` then renames both, which a restore does on every run), the standard
+//! mounts, podman's default capabilities, `RLIMIT_NOFILE` 1048576, masked and read-only /proc
+//! and /sys paths.
 //! `crun run` reads [`spec`] from /run/fcvm/bundle/config.json; `crun exec --process` reads a
 //! [`process`] alone.
 

@@ -1,4 +1,4 @@
-//! Restore steps (DESIGN §4, step 3), run when the host sends `Restored{epoch, plan}`:
+//! Restore steps (docs/design.md §9, step 3), run when the host sends `Restored{epoch, plan}`:
 //!
 //! 1. set the wall clock from the host's (`clock_settime(CLOCK_REALTIME)`);
 //! 2. reseed the RNG: mix the seed in with `RNDADDENTROPY`, then `RNDRESEEDCRNG` so the kernel's

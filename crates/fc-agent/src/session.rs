@@ -1,9 +1,9 @@
-//! The session: routes every frame from the host (DESIGN §4).
+//! The session: routes every frame from the host (docs/design.md §8).
 //!
 //! 1. Nothing is served before a `Hello` (or `Restored`) names an epoch.
 //! 2. A new epoch drops every exec and VM stream of the old one (their processes are killed and
-//!    their frames stop) but keeps the container's main process: its stream is adopted, same id,
-//!    its output credit back at the initial value (the new host starts from there).
+//!    their frames stop) but keeps the container's main process: its stream is adopted, same
+//!    id, its output credit back at the initial value (the new host starts from there).
 //! 3. `Hello` → `HelloAck`; `Restored` → restore steps → `RestoreComplete` (or `RestoreFailed`).
 //!    The same epoch twice (either order) repeats the answer without dropping anything.
 //! 4. Process frames go to their stream; an unknown stream gets `Error{Failed, "No such

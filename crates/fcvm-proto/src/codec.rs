@@ -1,4 +1,5 @@
-//! Self-synchronising frame codec (DESIGN §4: the virtio-serial port is not a connection).
+//! Self-synchronising frame codec (docs/design.md §8: the virtio-serial port is not a
+//! connection; the format in full: docs/protocol.md §2).
 //!
 //! ```text
 //! +---------------------------------------------------------------+------+

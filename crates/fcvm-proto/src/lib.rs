@@ -13,7 +13,7 @@
 //! ```
 //!
 //! Every new host connection begins with `Hello{epoch}`; the agent drops all session state that
-//! belongs to another epoch (DESIGN §4). After a snapshot restore the host sends
+//! belongs to another epoch (docs/design.md §8). After a snapshot restore the host sends
 //! `Restored{epoch}` and waits for `RestoreComplete{epoch}` before it calls the VM ready.
 //!
 //! # Flow control (protocol 5)
@@ -352,7 +352,7 @@ pub enum LogLevel {
     Error,
 }
 
-/// What a restored VM must change before it serves again (DESIGN §4, step 3).
+/// What a restored VM must change before it serves again (docs/design.md §9, step 3).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RestorePlan {
     /// Host wall clock at the time of the Restored message (ns since the Unix epoch).

@@ -99,8 +99,8 @@ fn crun_run(spec: &ProcessSpec, cmd: &Command) -> Result<Spawned> {
 
 /// "Started" for the container means crun has created it (its pid file exists): only then can
 /// `crun exec` join it. The host opens execs and health checks on this signal, never on a
-/// guess (DESIGN §4). Waits on a pool thread; `size`: the pty's, which crun's `run` does not
-/// give the pty it makes for a TTY container.
+/// guess (docs/design.md §8). Waits on a pool thread; `size`: the pty's, which crun's `run`
+/// does not give the pty it makes for a TTY container.
 pub fn announce_when_created(s: Arc<Stream>, size: Option<(u16, u16)>) {
     let _ = crate::pool::run(Box::new(move || {
         let pidfile = s.pidfile.clone().unwrap_or_default();
