@@ -29,7 +29,10 @@
 //!   that stream. While it has no credit it stops reading the process's output, so the
 //!   process blocks in its own write. The host grants as its consumer drains: once it has
 //!   handed n bytes on (to its stdout, an exec client, a log), it sends `Credit(n)`. A host
-//!   that keeps what arrives grants as it arrives.
+//!   that keeps what arrives grants as it arrives. So what a stream has in flight or waiting
+//!   on the host is never more than the credit the host gave it: a per-stream buffer of that
+//!   size (plus the few frames not on credit) cannot overflow, and the host's reader of the
+//!   channel never has to wait for a slow consumer.
 //! - `Credit` goes the other way from the data it grants; its direction says which.
 //! - Every process stream starts with the initial credits. A new epoch (`Hello` or `Restored`
 //!   with a new epoch) restarts the streams the agent keeps (the container's) at the initial
