@@ -3,16 +3,18 @@
 //! Stage 1 (the initramfs root):
 //! 1. mount /proc, /sys, /dev (devtmpfs) and make /dev/console fds 0-2;
 //! 2. load the modules named in /etc/fcvm/modules, in order (`finit_module`; EEXIST is fine);
-//! 3. move the root to a tmpfs (crun's pivot_root fails on the initramfs, DESIGN §3): move every
-//!    file into /newroot (the loaded modules are just deleted), move the pseudo filesystems,
-//!    `mount --move . /`, chroot, and exec `/init stage2`.
+//! 3. move the root to a tmpfs (crun's pivot_root fails on the initramfs, docs/design.md §6):
+//!    move every file into /newroot (the loaded modules are just deleted), move the pseudo
+//!    filesystems, `mount --move . /`, chroot, and exec `/init stage2`.
 //!
 //! Stage 2: cgroup2 (controllers enabled for children), devpts, /dev/shm, /run, /tmp, `lo` up.
-//! crun is sealed in memory ([`seal_crun_once`]) by the first Prepare, not at boot: the
-//! cost belongs to the container, not to the VM coming up.
+//! crun is sealed in memory ([`crate::crun::seal_once`]) by the first Prepare, not at boot:
+//! the cost belongs to the container, not to the VM coming up.
 
-use crate::log::console;
-use crate::process::Stream;
+use crate::console::console;
+use crate::error::{Error, Result};
+use crate::paths::{IMAGE_MNT, ROOTFS, RUN_DIR, RW_MNT};
+use crate::stream::Stream;
 use crate::{error, info, warn};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use std::ffi::CString;
@@ -83,7 +85,10 @@ pub fn stage1() {
             unsafe { libc::execv(args[0].as_ptr(), argv.as_ptr()) };
             error!("exec /init stage2: {}", std::io::Error::last_os_error());
         }
-        Err(e) => error!("moving the root to a tmpfs failed ({e}); crun may not pivot_root"),
+        Err(e) => error!(
+            "moving the root to a tmpfs failed ({}); crun may not pivot_root",
+            e.report()
+        ),
     }
 }
 
@@ -97,28 +102,24 @@ fn load_modules() {
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
     {
         let path = Path::new("/lib/modules/fcvm").join(name);
-        let res = std::fs::File::open(&path)
-            .map_err(|e| e.to_string())
-            .and_then(|f| {
-                nix::kmod::finit_module(&f, c"", nix::kmod::ModuleInitFlags::empty())
-                    .or_else(|e| {
-                        if e == nix::errno::Errno::EEXIST {
-                            Ok(())
-                        } else {
-                            Err(e)
-                        }
-                    })
-                    .map_err(|e| e.desc().to_string())
-            });
-        match res {
+        match load_module(&path, name) {
             Ok(()) => n += 1,
-            Err(e) => error!("load module {name}: {e}"),
+            Err(e) => error!("{}", e.report()),
         }
     }
     console(&format!(
         "{n} modules loaded in {} ms",
         t0.elapsed().as_millis()
     ));
+}
+
+/// `finit_module` of `path` (one already loaded is fine).
+fn load_module(path: &Path, name: &str) -> Result<()> {
+    let f = std::fs::File::open(path).map_err(|e| Error::Open(path.into(), e))?;
+    match nix::kmod::finit_module(&f, c"", nix::kmod::ModuleInitFlags::empty()) {
+        Ok(()) | Err(nix::errno::Errno::EEXIST) => Ok(()),
+        Err(e) => Err(Error::LoadModule(name.into(), e)),
+    }
 }
 
 /// Moves `src` (file, dir, link, node) to `dst`, deleting the source as it goes.
@@ -151,9 +152,9 @@ fn move_entry(src: &Path, dst: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-fn move_root() -> Result<(), String> {
+fn move_root() -> Result<()> {
     let new = Path::new("/newroot");
-    std::fs::create_dir_all(new).map_err(|e| format!("mkdir /newroot: {e}"))?;
+    std::fs::create_dir_all(new).map_err(|e| Error::Mkdir(new.into(), e))?;
     mount(
         Some("rootfs"),
         new,
@@ -161,15 +162,21 @@ fn move_root() -> Result<(), String> {
         MsFlags::empty(),
         Some("mode=0755"),
     )
-    .map_err(|e| format!("mount tmpfs: {}", e.desc()))?;
+    .map_err(|source| Error::Mount {
+        src: "rootfs".into(),
+        dst: "/newroot".into(),
+        fstype: "tmpfs".into(),
+        source,
+    })?;
     let _ = std::fs::remove_dir_all("/lib/modules/fcvm"); // loaded already
-    for e in std::fs::read_dir("/").map_err(|e| e.to_string())?.flatten() {
+    let root = std::fs::read_dir("/").map_err(|e| Error::Read("/".into(), e))?;
+    for e in root.flatten() {
         let name = e.file_name();
         let dst = new.join(&name);
         match name.to_str() {
             Some("newroot") => {}
             Some("proc" | "sys" | "dev") => {
-                std::fs::create_dir_all(&dst).map_err(|e| e.to_string())?;
+                std::fs::create_dir_all(&dst).map_err(|e| Error::Mkdir(dst.clone(), e))?;
                 let src = Path::new("/").join(&name);
                 mount(
                     Some(&src),
@@ -178,16 +185,25 @@ fn move_root() -> Result<(), String> {
                     MsFlags::MS_MOVE,
                     None::<&str>,
                 )
-                .map_err(|e| format!("move {}: {}", src.display(), e.desc()))?;
+                .map_err(|source| Error::MoveMount {
+                    src: src.display().to_string(),
+                    dst: dst.display().to_string(),
+                    source,
+                })?;
             }
-            _ => move_entry(&e.path(), &dst).map_err(|err| format!("{:?}: {err}", e.path()))?,
+            _ => move_entry(&e.path(), &dst).map_err(|err| Error::MoveEntry(e.path(), err))?,
         }
     }
-    std::env::set_current_dir(new).map_err(|e| e.to_string())?;
-    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
-        .map_err(|e| format!("move root: {}", e.desc()))?;
-    nix::unistd::chroot(".").map_err(|e| format!("chroot: {}", e.desc()))?;
-    std::env::set_current_dir("/").map_err(|e| e.to_string())
+    std::env::set_current_dir(new).map_err(|e| Error::Chdir(new.into(), e))?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>).map_err(|source| {
+        Error::MoveMount {
+            src: "/newroot".into(),
+            dst: "/".into(),
+            source,
+        }
+    })?;
+    nix::unistd::chroot(".").map_err(Error::Chroot)?;
+    std::env::set_current_dir("/").map_err(|e| Error::Chdir("/".into(), e))
 }
 
 /// Stage 2 mounts and the loopback interface.
@@ -227,74 +243,12 @@ pub fn stage2() {
     if !Path::new("/dev/ptmx").exists() {
         let _ = std::os::unix::fs::symlink("pts/ptmx", "/dev/ptmx");
     }
-    for d in ["/run/fcvm", "/mnt/image", "/mnt/rw", "/run/fcvm/rootfs"] {
+    for d in [RUN_DIR, IMAGE_MNT, RW_MNT, ROOTFS] {
         let _ = std::fs::create_dir_all(d);
     }
     if let Err(e) = lo_up() {
-        warn!("lo up: {e}");
+        warn!("lo up: {}", e.report());
     }
-}
-
-/// Seals crun in memory ([`seal_crun`]) the first time it is called.
-pub fn seal_crun_once() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let t0 = Instant::now();
-        match seal_crun(Path::new(crate::container::CRUN)) {
-            Ok(()) => info!("crun sealed in memory in {} ms", t0.elapsed().as_millis()),
-            Err(e) => warn!("crun will copy itself on every run: {e}"),
-        }
-    });
-}
-
-/// Replaces `crun` by a sealed in-memory copy of itself, bind-mounted over it.
-///
-/// Why: against CVE-2019-5736 every crun invocation copies its own binary into a fresh memfd
-/// and re-executes it — unless it already runs from a fully sealed memfd. Under TCG that copy
-/// is fresh physical memory each time, so QEMU translates all of crun's code again on every
-/// `crun run`/`crun exec` (~0.2 s). One sealed copy is just as safe (sealed memfds
-/// cannot be written, the property the check is for: it is runc's `memfd-bind`) and keeps its
-/// pages, and their translations, for the VM's life — snapshots included.
-fn seal_crun(path: &Path) -> Result<(), String> {
-    use nix::fcntl::{fcntl, FcntlArg, SealFlag};
-    use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
-    use std::os::fd::AsRawFd;
-    use std::os::unix::fs::OpenOptionsExt;
-    let bin = std::fs::read(path).map_err(|e| format!("read {}: {e}", path.display()))?;
-    let fd = memfd_create(
-        c"crun_cloned:/proc/self/exe",
-        MemFdCreateFlag::MFD_CLOEXEC | MemFdCreateFlag::MFD_ALLOW_SEALING,
-    )
-    .map_err(|e| format!("memfd_create: {}", e.desc()))?;
-    let mut f = std::fs::File::from(fd);
-    std::io::Write::write_all(&mut f, &bin).map_err(|e| format!("copy crun: {e}"))?;
-    let seals = SealFlag::F_SEAL_SEAL
-        | SealFlag::F_SEAL_SHRINK
-        | SealFlag::F_SEAL_GROW
-        | SealFlag::F_SEAL_WRITE;
-    fcntl(f.as_raw_fd(), FcntlArg::F_ADD_SEALS(seals))
-        .map_err(|e| format!("seal: {}", e.desc()))?;
-    // A memfd lives in the kernel's internal mount, which cannot be bind-mounted across
-    // namespaces; its /proc magic link can (runc's memfd-bind does the same). The link
-    // resolves through this process's fd table, so the memfd stays open for PID 1's life.
-    let link = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_PATH | libc::O_NOFOLLOW)
-        .open(format!("/proc/self/fd/{}", f.as_raw_fd()))
-        .map_err(|e| format!("open the memfd's link: {e}"))?;
-    let src = format!("/proc/self/fd/{}", link.as_raw_fd());
-    let r = mount(
-        Some(src.as_str()),
-        path,
-        None::<&str>,
-        MsFlags::MS_BIND,
-        None::<&str>,
-    )
-    .map_err(|e| format!("bind the sealed copy over {}: {}", path.display(), e.desc()));
-    if r.is_ok() {
-        std::mem::forget(f);
-    }
-    r
 }
 
 fn enable_controllers() {
@@ -307,11 +261,11 @@ fn enable_controllers() {
     }
 }
 
-fn lo_up() -> Result<(), String> {
+fn lo_up() -> Result<()> {
     // SAFETY: a plain datagram socket for interface ioctls; closed below.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
-        return Err(std::io::Error::last_os_error().to_string());
+        return Err(Error::Socket(std::io::Error::last_os_error()));
     }
     // SAFETY: ifreq is plain data; the name fits; ioctls read/write that ifreq.
     let r = unsafe {
@@ -327,7 +281,7 @@ fn lo_up() -> Result<(), String> {
         let err = std::io::Error::last_os_error();
         libc::close(fd);
         if r != 0 {
-            Err(err.to_string())
+            Err(Error::Ioctl("SIOCSIFFLAGS lo", err))
         } else {
             Ok(())
         }
@@ -354,7 +308,7 @@ pub fn shutdown(streams: &[Arc<Stream>]) -> ! {
     }
     crate::warm::discard();
     nix::unistd::sync();
-    for m in [crate::container::ROOTFS, "/mnt/rw", "/mnt/image"] {
+    for m in [ROOTFS, RW_MNT, IMAGE_MNT] {
         if umount2(m, MntFlags::empty()).is_err() {
             let _ = umount2(m, MntFlags::MNT_DETACH);
         }

@@ -1,4 +1,4 @@
-//! fc-agent: the guest agent, PID 1 of every fcvm VM (DESIGN §3, §4).
+//! fc-agent: the guest agent, PID 1 of every fcvm VM (docs/design.md §6, §8).
 //!
 //! 1. `/init` (stage 1, [`init::stage1`]): pseudo filesystems, kernel modules, root moved to a
 //!    tmpfs, then exec `/init stage2`;
@@ -10,12 +10,17 @@
 //! Run as anything but PID 1 it only prints its version: it is not meant to run on a host.
 
 mod channel;
+mod console;
 mod container;
+mod credit;
+mod crun;
+mod error;
 mod init;
 mod log;
 mod net;
 mod oci;
 mod pathres;
+mod paths;
 mod pending;
 mod pool;
 mod probe;
@@ -24,6 +29,7 @@ mod pump;
 mod reaper;
 mod restore;
 mod session;
+mod stream;
 mod users;
 mod warm;
 
@@ -55,14 +61,17 @@ fn serve() -> ! {
     let port = loop {
         match channel::open_port(Duration::from_secs(10)) {
             Ok(p) => break p,
-            Err(e) => error!("{e}; still waiting"),
+            Err(e) => error!("{}; still waiting", e.report()),
         }
     };
     if let Err(e) = channel::start_writer(&port, rx, queued) {
-        error!("channel writer: {e}");
+        error!("channel writer: {}", e.report());
     }
     // The host waits for this exact text on the console.
-    log::console_raw(&format!("fc-agent: ready uptime_ms={}", log::uptime_ms()));
+    console::console_raw(&format!(
+        "fc-agent: ready uptime_ms={}",
+        console::uptime_ms()
+    ));
     let mut session = session::Session::new(out);
     channel::read_loop(port, |f| session.handle(f))
 }

@@ -2,17 +2,18 @@
 //!
 //! 1. [`pump`] polls stdout/stderr (or the pty master), sends `Stdout`/`Stderr` chunks of at
 //!    most `MAX_CHUNK`, and sends the one final `Exit{code}` once the process has exited and
-//!    its output is drained (EOF, or quiet for 100 ms when a leftover child holds the pipe);
-//!    while the outbox is congested (no host reading) it stops reading: backpressure;
+//!    its output is drained (EOF, or quiet for 100 ms when a leftover child holds the pipe).
+//!    It reads no more than the stream's output credit allows ([`crate::credit`]) and stops
+//!    reading while there is none: the host's reader paces the process, and only it. (A full
+//!    channel queue makes its sends wait too: `crate::channel`.)
 //! 2. [`stdin_loop`] writes `Stdin` bytes from a bounded queue and grants `Credit` after every
 //!    64 KiB written (bytes the process no longer reads are discarded but still credited);
 //!    `StdinEof` closes stdin, or writes ^D to a pty.
 
-use crate::process::Stream;
 use crate::reaper;
+use crate::stream::{StdinMsg, Stream};
 use fcvm_proto::{Msg, Target, MAX_CHUNK};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::{Duration, Instant};
 
@@ -20,11 +21,6 @@ use std::time::{Duration, Instant};
 const CREDIT_STEP: usize = 64 * 1024;
 /// After the process exited, output still open is drained until it stays quiet this long.
 const DRAIN_QUIET: Duration = Duration::from_millis(100);
-
-pub enum StdinMsg {
-    Data(Vec<u8>),
-    Eof,
-}
 
 fn write_all(fd: RawFd, mut buf: &[u8]) -> bool {
     while !buf.is_empty() {
@@ -92,8 +88,14 @@ pub fn pump(stream: &Stream, mut fds: Vec<(OwnedFd, bool)>, status_rx: Receiver<
         if fds.is_empty() || (status.is_some() && last_data.elapsed() > DRAIN_QUIET) {
             break;
         }
-        if stream.out.congested() {
-            std::thread::sleep(Duration::from_millis(10));
+        let timeout = if status.is_some() { 20 } else { 50 };
+        let mut allowance = stream
+            .credit
+            .available(Duration::from_millis(timeout as u64));
+        if allowance == 0 {
+            // The pipe is left alone: the process blocks once it is full. Waiting for the
+            // host is not the quiet that ends the drain after an exit.
+            last_data = Instant::now();
             continue;
         }
         let mut pfds: Vec<libc::pollfd> = fds
@@ -104,7 +106,6 @@ pub fn pump(stream: &Stream, mut fds: Vec<(OwnedFd, bool)>, status_rx: Receiver<
                 revents: 0,
             })
             .collect();
-        let timeout = if status.is_some() { 20 } else { 50 };
         // SAFETY: poll over a valid array of pollfds.
         let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as _, timeout) };
         if n <= 0 {
@@ -115,10 +116,16 @@ pub fn pump(stream: &Stream, mut fds: Vec<(OwnedFd, bool)>, status_rx: Receiver<
             if p.revents == 0 {
                 continue;
             }
-            // SAFETY: reading into our buffer from an fd we own.
-            let r = unsafe { libc::read(p.fd, buf.as_mut_ptr().cast(), buf.len()) };
+            let want = buf.len().min(allowance);
+            if want == 0 {
+                break;
+            }
+            // SAFETY: reading at most `want` bytes into our buffer from an fd we own.
+            let r = unsafe { libc::read(p.fd, buf.as_mut_ptr().cast(), want) };
             if r > 0 {
                 last_data = Instant::now();
+                allowance -= r as usize;
+                stream.credit.spend(r as usize);
                 let data = buf[..r as usize].to_vec();
                 stream.send(if fds[i].1 {
                     Msg::Stderr(data)
@@ -138,20 +145,18 @@ pub fn pump(stream: &Stream, mut fds: Vec<(OwnedFd, bool)>, status_rx: Receiver<
         status = status_rx.recv().ok();
         reaped = Some(Instant::now());
     }
-    if let Ok(mut s) = stream.stdin.lock() {
-        *s = None;
-    }
+    stream.close_stdin();
     let code = status.map(reaper::exit_code).unwrap_or(255);
     let run_us = reaped
         .unwrap_or_else(Instant::now)
         .saturating_duration_since(stream.t0)
         .as_micros() as u64;
     stream.send(Msg::Exit { code, run_us });
-    stream.finished.store(true, Ordering::SeqCst);
+    stream.finish();
     if let Some(p) = &stream.pidfile {
         if stream.target == Target::ContainerExec {
             let _ = std::fs::remove_file(p);
-            let _ = std::fs::remove_file(format!("/run/fcvm/exec-{}.json", stream.id));
+            let _ = std::fs::remove_file(crate::paths::exec_json(stream.id));
         }
     }
 }

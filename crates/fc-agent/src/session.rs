@@ -1,21 +1,23 @@
-//! The session: routes every frame from the host (DESIGN §4).
+//! The session: routes every frame from the host (docs/design.md §8).
 //!
 //! 1. Nothing is served before a `Hello` (or `Restored`) names an epoch.
 //! 2. A new epoch drops every exec and VM stream of the old one (their processes are killed and
-//!    their frames stop) but keeps the container's main process: its stream is adopted, same id.
+//!    their frames stop) but keeps the container's main process: its stream is adopted, same
+//!    id, its output credit back at the initial value (the new host starts from there).
 //! 3. `Hello` → `HelloAck`; `Restored` → restore steps → `RestoreComplete` (or `RestoreFailed`).
 //!    The same epoch twice (either order) repeats the answer without dropping anything.
-//! 4. Process frames go to their stream; an unknown stream gets `Error{Failed, "no such stream"}`.
+//! 4. Process frames go to their stream; an unknown stream gets `Error{Failed, "No such
+//!    stream"}` (but a `Close` or an output `Credit` for it is dropped quietly).
 //!    Execs start on worker threads ([`crate::pending`]); frames for them queue until then.
 
 use crate::channel::Outbox;
+use crate::error::{Error, Report};
 use crate::pending::{self, Pending, Route};
-use crate::process::{self, Stream};
+use crate::process;
+use crate::stream::Stream;
 use crate::{error, info, warn};
 use fcvm_proto::codec::CodecError;
-use fcvm_proto::{
-    AgentInfo, ContainerPlan, ErrorKind, Frame, Msg, Target, CONTROL, PROTOCOL_VERSION,
-};
+use fcvm_proto::{AgentInfo, ContainerPlan, Frame, Msg, Target, CONTROL, PROTOCOL_VERSION};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -32,7 +34,7 @@ pub struct Session {
     seen: std::collections::HashSet<u64>,
     /// The outcome of the current epoch's restore, answered again to a duplicate `Restored`
     /// instead of running the steps twice.
-    restore_result: Option<(u64, Result<(), String>)>,
+    restore_result: Option<(u64, Result<(), Arc<Error>>)>,
 }
 
 impl Session {
@@ -61,10 +63,11 @@ impl Session {
     pub fn handle(&mut self, frame: Result<Frame, CodecError>) {
         let frame = match frame {
             Ok(f) => f,
-            Err(CodecError::Decode(e, Some(stream))) if stream != CONTROL => {
+            Err(e @ CodecError::Decode(_, Some(stream))) if stream != CONTROL => {
                 // A malformed message on a process stream ends that stream, with an error;
                 // the session and every other stream go on.
-                warn!("malformed frame on stream {stream}: {e}");
+                let e = Error::MalformedFrame(e);
+                warn!("stream {stream}: {}", e.report());
                 if let Some(st) = self.streams.remove(&stream) {
                     st.cancel();
                     st.kill();
@@ -72,17 +75,11 @@ impl Session {
                 if let Some(p) = self.pending.remove(&stream) {
                     p.cancel();
                 }
-                self.reply(
-                    stream,
-                    Msg::Error {
-                        kind: fcvm_proto::ErrorKind::Failed,
-                        message: format!("malformed frame: {e}"),
-                    },
-                );
+                self.reply(stream, e.to_msg());
                 return;
             }
             Err(e) => {
-                warn!("dropped a bad frame from the host: {e}");
+                warn!("dropped a bad frame from the host: {}", Report(&e));
                 return;
             }
         };
@@ -95,9 +92,9 @@ impl Session {
                 random_seed,
             } => self.hello(epoch, version, &random_seed),
             Msg::Restored { epoch, plan } => self.restored(epoch, &plan),
-            _ if self.epoch.is_none() => crate::log::console(&format!(
-                "ignoring frame before Hello: {:?}",
-                kind(&frame.msg)
+            _ if self.epoch.is_none() => crate::console::console(&format!(
+                "ignoring frame before Hello: {}",
+                frame.msg.name()
             )),
             Msg::Prepare(plan) if frame.stream == CONTROL => self.prepare(plan),
             Msg::Shutdown if frame.stream == CONTROL => self.shutdown(),
@@ -105,7 +102,7 @@ impl Session {
             Msg::HttpGet { url, timeout_ms } if frame.stream != CONTROL => {
                 crate::probe::start(frame.stream, url, timeout_ms, &self.out)
             }
-            msg if frame.stream == CONTROL => warn!("unexpected control message {:?}", kind(&msg)),
+            msg if frame.stream == CONTROL => warn!("unexpected control message {}", msg.name()),
             msg => self.on_stream(frame.stream, msg),
         }
     }
@@ -120,6 +117,7 @@ impl Session {
         let old = self.epoch;
         self.streams.retain(|_, s| {
             if s.target == Target::Container {
+                s.new_epoch();
                 return true;
             }
             s.cancel();
@@ -141,17 +139,17 @@ impl Session {
             warn!("ignoring Hello for stale epoch {epoch}");
             return;
         }
-        let uptime_ms = crate::log::uptime_ms();
+        let uptime_ms = crate::console::uptime_ms();
         // Once per epoch: the host resends Hello until it hears back, and a booting guest
         // may find dozens queued (each console line costs ~1 ms under TCG).
         if let Some(old) = self.enter_epoch(epoch) {
-            crate::log::console(&format!("hello epoch {epoch}, uptime {uptime_ms} ms"));
+            crate::console::console(&format!("hello epoch {epoch}, uptime {uptime_ms} ms"));
             if let Some(old) = old {
                 info!("epoch {old} -> {epoch}: dropping its streams");
             }
             if !random_seed.is_empty() {
                 if let Err(e) = crate::restore::reseed(random_seed) {
-                    warn!("seeding the RNG: {e}");
+                    warn!("seeding the RNG: {}", e.report());
                 }
             }
             if version != PROTOCOL_VERSION {
@@ -180,7 +178,7 @@ impl Session {
         let t0 = Instant::now();
         if self.stale(epoch) {
             warn!("refusing Restored for stale epoch {epoch}");
-            let error = format!("stale epoch {epoch}");
+            let error = Error::StaleEpoch(epoch).wire();
             self.reply(CONTROL, Msg::RestoreFailed { epoch, error });
             return;
         }
@@ -190,7 +188,7 @@ impl Session {
             _ => {
                 ended = self.enter_epoch(epoch).flatten();
                 let current = self.plan.as_ref().and_then(|p| p.network.as_ref());
-                let r = crate::restore::run(plan, current);
+                let r = crate::restore::run(plan, current).map_err(Arc::new);
                 if r.is_ok() {
                     // Containers started from now on carry the new identity.
                     if let (Some(p), Some(h)) = (self.plan.as_mut(), plan.hostname.as_ref()) {
@@ -216,8 +214,9 @@ impl Session {
                 );
             }
             Err(e) => {
-                error!("restore failed: {e}");
-                self.reply(CONTROL, Msg::RestoreFailed { epoch, error: e });
+                error!("restore failed: {}", e.report());
+                let error = e.wire();
+                self.reply(CONTROL, Msg::RestoreFailed { epoch, error });
             }
         }
     }
@@ -231,7 +230,10 @@ impl Session {
                 if plan.warm {
                     match crate::warm::create() {
                         Ok(()) => info!("warm container in {} ms", t1.elapsed().as_millis()),
-                        Err(e) => warn!("no warm container, the run will use crun run: {e}"),
+                        Err(e) => warn!(
+                            "no warm container, the run will use crun run: {}",
+                            e.report()
+                        ),
                     }
                     crate::warm::prefetch(&plan.prefetch, &plan.path);
                 }
@@ -239,8 +241,9 @@ impl Session {
                 self.reply(CONTROL, Msg::Prepared);
             }
             Err(e) => {
-                error!("prepare failed: {e}");
-                self.reply(CONTROL, Msg::PrepareFailed { error: e });
+                error!("prepare failed: {}", e.report());
+                let error = e.wire();
+                self.reply(CONTROL, Msg::PrepareFailed { error });
             }
         }
     }
@@ -255,20 +258,16 @@ impl Session {
             error!("Start on stream {id}, which is in use");
             return;
         }
-        let err = |kind, message: &str| Msg::Error {
-            kind,
-            message: message.to_string(),
-        };
         let check = match target {
-            Target::Container if self.container_running() => Err("container already running"),
+            Target::Container if self.container_running() => Err(Error::ContainerRunning),
             Target::Container | Target::ContainerExec if !crate::container::prepared() => {
-                Err("container is not prepared")
+                Err(Error::NotPrepared)
             }
-            Target::ContainerExec if !self.container_running() => Err("container is not running"),
+            Target::ContainerExec if !self.container_running() => Err(Error::ContainerNotRunning),
             _ => Ok(()),
         };
-        if let Err(m) = check {
-            return self.reply(id, err(ErrorKind::Failed, m));
+        if let Err(e) = check {
+            return self.reply(id, e.to_msg());
         }
         if target != Target::Container {
             let p = Pending::start(id, spec.clone(), target, &self.out);
@@ -279,10 +278,11 @@ impl Session {
             Ok(s) => {
                 self.streams.insert(id, s);
             }
-            Err((kind, message)) => {
+            Err(e) => {
                 // The host reports it to the user; agent.log keeps it.
-                info!("stream {id}: {target:?} {:?}: {message}", spec.args.first());
-                self.reply(id, err(kind, &message));
+                let (cmd, why) = (spec.args.first(), e.report());
+                info!("stream {id}: {target:?} {cmd:?}: {why}");
+                self.reply(id, e.to_msg());
             }
         }
     }
@@ -328,11 +328,11 @@ impl Session {
         }
     }
 
+    /// A frame for a stream that does not exist (any more): answered with an error, except a
+    /// `Close` or a `Credit` (the host grants as it drains, which may be after the `Exit`).
     fn no_stream(&self, id: u32, msg: &Msg) {
-        if !matches!(msg, Msg::Close) {
-            let message = "no such stream".into();
-            let kind = ErrorKind::Failed;
-            self.reply(id, Msg::Error { kind, message });
+        if !matches!(msg, Msg::Close | Msg::Credit(_)) {
+            self.reply(id, Error::NoSuchStream.to_msg());
         }
     }
 
@@ -343,19 +343,11 @@ impl Session {
     }
 }
 
-/// The message's variant name (for logs; never the payload).
-pub(crate) fn kind(msg: &Msg) -> String {
-    let s = format!("{msg:?}");
-    s.split(|c: char| !c.is_alphanumeric())
-        .next()
-        .unwrap_or("")
-        .to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use fcvm_proto::codec::Decoder;
+    use fcvm_proto::ErrorKind;
     use std::sync::mpsc::Receiver;
 
     fn replies(rx: &Receiver<Vec<u8>>) -> Vec<Frame> {
@@ -371,6 +363,64 @@ mod tests {
 
     fn frame(stream: u32, msg: Msg) -> Result<Frame, CodecError> {
         Ok(Frame { stream, msg })
+    }
+
+    /// The container's stream outlives an epoch, and its output credit starts over: the
+    /// new host knows nothing of what the old one granted. A Credit for a stream that is
+    /// gone gets no answer.
+    #[test]
+    fn a_new_epoch_restarts_the_container_streams_output_credit() {
+        let (out, rx, _) = Outbox::new();
+        let mut s = Session::new(out.clone());
+        let hello = |epoch| {
+            frame(
+                CONTROL,
+                Msg::Hello {
+                    epoch,
+                    version: PROTOCOL_VERSION,
+                    random_seed: vec![],
+                },
+            )
+        };
+        s.handle(hello(1));
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let handles = crate::stream::Handles {
+            pid: child.id() as i32,
+            pidfile: None,
+            stdin: None,
+            tty: None,
+        };
+        let c = Arc::new(Stream::new(
+            fcvm_proto::CONTAINER_STREAM,
+            Target::Container,
+            handles,
+            &out,
+            Instant::now(),
+        ));
+        s.streams.insert(fcvm_proto::CONTAINER_STREAM, c.clone());
+        c.credit.spend(usize::MAX);
+        let none = std::time::Duration::ZERO;
+        assert_eq!(c.credit.available(none), 0);
+        s.handle(frame(fcvm_proto::CONTAINER_STREAM, Msg::Credit(5)));
+        assert_eq!(c.credit.available(none), 5, "the host's grant");
+        s.handle(hello(1));
+        assert_eq!(
+            c.credit.available(none),
+            5,
+            "the same epoch changes nothing"
+        );
+        s.handle(hello(2));
+        let initial = fcvm_proto::INITIAL_OUTPUT_CREDIT as usize;
+        assert_eq!(c.credit.available(none), initial, "a new epoch starts over");
+        assert!(s.streams.contains_key(&fcvm_proto::CONTAINER_STREAM));
+        replies(&rx);
+        s.handle(frame(77, Msg::Credit(5)));
+        assert!(replies(&rx).is_empty(), "a late Credit is dropped quietly");
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     #[test]
@@ -412,7 +462,7 @@ mod tests {
         let r = replies(&rx);
         let no_stream = Msg::Error {
             kind: ErrorKind::Failed,
-            message: "no such stream".into(),
+            message: "No such stream".into(),
         };
         assert_eq!(
             r[0],
