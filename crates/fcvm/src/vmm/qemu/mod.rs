@@ -30,8 +30,7 @@ pub struct Qemu {
     pid: u32,
     dir: PathBuf,
     exited: Mutex<Option<String>>,
-    /// The QMP connection, opened at the first verb and kept: QEMU's monitor serves one
-    /// client at a time, and only the VM's owner talks to it.
+    /// The QMP connection while a pause/save/load/resume sequence runs (`persist.rs`).
     qmp: tokio::sync::Mutex<Option<qmp::Qmp>>,
 }
 

@@ -11,8 +11,10 @@
 //!   file, wait for `completed`. The VM stays paused: a restored VM comes up paused because
 //!   its source was stopped when it was saved.
 //!
-//! One QMP connection per VM, opened at the first verb and kept ([`super::Qemu`]); an I/O
-//! failure drops it so the next verb connects again.
+//! One QMP connection per VM, opened at the first verb and kept while the VM is paused (a
+//! pause/save/load/resume sequence shares it); [`resume`] closes it, so while the VM runs
+//! QEMU's monitor — which serves one client at a time — is free for other clients
+//! (`bench/translation.py`, a person debugging). An I/O failure drops it too.
 
 use std::path::Path;
 use std::time::Duration;
@@ -65,10 +67,12 @@ pub(super) async fn pause(q: &Qemu) -> Result<(), VmmError> {
 }
 
 pub(super) async fn resume(q: &Qemu) -> Result<(), VmmError> {
-    with_qmp(q, "resume", |m| {
+    let r = with_qmp(q, "resume", |m| {
         Box::pin(async move { m.execute("cont", json!({})).await.map(drop) })
     })
-    .await
+    .await;
+    *q.qmp.lock().await = None;
+    r
 }
 
 pub(super) async fn save_state(q: &Qemu, path: &Path, scope: StateScope) -> Result<(), VmmError> {
