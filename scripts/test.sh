@@ -12,5 +12,7 @@ export FCVM_QUIET=1
 echo "==> cargo fmt --check / clippy" >&2
 cargo fmt --all -- --check
 cargo clippy -q --release --workspace --all-targets -- -D warnings
+echo "==> Import graphs (no module cycles)" >&2
+for crate in crates/*/; do python3 scripts/imports.py "$crate" >&2; done
 echo "==> Tests (data dir $FCVM_TEST_DATA_DIR, accel ${FCVM_ACCEL:-auto})" >&2
 cargo test --release --workspace -- --test-threads "${FCVM_TEST_THREADS:-2}" "$@"
