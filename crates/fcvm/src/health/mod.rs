@@ -298,7 +298,7 @@ async fn probe(session: &Session, plan: &Plan, spec: &ProcessSpec) -> Result<(),
                 args: args.clone(),
                 ..spec.clone()
             };
-            let mut proc = session.start(spec, Target::ContainerExec);
+            let mut proc = session.start(spec, Target::ContainerExec).await;
             let run = async {
                 loop {
                     match proc.recv().await {
