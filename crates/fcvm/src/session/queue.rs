@@ -14,6 +14,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard};
+use std::task::Poll;
 
 use fcvm_proto::{ErrorKind, Msg, MAX_CHUNK};
 use tokio::sync::Notify;
@@ -32,6 +33,12 @@ pub const CONTROL_QUEUE: usize = 64;
 /// (reordering stdout against stderr only under pressure: the two are separate pipes in the
 /// guest, whose relative order is never exact anyway).
 const MERGE_AFTER: usize = 256;
+
+/// Most entries a stream queue can hold: past [`MERGE_AFTER`], an entry of one kind is added
+/// only when the last one of its kind cannot take the new output, so any two such entries in
+/// a row hold more than `MAX_CHUNK`; plus `Started`, `Credit` and the final frame.
+pub const MAX_ENTRIES: usize =
+    MERGE_AFTER + 2 * (2 * (INITIAL_OUTPUT_CREDIT as usize / MAX_CHUNK) + 2) + 3;
 
 /// What a stream carries: a process's output, or one probe answer (no output at all).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,12 +168,14 @@ impl StreamQueue {
         Push::Queued
     }
 
-    /// Ends the stream with an error of ours (its queued output is dropped with it).
+    /// Ends the stream with an error of ours (its queued output is dropped with it); after
+    /// the error `recv` returns `None`.
     pub fn fail(&self, message: String) {
         let mut s = self.lock();
         s.q.retain(|m| payload(m).is_none());
         s.held = 0;
         s.ended = true;
+        s.closed = true;
         s.q.push_back(Msg::Error {
             kind: ErrorKind::Failed,
             message,
@@ -184,20 +193,26 @@ impl StreamQueue {
     /// The next message; `None` once the connection is gone and the queue is empty.
     pub async fn recv(&self) -> Option<Msg> {
         loop {
-            {
-                let mut s = self.lock();
-                if let Some(m) = s.q.pop_front() {
-                    if let Some(d) = payload(&m) {
-                        s.held -= d.len();
-                    }
-                    return Some(m);
-                }
-                if s.closed {
-                    return None;
-                }
+            if let Poll::Ready(m) = self.try_recv() {
+                return m;
             }
             self.ready.notified().await;
         }
+    }
+
+    /// The next message if there is one (`Pending` if not yet).
+    pub fn try_recv(&self) -> Poll<Option<Msg>> {
+        let mut s = self.lock();
+        if let Some(m) = s.q.pop_front() {
+            if let Some(d) = payload(&m) {
+                s.held -= d.len();
+            }
+            return Poll::Ready(Some(m));
+        }
+        if s.closed {
+            return Poll::Ready(None);
+        }
+        Poll::Pending
     }
 
     /// Waits for `Started` and takes it out, leaving what came before it queued. False if the
@@ -330,12 +345,10 @@ mod tests {
     }
 
     fn pop(q: &StreamQueue) -> Option<Msg> {
-        let mut s = q.lock();
-        let m = s.q.pop_front()?;
-        if let Some(d) = payload(&m) {
-            s.held -= d.len();
+        match q.try_recv() {
+            Poll::Ready(m) => m,
+            Poll::Pending => None,
         }
-        Some(m)
     }
 
     #[test]
