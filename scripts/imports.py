@@ -154,7 +154,7 @@ def resolve(path, here, mods, macros, inline=0):
         base = here  # a child module named directly
     else:
         return None
-    if not base and len(segs) >= 1 and segs[0] in macros and base + (segs[0],) not in mods:
+    if not base and segs and segs[0] in macros and (segs[0],) not in mods:
         return macros[segs[0]]
     best = base
     for s in segs:
@@ -190,9 +190,14 @@ def graph(crate, tests=True):
             pat = r"(?<![:\w])" + c + r"(?:::" + IDENT + ")+"
             paths += [(p.group(0), 0) for p in re.finditer(pat, body)]
         for p, inline in paths:
-            target = resolve(p, m, mods, macros, inline)
-            if target is not None and target != m:
-                edges[m].add(target)
+            targets = [resolve(p, m, mods, macros, inline)]
+            head = p.split("::")[1] if p.startswith("crate::") and p.count("::") else None
+            if head in macros and (head,) in mods:
+                # `use crate::error` names both the module and the macro `error!`
+                targets.append(macros[head])
+            for target in targets:
+                if target is not None and target != m:
+                    edges[m].add(target)
     return mods, edges
 
 

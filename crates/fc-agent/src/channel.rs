@@ -53,7 +53,9 @@ impl Outbox {
                 self.queued.fetch_add(bytes.len(), Ordering::SeqCst);
                 let _ = self.tx.send(bytes);
             }
-            Err(e) => crate::log::console(&format!("dropping a frame that does not encode: {e}")),
+            Err(e) => {
+                crate::console::console(&format!("dropping a frame that does not encode: {e}"))
+            }
         }
     }
 
@@ -117,7 +119,7 @@ pub fn start_writer(
         .spawn(move || {
             for bytes in rx {
                 if let Err(e) = w.write_all(&bytes) {
-                    crate::log::console(&format!("channel write failed, frame dropped: {e}"));
+                    crate::console::console(&format!("channel write failed, frame dropped: {e}"));
                 }
                 queued.fetch_sub(bytes.len(), Ordering::SeqCst);
             }
@@ -149,7 +151,7 @@ pub fn read_loop(mut port: File, mut on_frame: impl FnMut(Result<Frame, CodecErr
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => {
-                crate::log::console(&format!("channel read failed: {e}"));
+                crate::console::console(&format!("channel read failed: {e}"));
                 std::thread::sleep(Duration::from_millis(50));
             }
         }

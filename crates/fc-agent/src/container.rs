@@ -10,10 +10,11 @@
 //!    from Prepare on: a restore rewrites them in place without a path lookup or an open,
 //!    each of which costs milliseconds of untranslated kernel code under TCG. The VM's own
 //!    /etc/machine-id is a symlink to the same file;
-//! 5. crun sealed in memory, once per VM (`crate::init::seal_crun_once`).
+//! 5. crun sealed in memory, once per VM ([`crate::crun::seal_once`]).
 //!
 //! The OCI config that `crun` runs it with is written by [`crate::oci`].
 
+use crate::paths::{ETC, ETC_FILES, IMAGE_MNT, ROOTFS, RW_MNT};
 use fcvm_proto::ContainerPlan;
 use nix::mount::{mount, MsFlags};
 use std::fs::File;
@@ -26,14 +27,6 @@ use std::sync::OnceLock;
 /// after a restore is slow under TCG (every kernel path runs untranslated once).
 static PREPARED: AtomicBool = AtomicBool::new(false);
 
-pub const ROOTFS: &str = "/run/fcvm/rootfs";
-pub const BUNDLE: &str = "/run/fcvm/bundle";
-/// The crun container id (one container per VM).
-pub const ID: &str = "fcvm";
-pub const CRUN: &str = "/usr/bin/crun";
-/// The container's identity files, bind-mounted over its /etc/<name>.
-pub const ETC: &str = "/run/fcvm/etc";
-pub const ETC_FILES: [&str; 4] = ["hostname", "hosts", "resolv.conf", "machine-id"];
 const HOSTNAME: usize = 0;
 const HOSTS: usize = 1;
 const RESOLV_CONF: usize = 2;
@@ -113,7 +106,7 @@ pub fn prepare(plan: &ContainerPlan) -> Result<(), String> {
     };
     do_mount(
         &format!("/dev/{img}"),
-        "/mnt/image",
+        IMAGE_MNT,
         fstype,
         MsFlags::MS_RDONLY,
         None,
@@ -124,7 +117,7 @@ pub fn prepare(plan: &ContainerPlan) -> Result<(), String> {
     // every restore of it. The disk is the VM's own and throwaway: nothing needs either.
     do_mount(
         &format!("/dev/{rw}"),
-        "/mnt/rw",
+        RW_MNT,
         "ext4",
         MsFlags::empty(),
         Some("noinit_itable,no_prefetch_block_bitmaps"),
@@ -140,7 +133,7 @@ pub fn prepare(plan: &ContainerPlan) -> Result<(), String> {
         Some("lowerdir=/mnt/image,upperdir=/mnt/rw/upper,workdir=/mnt/rw/work"),
     )?;
     PREPARED.store(true, Ordering::SeqCst);
-    crate::init::seal_crun_once();
+    crate::crun::seal_once();
     if let Some(n) = &plan.network {
         crate::net::configure(n)?;
     }

@@ -1,13 +1,12 @@
-//! Agent logging: lines go to the console (`/dev/console`, the host captures ttyS0 to a file)
-//! prefixed `fc-agent:` with the guest uptime until a session is open; from then on as a
+//! Agent logging: lines go to the console ([`crate::console`]) until a session is open; from then on as a
 //! `Log{level, message}` frame on the control stream, which the host keeps in agent.log —
 //! warnings and errors to both (DESIGN: never fail silently). The session stays "open" once
 //! a host has said Hello: the channel is a virtio port that outlives host connections (a
 //! restore reconnects to the same agent).
 
 use crate::channel::Outbox;
+use crate::console::console;
 use fcvm_proto::{Frame, LogLevel, Msg};
-use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
@@ -33,29 +32,6 @@ pub fn flush(timeout: std::time::Duration) {
 /// Marks whether a host session is open (Log frames are only sent then).
 pub fn set_session_open(open: bool) {
     SESSION_OPEN.store(open, Ordering::SeqCst);
-}
-
-/// Seconds since boot (CLOCK_BOOTTIME), for log prefixes and `AgentInfo::uptime_ms`.
-pub fn uptime_ms() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
-}
-
-/// Writes one line to the console only (never fails, never panics).
-pub fn console(msg: &str) {
-    let t = uptime_ms();
-    let line = format!("fc-agent: [{:>4}.{:03}] {msg}\n", t / 1000, t % 1000);
-    let _ = std::io::stderr().write_all(line.as_bytes());
-}
-
-/// Writes `line` to the console as is (plus a newline).
-pub fn console_raw(line: &str) {
-    let _ = std::io::stderr().write_all(format!("{line}\n").as_bytes());
 }
 
 /// A Log frame when a session is open (the host keeps it in agent.log), else a console line.

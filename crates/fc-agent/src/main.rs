@@ -10,12 +10,16 @@
 //! Run as anything but PID 1 it only prints its version: it is not meant to run on a host.
 
 mod channel;
+mod console;
 mod container;
+mod crun;
+mod error;
 mod init;
 mod log;
 mod net;
 mod oci;
 mod pathres;
+mod paths;
 mod pending;
 mod pool;
 mod probe;
@@ -24,6 +28,7 @@ mod pump;
 mod reaper;
 mod restore;
 mod session;
+mod stream;
 mod users;
 mod warm;
 
@@ -62,7 +67,10 @@ fn serve() -> ! {
         error!("channel writer: {e}");
     }
     // The host waits for this exact text on the console.
-    log::console_raw(&format!("fc-agent: ready uptime_ms={}", log::uptime_ms()));
+    console::console_raw(&format!(
+        "fc-agent: ready uptime_ms={}",
+        console::uptime_ms()
+    ));
     let mut session = session::Session::new(out);
     channel::read_loop(port, |f| session.handle(f))
 }

@@ -5,7 +5,7 @@
 //! `crun run` reads [`spec`] from /run/fcvm/bundle/config.json; `crun exec --process` reads a
 //! [`process`] alone.
 
-use crate::container::ROOTFS;
+use crate::paths::{ETC, ETC_FILES, ROOTFS};
 use oci_spec::runtime::{
     Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxDeviceCgroupBuilder,
     LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPersonalityBuilder, LinuxPersonalityDomain,
@@ -141,8 +141,8 @@ pub fn spec(p: &ProcConfig) -> Result<Spec, String> {
             &["nosuid", "noexec", "nodev", "relatime", "ro"],
         )?,
     ];
-    for f in crate::container::ETC_FILES {
-        let src = format!("{}/{f}", crate::container::ETC);
+    for f in ETC_FILES {
+        let src = format!("{ETC}/{f}");
         mounts.push(mnt(
             &format!("/etc/{f}"),
             "bind",

@@ -10,8 +10,8 @@
 //! "container running" checks depend on it).
 
 use crate::channel::Outbox;
-use crate::process::{self, Stream};
-use crate::pump::StdinMsg;
+use crate::process;
+use crate::stream::{StdinMsg, Stream};
 use crate::{info, warn};
 use fcvm_proto::{Frame, Msg, ProcessSpec, Target};
 use std::sync::{Arc, Mutex};
@@ -178,7 +178,7 @@ pub fn deliver(s: &Arc<Stream>, msg: Msg) {
             s.cancel();
             s.kill();
         }
-        other => warn!("stream {id}: unexpected {:?}", crate::session::kind(&other)),
+        other => warn!("stream {id}: unexpected {}", other.name()),
     }
 }
 

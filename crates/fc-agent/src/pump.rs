@@ -8,11 +8,10 @@
 //!    64 KiB written (bytes the process no longer reads are discarded but still credited);
 //!    `StdinEof` closes stdin, or writes ^D to a pty.
 
-use crate::process::Stream;
 use crate::reaper;
+use crate::stream::{StdinMsg, Stream};
 use fcvm_proto::{Msg, Target, MAX_CHUNK};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::{Duration, Instant};
 
@@ -20,11 +19,6 @@ use std::time::{Duration, Instant};
 const CREDIT_STEP: usize = 64 * 1024;
 /// After the process exited, output still open is drained until it stays quiet this long.
 const DRAIN_QUIET: Duration = Duration::from_millis(100);
-
-pub enum StdinMsg {
-    Data(Vec<u8>),
-    Eof,
-}
 
 fn write_all(fd: RawFd, mut buf: &[u8]) -> bool {
     while !buf.is_empty() {
@@ -92,7 +86,7 @@ pub fn pump(stream: &Stream, mut fds: Vec<(OwnedFd, bool)>, status_rx: Receiver<
         if fds.is_empty() || (status.is_some() && last_data.elapsed() > DRAIN_QUIET) {
             break;
         }
-        if stream.out.congested() {
+        if stream.congested() {
             std::thread::sleep(Duration::from_millis(10));
             continue;
         }
@@ -138,20 +132,18 @@ pub fn pump(stream: &Stream, mut fds: Vec<(OwnedFd, bool)>, status_rx: Receiver<
         status = status_rx.recv().ok();
         reaped = Some(Instant::now());
     }
-    if let Ok(mut s) = stream.stdin.lock() {
-        *s = None;
-    }
+    stream.close_stdin();
     let code = status.map(reaper::exit_code).unwrap_or(255);
     let run_us = reaped
         .unwrap_or_else(Instant::now)
         .saturating_duration_since(stream.t0)
         .as_micros() as u64;
     stream.send(Msg::Exit { code, run_us });
-    stream.finished.store(true, Ordering::SeqCst);
+    stream.finish();
     if let Some(p) = &stream.pidfile {
         if stream.target == Target::ContainerExec {
             let _ = std::fs::remove_file(p);
-            let _ = std::fs::remove_file(format!("/run/fcvm/exec-{}.json", stream.id));
+            let _ = std::fs::remove_file(crate::paths::exec_json(stream.id));
         }
     }
 }

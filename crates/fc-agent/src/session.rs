@@ -10,7 +10,8 @@
 
 use crate::channel::Outbox;
 use crate::pending::{self, Pending, Route};
-use crate::process::{self, Stream};
+use crate::process;
+use crate::stream::Stream;
 use crate::{error, info, warn};
 use fcvm_proto::codec::CodecError;
 use fcvm_proto::{
@@ -95,9 +96,9 @@ impl Session {
                 random_seed,
             } => self.hello(epoch, version, &random_seed),
             Msg::Restored { epoch, plan } => self.restored(epoch, &plan),
-            _ if self.epoch.is_none() => crate::log::console(&format!(
-                "ignoring frame before Hello: {:?}",
-                kind(&frame.msg)
+            _ if self.epoch.is_none() => crate::console::console(&format!(
+                "ignoring frame before Hello: {}",
+                frame.msg.name()
             )),
             Msg::Prepare(plan) if frame.stream == CONTROL => self.prepare(plan),
             Msg::Shutdown if frame.stream == CONTROL => self.shutdown(),
@@ -105,7 +106,7 @@ impl Session {
             Msg::HttpGet { url, timeout_ms } if frame.stream != CONTROL => {
                 crate::probe::start(frame.stream, url, timeout_ms, &self.out)
             }
-            msg if frame.stream == CONTROL => warn!("unexpected control message {:?}", kind(&msg)),
+            msg if frame.stream == CONTROL => warn!("unexpected control message {}", msg.name()),
             msg => self.on_stream(frame.stream, msg),
         }
     }
@@ -141,11 +142,11 @@ impl Session {
             warn!("ignoring Hello for stale epoch {epoch}");
             return;
         }
-        let uptime_ms = crate::log::uptime_ms();
+        let uptime_ms = crate::console::uptime_ms();
         // Once per epoch: the host resends Hello until it hears back, and a booting guest
         // may find dozens queued (each console line costs ~1 ms under TCG).
         if let Some(old) = self.enter_epoch(epoch) {
-            crate::log::console(&format!("hello epoch {epoch}, uptime {uptime_ms} ms"));
+            crate::console::console(&format!("hello epoch {epoch}, uptime {uptime_ms} ms"));
             if let Some(old) = old {
                 info!("epoch {old} -> {epoch}: dropping its streams");
             }
@@ -341,15 +342,6 @@ impl Session {
         let container: Vec<Arc<Stream>> = self.streams.values().cloned().collect();
         crate::init::shutdown(&container)
     }
-}
-
-/// The message's variant name (for logs; never the payload).
-pub(crate) fn kind(msg: &Msg) -> String {
-    let s = format!("{msg:?}");
-    s.split(|c: char| !c.is_alphanumeric())
-        .next()
-        .unwrap_or("")
-        .to_string()
 }
 
 #[cfg(test)]

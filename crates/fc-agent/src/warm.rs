@@ -28,10 +28,10 @@
 //! ([`Lookups`]) for the first Start.
 //! TTY runs (crun makes their terminal when it creates the container) use plain `crun run`.
 
-use crate::container::{BUNDLE, CRUN, ID};
+use crate::error::{failed, StartError};
 use crate::oci::{self, ProcConfig};
 use crate::pathres::{find_executable, Lookup, DEFAULT_PATH};
-use crate::process::{StartError, CONTAINER_PIDFILE};
+use crate::paths::{crun_state, BUNDLE, CONTAINER_PIDFILE, CRUN, ID, ROOTFS};
 use crate::reaper::{self, cstrings, Cmd};
 use crate::users::Ids;
 use fcvm_proto::ErrorKind;
@@ -135,7 +135,7 @@ pub fn forget_lookups() {
 
 /// Creates the warm container (no-op if a container exists already).
 pub fn create() -> Result<(), String> {
-    if Path::new("/run/crun").join(ID).exists() {
+    if crun_state().exists() {
         return Ok(());
     }
     let stand_in = ProcConfig {
@@ -223,7 +223,7 @@ pub fn create() -> Result<(), String> {
 /// the executables of `commands`, their ELF interpreters and the user database into the page
 /// cache. Best effort: a miss only costs the restored run a lookup or a disk read.
 pub fn prefetch(commands: &[String], path: &str) {
-    let root = Path::new(crate::container::ROOTFS);
+    let root = Path::new(ROOTFS);
     let path = if path.is_empty() { DEFAULT_PATH } else { path };
     let mut memo = Lookups {
         users: crate::users::Database::read(root),
@@ -290,10 +290,6 @@ pub fn discard() {
         // SAFETY: kill(2) on the stand-in we adopted.
         unsafe { libc::kill(w.pid, libc::SIGKILL) };
     }
-}
-
-fn failed(msg: impl Into<String>) -> StartError {
-    (ErrorKind::Failed, msg.into())
 }
 
 impl Warm {

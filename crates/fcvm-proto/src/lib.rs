@@ -178,6 +178,41 @@ pub enum Msg {
     },
 }
 
+impl Msg {
+    /// The variant's name, for logs (never the payload, which may be a user's data).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Msg::Hello { .. } => "Hello",
+            Msg::HelloAck { .. } => "HelloAck",
+            Msg::Restored { .. } => "Restored",
+            Msg::RestoreComplete { .. } => "RestoreComplete",
+            Msg::RestoreFailed { .. } => "RestoreFailed",
+            Msg::Prepare(_) => "Prepare",
+            Msg::Prepared => "Prepared",
+            Msg::PrepareFailed { .. } => "PrepareFailed",
+            Msg::Log { .. } => "Log",
+            Msg::Shutdown => "Shutdown",
+            Msg::Start { .. } => "Start",
+            Msg::Started { .. } => "Started",
+            Msg::Stdin(_) => "Stdin",
+            Msg::StdinEof => "StdinEof",
+            Msg::Credit(_) => "Credit",
+            Msg::Resize { .. } => "Resize",
+            Msg::Signal(_) => "Signal",
+            Msg::Stdout(_) => "Stdout",
+            Msg::Stderr(_) => "Stderr",
+            Msg::Exit { .. } => "Exit",
+            Msg::Error { .. } => "Error",
+            Msg::Close => "Close",
+            Msg::HttpGet { .. } => "HttpGet",
+            Msg::SnapshotRequest { .. } => "SnapshotRequest",
+            Msg::SnapshotDone { .. } => "SnapshotDone",
+            Msg::SnapshotFailed { .. } => "SnapshotFailed",
+            Msg::HttpStatus { .. } => "HttpStatus",
+        }
+    }
+}
+
 /// What the agent tells the host about itself in `HelloAck`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AgentInfo {

@@ -1,0 +1,172 @@
+//! The command of a `Start`, checked before anything runs: its user, environment, directory
+//! and executable, looked up inside the root it will run in (the container's, or the VM's
+//! `/`), so that the host gets podman's error kinds and texts.
+
+use crate::error::{failed, StartError};
+use crate::oci::ProcConfig;
+use crate::pathres::{find_executable, path_of, Lookup, DEFAULT_PATH};
+use crate::paths::ROOTFS;
+use crate::users::Ids;
+use fcvm_proto::{ErrorKind, ProcessSpec, Target};
+use std::path::{Path, PathBuf};
+
+/// A command whose user and executable exist.
+pub struct Command {
+    /// argv[0], as the host sent it.
+    pub name: String,
+    pub ids: Ids,
+    /// The full environment ([`full_env`]).
+    pub env: Vec<String>,
+    /// The working directory ("/" when none was given).
+    pub cwd: String,
+    /// The executable inside its root, symlinks resolved (what the warm stand-in execs).
+    pub inside: String,
+    /// The same file as the agent sees it (what a VM process execs).
+    pub host: PathBuf,
+    /// What crun or the stand-in runs.
+    pub process: ProcConfig,
+}
+
+/// Checks `spec` for `target` (see the module docs).
+pub fn check(spec: &ProcessSpec, target: Target) -> Result<Command, StartError> {
+    let name = spec
+        .args
+        .first()
+        .ok_or_else(|| failed("no command given"))?;
+    let root = Path::new(if target == Target::Vm { "/" } else { ROOTFS });
+    // Before the first Start after an image-cache restore, what the agent looked up before
+    // the snapshot still holds (see crate::warm::Lookups); a --vm process could change it.
+    let memo = match target {
+        Target::Container => crate::warm::lookups(),
+        _ => {
+            crate::warm::forget_lookups();
+            None
+        }
+    };
+    let ids = match &memo {
+        Some(m) => m.user(&spec.user),
+        None => crate::users::resolve(root, &spec.user),
+    }
+    .map_err(failed)?;
+    let env = full_env(spec, &ids.home);
+    let cwd = if spec.cwd.is_empty() {
+        "/".to_string()
+    } else {
+        spec.cwd.clone()
+    };
+    let path = path_of(&env);
+    let found = memo
+        .and_then(|m| m.exe(name, &path, &cwd))
+        .unwrap_or_else(|| find_executable(root, name, &path, &cwd));
+    let Lookup::Found { inside, host } = found else {
+        return Err(lookup_error(target, name, &found).unwrap_or_else(|| failed("lookup")));
+    };
+    let process = ProcConfig {
+        args: spec.args.clone(),
+        env: env.clone(),
+        cwd: cwd.clone(),
+        uid: ids.uid,
+        gid: ids.gid,
+        groups: ids.groups.clone(),
+    };
+    Ok(Command {
+        name: name.clone(),
+        ids,
+        env,
+        cwd,
+        inside,
+        host,
+        process,
+    })
+}
+
+/// The environment a process gets: the host's entries plus PATH, HOME (and TERM on a tty).
+pub fn full_env(spec: &ProcessSpec, home: &str) -> Vec<String> {
+    let mut env = spec.env.clone();
+    let has = |env: &[String], k: &str| env.iter().any(|e| e.split('=').next() == Some(k));
+    if !has(&env, "PATH") {
+        env.push(format!("PATH={DEFAULT_PATH}"));
+    }
+    if !has(&env, "HOME") {
+        env.push(format!("HOME={home}"));
+    }
+    if spec.tty && !has(&env, "TERM") {
+        env.push("TERM=xterm".into());
+    }
+    env
+}
+
+/// Error for a command that is missing or not executable, in podman's words.
+pub fn lookup_error(target: Target, name: &str, l: &Lookup) -> Option<StartError> {
+    let vm = target == Target::Vm;
+    match l {
+        Lookup::Found { .. } => None,
+        Lookup::NotFound if vm => Some((
+            ErrorKind::NotFound,
+            format!("executable file `{name}` not found in $PATH"),
+        )),
+        Lookup::NotFound => {
+            let where_ = if name.contains('/') { "" } else { " in $PATH" };
+            Some((
+                ErrorKind::NotFound,
+                format!(
+                    "crun: executable file `{name}` not found{where_}: No such file or directory: \
+                     OCI runtime attempted to invoke a command that was not found"
+                ),
+            ))
+        }
+        Lookup::NotExecutable if vm => Some((
+            ErrorKind::NotExecutable,
+            format!("{name}: permission denied"),
+        )),
+        Lookup::NotExecutable => Some((
+            ErrorKind::NotExecutable,
+            "crun: open executable: Permission denied: OCI permission denied".into(),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_defaults() {
+        let spec = ProcessSpec {
+            env: vec!["A=1".into(), "HOME=/x".into()],
+            tty: true,
+            ..Default::default()
+        };
+        let env = full_env(&spec, "/root");
+        assert_eq!(
+            env,
+            [
+                "A=1",
+                "HOME=/x",
+                &format!("PATH={DEFAULT_PATH}"),
+                "TERM=xterm"
+            ]
+        );
+    }
+
+    #[test]
+    fn error_texts() {
+        let (k, m) = lookup_error(Target::Container, "nope", &Lookup::NotFound).unwrap();
+        assert_eq!(k, ErrorKind::NotFound);
+        assert_eq!(
+            m,
+            "crun: executable file `nope` not found in $PATH: No such file or directory: \
+             OCI runtime attempted to invoke a command that was not found"
+        );
+        let (k, m) = lookup_error(Target::ContainerExec, "/etc", &Lookup::NotExecutable).unwrap();
+        assert_eq!(k, ErrorKind::NotExecutable);
+        assert_eq!(
+            m,
+            "crun: open executable: Permission denied: OCI permission denied"
+        );
+        let (_, m) = lookup_error(Target::Vm, "x", &Lookup::NotFound).unwrap();
+        assert_eq!(m, "executable file `x` not found in $PATH");
+        let (_, m) = lookup_error(Target::Vm, "x", &Lookup::NotExecutable).unwrap();
+        assert_eq!(m, "x: permission denied");
+    }
+}

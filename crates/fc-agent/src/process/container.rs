@@ -1,0 +1,137 @@
+//! `Start{Container}`: the container's main process, once per VM.
+//!
+//! - A warm container ([`crate::warm`]) waits: its stand-in is handed the command and execs it
+//!   (not for a TTY run: crun makes the terminal when it creates the container; taking the warm
+//!   container then just lets `crun delete` end it);
+//! - otherwise `crun run` with the container's config, and `Started` only once crun has
+//!   created the container ([`announce_when_created`]).
+
+use super::command::{lookup_error, Command};
+use super::spawn::{spawn, Announce, Spawned, Stdio};
+use crate::error::{failed, StartError};
+use crate::oci;
+use crate::pathres::Lookup;
+use crate::paths::{crun_state, BUNDLE, CONTAINER_PIDFILE, CRUN, ID, ROOTFS};
+use crate::reaper::{self, cstrings, Cmd};
+use crate::stream::{set_winsize, Stream};
+use fcvm_proto::{ErrorKind, Msg, ProcessSpec, Target};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Starts the container's process (see the module docs).
+pub fn run(spec: &ProcessSpec, cmd: &Command) -> Result<Spawned, StartError> {
+    if cmd.cwd != "/" {
+        // The workdir need not exist in the image (crun would fail on it).
+        let _ = std::fs::create_dir_all(Path::new(ROOTFS).join(cmd.cwd.trim_start_matches('/')));
+    }
+    match crate::warm::take().filter(|_| !spec.tty) {
+        Some(w) => {
+            let init = crate::warm::InitSpec {
+                path: cmd.inside.clone(),
+                process: cmd.process.clone(),
+                stdin: spec.stdin,
+            };
+            let name = &cmd.name;
+            let s = w.start(&init).map_err(|(kind, msg)| {
+                let l = match kind {
+                    ErrorKind::NotFound => Lookup::NotFound,
+                    ErrorKind::NotExecutable => Lookup::NotExecutable,
+                    _ => return failed(format!("start {name}: {msg}")),
+                };
+                lookup_error(Target::Container, name, &l).unwrap_or_else(|| failed(msg))
+            })?;
+            Ok(Spawned {
+                pid: s.pid,
+                status: s.status,
+                outputs: vec![(s.stdout, false), (s.stderr, true)],
+                stdin: s.stdin,
+                tty: None,
+                pidfile: Some(PathBuf::from(CONTAINER_PIDFILE)),
+                started: Announce::Now,
+            })
+        }
+        None => crun_run(spec, cmd),
+    }
+}
+
+/// `crun run` of the container with `cmd` as its process.
+fn crun_run(spec: &ProcessSpec, cmd: &Command) -> Result<Spawned, StartError> {
+    let mut cfg = oci::spec(&cmd.process).map_err(failed)?;
+    if spec.tty {
+        // As podman does: crun gives the process a pty of the container's own (its
+        // controlling terminal: ^C reaches the foreground job, job control works),
+        // binds it at /dev/console, and relays it to ours.
+        if let Some(p) = cfg.process_mut() {
+            p.set_terminal(Some(true));
+        }
+    }
+    oci::write_json(&Path::new(BUNDLE).join("config.json"), &cfg).map_err(failed)?;
+    if crun_state().exists() {
+        let _ = reaper::run_quiet(&[CRUN, "delete", "--force", ID]);
+    }
+    let _ = std::fs::remove_file(CONTAINER_PIDFILE);
+    let argv = [
+        CRUN,
+        "run",
+        "--bundle",
+        BUNDLE,
+        "--pid-file",
+        CONTAINER_PIDFILE,
+        ID,
+    ];
+    let size = spec.tty.then_some((spec.rows.max(1), spec.cols.max(1)));
+    let io = Stdio::new(size, spec.stdin)?;
+    let argv = cstrings(&argv).map_err(failed)?;
+    let run = Cmd {
+        path: argv[0].clone(),
+        argv,
+        envp: cstrings(&[reaper::HELPER_ENV]).map_err(failed)?,
+        cwd: None,
+        ids: None,
+        stdio: io.child_raw(),
+        extra: vec![],
+        ctty: spec.tty,
+        fixed_layout: true, // crun, see Cmd::fixed_layout
+    };
+    let spawned = spawn(&run, Target::Container, &cmd.name)?;
+    let pidfile = Some(PathBuf::from(CONTAINER_PIDFILE));
+    Ok(io.spawned(spawned, pidfile, Announce::WhenCreated(size)))
+}
+
+/// "Started" for the container means crun has created it (its pid file exists): only then can
+/// `crun exec` join it. The host opens execs and health checks on this signal, never on a
+/// guess (DESIGN §4). Waits on a pool thread; `size`: the pty's, which crun's `run` does not
+/// give the pty it makes for a TTY container.
+pub fn announce_when_created(s: Arc<Stream>, size: Option<(u16, u16)>) {
+    let _ = crate::pool::run(Box::new(move || {
+        let pidfile = s.pidfile.clone().unwrap_or_default();
+        while !s.finished() && !pidfile.exists() {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        if let Some((rows, cols)) = size {
+            size_container_pty(&s, rows, cols);
+        }
+        if !s.finished() {
+            let spawn_us = s.t0.elapsed().as_micros() as u64;
+            s.send(Msg::Started {
+                pid: s.pid as u32,
+                spawn_us,
+            });
+        }
+    }));
+}
+
+/// Sizes crun's pty once the container's stdin is that pty, before `Started`. Should the
+/// process have looked already, the resize's SIGWINCH tells it.
+fn size_container_pty(s: &Stream, rows: u16, cols: u16) {
+    let deadline = Instant::now() + std::time::Duration::from_secs(2);
+    while !s.finished() && Instant::now() < deadline {
+        if let Some(f) = s.crun_pty() {
+            set_winsize(f.as_raw_fd(), rows, cols);
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
