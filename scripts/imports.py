@@ -191,10 +191,10 @@ def graph(crate, tests=True):
             paths += [(p.group(0), 0) for p in re.finditer(pat, body)]
         for p, inline in paths:
             targets = [resolve(p, m, mods, macros, inline)]
-            head = p.split("::")[1] if p.startswith("crate::") and p.count("::") else None
-            if head in macros and (head,) in mods:
+            segs = p.split("::")
+            if len(segs) == 2 and segs[0] == "crate" and segs[1] in macros and (segs[1],) in mods:
                 # `use crate::error` names both the module and the macro `error!`
-                targets.append(macros[head])
+                targets.append(macros[segs[1]])
             for target in targets:
                 if target is not None and target != m:
                     edges[m].add(target)

@@ -10,6 +10,7 @@
 //!    it drops any partial frame, retries after a few ms and never gives up. (A restored guest
 //!    may never see that EOF: the host should start with a 0x00 to end any stale partial frame.)
 
+use crate::error::{Error, Result};
 use fcvm_proto::codec::{encode, CodecError, Decoder};
 use fcvm_proto::{Frame, PORT_NAME};
 use std::fs::File;
@@ -71,7 +72,7 @@ impl Outbox {
 }
 
 /// Finds and opens the agent port, waiting up to `timeout` for the device to appear.
-pub fn open_port(timeout: Duration) -> Result<File, String> {
+pub fn open_port(timeout: Duration) -> Result<File> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(dev) = find_port() {
@@ -79,10 +80,10 @@ pub fn open_port(timeout: Duration) -> Result<File, String> {
                 .read(true)
                 .write(true)
                 .open(&dev)
-                .map_err(|e| format!("open {dev}: {e}"));
+                .map_err(|e| Error::Open(dev.into(), e));
         }
         if Instant::now() > deadline {
-            return Err(format!("No virtio-serial port named {PORT_NAME}"));
+            return Err(Error::NoPort);
         }
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -102,15 +103,11 @@ fn find_port() -> Option<String> {
 }
 
 /// Starts the writer thread on a duplicate of `port`.
-pub fn start_writer(
-    port: &File,
-    rx: Receiver<Vec<u8>>,
-    queued: Arc<AtomicUsize>,
-) -> Result<(), String> {
+pub fn start_writer(port: &File, rx: Receiver<Vec<u8>>, queued: Arc<AtomicUsize>) -> Result<()> {
     // SAFETY: dup of an fd we own; the result is owned by the new File.
     let fd = unsafe { libc::fcntl(port.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3) };
     if fd < 0 {
-        return Err(format!("dup port: {}", std::io::Error::last_os_error()));
+        return Err(Error::Dup(std::io::Error::last_os_error()));
     }
     // SAFETY: `fd` is a fresh descriptor nobody else owns.
     let mut w = unsafe { File::from_raw_fd(fd) };
@@ -125,7 +122,7 @@ pub fn start_writer(
             }
         })
         .map(|_| ())
-        .map_err(|e| e.to_string())
+        .map_err(|e| Error::Thread("writer", e))
 }
 
 /// Reads frames forever, handing each decoded frame (or codec error) to `on_frame`.

@@ -14,6 +14,7 @@
 //!
 //! The OCI config that `crun` runs it with is written by [`crate::oci`].
 
+use crate::error::{Error, Result};
 use crate::paths::{ETC, ETC_FILES, IMAGE_MNT, ROOTFS, RW_MNT};
 use fcvm_proto::ContainerPlan;
 use nix::mount::{mount, MsFlags};
@@ -36,10 +37,6 @@ const MACHINE_ID: usize = 3;
 static ETC_OPEN: OnceLock<Vec<File>> = OnceLock::new();
 /// The length last written to each of [`ETC_OPEN`] (opened truncated).
 static ETC_LEN: [AtomicU64; ETC_FILES.len()] = [const { AtomicU64::new(0) }; ETC_FILES.len()];
-
-fn e<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> String + '_ {
-    move |err| format!("{what}: {err}")
-}
 
 /// The image and writable disks under `sys_block` (`/sys/block`): (image, writable) device names.
 pub fn find_disks(sys_block: &Path) -> (Option<String>, Option<String>) {
@@ -79,26 +76,24 @@ fn is_mounted(path: &str) -> bool {
         .unwrap_or(false)
 }
 
-fn do_mount(
-    src: &str,
-    dst: &str,
-    fstype: &str,
-    flags: MsFlags,
-    data: Option<&str>,
-) -> Result<(), String> {
+fn do_mount(src: &str, dst: &str, fstype: &str, flags: MsFlags, data: Option<&str>) -> Result<()> {
     if is_mounted(dst) {
         return Ok(());
     }
-    std::fs::create_dir_all(dst).map_err(e(&format!("mkdir {dst}")))?;
-    mount(Some(src), dst, Some(fstype), flags, data)
-        .map_err(|err| format!("mount {src} on {dst} ({fstype}): {}", err.desc()))
+    std::fs::create_dir_all(dst).map_err(|e| Error::Mkdir(dst.into(), e))?;
+    mount(Some(src), dst, Some(fstype), flags, data).map_err(|source| Error::Mount {
+        src: src.into(),
+        dst: dst.into(),
+        fstype: fstype.into(),
+        source,
+    })
 }
 
 /// Mounts the container root (idempotent: mounted steps are skipped).
-pub fn prepare(plan: &ContainerPlan) -> Result<(), String> {
+pub fn prepare(plan: &ContainerPlan) -> Result<()> {
     let (img, rw) = find_disks(Path::new("/sys/block"));
-    let img = img.ok_or("No image disk found")?;
-    let rw = rw.ok_or("No writable disk found")?;
+    let img = img.ok_or(Error::NoImageDisk)?;
+    let rw = rw.ok_or(Error::NoWritableDisk)?;
     let fstype = if plan.image_fstype.is_empty() {
         "erofs"
     } else {
@@ -123,7 +118,7 @@ pub fn prepare(plan: &ContainerPlan) -> Result<(), String> {
         Some("noinit_itable,no_prefetch_block_bitmaps"),
     )?;
     for d in ["/mnt/rw/upper", "/mnt/rw/work"] {
-        std::fs::create_dir_all(d).map_err(e(&format!("mkdir {d}")))?;
+        std::fs::create_dir_all(d).map_err(|e| Error::Mkdir(d.into(), e))?;
     }
     do_mount(
         "overlay",
@@ -153,9 +148,9 @@ pub fn prepare(plan: &ContainerPlan) -> Result<(), String> {
 
 /// Sets the VM's (and so the container's) hostname and writes the container's identity files
 /// (hostname, hosts, machine-id) — used by Prepare and by restore steps.
-pub fn set_identity(hostname: Option<&str>, machine_id: Option<&str>) -> Result<(), String> {
+pub fn set_identity(hostname: Option<&str>, machine_id: Option<&str>) -> Result<()> {
     if let Some(h) = hostname.filter(|h| !h.is_empty()) {
-        nix::unistd::sethostname(h).map_err(|err| format!("sethostname {h}: {}", err.desc()))?;
+        nix::unistd::sethostname(h).map_err(|e| Error::SetHostname(h.into(), e))?;
         rewrite(HOSTNAME, format!("{h}\n").as_bytes())?;
         rewrite(HOSTS, hosts_text(h).as_bytes())?;
     }
@@ -167,40 +162,42 @@ pub fn set_identity(hostname: Option<&str>, machine_id: Option<&str>) -> Result<
 
 /// Copies the VM's resolv.conf (written by [`crate::net`]; empty without a network) to the
 /// container's.
-pub fn copy_resolv_conf() -> Result<(), String> {
+pub fn copy_resolv_conf() -> Result<()> {
     let r = std::fs::read("/etc/resolv.conf").unwrap_or_default();
     rewrite(RESOLV_CONF, &r)
 }
 
 /// Opens (creating) the identity files once.
-fn etc_files() -> Result<&'static [File], String> {
+fn etc_files() -> Result<&'static [File]> {
     if let Some(f) = ETC_OPEN.get() {
         return Ok(f);
     }
-    std::fs::create_dir_all(ETC).map_err(e("mkdir /run/fcvm/etc"))?;
+    std::fs::create_dir_all(ETC).map_err(|e| Error::Mkdir(ETC.into(), e))?;
     let files = ETC_FILES
         .iter()
         .map(|name| {
             let path = Path::new(ETC).join(name);
             let mut o = std::fs::OpenOptions::new();
-            o.write(true).create(true).truncate(true).open(&path)
+            o.write(true)
+                .create(true)
+                .truncate(true)
+                .open(&path)
+                .map_err(|e| Error::Open(path, e))
         })
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(e("open /run/fcvm/etc"))?;
+        .collect::<Result<Vec<_>>>()?;
     Ok(ETC_OPEN.get_or_init(|| files))
 }
 
 /// Replaces the contents of identity file `i` in place: the bind mounts keep pointing at
 /// these inodes. Truncates only a file that got shorter: a restore rewrites the same kinds
 /// of names and ids, and the truncation path is one more to translate under TCG.
-fn rewrite(i: usize, contents: &[u8]) -> Result<(), String> {
+fn rewrite(i: usize, contents: &[u8]) -> Result<()> {
     let f = &etc_files()?[i];
-    let what = || format!("write /etc/{}", ETC_FILES[i]);
-    f.write_all_at(contents, 0)
-        .map_err(|err| format!("{}: {err}", what()))?;
+    let err = |e| Error::Write(Path::new(ETC).join(ETC_FILES[i]), e);
+    f.write_all_at(contents, 0).map_err(err)?;
     let len = contents.len() as u64;
     if ETC_LEN[i].swap(len, Ordering::SeqCst) > len {
-        f.set_len(len).map_err(|err| format!("{}: {err}", what()))?;
+        f.set_len(len).map_err(err)?;
     }
     Ok(())
 }

@@ -12,6 +12,7 @@
 //! the cost belongs to the container, not to the VM coming up.
 
 use crate::console::console;
+use crate::error::{Error, Result};
 use crate::paths::{IMAGE_MNT, ROOTFS, RUN_DIR, RW_MNT};
 use crate::stream::Stream;
 use crate::{error, info, warn};
@@ -84,7 +85,10 @@ pub fn stage1() {
             unsafe { libc::execv(args[0].as_ptr(), argv.as_ptr()) };
             error!("exec /init stage2: {}", std::io::Error::last_os_error());
         }
-        Err(e) => error!("moving the root to a tmpfs failed ({e}); crun may not pivot_root"),
+        Err(e) => error!(
+            "moving the root to a tmpfs failed ({}); crun may not pivot_root",
+            e.report()
+        ),
     }
 }
 
@@ -98,28 +102,24 @@ fn load_modules() {
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
     {
         let path = Path::new("/lib/modules/fcvm").join(name);
-        let res = std::fs::File::open(&path)
-            .map_err(|e| e.to_string())
-            .and_then(|f| {
-                nix::kmod::finit_module(&f, c"", nix::kmod::ModuleInitFlags::empty())
-                    .or_else(|e| {
-                        if e == nix::errno::Errno::EEXIST {
-                            Ok(())
-                        } else {
-                            Err(e)
-                        }
-                    })
-                    .map_err(|e| e.desc().to_string())
-            });
-        match res {
+        match load_module(&path, name) {
             Ok(()) => n += 1,
-            Err(e) => error!("load module {name}: {e}"),
+            Err(e) => error!("{}", e.report()),
         }
     }
     console(&format!(
         "{n} modules loaded in {} ms",
         t0.elapsed().as_millis()
     ));
+}
+
+/// `finit_module` of `path` (one already loaded is fine).
+fn load_module(path: &Path, name: &str) -> Result<()> {
+    let f = std::fs::File::open(path).map_err(|e| Error::Open(path.into(), e))?;
+    match nix::kmod::finit_module(&f, c"", nix::kmod::ModuleInitFlags::empty()) {
+        Ok(()) | Err(nix::errno::Errno::EEXIST) => Ok(()),
+        Err(e) => Err(Error::LoadModule(name.into(), e)),
+    }
 }
 
 /// Moves `src` (file, dir, link, node) to `dst`, deleting the source as it goes.
@@ -152,9 +152,9 @@ fn move_entry(src: &Path, dst: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-fn move_root() -> Result<(), String> {
+fn move_root() -> Result<()> {
     let new = Path::new("/newroot");
-    std::fs::create_dir_all(new).map_err(|e| format!("mkdir /newroot: {e}"))?;
+    std::fs::create_dir_all(new).map_err(|e| Error::Mkdir(new.into(), e))?;
     mount(
         Some("rootfs"),
         new,
@@ -162,15 +162,21 @@ fn move_root() -> Result<(), String> {
         MsFlags::empty(),
         Some("mode=0755"),
     )
-    .map_err(|e| format!("mount tmpfs: {}", e.desc()))?;
+    .map_err(|source| Error::Mount {
+        src: "rootfs".into(),
+        dst: "/newroot".into(),
+        fstype: "tmpfs".into(),
+        source,
+    })?;
     let _ = std::fs::remove_dir_all("/lib/modules/fcvm"); // loaded already
-    for e in std::fs::read_dir("/").map_err(|e| e.to_string())?.flatten() {
+    let root = std::fs::read_dir("/").map_err(|e| Error::Read("/".into(), e))?;
+    for e in root.flatten() {
         let name = e.file_name();
         let dst = new.join(&name);
         match name.to_str() {
             Some("newroot") => {}
             Some("proc" | "sys" | "dev") => {
-                std::fs::create_dir_all(&dst).map_err(|e| e.to_string())?;
+                std::fs::create_dir_all(&dst).map_err(|e| Error::Mkdir(dst.clone(), e))?;
                 let src = Path::new("/").join(&name);
                 mount(
                     Some(&src),
@@ -179,16 +185,25 @@ fn move_root() -> Result<(), String> {
                     MsFlags::MS_MOVE,
                     None::<&str>,
                 )
-                .map_err(|e| format!("move {}: {}", src.display(), e.desc()))?;
+                .map_err(|source| Error::MoveMount {
+                    src: src.display().to_string(),
+                    dst: dst.display().to_string(),
+                    source,
+                })?;
             }
-            _ => move_entry(&e.path(), &dst).map_err(|err| format!("{:?}: {err}", e.path()))?,
+            _ => move_entry(&e.path(), &dst).map_err(|err| Error::MoveEntry(e.path(), err))?,
         }
     }
-    std::env::set_current_dir(new).map_err(|e| e.to_string())?;
-    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
-        .map_err(|e| format!("move root: {}", e.desc()))?;
-    nix::unistd::chroot(".").map_err(|e| format!("chroot: {}", e.desc()))?;
-    std::env::set_current_dir("/").map_err(|e| e.to_string())
+    std::env::set_current_dir(new).map_err(|e| Error::Chdir(new.into(), e))?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>).map_err(|source| {
+        Error::MoveMount {
+            src: "/newroot".into(),
+            dst: "/".into(),
+            source,
+        }
+    })?;
+    nix::unistd::chroot(".").map_err(Error::Chroot)?;
+    std::env::set_current_dir("/").map_err(|e| Error::Chdir("/".into(), e))
 }
 
 /// Stage 2 mounts and the loopback interface.
@@ -232,7 +247,7 @@ pub fn stage2() {
         let _ = std::fs::create_dir_all(d);
     }
     if let Err(e) = lo_up() {
-        warn!("lo up: {e}");
+        warn!("lo up: {}", e.report());
     }
 }
 
@@ -246,11 +261,11 @@ fn enable_controllers() {
     }
 }
 
-fn lo_up() -> Result<(), String> {
+fn lo_up() -> Result<()> {
     // SAFETY: a plain datagram socket for interface ioctls; closed below.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
-        return Err(std::io::Error::last_os_error().to_string());
+        return Err(Error::Socket(std::io::Error::last_os_error()));
     }
     // SAFETY: ifreq is plain data; the name fits; ioctls read/write that ifreq.
     let r = unsafe {
@@ -266,7 +281,7 @@ fn lo_up() -> Result<(), String> {
         let err = std::io::Error::last_os_error();
         libc::close(fd);
         if r != 0 {
-            Err(err.to_string())
+            Err(Error::Ioctl("SIOCSIFFLAGS lo", err))
         } else {
             Ok(())
         }

@@ -60,11 +60,11 @@ fn serve() -> ! {
     let port = loop {
         match channel::open_port(Duration::from_secs(10)) {
             Ok(p) => break p,
-            Err(e) => error!("{e}; still waiting"),
+            Err(e) => error!("{}; still waiting", e.report()),
         }
     };
     if let Err(e) = channel::start_writer(&port, rx, queued) {
-        error!("channel writer: {e}");
+        error!("channel writer: {}", e.report());
     }
     // The host waits for this exact text on the console.
     console::console_raw(&format!(

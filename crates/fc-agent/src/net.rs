@@ -11,20 +11,21 @@
 //! The container shares the VM's network namespace (crate::oci asks for none), so ports the
 //! host publishes reach it directly.
 
+use crate::error::{Error, Result};
 use fcvm_proto::NetConfig;
 use std::net::Ipv4Addr;
 
 pub const IFACE: &str = "eth0";
 
 /// `10.0.2.15/24` → (address, netmask).
-pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, Ipv4Addr), String> {
+pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, Ipv4Addr)> {
     let (a, p) = s.split_once('/').unwrap_or((s, "24"));
-    let addr: Ipv4Addr = a.parse().map_err(|_| format!("bad address {s:?}"))?;
+    let addr: Ipv4Addr = a.parse().map_err(|_| Error::BadAddress(s.into()))?;
     let p: u32 = p
         .parse()
         .ok()
         .filter(|p| *p <= 32)
-        .ok_or(format!("bad prefix {s:?}"))?;
+        .ok_or_else(|| Error::BadPrefix(s.into()))?;
     let mask = if p == 0 { 0 } else { u32::MAX << (32 - p) };
     Ok((addr, Ipv4Addr::from(mask)))
 }
@@ -64,19 +65,19 @@ impl Drop for Sock {
 }
 
 impl Sock {
-    fn new() -> Result<Sock, String> {
+    fn new() -> Result<Sock> {
         // SAFETY: a plain datagram socket for interface ioctls.
         let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
         if fd < 0 {
-            return Err(format!("socket: {}", std::io::Error::last_os_error()));
+            return Err(Error::Socket(std::io::Error::last_os_error()));
         }
         Ok(Sock(fd))
     }
 
-    fn ioctl<T>(&self, what: &str, req: libc::c_ulong, arg: &mut T) -> Result<(), String> {
+    fn ioctl<T>(&self, what: &'static str, req: libc::c_ulong, arg: &mut T) -> Result<()> {
         // SAFETY: every request used here takes a pointer to the struct type passed.
         if unsafe { libc::ioctl(self.0, req as _, arg as *mut T) } != 0 {
-            return Err(format!("{what}: {}", std::io::Error::last_os_error()));
+            return Err(Error::Ioctl(what, std::io::Error::last_os_error()));
         }
         Ok(())
     }
@@ -102,15 +103,15 @@ fn default_route(gw: Ipv4Addr) -> libc::rtentry {
 }
 
 /// Applies `cfg` to eth0 and writes /etc/resolv.conf (idempotent; also used after restore).
-pub fn configure(cfg: &NetConfig) -> Result<(), String> {
+pub fn configure(cfg: &NetConfig) -> Result<()> {
     let t0 = std::time::Instant::now();
     if !std::path::Path::new("/sys/class/net").join(IFACE).exists() {
-        return Err(format!("No {IFACE}: the VM has no network device"));
+        return Err(Error::NoInterface(IFACE));
     }
     let (addr, mask) = parse_cidr(&cfg.address)?;
     let gw: Option<Ipv4Addr> = match cfg.gateway.as_str() {
         "" => None,
-        g => Some(g.parse().map_err(|_| format!("bad gateway {g:?}"))?),
+        g => Some(g.parse().map_err(|_| Error::BadGateway(g.into()))?),
     };
     let s = Sock::new()?;
     if cfg.mtu > 0 {
@@ -141,7 +142,7 @@ pub fn configure(cfg: &NetConfig) -> Result<(), String> {
         s.ioctl("SIOCADDRT", libc::SIOCADDRT, &mut default_route(gw))?;
     }
     std::fs::write("/etc/resolv.conf", resolv_conf(cfg))
-        .map_err(|e| format!("write /etc/resolv.conf: {e}"))?;
+        .map_err(|e| Error::Write("/etc/resolv.conf".into(), e))?;
     crate::info!(
         "{IFACE}: {} via {} mtu {} in {} ms",
         cfg.address,

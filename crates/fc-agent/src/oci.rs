@@ -5,6 +5,7 @@
 //! `crun run` reads [`spec`] from /run/fcvm/bundle/config.json; `crun exec --process` reads a
 //! [`process`] alone.
 
+use crate::error::{Error, Result};
 use crate::paths::{ETC, ETC_FILES, ROOTFS};
 use oci_spec::runtime::{
     Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxDeviceCgroupBuilder,
@@ -14,8 +15,9 @@ use oci_spec::runtime::{
 };
 use std::path::Path;
 
-fn e<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> String + '_ {
-    move |err| format!("{what}: {err}")
+/// The error of building part `what` of the config.
+fn e(what: &'static str) -> impl FnOnce(oci_spec::OciSpecError) -> Error {
+    move |err| Error::OciConfig(what, err)
 }
 
 /// podman's default capability set.
@@ -46,7 +48,7 @@ pub struct ProcConfig {
 }
 
 /// The OCI process for `p` (terminal off: a pty, if any, is our own stdio).
-pub fn process(p: &ProcConfig) -> Result<Process, String> {
+pub fn process(p: &ProcConfig) -> Result<Process> {
     let all: std::collections::HashSet<Capability> = CAPS.into_iter().collect();
     let granted = if p.uid == 0 {
         all.clone()
@@ -83,7 +85,7 @@ pub fn process(p: &ProcConfig) -> Result<Process, String> {
         .map_err(e("process"))
 }
 
-fn mnt(dest: &str, typ: &str, src: &str, opts: &[&str]) -> Result<Mount, String> {
+fn mnt(dest: &str, typ: &str, src: &str, opts: &[&str]) -> Result<Mount> {
     MountBuilder::default()
         .destination(dest)
         .typ(typ)
@@ -94,7 +96,7 @@ fn mnt(dest: &str, typ: &str, src: &str, opts: &[&str]) -> Result<Mount, String>
 }
 
 /// The container's runtime config.
-pub fn spec(p: &ProcConfig) -> Result<Spec, String> {
+pub fn spec(p: &ProcConfig) -> Result<Spec> {
     let mut mounts = vec![
         mnt("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
         mnt(
@@ -221,12 +223,12 @@ pub fn spec(p: &ProcConfig) -> Result<Spec, String> {
 }
 
 /// Writes `value` as JSON to `path` (creating the parent).
-pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), String> {
+pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(e("mkdir bundle"))?;
+        std::fs::create_dir_all(dir).map_err(|e| Error::Mkdir(dir.into(), e))?;
     }
-    let text = serde_json::to_vec_pretty(value).map_err(e("config json"))?;
-    std::fs::write(path, text).map_err(e(&format!("write {}", path.display())))
+    let text = serde_json::to_vec_pretty(value).map_err(|e| Error::Json(path.into(), e))?;
+    std::fs::write(path, text).map_err(|e| Error::Write(path.into(), e))
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@
 //! "container running" checks depend on it).
 
 use crate::channel::Outbox;
+use crate::error::Error;
 use crate::process;
 use crate::stream::{StdinMsg, Stream};
 use crate::{info, warn};
@@ -54,11 +55,9 @@ impl Pending {
         let spawned = crate::pool::run(Box::new(move || pw.run(id, &spec, target, &wout, t0)));
         if let Err(e) = spawned {
             p.finish(None);
-            let kind = fcvm_proto::ErrorKind::Failed;
-            let message = format!("start thread: {e}");
             out.send(Frame {
                 stream: id,
-                msg: Msg::Error { kind, message },
+                msg: Error::Thread("start", e).to_msg(),
             });
         }
         p
@@ -69,14 +68,15 @@ impl Pending {
             Ok(s) => {
                 self.finish(Some(s));
             }
-            Err((kind, message)) => {
+            Err(e) => {
                 let cancelled = self.finish(None);
                 if !cancelled {
                     // The host reports it to the user; agent.log keeps it.
-                    info!("stream {id}: {target:?} {:?}: {message}", spec.args.first());
+                    let (cmd, why) = (spec.args.first(), e.report());
+                    info!("stream {id}: {target:?} {cmd:?}: {why}");
                     out.send(Frame {
                         stream: id,
-                        msg: Msg::Error { kind, message },
+                        msg: e.to_msg(),
                     });
                 }
             }
@@ -170,7 +170,7 @@ pub fn deliver(s: &Arc<Stream>, msg: Msg) {
         }
         Msg::Signal(sig) => {
             if let Err(e) = s.signal(sig) {
-                warn!("stream {id}: {e}");
+                warn!("stream {id}: {}", e.report());
             }
         }
         Msg::Resize { rows, cols } => s.resize(rows, cols),

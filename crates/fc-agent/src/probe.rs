@@ -10,7 +10,8 @@
 //!    land on stream ids the new host has not opened (or has reused).
 
 use crate::channel::Outbox;
-use fcvm_proto::{ErrorKind, Frame, Msg};
+use crate::error::{Error, Result};
+use fcvm_proto::{Frame, Msg};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,27 +41,28 @@ pub fn start(stream: u32, url: String, timeout_ms: u32, out: &Outbox) {
     if let Err(e) = spawned {
         out.send(Frame {
             stream,
-            msg: answer(Err(format!("cannot start a probe thread: {e}"))),
+            msg: answer(Err(Error::Thread("probe", e))),
         });
     }
 }
 
-fn answer(r: Result<u16, String>) -> Msg {
+fn answer(r: Result<u16>) -> Msg {
     match r {
         Ok(code) => Msg::HttpStatus { code },
-        Err(message) => Msg::Error {
-            kind: ErrorKind::Failed,
-            message,
-        },
+        Err(e) => e.to_msg(),
     }
 }
 
 /// `http://host[:port][/path]` split into (host, port, path-with-query).
-pub fn parse_url(url: &str) -> Result<(String, u16, String), String> {
+pub fn parse_url(url: &str) -> Result<(String, u16, String)> {
+    let bad = |why| Error::ProbeUrl {
+        url: url.into(),
+        why,
+    };
     let rest = url
         .strip_prefix("http://")
         .or_else(|| url.strip_prefix("HTTP://"))
-        .ok_or_else(|| format!("{url}: only http:// URLs can be probed"))?;
+        .ok_or_else(|| bad("only http:// URLs can be probed"))?;
     let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, path) = rest.split_at(end);
     let path = path.split('#').next().unwrap_or("");
@@ -74,7 +76,7 @@ pub fn parse_url(url: &str) -> Result<(String, u16, String), String> {
     let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
         let (h, tail) = v6
             .split_once(']')
-            .ok_or_else(|| format!("{url}: unterminated [IPv6] host"))?;
+            .ok_or_else(|| bad("unterminated [IPv6] host"))?;
         (h.to_string(), tail.strip_prefix(':'))
     } else {
         match authority.split_once(':') {
@@ -83,7 +85,7 @@ pub fn parse_url(url: &str) -> Result<(String, u16, String), String> {
         }
     };
     if host.is_empty() {
-        return Err(format!("{url}: no host"));
+        return Err(bad("no host"));
     }
     let port = match port {
         None | Some("") => 80,
@@ -91,12 +93,15 @@ pub fn parse_url(url: &str) -> Result<(String, u16, String), String> {
             .parse::<u16>()
             .ok()
             .filter(|p| *p != 0)
-            .ok_or_else(|| format!("{url}: bad port {p:?}"))?,
+            .ok_or_else(|| Error::ProbePort {
+                url: url.into(),
+                port: p.into(),
+            })?,
     };
     Ok((host, port, path))
 }
 
-fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
+fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>> {
     let host = if host.eq_ignore_ascii_case("localhost") {
         "127.0.0.1"
     } else {
@@ -107,25 +112,34 @@ fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
     }
     let addrs: Vec<SocketAddr> = (host, port)
         .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {host}: {e}"))?
+        .map_err(|e| Error::Resolve(host.into(), e))?
         .collect();
     if addrs.is_empty() {
-        return Err(format!("{host} has no address"));
+        return Err(Error::NoAddress(host.into()));
     }
     Ok(addrs)
 }
 
 /// GETs `url` and returns the response's status code.
-pub fn get(url: &str, timeout: Duration) -> Result<u16, String> {
+pub fn get(url: &str, timeout: Duration) -> Result<u16> {
     let deadline = Instant::now() + timeout;
+    let timed_out = || Error::ProbeTimeout {
+        url: url.into(),
+        timeout,
+    };
     let left = || {
         deadline
             .checked_duration_since(Instant::now())
             .filter(|d| !d.is_zero())
-            .ok_or_else(|| format!("{url}: no answer within {} ms", timeout.as_millis()))
+            .ok_or_else(timed_out)
+    };
+    // A read or write that timed out is the probe's deadline, not an I/O failure.
+    let io = |e: std::io::Error, op: fn(String, std::io::Error) -> Error| match e.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => timed_out(),
+        _ => op(url.into(), e),
     };
     let (host, port, path) = parse_url(url)?;
-    let mut last = String::new();
+    let mut last = None;
     let mut conn = None;
     for addr in resolve(&host, port)? {
         match TcpStream::connect_timeout(&addr, left()?) {
@@ -133,10 +147,13 @@ pub fn get(url: &str, timeout: Duration) -> Result<u16, String> {
                 conn = Some(c);
                 break;
             }
-            Err(e) => last = format!("connect {addr}: {e}"),
+            Err(e) => last = Some(Error::Connect(addr, e)),
         }
     }
-    let mut conn = conn.ok_or(last)?;
+    let mut conn = match conn {
+        Some(c) => c,
+        None => return Err(last.unwrap_or(Error::NoAddress(host))),
+    };
     let host_header = if port == 80 {
         host.clone()
     } else if host.contains(':') {
@@ -149,43 +166,34 @@ pub fn get(url: &str, timeout: Duration) -> Result<u16, String> {
          Accept: */*\r\nConnection: close\r\n\r\n"
     );
     conn.set_write_timeout(Some(left()?))
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| io(e, Error::ProbeSend))?;
     conn.write_all(req.as_bytes())
-        .map_err(|e| format!("{url}: send: {}", io_why(&e)))?;
+        .map_err(|e| io(e, Error::ProbeSend))?;
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
     loop {
         if let Some(nl) = head.iter().position(|&b| b == b'\n') {
-            return status(&head[..nl]).ok_or_else(|| {
-                format!(
-                    "{url}: not an HTTP response: {:?}",
-                    String::from_utf8_lossy(&head[..nl.min(80)])
-                )
+            return status(&head[..nl]).ok_or_else(|| Error::NotHttp {
+                url: url.into(),
+                head: String::from_utf8_lossy(&head[..nl.min(80)]).into_owned(),
             });
         }
         if head.len() > MAX_HEAD {
-            return Err(format!("{url}: status line too long"));
+            return Err(Error::StatusLineTooLong(url.into()));
         }
         conn.set_read_timeout(Some(left()?))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| io(e, Error::ProbeRead))?;
         match conn.read(&mut buf) {
             Ok(0) => {
-                return Err(format!(
-                    "{url}: connection closed before a status line ({} bytes)",
-                    head.len()
-                ))
+                return Err(Error::ClosedEarly {
+                    url: url.into(),
+                    bytes: head.len(),
+                })
             }
             Ok(n) => head.extend_from_slice(&buf[..n]),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(format!("{url}: read: {}", io_why(&e))),
+            Err(e) => return Err(io(e, Error::ProbeRead)),
         }
-    }
-}
-
-fn io_why(e: &std::io::Error) -> String {
-    match e.kind() {
-        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => "timed out".into(),
-        _ => e.to_string(),
     }
 }
 
@@ -262,7 +270,7 @@ mod tests {
             &format!("http://localhost:{port}/health?x=1"),
             Duration::from_secs(5),
         );
-        assert_eq!(code, Ok(204));
+        assert_eq!(code.ok(), Some(204));
         let req = t.join().unwrap();
         assert!(req.starts_with("GET /health?x=1 HTTP/1.0\r\n"), "{req}");
         assert!(
@@ -271,10 +279,8 @@ mod tests {
         );
 
         let (port, _t) = serve_once(b"HTTP/1.1 503 Busy\r\n\r\n", Duration::ZERO);
-        assert_eq!(
-            get(&format!("http://127.0.0.1:{port}/"), Duration::from_secs(5)),
-            Ok(503)
-        );
+        let code = get(&format!("http://127.0.0.1:{port}/"), Duration::from_secs(5));
+        assert_eq!(code.ok(), Some(503));
     }
 
     #[test]
@@ -284,11 +290,12 @@ mod tests {
             l.local_addr().unwrap().port()
         };
         let e = get(&format!("http://localhost:{port}/"), Duration::from_secs(5)).unwrap_err();
-        assert!(e.contains("connect"), "{e}");
+        assert!(matches!(e, Error::Connect(..)), "{}", e.report());
+        assert!(e.wire().contains("refused"), "{}", e.report());
 
         let (port, _t) = serve_once(b"garbage\n", Duration::ZERO);
         let e = get(&format!("http://localhost:{port}/"), Duration::from_secs(5)).unwrap_err();
-        assert!(e.contains("not an HTTP response"), "{e}");
+        assert!(e.wire().contains("not an HTTP response"), "{}", e.report());
 
         let (port, _t) = serve_once(b"HTTP/1.0 200 OK\r\n\r\n", Duration::from_secs(3));
         let t0 = Instant::now();
@@ -297,7 +304,12 @@ mod tests {
             Duration::from_millis(300),
         )
         .unwrap_err();
-        assert!(e.contains("timed out") || e.contains("no answer"), "{e}");
+        assert!(matches!(e, Error::ProbeTimeout { .. }), "{}", e.report());
+        assert!(
+            e.wire().ends_with("no answer within 300 ms"),
+            "{}",
+            e.report()
+        );
         assert!(t0.elapsed() < Duration::from_secs(2));
     }
 }

@@ -12,6 +12,7 @@
 //!    errno over a close-on-exec pipe and `spawn` returns it.
 //! 3. With no children the reaper sleeps on a condvar that `spawn` signals (no polling).
 
+use crate::error::{Error, Result};
 use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::os::fd::RawFd;
@@ -134,11 +135,11 @@ pub struct Cmd {
     pub fixed_layout: bool,
 }
 
-/// Converts strings for [`Cmd`]; interior NULs become an error message.
-pub fn cstrings<S: AsRef<str>>(items: &[S]) -> Result<Vec<CString>, String> {
+/// Converts strings for [`Cmd`]; an interior NUL is an error.
+pub fn cstrings<S: AsRef<str>>(items: &[S]) -> Result<Vec<CString>> {
     items
         .iter()
-        .map(|s| CString::new(s.as_ref()).map_err(|_| format!("NUL byte in {:?}", s.as_ref())))
+        .map(|s| CString::new(s.as_ref()).map_err(|_| Error::NulByte(s.as_ref().into())))
         .collect()
 }
 
@@ -330,9 +331,9 @@ pub fn dev_null() -> std::io::Result<std::fs::File> {
 }
 
 /// Runs crun (e.g. `crun delete`) to completion with stdio on /dev/null; returns its exit code.
-pub fn run_quiet(args: &[&str]) -> Result<i32, String> {
+pub fn run_quiet(args: &[&str]) -> Result<i32> {
     let argv = cstrings(args)?;
-    let null = dev_null().map_err(|e| e.to_string())?;
+    let null = dev_null().map_err(|e| Error::Open("/dev/null".into(), e))?;
     use std::os::fd::AsRawFd;
     let fd = null.as_raw_fd();
     let cmd = Cmd {
@@ -346,11 +347,9 @@ pub fn run_quiet(args: &[&str]) -> Result<i32, String> {
         ctty: false,
         fixed_layout: true, // crun (see Cmd::fixed_layout)
     };
-    let (_, rx) = spawn(&cmd).map_err(|e| format!("{}: {e}", args[0]))?;
+    let (_, rx) = spawn(&cmd).map_err(|e| Error::Spawn(args[0].into(), e))?;
     drop(null);
-    rx.recv()
-        .map(exit_code)
-        .map_err(|_| "reaper gone".to_string())
+    rx.recv().map(exit_code).map_err(|_| Error::ReaperGone)
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@
 //! under TCG every kernel path costs its translation (opening a file: milliseconds), so the
 //! steps use files opened before the snapshot ([`arm`], [`crate::container`]'s identity files).
 
+use crate::error::{Error, Result};
 use fcvm_proto::{NetConfig, RestorePlan};
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -29,19 +30,19 @@ pub fn arm() {
     let _ = urandom();
 }
 
-fn urandom() -> Result<&'static File, String> {
+fn urandom() -> Result<&'static File> {
     if let Some(f) = URANDOM.get() {
         return Ok(f);
     }
     let f = std::fs::OpenOptions::new()
         .write(true)
         .open("/dev/urandom")
-        .map_err(|e| format!("Open /dev/urandom: {e}"))?;
+        .map_err(|e| Error::Open("/dev/urandom".into(), e))?;
     Ok(URANDOM.get_or_init(|| f))
 }
 
 /// `current` is the network the snapshotted VM was configured with.
-pub fn run(plan: &RestorePlan, current: Option<&NetConfig>) -> Result<(), String> {
+pub fn run(plan: &RestorePlan, current: Option<&NetConfig>) -> Result<()> {
     if plan.clock_unix_ns > 0 {
         let ts = libc::timespec {
             tv_sec: (plan.clock_unix_ns / 1_000_000_000) as libc::time_t,
@@ -49,7 +50,7 @@ pub fn run(plan: &RestorePlan, current: Option<&NetConfig>) -> Result<(), String
         };
         // SAFETY: clock_settime with a valid timespec.
         if unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) } != 0 {
-            return Err(format!("Set clock: {}", std::io::Error::last_os_error()));
+            return Err(Error::SetClock(std::io::Error::last_os_error()));
         }
     }
     if !plan.random_seed.is_empty() {
@@ -78,22 +79,26 @@ pub fn pool_info(seed: &[u8]) -> Vec<u8> {
 
 /// Mixes `seed` into the kernel's RNG, credits it, and rekeys the CRNG at once (also used
 /// for the host's seed at Hello).
-pub fn reseed(seed: &[u8]) -> Result<(), String> {
+pub fn reseed(seed: &[u8]) -> Result<()> {
     let fd = urandom()?.as_raw_fd();
     // RNDADDENTROPY mixes the bytes in as well: no separate write needed.
     let info = pool_info(seed);
     // SAFETY: RNDADDENTROPY reads a rand_pool_info of the size encoded in its header.
     if unsafe { libc::ioctl(fd, RNDADDENTROPY as _, info.as_ptr()) } != 0 {
-        let e = std::io::Error::last_os_error();
-        return Err(format!("RNDADDENTROPY: {e}"));
+        return Err(Error::Ioctl(
+            "RNDADDENTROPY",
+            std::io::Error::last_os_error(),
+        ));
     }
     // Fails the restore if it fails: a clone that cannot rekey would share its siblings'
     // random bytes. (The 32-byte seed just credited makes the CRNG ready, so ENODATA cannot
     // happen; the guest kernel is ours, so ENOTTY cannot either.)
     // SAFETY: RNDRESEEDCRNG takes no argument.
     if unsafe { libc::ioctl(fd, RNDRESEEDCRNG as _) } != 0 {
-        let e = std::io::Error::last_os_error();
-        return Err(format!("RNDRESEEDCRNG: {e}"));
+        return Err(Error::Ioctl(
+            "RNDRESEEDCRNG",
+            std::io::Error::last_os_error(),
+        ));
     }
     Ok(())
 }

@@ -9,14 +9,13 @@
 //!    Execs start on worker threads ([`crate::pending`]); frames for them queue until then.
 
 use crate::channel::Outbox;
+use crate::error::{Error, Report};
 use crate::pending::{self, Pending, Route};
 use crate::process;
 use crate::stream::Stream;
 use crate::{error, info, warn};
 use fcvm_proto::codec::CodecError;
-use fcvm_proto::{
-    AgentInfo, ContainerPlan, ErrorKind, Frame, Msg, Target, CONTROL, PROTOCOL_VERSION,
-};
+use fcvm_proto::{AgentInfo, ContainerPlan, Frame, Msg, Target, CONTROL, PROTOCOL_VERSION};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -33,7 +32,7 @@ pub struct Session {
     seen: std::collections::HashSet<u64>,
     /// The outcome of the current epoch's restore, answered again to a duplicate `Restored`
     /// instead of running the steps twice.
-    restore_result: Option<(u64, Result<(), String>)>,
+    restore_result: Option<(u64, Result<(), Arc<Error>>)>,
 }
 
 impl Session {
@@ -62,10 +61,11 @@ impl Session {
     pub fn handle(&mut self, frame: Result<Frame, CodecError>) {
         let frame = match frame {
             Ok(f) => f,
-            Err(CodecError::Decode(e, Some(stream))) if stream != CONTROL => {
+            Err(e @ CodecError::Decode(_, Some(stream))) if stream != CONTROL => {
                 // A malformed message on a process stream ends that stream, with an error;
                 // the session and every other stream go on.
-                warn!("malformed frame on stream {stream}: {e}");
+                let e = Error::MalformedFrame(e);
+                warn!("stream {stream}: {}", e.report());
                 if let Some(st) = self.streams.remove(&stream) {
                     st.cancel();
                     st.kill();
@@ -73,17 +73,11 @@ impl Session {
                 if let Some(p) = self.pending.remove(&stream) {
                     p.cancel();
                 }
-                self.reply(
-                    stream,
-                    Msg::Error {
-                        kind: fcvm_proto::ErrorKind::Failed,
-                        message: format!("malformed frame: {e}"),
-                    },
-                );
+                self.reply(stream, e.to_msg());
                 return;
             }
             Err(e) => {
-                warn!("dropped a bad frame from the host: {e}");
+                warn!("dropped a bad frame from the host: {}", Report(&e));
                 return;
             }
         };
@@ -152,7 +146,7 @@ impl Session {
             }
             if !random_seed.is_empty() {
                 if let Err(e) = crate::restore::reseed(random_seed) {
-                    warn!("seeding the RNG: {e}");
+                    warn!("seeding the RNG: {}", e.report());
                 }
             }
             if version != PROTOCOL_VERSION {
@@ -181,7 +175,7 @@ impl Session {
         let t0 = Instant::now();
         if self.stale(epoch) {
             warn!("refusing Restored for stale epoch {epoch}");
-            let error = format!("stale epoch {epoch}");
+            let error = Error::StaleEpoch(epoch).wire();
             self.reply(CONTROL, Msg::RestoreFailed { epoch, error });
             return;
         }
@@ -191,7 +185,7 @@ impl Session {
             _ => {
                 ended = self.enter_epoch(epoch).flatten();
                 let current = self.plan.as_ref().and_then(|p| p.network.as_ref());
-                let r = crate::restore::run(plan, current);
+                let r = crate::restore::run(plan, current).map_err(Arc::new);
                 if r.is_ok() {
                     // Containers started from now on carry the new identity.
                     if let (Some(p), Some(h)) = (self.plan.as_mut(), plan.hostname.as_ref()) {
@@ -217,8 +211,9 @@ impl Session {
                 );
             }
             Err(e) => {
-                error!("restore failed: {e}");
-                self.reply(CONTROL, Msg::RestoreFailed { epoch, error: e });
+                error!("restore failed: {}", e.report());
+                let error = e.wire();
+                self.reply(CONTROL, Msg::RestoreFailed { epoch, error });
             }
         }
     }
@@ -232,7 +227,10 @@ impl Session {
                 if plan.warm {
                     match crate::warm::create() {
                         Ok(()) => info!("warm container in {} ms", t1.elapsed().as_millis()),
-                        Err(e) => warn!("no warm container, the run will use crun run: {e}"),
+                        Err(e) => warn!(
+                            "no warm container, the run will use crun run: {}",
+                            e.report()
+                        ),
                     }
                     crate::warm::prefetch(&plan.prefetch, &plan.path);
                 }
@@ -240,8 +238,9 @@ impl Session {
                 self.reply(CONTROL, Msg::Prepared);
             }
             Err(e) => {
-                error!("prepare failed: {e}");
-                self.reply(CONTROL, Msg::PrepareFailed { error: e });
+                error!("prepare failed: {}", e.report());
+                let error = e.wire();
+                self.reply(CONTROL, Msg::PrepareFailed { error });
             }
         }
     }
@@ -256,20 +255,16 @@ impl Session {
             error!("Start on stream {id}, which is in use");
             return;
         }
-        let err = |kind, message: &str| Msg::Error {
-            kind,
-            message: message.to_string(),
-        };
         let check = match target {
-            Target::Container if self.container_running() => Err("container already running"),
+            Target::Container if self.container_running() => Err(Error::ContainerRunning),
             Target::Container | Target::ContainerExec if !crate::container::prepared() => {
-                Err("container is not prepared")
+                Err(Error::NotPrepared)
             }
-            Target::ContainerExec if !self.container_running() => Err("container is not running"),
+            Target::ContainerExec if !self.container_running() => Err(Error::ContainerNotRunning),
             _ => Ok(()),
         };
-        if let Err(m) = check {
-            return self.reply(id, err(ErrorKind::Failed, m));
+        if let Err(e) = check {
+            return self.reply(id, e.to_msg());
         }
         if target != Target::Container {
             let p = Pending::start(id, spec.clone(), target, &self.out);
@@ -280,10 +275,11 @@ impl Session {
             Ok(s) => {
                 self.streams.insert(id, s);
             }
-            Err((kind, message)) => {
+            Err(e) => {
                 // The host reports it to the user; agent.log keeps it.
-                info!("stream {id}: {target:?} {:?}: {message}", spec.args.first());
-                self.reply(id, err(kind, &message));
+                let (cmd, why) = (spec.args.first(), e.report());
+                info!("stream {id}: {target:?} {cmd:?}: {why}");
+                self.reply(id, e.to_msg());
             }
         }
     }
@@ -331,9 +327,7 @@ impl Session {
 
     fn no_stream(&self, id: u32, msg: &Msg) {
         if !matches!(msg, Msg::Close) {
-            let message = "no such stream".into();
-            let kind = ErrorKind::Failed;
-            self.reply(id, Msg::Error { kind, message });
+            self.reply(id, Error::NoSuchStream.to_msg());
         }
     }
 
@@ -348,6 +342,7 @@ impl Session {
 mod tests {
     use super::*;
     use fcvm_proto::codec::Decoder;
+    use fcvm_proto::ErrorKind;
     use std::sync::mpsc::Receiver;
 
     fn replies(rx: &Receiver<Vec<u8>>) -> Vec<Frame> {
@@ -404,7 +399,7 @@ mod tests {
         let r = replies(&rx);
         let no_stream = Msg::Error {
             kind: ErrorKind::Failed,
-            message: "no such stream".into(),
+            message: "No such stream".into(),
         };
         assert_eq!(
             r[0],

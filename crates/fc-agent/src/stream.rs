@@ -7,6 +7,7 @@
 //! cancelled, nothing more of the stream reaches the host.
 
 use crate::channel::Outbox;
+use crate::error::{Error, Result};
 use fcvm_proto::{Frame, Msg, Target};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
@@ -132,14 +133,12 @@ impl Stream {
             .unwrap_or(self.pid)
     }
 
-    pub fn signal(&self, sig: i32) -> Result<(), String> {
+    pub fn signal(&self, sig: i32) -> Result<()> {
         let pid = self.inner_pid();
         // SAFETY: kill(2) with a pid we spawned (or crun reported) and a caller's signal number.
         if unsafe { libc::kill(pid, sig) } != 0 {
-            return Err(format!(
-                "kill {pid} {sig}: {}",
-                std::io::Error::last_os_error()
-            ));
+            let source = std::io::Error::last_os_error();
+            return Err(Error::Kill { pid, sig, source });
         }
         Ok(())
     }

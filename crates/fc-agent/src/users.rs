@@ -7,6 +7,7 @@
 //! 3. an explicit group (name or gid) replaces the passwd group; a group name must exist;
 //! 4. supplementary groups: every group in `/etc/group` that lists the user as a member.
 
+use crate::error::{Error, Result};
 use std::path::Path;
 
 /// The ids a process runs with.
@@ -95,7 +96,7 @@ impl Database {
     }
 
     /// Resolves `spec` (see the module docs).
-    pub fn resolve(&self, spec: &str) -> Result<Ids, String> {
+    pub fn resolve(&self, spec: &str) -> Result<Ids> {
         let (pw, gr) = (&self.pw, &self.gr);
         let (user, grp) = match spec.split_once(':') {
             Some((u, g)) => (u, Some(g)),
@@ -107,7 +108,7 @@ impl Database {
             Err(_) => Some(
                 pw.iter()
                     .find(|p| p.name == user)
-                    .ok_or_else(|| format!("unable to find user {user}"))?,
+                    .ok_or_else(|| Error::NoSuchUser(user.into()))?,
             ),
         };
         let uid = ent
@@ -120,7 +121,7 @@ impl Database {
                 Err(_) => {
                     gr.iter()
                         .find(|e| e.name == g)
-                        .ok_or_else(|| format!("unable to find group {g}"))?
+                        .ok_or_else(|| Error::NoSuchGroup(g.into()))?
                         .gid
                 }
             };
@@ -147,7 +148,7 @@ impl Database {
 }
 
 /// Resolves `spec` against `root`/etc/passwd and `root`/etc/group (missing files are empty).
-pub fn resolve(root: &Path, spec: &str) -> Result<Ids, String> {
+pub fn resolve(root: &Path, spec: &str) -> Result<Ids> {
     Database::read(root).resolve(spec)
 }
 
@@ -155,7 +156,7 @@ pub fn resolve(root: &Path, spec: &str) -> Result<Ids, String> {
 mod tests {
     use super::*;
 
-    fn resolve_text(spec: &str, passwd: &str, group: &str) -> Result<Ids, String> {
+    fn resolve_text(spec: &str, passwd: &str, group: &str) -> Result<Ids> {
         Database::parse(passwd, group).resolve(spec)
     }
 
@@ -195,11 +196,11 @@ mod tests {
     #[test]
     fn unknown_names_fail() {
         assert_eq!(
-            resolve_text("bob", PW, GR).unwrap_err(),
+            resolve_text("bob", PW, GR).unwrap_err().wire(),
             "unable to find user bob"
         );
         assert_eq!(
-            resolve_text("app:nogroup", PW, GR).unwrap_err(),
+            resolve_text("app:nogroup", PW, GR).unwrap_err().wire(),
             "unable to find group nogroup"
         );
     }

@@ -28,13 +28,12 @@
 //! ([`Lookups`]) for the first Start.
 //! TTY runs (crun makes their terminal when it creates the container) use plain `crun run`.
 
-use crate::error::{failed, StartError};
+use crate::error::{Error, Result};
 use crate::oci::{self, ProcConfig};
 use crate::pathres::{find_executable, Lookup, DEFAULT_PATH};
 use crate::paths::{crun_state, BUNDLE, CONTAINER_PIDFILE, CRUN, ID, ROOTFS};
 use crate::reaper::{self, cstrings, Cmd};
 use crate::users::Ids;
-use fcvm_proto::ErrorKind;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -107,7 +106,7 @@ static LOOKUPS: Mutex<Option<Arc<Lookups>>> = Mutex::new(None);
 
 impl Lookups {
     /// `users::resolve` of `spec` in the container.
-    pub fn user(&self, spec: &str) -> Result<Ids, String> {
+    pub fn user(&self, spec: &str) -> Result<Ids> {
         self.users.resolve(spec)
     }
 
@@ -134,7 +133,7 @@ pub fn forget_lookups() {
 }
 
 /// Creates the warm container (no-op if a container exists already).
-pub fn create() -> Result<(), String> {
+pub fn create() -> Result<()> {
     if crun_state().exists() {
         return Ok(());
     }
@@ -146,15 +145,14 @@ pub fn create() -> Result<(), String> {
     };
     let cfg = oci::spec(&stand_in)?;
     oci::write_json(&Path::new(BUNDLE).join("config.json"), &cfg)?;
-    let exe = std::fs::File::open("/proc/self/exe").map_err(|e| format!("open self: {e}"))?;
+    let exe = std::fs::File::open("/proc/self/exe")
+        .map_err(|e| Error::Open("/proc/self/exe".into(), e))?;
     // crun's own stdin and stdout, and the stand-in's stdin for runs without `-i`.
-    let null = reaper::dev_null().map_err(|e| format!("/dev/null: {e}"))?;
-    let pipe = || {
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {}", e.desc()))
-    };
+    let null = reaper::dev_null().map_err(|e| Error::Open("/dev/null".into(), e))?;
+    let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(Error::Pipe);
     let ((in_r, in_w), (out_r, out_w), (err_r, err_w)) = (pipe()?, pipe()?, pipe()?);
     let ((spec_r, spec_w), (status_r, status_w)) = (pipe()?, pipe()?);
-    let err = std::fs::File::create(ERR_FILE).map_err(|e| format!("{ERR_FILE}: {e}"))?;
+    let err = std::fs::File::create(ERR_FILE).map_err(|e| Error::Open(ERR_FILE.into(), e))?;
     let _ = std::fs::remove_file(CONTAINER_PIDFILE);
     let argv = [
         CRUN,
@@ -189,7 +187,7 @@ pub fn create() -> Result<(), String> {
         ctty: false,
         fixed_layout: true,
     };
-    let (_, rx) = reaper::spawn(&cmd).map_err(|e| format!("{CRUN}: {e}"))?;
+    let (_, rx) = reaper::spawn(&cmd).map_err(|e| Error::Spawn(CRUN.into(), e))?;
     // The status pipe's only writer must be the stand-in: its exec then closes it.
     drop((spec_r, status_w, exe, null, err));
     drop((in_r, out_w, err_w));
@@ -197,12 +195,15 @@ pub fn create() -> Result<(), String> {
     if code != 0 {
         let msg = std::fs::read_to_string(ERR_FILE).unwrap_or_default();
         let _ = reaper::run_quiet(&[CRUN, "delete", "--force", ID]);
-        return Err(format!("crun run --detach exited {code}: {}", msg.trim()));
+        return Err(Error::CreateWarm {
+            code,
+            stderr: msg.trim().into(),
+        });
     }
     let pid = std::fs::read_to_string(CONTAINER_PIDFILE)
         .ok()
         .and_then(|s| s.trim().parse::<i32>().ok())
-        .ok_or("crun wrote no pid file")?;
+        .ok_or(Error::NoPidFile)?;
     let status = reaper::adopt(pid);
     // The first Start's output pump then finds a thread waiting (crate::pool).
     crate::pool::prestart(1);
@@ -293,21 +294,22 @@ pub fn discard() {
 }
 
 impl Warm {
-    /// Hands the stand-in its command; returns once it exec'd (or failed to).
-    pub fn start(self, spec: &InitSpec) -> Result<Started, StartError> {
-        let msg = postcard::to_allocvec(spec).map_err(|e| failed(format!("init spec: {e}")))?;
+    /// Hands the stand-in its command; returns once it exec'd (or failed to: `Spawn` with
+    /// the stand-in's errno).
+    pub fn start(self, spec: &InitSpec) -> Result<Started> {
+        let msg = postcard::to_allocvec(spec).map_err(Error::EncodeInitSpec)?;
         // Closing our end (the drop) is what ends the stand-in's read.
         std::fs::File::from(self.spec)
             .write_all(&msg)
-            .map_err(|e| failed(format!("hand the command to the container: {e}")))?;
+            .map_err(Error::HandOver)?;
         let mut status = String::new();
         std::fs::File::from(self.status_pipe)
             .read_to_string(&mut status)
-            .map_err(|e| failed(format!("hear back from the container: {e}")))?;
+            .map_err(Error::HearBack)?;
         if !status.is_empty() {
             let errno: i32 = status.trim().parse().unwrap_or(libc::EIO);
             let e = std::io::Error::from_raw_os_error(errno);
-            return Err((exec_error_kind(errno), e.to_string()));
+            return Err(Error::Spawn(spec.path.clone(), e));
         }
         let [stdin, stdout, stderr] = self.stdio;
         Ok(Started {
@@ -317,14 +319,6 @@ impl Warm {
             stdout,
             stderr,
         })
-    }
-}
-
-fn exec_error_kind(errno: i32) -> ErrorKind {
-    match errno {
-        libc::ENOENT => ErrorKind::NotFound,
-        libc::EACCES | libc::ENOEXEC => ErrorKind::NotExecutable,
-        _ => ErrorKind::Failed,
     }
 }
 

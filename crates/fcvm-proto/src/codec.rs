@@ -26,15 +26,17 @@ pub enum CodecError {
     Checksum,
     #[error("Frame too short")]
     Short,
-    #[error("Frame does not decode: {0}")]
-    Decode(String, Option<u32>),
-    #[error("Frame does not encode: {0}")]
-    Encode(String),
+    /// The checksum holds but the message does not decode; the stream it names, if any, so
+    /// that a reader can end just that stream.
+    #[error("Frame does not decode")]
+    Decode(#[source] postcard::Error, Option<u32>),
+    #[error("Frame does not encode")]
+    Encode(#[source] postcard::Error),
 }
 
 /// Encodes one frame, delimiter included.
 pub fn encode(frame: &Frame) -> Result<Vec<u8>, CodecError> {
-    let mut body = postcard::to_stdvec(frame).map_err(|e| CodecError::Encode(e.to_string()))?;
+    let mut body = postcard::to_stdvec(frame).map_err(CodecError::Encode)?;
     let crc = crc32fast::hash(&body);
     body.extend_from_slice(&crc.to_le_bytes());
     let mut out = vec![0u8; cobs::max_encoding_length(body.len()) + 1];
@@ -154,7 +156,7 @@ fn decode_body(raw: &mut [u8]) -> Result<Frame, CodecError> {
     if crc32fast::hash(body) != crc {
         return Err(CodecError::Checksum);
     }
-    postcard::from_bytes(body).map_err(|e| CodecError::Decode(e.to_string(), stream_of(body)))
+    postcard::from_bytes(body).map_err(|e| CodecError::Decode(e, stream_of(body)))
 }
 
 #[cfg(test)]
@@ -315,12 +317,12 @@ mod tests {
             // CRC fine, but variant 200 of Msg does not exist
             (
                 raw_frame(&[5, 200, 1]),
-                CodecError::Decode(String::new(), None),
+                CodecError::Decode(postcard::Error::DeserializeUnexpectedEnd, None),
             ),
             // CRC fine, but the payload ends inside a Stdin's 100-byte vector
             (
                 raw_frame(&[5, 12, 100, 1, 2]),
-                CodecError::Decode(String::new(), None),
+                CodecError::Decode(postcard::Error::DeserializeUnexpectedEnd, None),
             ),
         ];
         for (bad, want) in cases {

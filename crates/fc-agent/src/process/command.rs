@@ -2,12 +2,12 @@
 //! and executable, looked up inside the root it will run in (the container's, or the VM's
 //! `/`), so that the host gets podman's error kinds and texts.
 
-use crate::error::{failed, StartError};
+use crate::error::{Error, Result};
 use crate::oci::ProcConfig;
 use crate::pathres::{find_executable, path_of, Lookup, DEFAULT_PATH};
 use crate::paths::ROOTFS;
 use crate::users::Ids;
-use fcvm_proto::{ErrorKind, ProcessSpec, Target};
+use fcvm_proto::{ProcessSpec, Target};
 use std::path::{Path, PathBuf};
 
 /// A command whose user and executable exist.
@@ -28,11 +28,8 @@ pub struct Command {
 }
 
 /// Checks `spec` for `target` (see the module docs).
-pub fn check(spec: &ProcessSpec, target: Target) -> Result<Command, StartError> {
-    let name = spec
-        .args
-        .first()
-        .ok_or_else(|| failed("no command given"))?;
+pub fn check(spec: &ProcessSpec, target: Target) -> Result<Command> {
+    let name = spec.args.first().ok_or(Error::NoCommand)?;
     let root = Path::new(if target == Target::Vm { "/" } else { ROOTFS });
     // Before the first Start after an image-cache restore, what the agent looked up before
     // the snapshot still holds (see crate::warm::Lookups); a --vm process could change it.
@@ -46,8 +43,7 @@ pub fn check(spec: &ProcessSpec, target: Target) -> Result<Command, StartError> 
     let ids = match &memo {
         Some(m) => m.user(&spec.user),
         None => crate::users::resolve(root, &spec.user),
-    }
-    .map_err(failed)?;
+    }?;
     let env = full_env(spec, &ids.home);
     let cwd = if spec.cwd.is_empty() {
         "/".to_string()
@@ -58,8 +54,16 @@ pub fn check(spec: &ProcessSpec, target: Target) -> Result<Command, StartError> 
     let found = memo
         .and_then(|m| m.exe(name, &path, &cwd))
         .unwrap_or_else(|| find_executable(root, name, &path, &cwd));
-    let Lookup::Found { inside, host } = found else {
-        return Err(lookup_error(target, name, &found).unwrap_or_else(|| failed("lookup")));
+    let (inside, host) = match found {
+        Lookup::Found { inside, host } => (inside, host),
+        Lookup::NotExecutable => {
+            let name = name.clone();
+            return Err(Error::NotExecutable { name, target });
+        }
+        Lookup::NotFound => {
+            let name = name.clone();
+            return Err(Error::NotFound { name, target });
+        }
     };
     let process = ProcConfig {
         args: spec.args.clone(),
@@ -96,36 +100,6 @@ pub fn full_env(spec: &ProcessSpec, home: &str) -> Vec<String> {
     env
 }
 
-/// Error for a command that is missing or not executable, in podman's words.
-pub fn lookup_error(target: Target, name: &str, l: &Lookup) -> Option<StartError> {
-    let vm = target == Target::Vm;
-    match l {
-        Lookup::Found { .. } => None,
-        Lookup::NotFound if vm => Some((
-            ErrorKind::NotFound,
-            format!("executable file `{name}` not found in $PATH"),
-        )),
-        Lookup::NotFound => {
-            let where_ = if name.contains('/') { "" } else { " in $PATH" };
-            Some((
-                ErrorKind::NotFound,
-                format!(
-                    "crun: executable file `{name}` not found{where_}: No such file or directory: \
-                     OCI runtime attempted to invoke a command that was not found"
-                ),
-            ))
-        }
-        Lookup::NotExecutable if vm => Some((
-            ErrorKind::NotExecutable,
-            format!("{name}: permission denied"),
-        )),
-        Lookup::NotExecutable => Some((
-            ErrorKind::NotExecutable,
-            "crun: open executable: Permission denied: OCI permission denied".into(),
-        )),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,26 +121,5 @@ mod tests {
                 "TERM=xterm"
             ]
         );
-    }
-
-    #[test]
-    fn error_texts() {
-        let (k, m) = lookup_error(Target::Container, "nope", &Lookup::NotFound).unwrap();
-        assert_eq!(k, ErrorKind::NotFound);
-        assert_eq!(
-            m,
-            "crun: executable file `nope` not found in $PATH: No such file or directory: \
-             OCI runtime attempted to invoke a command that was not found"
-        );
-        let (k, m) = lookup_error(Target::ContainerExec, "/etc", &Lookup::NotExecutable).unwrap();
-        assert_eq!(k, ErrorKind::NotExecutable);
-        assert_eq!(
-            m,
-            "crun: open executable: Permission denied: OCI permission denied"
-        );
-        let (_, m) = lookup_error(Target::Vm, "x", &Lookup::NotFound).unwrap();
-        assert_eq!(m, "executable file `x` not found in $PATH");
-        let (_, m) = lookup_error(Target::Vm, "x", &Lookup::NotExecutable).unwrap();
-        assert_eq!(m, "x: permission denied");
     }
 }

@@ -6,22 +6,21 @@
 //! - otherwise `crun run` with the container's config, and `Started` only once crun has
 //!   created the container ([`announce_when_created`]).
 
-use super::command::{lookup_error, Command};
+use super::command::Command;
 use super::spawn::{spawn, Announce, Spawned, Stdio};
-use crate::error::{failed, StartError};
+use crate::error::{Error, Result};
 use crate::oci;
-use crate::pathres::Lookup;
 use crate::paths::{crun_state, BUNDLE, CONTAINER_PIDFILE, CRUN, ID, ROOTFS};
 use crate::reaper::{self, cstrings, Cmd};
 use crate::stream::{set_winsize, Stream};
-use fcvm_proto::{ErrorKind, Msg, ProcessSpec, Target};
+use fcvm_proto::{Msg, ProcessSpec, Target};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
 /// Starts the container's process (see the module docs).
-pub fn run(spec: &ProcessSpec, cmd: &Command) -> Result<Spawned, StartError> {
+pub fn run(spec: &ProcessSpec, cmd: &Command) -> Result<Spawned> {
     if cmd.cwd != "/" {
         // The workdir need not exist in the image (crun would fail on it).
         let _ = std::fs::create_dir_all(Path::new(ROOTFS).join(cmd.cwd.trim_start_matches('/')));
@@ -33,14 +32,12 @@ pub fn run(spec: &ProcessSpec, cmd: &Command) -> Result<Spawned, StartError> {
                 process: cmd.process.clone(),
                 stdin: spec.stdin,
             };
-            let name = &cmd.name;
-            let s = w.start(&init).map_err(|(kind, msg)| {
-                let l = match kind {
-                    ErrorKind::NotFound => Lookup::NotFound,
-                    ErrorKind::NotExecutable => Lookup::NotExecutable,
-                    _ => return failed(format!("start {name}: {msg}")),
+            let s = w.start(&init).map_err(|e| {
+                let errno = match &e {
+                    Error::Spawn(_, io) => io.raw_os_error(),
+                    _ => None,
                 };
-                lookup_error(Target::Container, name, &l).unwrap_or_else(|| failed(msg))
+                Error::from_exec_errno(errno, &cmd.name, Target::Container).unwrap_or(e)
             })?;
             Ok(Spawned {
                 pid: s.pid,
@@ -57,8 +54,8 @@ pub fn run(spec: &ProcessSpec, cmd: &Command) -> Result<Spawned, StartError> {
 }
 
 /// `crun run` of the container with `cmd` as its process.
-fn crun_run(spec: &ProcessSpec, cmd: &Command) -> Result<Spawned, StartError> {
-    let mut cfg = oci::spec(&cmd.process).map_err(failed)?;
+fn crun_run(spec: &ProcessSpec, cmd: &Command) -> Result<Spawned> {
+    let mut cfg = oci::spec(&cmd.process)?;
     if spec.tty {
         // As podman does: crun gives the process a pty of the container's own (its
         // controlling terminal: ^C reaches the foreground job, job control works),
@@ -67,7 +64,7 @@ fn crun_run(spec: &ProcessSpec, cmd: &Command) -> Result<Spawned, StartError> {
             p.set_terminal(Some(true));
         }
     }
-    oci::write_json(&Path::new(BUNDLE).join("config.json"), &cfg).map_err(failed)?;
+    oci::write_json(&Path::new(BUNDLE).join("config.json"), &cfg)?;
     if crun_state().exists() {
         let _ = reaper::run_quiet(&[CRUN, "delete", "--force", ID]);
     }
@@ -83,11 +80,11 @@ fn crun_run(spec: &ProcessSpec, cmd: &Command) -> Result<Spawned, StartError> {
     ];
     let size = spec.tty.then_some((spec.rows.max(1), spec.cols.max(1)));
     let io = Stdio::new(size, spec.stdin)?;
-    let argv = cstrings(&argv).map_err(failed)?;
+    let argv = cstrings(&argv)?;
     let run = Cmd {
         path: argv[0].clone(),
         argv,
-        envp: cstrings(&[reaper::HELPER_ENV]).map_err(failed)?,
+        envp: cstrings(&[reaper::HELPER_ENV])?,
         cwd: None,
         ids: None,
         stdio: io.child_raw(),

@@ -15,7 +15,7 @@ mod spawn;
 mod vm;
 
 use crate::channel::Outbox;
-use crate::error::{os, StartError};
+use crate::error::{Error, Result};
 use crate::pump::{pump, stdin_loop};
 use crate::stream::{Handles, Stream, STDIN_QUEUE};
 use fcvm_proto::{Msg, ProcessSpec, Target};
@@ -31,7 +31,7 @@ pub fn start(
     target: Target,
     out: &Outbox,
     t0: Instant,
-) -> Result<Arc<Stream>, StartError> {
+) -> Result<Arc<Stream>> {
     let cmd = command::check(spec, target)?;
     let spawned = match target {
         Target::Container => container::run(spec, &cmd)?,
@@ -49,7 +49,7 @@ fn attach(
     out: &Outbox,
     t0: Instant,
     p: Spawned,
-) -> Result<Arc<Stream>, StartError> {
+) -> Result<Arc<Stream>> {
     let spawn_us = t0.elapsed().as_micros() as u64;
     let (stdin_tx, stdin_rx) = sync_channel(STDIN_QUEUE);
     let stdin_tx = p.stdin.as_ref().map(|_| stdin_tx);
@@ -70,7 +70,8 @@ fn attach(
     // The pump first: after a restore it takes the thread started before the snapshot.
     let s = stream.clone();
     let (outputs, status) = (p.outputs, p.status);
-    crate::pool::run(Box::new(move || pump(&s, outputs, status))).map_err(os("thread"))?;
+    crate::pool::run(Box::new(move || pump(&s, outputs, status)))
+        .map_err(|e| Error::Thread("output", e))?;
     if let Some(fd) = p.stdin {
         let s = stream.clone();
         let is_tty = spec.tty;

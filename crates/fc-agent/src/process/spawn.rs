@@ -2,9 +2,7 @@
 //! three), the spawn itself with podman's error kinds, and [`Spawned`], what a target hands
 //! back to [`super::start`] (see `crate::process`).
 
-use super::command::lookup_error;
-use crate::error::{failed, os, StartError};
-use crate::pathres::Lookup;
+use crate::error::{Error, Result};
 use crate::reaper::{self, Cmd};
 use crate::stream::set_winsize;
 use fcvm_proto::Target;
@@ -49,9 +47,9 @@ pub struct Stdio {
 
 impl Stdio {
     /// A pty of `size` (rows, columns) as all three, or pipes (stdin: /dev/null unless `stdin`).
-    pub fn new(size: Option<(u16, u16)>, stdin: bool) -> Result<Stdio, StartError> {
+    pub fn new(size: Option<(u16, u16)>, stdin: bool) -> Result<Stdio> {
         if let Some((rows, cols)) = size {
-            let pty = nix::pty::openpty(None, None).map_err(os("openpty"))?;
+            let pty = nix::pty::openpty(None, None).map_err(Error::Openpty)?;
             cloexec(&pty.master);
             cloexec(&pty.slave);
             set_winsize(pty.master.as_raw_fd(), rows.max(1), cols.max(1));
@@ -68,7 +66,7 @@ impl Stdio {
             let (r, w) = pipe()?;
             (r, Some(w))
         } else {
-            let null = reaper::dev_null().map_err(os("open /dev/null"))?;
+            let null = reaper::dev_null().map_err(|e| Error::Open("/dev/null".into(), e))?;
             (OwnedFd::from(null), None)
         };
         Ok(Stdio {
@@ -103,8 +101,8 @@ impl Stdio {
     }
 }
 
-fn pipe() -> Result<(OwnedFd, OwnedFd), StartError> {
-    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(os("pipe"))
+fn pipe() -> Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(Error::Pipe)
 }
 
 fn cloexec(fd: &OwnedFd) {
@@ -112,19 +110,14 @@ fn cloexec(fd: &OwnedFd) {
     unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
 }
 
-fn dup(fd: &OwnedFd) -> Result<OwnedFd, StartError> {
-    fd.try_clone().map_err(os("dup"))
+fn dup(fd: &OwnedFd) -> Result<OwnedFd> {
+    fd.try_clone().map_err(Error::Dup)
 }
 
 /// Spawns `cmd` (crun, or the command itself for `--vm`), errors in podman's words.
-pub fn spawn(cmd: &Cmd, target: Target, name: &str) -> Result<(i32, Receiver<i32>), StartError> {
-    reaper::spawn(cmd).map_err(|e| match e.raw_os_error() {
-        Some(libc::ENOENT) => {
-            lookup_error(target, name, &Lookup::NotFound).unwrap_or_else(|| failed(""))
-        }
-        Some(libc::EACCES) | Some(libc::ENOEXEC) => {
-            lookup_error(target, name, &Lookup::NotExecutable).unwrap_or_else(|| failed(""))
-        }
-        _ => failed(format!("spawn {name}: {e}")),
+pub fn spawn(cmd: &Cmd, target: Target, name: &str) -> Result<(i32, Receiver<i32>)> {
+    reaper::spawn(cmd).map_err(|e| {
+        Error::from_exec_errno(e.raw_os_error(), name, target)
+            .unwrap_or_else(|| Error::Spawn(name.into(), e))
     })
 }

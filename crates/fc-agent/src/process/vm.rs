@@ -3,18 +3,16 @@
 
 use super::command::Command;
 use super::spawn::{spawn, Announce, Spawned, Stdio};
-use crate::error::{failed, StartError};
+use crate::error::Result;
 use crate::reaper::{cstrings, Cmd};
 use fcvm_proto::{ProcessSpec, Target};
 
 /// Starts `cmd` in the VM.
-pub fn start(spec: &ProcessSpec, cmd: &Command) -> Result<Spawned, StartError> {
-    let argv = cstrings(&spec.args).map_err(failed)?;
-    let envp = cstrings(&cmd.env).map_err(failed)?;
-    let cwd = cstrings(&[cmd.cwd.as_str()]).map_err(failed)?.pop();
-    let path = cstrings(&[cmd.host.to_string_lossy()])
-        .map_err(failed)?
-        .remove(0);
+pub fn start(spec: &ProcessSpec, cmd: &Command) -> Result<Spawned> {
+    let argv = cstrings(&spec.args)?;
+    let envp = cstrings(&cmd.env)?;
+    let cwd = cstrings(&[cmd.cwd.as_str()])?.pop();
+    let path = cstrings(&[cmd.host.to_string_lossy()])?.remove(0);
     let size = spec.tty.then_some((spec.rows, spec.cols));
     let io = Stdio::new(size, spec.stdin)?;
     let run = Cmd {
