@@ -5,7 +5,14 @@
 //! 2. The writer thread owns all writes: every other thread queues encoded frames through an
 //!    [`Outbox`]. Writes block while no host is connected (virtio_console does that) and a
 //!    failed write drops its frame; each frame is preceded by a 0x00 so a torn earlier frame
-//!    can never swallow it.
+//!    can never swallow it. The queue is bounded ([`QUEUE_FRAMES`]); when it is full, because
+//!    the host reads slower than the agent writes or no host is connected:
+//!    - process output waits (the pump blocks; what one stream can have queued is bounded by
+//!      its output credit anyway, see `fcvm_proto`'s flow control), and so does every other
+//!      frame (replies, `Started`, `Exit`, stdin `Credit`: few, and each answers the host);
+//!    - `Log` frames are dropped and counted instead ([`Outbox::send_log`]): logging never
+//!      blocks the session or a thread that holds a lock; the next Log frame that fits says
+//!      how many were lost.
 //! 3. [`read_loop`] feeds the codec; a read of 0 bytes means no host is connected right now:
 //!    it drops any partial frame, retries after a few ms and never gives up. (A restored guest
 //!    may never see that EOF: the host should start with a 0x00 to end any stale partial frame.)
@@ -16,46 +23,94 @@ use fcvm_proto::{Frame, PORT_NAME};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Output queued beyond this makes the stream pumps wait (backpressure while no host reads).
-const CONGESTED_BYTES: usize = 4 << 20;
+/// Frames the writer queue holds (at most ~32 KiB each: ~4 MiB of output, the most any
+/// number of streams can have waiting; a single stream has at most its credit, 256 KiB).
+pub const QUEUE_FRAMES: usize = 128;
 
 /// The sending side of the writer thread; cheap to clone, shared by every thread.
 #[derive(Clone)]
 pub struct Outbox {
-    tx: Sender<Vec<u8>>,
+    tx: SyncSender<Vec<u8>>,
+    /// Bytes queued and not yet written (for [`crate::log::flush`]).
     queued: Arc<AtomicUsize>,
+    /// Log frames dropped because the queue was full, not yet reported.
+    dropped_logs: Arc<AtomicU64>,
 }
 
 impl Outbox {
-    /// Creates an outbox and the receiver the writer thread drains.
+    /// Creates an outbox of [`QUEUE_FRAMES`] and the receiver the writer thread drains.
     pub fn new() -> (Outbox, Receiver<Vec<u8>>, Arc<AtomicUsize>) {
-        let (tx, rx) = channel();
-        let queued = Arc::new(AtomicUsize::new(0));
-        (
-            Outbox {
-                tx,
-                queued: queued.clone(),
-            },
-            rx,
-            queued,
-        )
+        Outbox::with_capacity(QUEUE_FRAMES)
     }
 
-    /// Queues one frame (console-logs frames that do not encode; never blocks).
+    /// Creates an outbox that holds `frames` frames.
+    pub fn with_capacity(frames: usize) -> (Outbox, Receiver<Vec<u8>>, Arc<AtomicUsize>) {
+        let (tx, rx) = sync_channel(frames);
+        let queued = Arc::new(AtomicUsize::new(0));
+        let out = Outbox {
+            tx,
+            queued: queued.clone(),
+            dropped_logs: Arc::default(),
+        };
+        (out, rx, queued)
+    }
+
+    /// Queues one frame, waiting while the queue is full (console-logs a frame that does not
+    /// encode).
     pub fn send(&self, frame: Frame) {
-        match encode(&frame) {
+        if let Some(bytes) = self.encode(&frame) {
+            let n = bytes.len();
+            self.queued.fetch_add(n, Ordering::SeqCst);
+            if self.tx.send(bytes).is_err() {
+                self.queued.fetch_sub(n, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// Queues a `Log` frame unless the queue is full: then it is dropped and counted (see the
+    /// module docs). Returns whether it was queued.
+    pub fn send_log(&self, frame: Frame) -> bool {
+        let Some(bytes) = self.encode(&frame) else {
+            return false;
+        };
+        let n = bytes.len();
+        self.queued.fetch_add(n, Ordering::SeqCst);
+        match self.tx.try_send(bytes) {
+            Ok(()) => true,
+            Err(_) => {
+                self.queued.fetch_sub(n, Ordering::SeqCst);
+                self.dropped_logs.fetch_add(1, Ordering::SeqCst);
+                false
+            }
+        }
+    }
+
+    /// Log frames dropped since the last call.
+    pub fn take_dropped_logs(&self) -> u64 {
+        self.dropped_logs.swap(0, Ordering::SeqCst)
+    }
+
+    /// Counts `n` dropped Log frames again (their report did not fit either).
+    pub fn count_dropped_logs(&self, n: u64) {
+        self.dropped_logs.fetch_add(n, Ordering::SeqCst);
+    }
+
+    /// The frame's bytes with the leading delimiter.
+    fn encode(&self, frame: &Frame) -> Option<Vec<u8>> {
+        match encode(frame) {
             Ok(mut bytes) => {
                 bytes.insert(0, 0);
-                self.queued.fetch_add(bytes.len(), Ordering::SeqCst);
-                let _ = self.tx.send(bytes);
+                Some(bytes)
             }
             Err(e) => {
-                crate::console::console(&format!("dropping a frame that does not encode: {e}"))
+                let why = crate::error::Report(&e);
+                crate::console::console(&format!("dropping a frame that does not encode: {why}"));
+                None
             }
         }
     }
@@ -63,11 +118,6 @@ impl Outbox {
     /// Bytes queued but not yet written.
     pub fn pending(&self) -> usize {
         self.queued.load(Ordering::SeqCst)
-    }
-
-    /// Whether so much output waits that producers should pause.
-    pub fn congested(&self) -> bool {
-        self.queued.load(Ordering::SeqCst) > CONGESTED_BYTES
     }
 }
 
@@ -152,5 +202,58 @@ pub fn read_loop(mut port: File, mut on_frame: impl FnMut(Result<Frame, CodecErr
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fcvm_proto::{LogLevel, Msg};
+
+    fn log(m: &str) -> Frame {
+        Frame::control(Msg::Log {
+            level: LogLevel::Info,
+            message: m.into(),
+        })
+    }
+
+    fn output(b: u8) -> Frame {
+        Frame {
+            stream: 3,
+            msg: Msg::Stdout(vec![b; 10]),
+        }
+    }
+
+    #[test]
+    fn a_full_queue_drops_log_frames_and_makes_other_senders_wait() {
+        let (out, rx, queued) = Outbox::with_capacity(2);
+        assert!(out.send_log(log("kept")));
+        out.send(output(1));
+        assert!(!out.send_log(log("dropped")), "the queue is full");
+        assert!(!out.send_log(log("dropped too")));
+        assert_eq!(out.take_dropped_logs(), 2);
+        assert_eq!(out.take_dropped_logs(), 0, "counted once");
+        // Output waits for room instead.
+        let o = out.clone();
+        let t = std::thread::spawn(move || o.send(output(2)));
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!t.is_finished(), "the sender waits while the queue is full");
+        // The writer takes a frame (and counts it written, as the writer thread does).
+        let take = || {
+            let b = rx.recv().unwrap();
+            queued.fetch_sub(b.len(), Ordering::SeqCst);
+            b
+        };
+        let first = take();
+        t.join().unwrap();
+        let mut d = Decoder::new();
+        for b in [first, take(), take()] {
+            d.feed(&b);
+        }
+        let got: Vec<Frame> = std::iter::from_fn(|| d.next_frame())
+            .map(|f| f.unwrap())
+            .collect();
+        assert_eq!(got, [log("kept"), output(1), output(2)]);
+        assert_eq!(out.pending(), 0, "dropped frames are not counted as queued");
     }
 }

@@ -35,6 +35,8 @@ pub fn set_session_open(open: bool) {
 }
 
 /// A Log frame when a session is open (the host keeps it in agent.log), else a console line.
+/// Never blocks: a Log frame that finds the channel's queue full is dropped and counted
+/// (`crate::channel`).
 /// Warnings and errors also go to the console, in case the channel itself is what failed.
 /// Info lines do not: under TCG every console line runs the serial driver (~1 ms, and tens
 /// of ms of cold code right after a restore), which the host's copy makes redundant.
@@ -45,7 +47,15 @@ pub fn log(level: LogLevel, msg: &str) {
     }
     if open {
         if let Some(out) = OUTBOX.get() {
-            out.send(Frame::control(Msg::Log {
+            let dropped = out.take_dropped_logs();
+            if dropped > 0 {
+                let message = format!("{dropped} log lines dropped: the channel was full");
+                let level = LogLevel::Warn;
+                if !out.send_log(Frame::control(Msg::Log { level, message })) {
+                    out.count_dropped_logs(dropped);
+                }
+            }
+            out.send_log(Frame::control(Msg::Log {
                 level,
                 message: msg.to_string(),
             }));

@@ -12,6 +12,7 @@
 mod channel;
 mod console;
 mod container;
+mod credit;
 mod crun;
 mod error;
 mod init;

@@ -174,6 +174,7 @@ pub fn deliver(s: &Arc<Stream>, msg: Msg) {
             }
         }
         Msg::Resize { rows, cols } => s.resize(rows, cols),
+        Msg::Credit(n) => s.grant_output(n),
         Msg::Close => {
             s.cancel();
             s.kill();

@@ -2,8 +2,10 @@
 //!
 //! 1. [`pump`] polls stdout/stderr (or the pty master), sends `Stdout`/`Stderr` chunks of at
 //!    most `MAX_CHUNK`, and sends the one final `Exit{code}` once the process has exited and
-//!    its output is drained (EOF, or quiet for 100 ms when a leftover child holds the pipe);
-//!    while the outbox is congested (no host reading) it stops reading: backpressure;
+//!    its output is drained (EOF, or quiet for 100 ms when a leftover child holds the pipe).
+//!    It reads no more than the stream's output credit allows ([`crate::credit`]) and stops
+//!    reading while there is none: the host's reader paces the process, and only it. (A full
+//!    channel queue makes its sends wait too: `crate::channel`.)
 //! 2. [`stdin_loop`] writes `Stdin` bytes from a bounded queue and grants `Credit` after every
 //!    64 KiB written (bytes the process no longer reads are discarded but still credited);
 //!    `StdinEof` closes stdin, or writes ^D to a pty.
@@ -86,8 +88,14 @@ pub fn pump(stream: &Stream, mut fds: Vec<(OwnedFd, bool)>, status_rx: Receiver<
         if fds.is_empty() || (status.is_some() && last_data.elapsed() > DRAIN_QUIET) {
             break;
         }
-        if stream.congested() {
-            std::thread::sleep(Duration::from_millis(10));
+        let timeout = if status.is_some() { 20 } else { 50 };
+        let mut allowance = stream
+            .credit
+            .available(Duration::from_millis(timeout as u64));
+        if allowance == 0 {
+            // The pipe is left alone: the process blocks once it is full. Waiting for the
+            // host is not the quiet that ends the drain after an exit.
+            last_data = Instant::now();
             continue;
         }
         let mut pfds: Vec<libc::pollfd> = fds
@@ -98,7 +106,6 @@ pub fn pump(stream: &Stream, mut fds: Vec<(OwnedFd, bool)>, status_rx: Receiver<
                 revents: 0,
             })
             .collect();
-        let timeout = if status.is_some() { 20 } else { 50 };
         // SAFETY: poll over a valid array of pollfds.
         let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as _, timeout) };
         if n <= 0 {
@@ -109,10 +116,16 @@ pub fn pump(stream: &Stream, mut fds: Vec<(OwnedFd, bool)>, status_rx: Receiver<
             if p.revents == 0 {
                 continue;
             }
-            // SAFETY: reading into our buffer from an fd we own.
-            let r = unsafe { libc::read(p.fd, buf.as_mut_ptr().cast(), buf.len()) };
+            let want = buf.len().min(allowance);
+            if want == 0 {
+                break;
+            }
+            // SAFETY: reading at most `want` bytes into our buffer from an fd we own.
+            let r = unsafe { libc::read(p.fd, buf.as_mut_ptr().cast(), want) };
             if r > 0 {
                 last_data = Instant::now();
+                allowance -= r as usize;
+                stream.credit.spend(r as usize);
                 let data = buf[..r as usize].to_vec();
                 stream.send(if fds[i].1 {
                     Msg::Stderr(data)

@@ -2,10 +2,12 @@
 //!
 //! 1. Nothing is served before a `Hello` (or `Restored`) names an epoch.
 //! 2. A new epoch drops every exec and VM stream of the old one (their processes are killed and
-//!    their frames stop) but keeps the container's main process: its stream is adopted, same id.
+//!    their frames stop) but keeps the container's main process: its stream is adopted, same id,
+//!    its output credit back at the initial value (the new host starts from there).
 //! 3. `Hello` → `HelloAck`; `Restored` → restore steps → `RestoreComplete` (or `RestoreFailed`).
 //!    The same epoch twice (either order) repeats the answer without dropping anything.
-//! 4. Process frames go to their stream; an unknown stream gets `Error{Failed, "no such stream"}`.
+//! 4. Process frames go to their stream; an unknown stream gets `Error{Failed, "No such
+//!    stream"}` (but a `Close` or an output `Credit` for it is dropped quietly).
 //!    Execs start on worker threads ([`crate::pending`]); frames for them queue until then.
 
 use crate::channel::Outbox;
@@ -115,6 +117,7 @@ impl Session {
         let old = self.epoch;
         self.streams.retain(|_, s| {
             if s.target == Target::Container {
+                s.new_epoch();
                 return true;
             }
             s.cancel();
@@ -325,8 +328,10 @@ impl Session {
         }
     }
 
+    /// A frame for a stream that does not exist (any more): answered with an error, except a
+    /// `Close` or a `Credit` (the host grants as it drains, which may be after the `Exit`).
     fn no_stream(&self, id: u32, msg: &Msg) {
-        if !matches!(msg, Msg::Close) {
+        if !matches!(msg, Msg::Close | Msg::Credit(_)) {
             self.reply(id, Error::NoSuchStream.to_msg());
         }
     }
@@ -358,6 +363,64 @@ mod tests {
 
     fn frame(stream: u32, msg: Msg) -> Result<Frame, CodecError> {
         Ok(Frame { stream, msg })
+    }
+
+    /// The container's stream outlives an epoch, and its output credit starts over: the
+    /// new host knows nothing of what the old one granted. A Credit for a stream that is
+    /// gone gets no answer.
+    #[test]
+    fn a_new_epoch_restarts_the_container_streams_output_credit() {
+        let (out, rx, _) = Outbox::new();
+        let mut s = Session::new(out.clone());
+        let hello = |epoch| {
+            frame(
+                CONTROL,
+                Msg::Hello {
+                    epoch,
+                    version: PROTOCOL_VERSION,
+                    random_seed: vec![],
+                },
+            )
+        };
+        s.handle(hello(1));
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let handles = crate::stream::Handles {
+            pid: child.id() as i32,
+            pidfile: None,
+            stdin: None,
+            tty: None,
+        };
+        let c = Arc::new(Stream::new(
+            fcvm_proto::CONTAINER_STREAM,
+            Target::Container,
+            handles,
+            &out,
+            Instant::now(),
+        ));
+        s.streams.insert(fcvm_proto::CONTAINER_STREAM, c.clone());
+        c.credit.spend(usize::MAX);
+        let none = std::time::Duration::ZERO;
+        assert_eq!(c.credit.available(none), 0);
+        s.handle(frame(fcvm_proto::CONTAINER_STREAM, Msg::Credit(5)));
+        assert_eq!(c.credit.available(none), 5, "the host's grant");
+        s.handle(hello(1));
+        assert_eq!(
+            c.credit.available(none),
+            5,
+            "the same epoch changes nothing"
+        );
+        s.handle(hello(2));
+        let initial = fcvm_proto::INITIAL_OUTPUT_CREDIT as usize;
+        assert_eq!(c.credit.available(none), initial, "a new epoch starts over");
+        assert!(s.streams.contains_key(&fcvm_proto::CONTAINER_STREAM));
+        replies(&rx);
+        s.handle(frame(77, Msg::Credit(5)));
+        assert!(replies(&rx).is_empty(), "a late Credit is dropped quietly");
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     #[test]

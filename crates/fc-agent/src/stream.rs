@@ -7,8 +7,9 @@
 //! cancelled, nothing more of the stream reaches the host.
 
 use crate::channel::Outbox;
+use crate::credit::Credit;
 use crate::error::{Error, Result};
-use fcvm_proto::{Frame, Msg, Target};
+use fcvm_proto::{Frame, Msg, Target, INITIAL_OUTPUT_CREDIT};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
@@ -34,6 +35,8 @@ pub struct Stream {
     tty: Option<OwnedFd>,
     /// When its Start arrived.
     pub t0: Instant,
+    /// Output bytes the host takes before it grants more (see crate::credit).
+    pub credit: Credit,
 }
 
 /// What a stream keeps of its process.
@@ -71,6 +74,7 @@ impl Stream {
             stdin: Mutex::new(p.stdin),
             tty: p.tty,
             t0,
+            credit: Credit::new(INITIAL_OUTPUT_CREDIT),
         }
     }
 
@@ -87,15 +91,24 @@ impl Stream {
     }
 
     /// Stops every further frame of this stream (a new epoch took over).
+    /// Its output is read and discarded from then on: the process must not block on a pipe
+    /// nobody reads.
     pub fn cancel(&self) {
         if let Ok(mut alive) = self.alive.lock() {
             *alive = false;
         }
+        self.credit.unlimit();
     }
 
-    /// Whether so much output waits in the outbox that the pump should pause.
-    pub fn congested(&self) -> bool {
-        self.out.congested()
+    /// The host's `Credit(n)`: n more bytes of output.
+    pub fn grant_output(&self, n: u32) {
+        self.credit.grant(n);
+    }
+
+    /// A new epoch keeps this stream (the container's): its host starts, as for a new stream,
+    /// from the initial output credit.
+    pub fn new_epoch(&self) {
+        self.credit.reset(INITIAL_OUTPUT_CREDIT);
     }
 
     pub fn finished(&self) -> bool {

@@ -6,7 +6,8 @@
 //!
 //! ```text
 //! stream 0            control: Hello/HelloAck, Restored/RestoreComplete, Prepare/Prepared, Log
-//! stream 1..          one per process: Start → Started → Stdout/Stderr… → Exit | Error
+//! stream 1..          one per process: Start → Started → Stdout/Stderr… → Exit | Error,
+//!                     Stdin/Resize/Signal/Close from the host, Credit both ways
 //!                     (the host allocates ids; the container's main process is just a stream
 //!                     whose Start targets `Target::Container`)
 //! ```
@@ -14,13 +15,40 @@
 //! Every new host connection begins with `Hello{epoch}`; the agent drops all session state that
 //! belongs to another epoch (DESIGN §4). After a snapshot restore the host sends
 //! `Restored{epoch}` and waits for `RestoreComplete{epoch}` before it calls the VM ready.
+//!
+//! # Flow control (protocol 5)
+//!
+//! The payload of a process stream travels on credit in both directions, so that a reader
+//! that stops reading stalls its own stream and nothing else: not the other streams, not the
+//! control stream, not the agent or the host.
+//!
+//! - **Stdin** (host → agent): the host sends at most [`INITIAL_STDIN_CREDIT`] bytes of `Stdin`
+//!   payload, plus what the agent grants with `Credit(n)` on that stream as the process reads.
+//! - **Output** (agent → host): the agent sends at most [`INITIAL_OUTPUT_CREDIT`] bytes of
+//!   `Stdout` and `Stderr` payload (together), plus what the host grants with `Credit(n)` on
+//!   that stream. While it has no credit it stops reading the process's output, so the
+//!   process blocks in its own write. The host grants as its consumer drains: once it has
+//!   handed n bytes on (to its stdout, an exec client, a log), it sends `Credit(n)`. A host
+//!   that keeps what arrives grants as it arrives.
+//! - `Credit` goes the other way from the data it grants; its direction says which.
+//! - Every process stream starts with the initial credits. A new epoch (`Hello` or `Restored`
+//!   with a new epoch) restarts the streams the agent keeps (the container's) at the initial
+//!   output credit, as if they were new: the new host cannot know what the old one granted.
+//!   Output the agent queued under the old epoch may still arrive after that; the host does
+//!   not count it as an overrun.
+//! - Not on credit: `Started`, `Exit`, `Error`, `Credit` itself, probe streams (`HttpGet`,
+//!   `HttpStatus`) and the control stream, `Log` included (the agent drops `Log` frames it
+//!   cannot queue rather than wait, and says how many in the next one).
+//! - `Credit` for a stream the agent no longer has (the host granted after the `Exit`) is
+//!   dropped quietly.
 
 pub mod codec;
 
 use serde::{Deserialize, Serialize};
 
-/// Bumped on every incompatible change of [`Msg`]; checked in the Hello exchange.
-pub const PROTOCOL_VERSION: u32 = 4;
+/// Bumped on every incompatible change of [`Msg`] or of the rules of the session; checked in
+/// the Hello exchange. 5: output flow control (`Credit` host → agent, [`INITIAL_OUTPUT_CREDIT`]).
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// The `PATH` of a process whose environment sets none (podman's default), on both sides.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -37,6 +65,11 @@ pub const MAX_CHUNK: usize = 32 * 1024;
 
 /// Stdin bytes the host may send on a stream before the agent grants more with `Credit`.
 pub const INITIAL_STDIN_CREDIT: u32 = 256 * 1024;
+
+/// Output (`Stdout` + `Stderr` payload) bytes the agent may send on a process stream before
+/// the host grants more with `Credit` (see "Flow control" above). It bounds what the host
+/// holds of a stream whose consumer does not read: 8 chunks of [`MAX_CHUNK`].
+pub const INITIAL_OUTPUT_CREDIT: u32 = 256 * 1024;
 
 /// Name of the virtio-serial port the agent talks on (QEMU backend).
 pub const PORT_NAME: &str = "fcvm.agent";
@@ -124,7 +157,8 @@ pub enum Msg {
     Stdin(Vec<u8>),
     /// host → agent: stdin is at its end.
     StdinEof,
-    /// agent → host: the host may send this many more stdin bytes.
+    /// agent → host: the host may send this many more stdin bytes. host → agent: the agent
+    /// may send this many more bytes of output (see "Flow control").
     Credit(u32),
     /// host → agent: the terminal changed size.
     Resize {
@@ -133,7 +167,7 @@ pub enum Msg {
     },
     /// host → agent: deliver a signal to the process.
     Signal(i32),
-    /// agent → host: output.
+    /// agent → host: output, within the output credit.
     Stdout(Vec<u8>),
     Stderr(Vec<u8>),
     /// agent → host: the process ended (final frame of the stream). `run_us`: from the agent

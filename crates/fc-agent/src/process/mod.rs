@@ -79,3 +79,118 @@ fn attach(
     }
     Ok(stream)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fcvm_proto::codec::Decoder;
+    use fcvm_proto::{Frame, INITIAL_OUTPUT_CREDIT};
+    use std::sync::mpsc::Receiver;
+    use std::time::Duration;
+
+    /// What arrived on each stream: output bytes and exit code.
+    #[derive(Default)]
+    struct Seen {
+        out: std::collections::HashMap<u32, Vec<u8>>,
+        exit: std::collections::HashMap<u32, i32>,
+    }
+
+    impl Seen {
+        /// Takes frames until `done` holds (true) or 10 s pass (false).
+        fn until(&mut self, rx: &Receiver<Vec<u8>>, mut done: impl FnMut(&Seen) -> bool) -> bool {
+            let mut d = Decoder::new();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !done(self) {
+                if Instant::now() > deadline {
+                    return false;
+                }
+                if let Ok(b) = rx.recv_timeout(Duration::from_millis(20)) {
+                    d.feed(&b);
+                }
+                while let Some(Ok(Frame { stream, msg })) = d.next_frame() {
+                    match msg {
+                        Msg::Stdout(b) | Msg::Stderr(b) => {
+                            self.out.entry(stream).or_default().extend(b)
+                        }
+                        Msg::Exit { code, .. } => {
+                            self.exit.insert(stream, code);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            true
+        }
+
+        fn len(&self, id: u32) -> usize {
+            self.out.get(&id).map_or(0, Vec::len)
+        }
+    }
+
+    fn vm(args: &[&str]) -> ProcessSpec {
+        ProcessSpec {
+            args: args.iter().map(|a| a.to_string()).collect(),
+            env: vec!["PATH=/usr/bin:/bin".into()],
+            ..Default::default()
+        }
+    }
+
+    fn start_vm(id: u32, args: &[&str], out: &Outbox) -> Arc<Stream> {
+        start(id, &vm(args), Target::Vm, out, Instant::now()).expect("starts")
+    }
+
+    /// The output pump sends no more than its credit, stops reading while it has none (the
+    /// process waits), and goes on with each grant; another stream meanwhile runs to its end.
+    #[test]
+    fn output_waits_for_credit_and_stalls_only_its_stream() {
+        crate::reaper::start();
+        let (out, rx, _) = Outbox::new();
+        let initial = INITIAL_OUTPUT_CREDIT as usize;
+        let big = start_vm(11, &["head", "-c", "1000000", "/dev/zero"], &out);
+        let mut seen = Seen::default();
+        assert!(
+            seen.until(&rx, |s| s.len(11) >= initial),
+            "the first credit's worth"
+        );
+        // Another stream is not held up by the stalled one.
+        start_vm(12, &["echo", "other stream"], &out);
+        assert!(seen.until(&rx, |s| s.exit.contains_key(&12)));
+        assert_eq!(seen.out[&12], b"other stream\n");
+        // Nothing more of the stalled stream, and no exit: `head` waits on its full pipe.
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(seen.until(&rx, |_| true));
+        assert_eq!(seen.len(11), initial, "no output beyond the credit");
+        assert!(!seen.exit.contains_key(&11) && !big.finished());
+        big.grant_output(1000);
+        assert!(seen.until(&rx, |s| s.len(11) >= initial + 1000));
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(seen.until(&rx, |_| true));
+        assert_eq!(seen.len(11), initial + 1000, "exactly what was granted");
+        big.grant_output(1_000_000);
+        assert!(seen.until(&rx, |s| s.exit.contains_key(&11)), "it ends");
+        assert_eq!(seen.exit[&11], 0);
+        assert_eq!(seen.len(11), 1_000_000);
+        assert!(seen.out[&11].iter().all(|&b| b == 0));
+    }
+
+    /// A cancelled stream's output is read and discarded, so a process that had no credit
+    /// left runs to its end and its pump thread ends too.
+    #[test]
+    fn a_cancelled_stream_no_longer_waits_for_credit() {
+        crate::reaper::start();
+        let (out, rx, _) = Outbox::new();
+        let s = start_vm(13, &["head", "-c", "2000000", "/dev/zero"], &out);
+        let mut seen = Seen::default();
+        let initial = INITIAL_OUTPUT_CREDIT as usize;
+        assert!(seen.until(&rx, |s| s.len(13) >= initial));
+        s.cancel();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !s.finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(s.finished(), "the pump ended");
+        assert!(seen.until(&rx, |_| true));
+        assert_eq!(seen.len(13), initial, "nothing sent after the cancel");
+        assert!(!seen.exit.contains_key(&13));
+    }
+}
