@@ -22,13 +22,14 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use fcvm_proto::{ErrorKind, Frame, Msg, Target, CONTROL, INITIAL_STDIN_CREDIT};
+use fcvm_proto::{
+    ErrorKind, Frame, Msg, Target, CONTROL, INITIAL_OUTPUT_CREDIT, INITIAL_STDIN_CREDIT,
+};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::session::outbox::{self, Outbox};
-use crate::session::queue::INITIAL_OUTPUT_CREDIT;
 use crate::session::{FrameReader, Process, ProcessSender, Session};
 use crate::snapshot::SnapshotError;
 

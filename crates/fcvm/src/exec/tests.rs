@@ -4,11 +4,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use fcvm_proto::{Frame, Msg, ProcessSpec, Target, INITIAL_STDIN_CREDIT, MAX_CHUNK};
+use fcvm_proto::{
+    Frame, Msg, ProcessSpec, Target, INITIAL_OUTPUT_CREDIT, INITIAL_STDIN_CREDIT, MAX_CHUNK,
+};
 use tokio::net::UnixStream;
 
 use super::server::{serve, ExecServer, Snapshotter};
-use crate::session::queue::INITIAL_OUTPUT_CREDIT;
 use crate::session::test_peer::{pair, Peer};
 use crate::session::Session;
 use crate::snapshot::SnapshotError;

@@ -91,7 +91,10 @@ pub async fn serve(s: Serving<'_>) -> Result<i32> {
             let m = facts.manifest(&snap, SnapshotKind::Startup, &vm_name, true);
             match crate::snapshot::create::create(&dirs, &dir, m, &facts.net_args).await {
                 Ok(_) => tracing::info!("startup snapshot {snap} saved"),
-                Err(e) => eprintln!("fcvm: warning: startup snapshot not saved: {e}"),
+                Err(e) => tracing::warn!(
+                    error = &e as &dyn std::error::Error,
+                    "startup snapshot not saved"
+                ),
             }
         }))
     });

@@ -303,7 +303,7 @@ impl Session {
             Target::Container => fcvm_proto::CONTAINER_STREAM,
             _ => self.next_id.fetch_add(1, Ordering::Relaxed),
         };
-        let proc = self.attach(id);
+        let proc = self.open_process(id, StreamKind::Process);
         // If the connection is gone the stream is already over: `recv` says so.
         proc.send(Msg::Start { spec, target }).await;
         proc
@@ -312,7 +312,11 @@ impl Session {
     /// Receives the frames of a stream that already runs in the guest (the container of a
     /// VM restored from a snapshot taken while it ran).
     pub fn attach(&self, id: u32) -> Process {
-        let queue = self.streams.open(id, StreamKind::Process);
+        self.open_process(id, StreamKind::Attached)
+    }
+
+    fn open_process(&self, id: u32, kind: StreamKind) -> Process {
+        let queue = self.streams.open(id, kind);
         Process::new(id, queue, self.out.clone(), self.streams.clone())
     }
 

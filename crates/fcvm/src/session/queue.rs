@@ -1,7 +1,7 @@
 //! The receive queues of a session, each bounded whatever its peer sends (docs/design.md,
 //! "Backpressure").
 //!
-//! A process stream's output is credit-limited: the peer may send
+//! A process stream's output is credit-limited (protocol 5): the peer may send
 //! [`INITIAL_OUTPUT_CREDIT`] bytes of `Stdout`/`Stderr` payload, and more only as the host
 //! grants it with `Credit(n)` — which it does as its consumer drains the queue
 //! ([`StreamQueue::drained`]), never ahead of it. So a [`StreamQueue`] holds at most the credit
@@ -16,12 +16,8 @@ use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard};
 use std::task::Poll;
 
-use fcvm_proto::{ErrorKind, Msg, MAX_CHUNK};
+use fcvm_proto::{ErrorKind, Msg, INITIAL_OUTPUT_CREDIT, MAX_CHUNK};
 use tokio::sync::Notify;
-
-/// Output bytes a process stream may send before the host grants more.
-// TODO: use fcvm_proto::INITIAL_OUTPUT_CREDIT (protocol 5) once the agent branch is merged.
-pub const INITIAL_OUTPUT_CREDIT: u32 = 256 * 1024;
 
 /// Drained bytes are granted back in steps of at least this much (one `Credit` frame each).
 pub const GRANT_STEP: u64 = 64 * 1024;
@@ -34,16 +30,21 @@ pub const CONTROL_QUEUE: usize = 64;
 /// guest, whose relative order is never exact anyway).
 const MERGE_AFTER: usize = 256;
 
+/// Most output bytes a stream queue can hold: an attached stream's allowance.
+pub const MAX_HELD: usize = 2 * INITIAL_OUTPUT_CREDIT as usize;
+
 /// Most entries a stream queue can hold: past [`MERGE_AFTER`], an entry of one kind is added
 /// only when the last one of its kind cannot take the new output, so any two such entries in
 /// a row hold more than `MAX_CHUNK`; plus `Started`, `Credit` and the final frame.
-pub const MAX_ENTRIES: usize =
-    MERGE_AFTER + 2 * (2 * (INITIAL_OUTPUT_CREDIT as usize / MAX_CHUNK) + 2) + 3;
+pub const MAX_ENTRIES: usize = MERGE_AFTER + 2 * (2 * (MAX_HELD / MAX_CHUNK) + 2) + 3;
 
 /// What a stream carries: a process's output, or one probe answer (no output at all).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StreamKind {
     Process,
+    /// A process that ran under an earlier epoch (the container of a restored VM): output the
+    /// agent had queued for the old host may still come, on top of the new initial credit.
+    Attached,
     Probe,
 }
 
@@ -110,6 +111,7 @@ impl StreamQueue {
     pub fn new(kind: StreamKind) -> StreamQueue {
         let allowance = match kind {
             StreamKind::Process => INITIAL_OUTPUT_CREDIT as u64,
+            StreamKind::Attached => MAX_HELD as u64,
             StreamKind::Probe => 0,
         };
         StreamQueue {
@@ -138,7 +140,7 @@ impl StreamQueue {
         if s.ended || s.closed {
             return Push::Dropped;
         }
-        let process = s.kind == StreamKind::Process;
+        let process = s.kind != StreamKind::Probe;
         match msg {
             Msg::Stdout(d) | Msg::Stderr(d) if d.is_empty() => return Push::Dropped,
             Msg::Stdout(d) | Msg::Stderr(d) if d.len() as u64 > s.allowance => {

@@ -3,9 +3,11 @@
 
 use std::time::Duration;
 
-use fcvm_proto::{AgentInfo, Frame, LogLevel, Msg, ProcessSpec, Target, MAX_CHUNK};
+use fcvm_proto::{
+    AgentInfo, Frame, LogLevel, Msg, ProcessSpec, Target, INITIAL_OUTPUT_CREDIT, MAX_CHUNK,
+};
 
-use super::queue::{GRANT_STEP, INITIAL_OUTPUT_CREDIT};
+use super::queue::GRANT_STEP;
 use super::test_peer::{pair, Peer, LIMIT};
 use super::{Session, SessionError, Wait};
 
