@@ -24,6 +24,8 @@ mod output;
 /// How long a process gets after SIGTERM before SIGKILL, and after SIGKILL before we give up.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 const KILL_GRACE: Duration = Duration::from_secs(3);
+/// A write blocked this long means nobody reads our output: while stopping, it is dropped.
+const STALLED: Duration = Duration::from_millis(500);
 /// How long output may take to be written once the process was stopped.
 const FLUSH_GRACE: Duration = Duration::from_secs(2);
 
@@ -141,13 +143,12 @@ pub async fn attach(mut proc: Process, opts: AttachOptions) -> Outcome {
     let mut deadline = never();
 
     let result = loop {
-        if stop_stage > 0 {
-            // Stopping: output the writer cannot take now is dropped (and credited), so a
-            // process blocked on a reader that went away can still reach its end.
+        if stop_stage > 0 && output.stalled(STALLED) {
+            // Stopping, and our stdout's reader does not read: what waits for it is dropped
+            // (and credited), so the guest process can be drained and reach its end.
+            output.discard();
             if let Some(c) = held.take() {
-                if let Err(c) = output.try_send(c) {
-                    credit.drained(c.len());
-                }
+                credit.drained(c.len());
             }
         }
         let send_input = match &input {
@@ -176,13 +177,9 @@ pub async fn attach(mut proc: Process, opts: AttachOptions) -> Outcome {
                 Some(_) => {}
                 None => break Err(anyhow!("Connection to the VM's agent was lost")),
             },
-            permit = output.reserve(), if held.is_some() => match permit {
-                Some(p) => p.send(held.take().expect("guarded")),
-                None => {
-                    // No writer: output goes nowhere, but the process must not stall on it.
-                    if let Some(c) = held.take() {
-                        credit.drained(c.len());
-                    }
+            _ = output.room(), if held.is_some() => {
+                if let Some(Err(c)) = held.take().map(|c| output.try_send(c)) {
+                    held = Some(c);
                 }
             },
             permit = sender.reserve(), if send_input => {
@@ -223,21 +220,27 @@ pub async fn attach(mut proc: Process, opts: AttachOptions) -> Outcome {
                 }
                 // A signal that finds no room is lost: the deadline still ends the wait.
                 if stop_stage == 0 {
+                    tracing::debug!(stream = proc.id, "stopping the process: SIGTERM");
                     sender.try_send(Msg::Signal(libc::SIGTERM));
                     stop_stage = 1;
                     deadline = tokio::time::Instant::now() + STOP_GRACE;
                 } else {
+                    tracing::debug!(stream = proc.id, "stopping the process: SIGKILL");
                     sender.try_send(Msg::Signal(libc::SIGKILL));
                     stop_stage = 2;
                     deadline = tokio::time::Instant::now() + KILL_GRACE;
                 }
             }
+            // While stopping: look again whether output stalls.
+            _ = tokio::time::sleep(STALLED), if stop_stage > 0 => {}
             _ = tokio::time::sleep_until(deadline) => {
                 if stop_stage == 1 {
+                    tracing::debug!(stream = proc.id, "no exit after SIGTERM: SIGKILL");
                     sender.try_send(Msg::Signal(libc::SIGKILL));
                     stop_stage = 2;
                     deadline = tokio::time::Instant::now() + KILL_GRACE;
                 } else {
+                    tracing::debug!(stream = proc.id, "no exit after SIGKILL: giving up on it");
                     break Ok(128 + libc::SIGKILL);
                 }
             }
@@ -250,9 +253,23 @@ pub async fn attach(mut proc: Process, opts: AttachOptions) -> Outcome {
         .filter(|_| stop_stage == 0)
         .into_iter()
         .chain(last_words);
+    let output_stalled = output.stalled(STALLED);
     let flushed = output.finish(rest);
+    tracing::debug!(
+        stream = proc.id,
+        ?result,
+        "process over: writing the rest of its output"
+    );
     if stop_stage > 0 {
-        let _ = tokio::time::timeout(FLUSH_GRACE, flushed).await;
+        // Stopped with a reader that does not read: nothing more will be written.
+        let grace = if output_stalled {
+            Duration::ZERO
+        } else {
+            FLUSH_GRACE
+        };
+        if tokio::time::timeout(grace, flushed).await.is_err() {
+            tracing::debug!(stream = proc.id, "output not written: dropped");
+        }
     } else {
         tokio::select! {
             _ = flushed => {}
