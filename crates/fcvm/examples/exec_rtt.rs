@@ -18,7 +18,7 @@ async fn one(session: &Session, target: Target, args: &[String]) -> (u128, u64, 
         args: args.to_vec(),
         ..Default::default()
     };
-    let mut p: Process = session.start(spec, target);
+    let mut p: Process = session.start(spec, target).await;
     let (mut started, mut spawn) = (0, 0);
     loop {
         match p.recv().await {

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use fcvm_proto::{Msg, ProcessSpec, Target};
 
 use crate::image::ImageConfig;
-use crate::session::Session;
+use crate::session::{Session, SessionError};
 use crate::vm::Health;
 
 pub use state::HealthState;
@@ -254,8 +254,8 @@ pub fn spawn(
         let mut st = HealthState::new(plan.retries, plan.interval, plan.start_period);
         loop {
             let result = probe(&session, &plan, &spec).await;
-            if let Err(why) = &result {
-                tracing::debug!("health probe failed: {why}");
+            if let Err(e) = &result {
+                tracing::debug!(error = e as &dyn std::error::Error, "health probe failed");
             }
             if let Some(h) = st.record(result.is_ok(), t0.elapsed()) {
                 tracing::info!("health: {h:?}");
@@ -285,34 +285,52 @@ fn exec_spec(image: &ImageConfig) -> ProcessSpec {
     }
 }
 
+/// Why a probe failed.
+#[derive(Debug, thiserror::Error)]
+enum ProbeError {
+    #[error("HTTP {0}")]
+    Status(u16),
+    #[error("HTTP request from the VM failed")]
+    Http(#[source] SessionError),
+    #[error("Exit code {0}")]
+    Exit(i32),
+    /// The agent could not run the command (its message).
+    #[error("{0}")]
+    Start(String),
+    #[error("Connection to the VM's agent was lost")]
+    Lost,
+    #[error("Timed out after {0:?}")]
+    Timeout(Duration),
+}
+
 /// One probe: Ok = pass, Err = why it failed.
-async fn probe(session: &Session, plan: &Plan, spec: &ProcessSpec) -> Result<(), String> {
+async fn probe(session: &Session, plan: &Plan, spec: &ProcessSpec) -> Result<(), ProbeError> {
     match &plan.check {
         Check::Http(url) => match session.probe_http(url, plan.timeout).await {
             Ok(code) if (200..300).contains(&code) => Ok(()),
-            Ok(code) => Err(format!("HTTP {code}")),
-            Err(e) => Err(e.to_string()),
+            Ok(code) => Err(ProbeError::Status(code)),
+            Err(e) => Err(ProbeError::Http(e)),
         },
         Check::Exec(args) => {
             let spec = ProcessSpec {
                 args: args.clone(),
                 ..spec.clone()
             };
-            let mut proc = session.start(spec, Target::ContainerExec);
+            let mut proc = session.start(spec, Target::ContainerExec).await;
             let run = async {
                 loop {
                     match proc.recv().await {
                         Some(Msg::Exit { code: 0, .. }) => return Ok(()),
-                        Some(Msg::Exit { code, .. }) => return Err(format!("exit code {code}")),
-                        Some(Msg::Error { message, .. }) => return Err(message),
+                        Some(Msg::Exit { code, .. }) => return Err(ProbeError::Exit(code)),
+                        Some(Msg::Error { message, .. }) => return Err(ProbeError::Start(message)),
                         Some(_) => {} // output is discarded
-                        None => return Err("connection to the VM's agent was lost".into()),
+                        None => return Err(ProbeError::Lost),
                     }
                 }
             };
             tokio::time::timeout(plan.timeout, run)
                 .await
-                .unwrap_or_else(|_| Err(format!("timed out after {:?}", plan.timeout)))
+                .unwrap_or(Err(ProbeError::Timeout(plan.timeout)))
         }
     }
 }

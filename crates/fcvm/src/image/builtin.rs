@@ -145,11 +145,17 @@ fn layer_tar(busybox: &[u8], applets: &[String]) -> std::io::Result<Vec<u8>> {
 }
 
 /// Writes a blob under `dir/blobs/sha256/`; returns its descriptor fields.
+/// Writes a new file, 0600 (docs/security.md).
+fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    crate::owner_only::create_file(path)?.write_all(data)
+}
+
 fn put_blob(dir: &Path, media_type: &str, data: &[u8]) -> std::io::Result<serde_json::Value> {
     let hex = sha256_hex(data);
     let blobs = dir.join("blobs/sha256");
-    std::fs::create_dir_all(&blobs)?;
-    std::fs::write(blobs.join(&hex), data)?;
+    crate::owner_only::create_dir(&blobs)?;
+    write_private(&blobs.join(&hex), data)?;
     Ok(json!({"mediaType": media_type, "digest": format!("sha256:{hex}"), "size": data.len()}))
 }
 
@@ -185,8 +191,11 @@ fn write_layout(dir: &Path, tar: &[u8]) -> std::io::Result<()> {
     manifest["annotations"] = json!({"org.opencontainers.image.ref.name": "latest"});
     manifest["platform"] = json!({"architecture": super::host_arch(), "os": "linux"});
     let index = json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [manifest]});
-    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index)?)?;
-    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    write_private(&dir.join("index.json"), &serde_json::to_vec(&index)?)?;
+    write_private(
+        &dir.join("oci-layout"),
+        br#"{"imageLayoutVersion":"1.0.0"}"#,
+    )?;
     Ok(())
 }
 

@@ -15,7 +15,6 @@
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path};
 
 use nix::errno::Errno;
@@ -133,13 +132,7 @@ pub(crate) fn json_problem(e: &serde_json::Error) -> String {
 /// A fresh temp dir under `parent`, 0700 whatever the umask: nobody else may enter the trees
 /// fcvm builds in it (an image's setuid files and device nodes while it is unpacked).
 pub(crate) fn private_temp_dir(parent: &Path, prefix: &str) -> io::Result<tempfile::TempDir> {
-    std::fs::create_dir_all(parent)?;
-    let dir = tempfile::Builder::new()
-        .prefix(prefix)
-        .permissions(std::fs::Permissions::from_mode(0o700))
-        .tempdir_in(parent)?;
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))?;
-    Ok(dir)
+    crate::owner_only::temp_dir_in(parent, prefix)
 }
 
 #[cfg(test)]
@@ -225,10 +218,8 @@ mod tests {
         let old = nix::sys::stat::umask(nix::sys::stat::Mode::empty());
         let d = private_temp_dir(&t.path().join("tmp"), "image-");
         nix::sys::stat::umask(old);
-        let mode = std::fs::metadata(d.unwrap().path())
-            .unwrap()
-            .permissions()
-            .mode();
+        let perms = std::fs::metadata(d.unwrap().path()).unwrap().permissions();
+        let mode = std::os::unix::fs::PermissionsExt::mode(&perms);
         assert_eq!(mode & 0o7777, 0o700);
     }
 }

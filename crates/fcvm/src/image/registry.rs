@@ -314,8 +314,8 @@ impl Remote {
             self.reference.whole(),
             missing.len()
         ));
-        std::fs::create_dir_all(&self.blobs).map_err(ImageError::io(&self.blobs))?;
-        std::fs::create_dir_all(&self.tmp).map_err(ImageError::io(&self.tmp))?;
+        crate::owner_only::create_dir(&self.blobs).map_err(ImageError::io(&self.blobs))?;
+        crate::owner_only::create_dir(&self.tmp).map_err(ImageError::io(&self.tmp))?;
         for (i, layer) in missing.iter().enumerate() {
             step.set_detail(&format!("{}/{}", i + 1, missing.len()));
             let digest = layer.digest.clone().unwrap_or_default();

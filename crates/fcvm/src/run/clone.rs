@@ -137,7 +137,7 @@ async fn one_shot(l: Launched, facts: &Facts, cmd: &str, in_container: bool) -> 
     } else {
         Target::Container
     };
-    let proc = l.session.start(spec, target);
+    let proc = l.session.start(spec, target).await;
     let outcome = attach(
         proc,
         AttachOptions {

@@ -11,7 +11,7 @@ use fcvm_proto::{ProcessSpec, Target};
 use super::launch::Launched;
 use super::Facts;
 use crate::attach::{attach, AttachOptions};
-use crate::exec::Snapshotter;
+use crate::exec::server::{self as exec_server, Snapshotter};
 use crate::paths::Dirs;
 use crate::snapshot::SnapshotKind;
 use crate::vm::{VmDir, VmState, VmStatus};
@@ -47,7 +47,7 @@ pub async fn serve(s: Serving<'_>) -> Result<i32> {
     let session = Arc::new(session);
     let fresh = s.start.is_some();
     let mut proc = match s.start {
-        Some(spec) => session.start(spec, Target::Container),
+        Some(spec) => session.start(spec, Target::Container).await,
         None => session.attach(fcvm_proto::CONTAINER_STREAM),
     };
     // Explicit readiness: the VM is "running" (and takes execs) once the agent reported the
@@ -56,8 +56,8 @@ pub async fn serve(s: Serving<'_>) -> Result<i32> {
     // ends here with its code and message, as `podman run -d` does.
     let started = !fresh || proc.wait_started().await;
     let t_started = t0.elapsed();
-    let _exec = crate::exec::serve(
-        &s.vmdir.path.join(crate::exec::EXEC_SOCK),
+    let _exec = exec_server::serve(
+        &s.vmdir.path.join(exec_server::EXEC_SOCK),
         session.clone(),
         s.facts.container_env.clone(),
         Some(snapshotter(s.dirs, s.vmdir, s.facts, &name, vm.clone())),
@@ -71,7 +71,8 @@ pub async fn serve(s: Serving<'_>) -> Result<i32> {
             .context("Cannot detach from the terminal")?;
     }
     let shared = Arc::new(Mutex::new(state));
-    let (healthy_tx, mut healthy_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    // Only the first healthy result counts: one slot, later ones are not queued.
+    let (healthy_tx, mut healthy_rx) = tokio::sync::mpsc::channel::<()>(1);
     let _startup = s.startup_snapshot.map(|snap| {
         // Once, on the first healthy result: the app is up, so the next run can skip its start.
         let (dirs, dir, facts, vm_name, vm) = (
@@ -93,7 +94,10 @@ pub async fn serve(s: Serving<'_>) -> Result<i32> {
             let boot = &crate::vmm::boot;
             match crate::snapshot::create::create(&dirs, &*vm, &dir, m, nic, boot).await {
                 Ok(_) => tracing::info!("startup snapshot {snap} saved"),
-                Err(e) => eprintln!("fcvm: warning: startup snapshot not saved: {e}"),
+                Err(e) => tracing::warn!(
+                    error = &e as &dyn std::error::Error,
+                    "startup snapshot not saved"
+                ),
             }
         }))
     });
@@ -105,7 +109,7 @@ pub async fn serve(s: Serving<'_>) -> Result<i32> {
             s.image_config,
             Box::new(move |h| {
                 if h == crate::vm::Health::Healthy {
-                    let _ = healthy_tx.send(());
+                    let _ = healthy_tx.try_send(());
                 }
                 let mut st = shared.lock().expect("state");
                 st.health = Some(h);
@@ -176,8 +180,6 @@ fn snapshotter(
             crate::snapshot::create::create(&dirs, &*vm, &dir, m, nic.as_ref(), &crate::vmm::boot)
                 .await
                 .map(|_| ())
-                // The whole chain: the client prints it as one line.
-                .map_err(|e| format!("{:#}", anyhow::Error::from(e)))
         })
     })
 }

@@ -1,7 +1,7 @@
 //! `fcvm logs [-f] NAME`: the output of a detached run (`podman run -d`), kept in its VM
 //! directory while the VM exists.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::time::Duration;
 
 use anyhow::{anyhow, Result};
@@ -34,9 +34,9 @@ pub fn run(dirs: &Dirs, a: LogsArgs) -> Result<i32> {
         // goes with it, so the open file is all that is left to read).
         let running = dir.read_state().is_some_and(|st| st.observed().is_alive());
         if !a.follow || !running {
-            let mut rest = Vec::new();
-            log.read_to_end(&mut rest)?;
-            out.write_all(&rest)?;
+            // What was written since the copy above, streamed (the log may be large).
+            std::io::copy(&mut log, &mut out)?;
+            out.flush()?;
             return Ok(0);
         }
         std::thread::sleep(Duration::from_millis(100));

@@ -1,0 +1,87 @@
+//! `fcvm exec`: runs one command in a running VM through its owner's exec socket
+//! ([`super::server`]) and returns its exit code. The process's stdio is this process's
+//! ([`crate::attach`]).
+
+use anyhow::Context;
+use fcvm_proto::Target;
+use tokio::net::UnixStream;
+
+use super::server::EXEC_SOCK;
+use crate::session::Session;
+
+/// What `fcvm exec` asks for.
+#[derive(Debug, Clone, Default)]
+pub struct ExecOptions {
+    pub name: String,
+    /// Run in the VM itself instead of the container.
+    pub vm: bool,
+    pub command: Vec<String>,
+    pub env: Vec<String>,
+    pub workdir: Option<String>,
+    pub user: Option<String>,
+    pub interactive: bool,
+    pub tty: bool,
+}
+
+pub async fn exec(dirs: &crate::paths::Dirs, o: ExecOptions) -> anyhow::Result<i32> {
+    let t0 = std::time::Instant::now();
+    let (dir, st) = crate::vm::find(dirs, &o.name)?;
+    let status = st.observed();
+    if !status.can_exec() {
+        anyhow::bail!("VM {} is not running (it is {status})", o.name);
+    }
+    if o.command.is_empty() {
+        anyhow::bail!(
+            "No command given: fcvm exec --name {} -- CMD [ARG...]",
+            o.name
+        );
+    }
+    let env = crate::run::spec::parse_env(&o.env)?;
+    let conn = UnixStream::connect(dir.path.join(EXEC_SOCK))
+        .await
+        .with_context(|| format!("VM {} does not accept execs", o.name))?;
+    let session = Session::client(conn);
+    let (rows, cols) = crate::attach::terminal_size().unwrap_or((24, 80));
+    let spec = fcvm_proto::ProcessSpec {
+        args: o.command,
+        env,
+        cwd: o.workdir.unwrap_or_default(),
+        user: o.user.unwrap_or_default(),
+        tty: o.tty,
+        stdin: o.interactive,
+        rows,
+        cols,
+    };
+    let target = if o.vm {
+        Target::Vm
+    } else {
+        Target::ContainerExec
+    };
+    let proc = session.start(spec, target).await;
+    let outcome = crate::attach::attach(
+        proc,
+        crate::attach::AttachOptions {
+            stdin: o.interactive,
+            tty: o.tty,
+            stop_on_signal: true,
+        },
+    )
+    .await;
+    if std::env::var_os("FCVM_TIMINGS").is_some() {
+        // For bench/exec.py: the guest's own spawn time next to what this client saw.
+        let us = |t: std::time::Instant| (t - t0).as_micros();
+        if let Some((at, spawn_us)) = outcome.started {
+            #[allow(clippy::print_stderr)]
+            {
+                eprintln!(
+                    "fcvm timings: spawn_us={spawn_us} started_us={} total_us={}",
+                    us(at),
+                    t0.elapsed().as_micros()
+                );
+            }
+        }
+    }
+    outcome
+        .result
+        .with_context(|| format!("exec in VM {}", o.name))
+}
