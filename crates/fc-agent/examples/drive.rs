@@ -4,6 +4,12 @@
 //!
 //! usage: cargo run -p fc-agent --example drive -- /path/to/agent.sock
 
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "figures and diagnostics"
+)]
+
 use fcvm_proto::codec::{encode, Decoder};
 use fcvm_proto::*;
 use std::io::{Read, Write};

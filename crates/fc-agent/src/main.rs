@@ -35,6 +35,10 @@ mod warm;
 
 use std::time::Duration;
 
+#[allow(
+    clippy::print_stdout,
+    reason = "run on a host, it only says what it is"
+)]
 fn main() {
     if std::env::args().nth(1).as_deref() == Some(warm::INIT_ARG) {
         warm::container_init(); // the warm container's stand-in: becomes the user's process

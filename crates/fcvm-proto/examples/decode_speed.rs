@@ -9,6 +9,12 @@
 //! readers do, and every frame or error is taken out after each read; the best of three runs
 //! is printed (the machine is shared).
 
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "figures and diagnostics"
+)]
+
 use fcvm_proto::codec::{encode, Decoder};
 use fcvm_proto::{Frame, Msg, MAX_CHUNK};
 use std::time::Instant;

@@ -6,6 +6,12 @@
 //!        `started_us=… spawn_us=… run_us=… exit_us=…`, then `parallel10_us=… single_us=…`
 //!        (`spawn_us`: Start → exec done in the guest; `run_us`: Start → reaped in the guest).
 
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "figures and diagnostics"
+)]
+
 use std::time::Instant;
 
 use fcvm::session::{Process, Session};

@@ -25,6 +25,10 @@ fn is_tty() -> bool {
 }
 
 /// Starts a step: a spinner on a terminal, a "==> msg" line otherwise.
+#[allow(
+    clippy::print_stderr,
+    reason = "progress lines are this module's output"
+)]
 pub fn step(msg: impl Into<String>) -> Step {
     let msg = msg.into();
     let quiet = quiet();
@@ -56,6 +60,10 @@ impl Step {
         }
     }
 
+    #[allow(
+        clippy::print_stderr,
+        reason = "progress lines are this module's output"
+    )]
     pub fn finish(self) {
         let took = self.start.elapsed().as_secs_f64();
         if let Some(b) = &self.bar {

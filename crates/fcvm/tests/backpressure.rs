@@ -9,6 +9,12 @@
 //! 2. `fcvm podman run … -- sh -c 'cat /dev/zero'` with stdout a pipe nobody reads: `fcvm
 //!    exec` still works, and SIGTERM to the owner ends it and its QEMU; nothing is left.
 
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "figures and diagnostics"
+)]
+
 mod common;
 
 use std::io::Read;

@@ -355,10 +355,8 @@ fn set_size(fd: &impl AsRawFd, rows: u16, cols: u16) {
         ws_ypixel: 0,
     };
     // SAFETY: TIOCSWINSZ reads a valid winsize.
-    assert_eq!(
-        unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &ws) },
-        0
-    );
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+    assert_eq!(r, 0);
 }
 
 fn tty_session(vm: &Fixture, t: &[&str]) {

@@ -14,6 +14,12 @@
 //! - a container without a check has no health at all (podman's behaviour);
 //! - bad health flags exit 125 with one line and start no VM.
 
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "figures and diagnostics"
+)]
+
 mod common;
 
 use std::path::Path;

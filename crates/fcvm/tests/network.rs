@@ -24,6 +24,12 @@
 //! `FCVM_ROOTLESS_BACKEND=passt` runs the same tests on passt (known failures: the guest→host
 //! connection test hangs; see `network/mod.rs`).
 
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "figures and diagnostics"
+)]
+
 mod common;
 
 use std::io::{Read, Write};

@@ -8,6 +8,12 @@
 //! unprivileged user (uid 65534) can open, list or connect to nothing under the data
 //! directory. The probe is this test binary itself, re-run as that user on a list of paths.
 
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "figures and diagnostics"
+)]
+
 mod common;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};

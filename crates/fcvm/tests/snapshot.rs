@@ -9,6 +9,12 @@
 //! (unknown name, damaged manifest, truncated RAM, removed kernel, rm while in use, a damaged
 //! image-cache snapshot) give clear errors and leave nothing behind.
 
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "figures and diagnostics"
+)]
+
 mod common;
 
 use std::collections::HashSet;

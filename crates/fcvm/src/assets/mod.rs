@@ -330,6 +330,7 @@ mod tests {
     /// `cargo test -p fcvm --lib assets::tests::real_ensure -- --ignored --nocapture`
     #[test]
     #[ignore]
+    #[allow(clippy::print_stderr, reason = "a timing probe run by hand")]
     fn real_ensure() {
         let root = std::env::var_os("FCVM_DATA_DIR").unwrap_or("/tmp/fcvm-assets-test".into());
         let agent = std::env::var_os("FCVM_TEST_AGENT").unwrap_or("/bin/busybox".into());

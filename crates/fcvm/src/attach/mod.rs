@@ -48,7 +48,12 @@ pub struct Outcome {
 /// Rows and columns of the terminal on stdin/stdout, if there is one.
 pub fn terminal_size() -> Option<(u16, u16)> {
     for fd in [libc::STDOUT_FILENO, libc::STDIN_FILENO] {
-        let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+        let mut ws = libc::winsize {
+            ws_row: 0,
+            ws_col: 0,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
         // SAFETY: TIOCGWINSZ writes a winsize into the struct we pass.
         if unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) } == 0 && ws.ws_row > 0 {
             return Some((ws.ws_row, ws.ws_col));

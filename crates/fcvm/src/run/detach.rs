@@ -37,6 +37,10 @@ fn ready_fd() -> Option<RawFd> {
 
 /// Starts the detached owner and waits until it runs the container or fails; returns the
 /// command's exit code.
+#[allow(
+    clippy::print_stdout,
+    reason = "-d's one line of output is the id, as podman's"
+)]
 pub fn spawn() -> anyhow::Result<i32> {
     let (ready_r, ready_w) = pipe()?;
     let (out_r, out_w) = pipe()?;

@@ -33,6 +33,10 @@ pub struct Serving<'a> {
     pub detached: Option<std::os::fd::RawFd>,
 }
 
+#[allow(
+    clippy::print_stderr,
+    reason = "FCVM_TIMINGS asks for its line on stderr"
+)]
 pub async fn serve(s: Serving<'_>) -> Result<i32> {
     let Launched {
         vm,

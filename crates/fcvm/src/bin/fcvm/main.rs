@@ -2,6 +2,12 @@
 //! lives in `commands/<verb>.rs`. Exit codes follow podman: 125 for fcvm's own errors, else
 //! the container's code (126/127 for a command that cannot run / is not found).
 
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "a command line prints"
+)]
+
 mod commands;
 
 use clap::{Parser, Subcommand};
