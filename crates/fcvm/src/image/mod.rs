@@ -14,7 +14,7 @@
 //! 4. `rootfs` unpacks the layers (`unpack`: whiteouts, no escapes), runs `mkfs.erofs`, and
 //!    publishes the finished directory with one rename.
 //!
-//! [`ensure_builtin_busybox`] (`builtin`) makes an image that needs no internet or registry.
+//! [`ensure_builtin`] (`builtin`) makes an image that needs no internet or registry.
 
 mod builtin;
 mod config;
@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use crate::paths::Dirs;
 use crate::util::ToolError;
 
-pub use builtin::ensure_builtin_busybox;
+pub use builtin::{ensure_builtin, ensure_builtin_busybox};
 pub use reference::{parse_reference, Source};
 
 /// What the agent needs from an image's config to build an OCI runtime config.
@@ -109,7 +109,7 @@ pub enum ImageError {
     UnsafePath { layer: String, path: String },
     #[error("Cannot unpack layer {layer}: {reason}")]
     Unpack { layer: String, reason: String },
-    #[error("Cannot build the builtin busybox image: {0}")]
+    #[error("Cannot build the builtin image: {0}")]
     Builtin(String),
     #[error(transparent)]
     Tool(#[from] ToolError),
@@ -234,9 +234,9 @@ pub async fn prepare(
         Source::DockerArchive { path, name } => {
             blocking(move || docker_archive::resolve(&d, &path, name.as_deref(), &what)).await?
         }
-        Source::Builtin(_) => {
+        Source::Builtin(name) => {
             blocking(move || {
-                let dir = ensure_builtin_busybox(&d)?;
+                let dir = ensure_builtin(&d, &name)?;
                 layout::resolve_dir(&dir, Some("latest"), &what)
             })
             .await?
