@@ -40,6 +40,7 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/process.Process/Update", post(update))
         .route("/process.Process/StreamInput", post(unimplemented))
         .route("/filesystem.Filesystem/{method}", post(unimplemented))
+        .route("/files", get(files_unsupported).post(files_unsupported))
         .with_state(server)
 }
 
@@ -107,6 +108,14 @@ async fn health(State(s): State<Arc<Server>>, headers: HeaderMap) -> Response {
         Ok(_) => StatusCode::NO_CONTENT.into_response(),
         Err(r) => r.into_response(),
     }
+}
+
+async fn files_unsupported() -> Response {
+    Refused::Proxy(
+        StatusCode::NOT_IMPLEMENTED,
+        "files are not supported by fcvm serve yet".into(),
+    )
+    .into_response()
 }
 
 async fn unimplemented() -> Response {

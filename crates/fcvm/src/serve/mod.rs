@@ -157,7 +157,11 @@ pub async fn serve(dirs: &Dirs, opts: ServeOptions, ready: impl FnOnce(SocketAdd
         .await
         .with_context(|| format!("Cannot listen on {}", opts.listen))?;
     ready(listener.local_addr()?);
-    let app = rest::router(server.clone()).merge(envd::router(server.clone()));
+    let app = rest::router(server.clone())
+        .merge(envd::router(server.clone()))
+        .fallback(|| async {
+            rest::ApiError(axum::http::StatusCode::NOT_FOUND, "no such endpoint".into())
+        });
     let served = axum::serve(listener, app);
     let result = tokio::select! {
         r = served => r.context("Server failed"),

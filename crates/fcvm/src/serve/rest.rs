@@ -154,7 +154,26 @@ async fn create(
         timeout: timeout_of(b.timeout)?,
         access_token: secure.then(|| hex::encode(rand::random::<[u8; 24]>())),
     };
-    {
+    let slot = Slot::take(&s)?;
+    let launched = Sandbox::launch(&s.dirs, &template, params).await;
+    let sbx = Arc::new(launched.map_err(|e| {
+        tracing::error!("sandbox not created: {e:#}");
+        ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}"))
+    })?);
+    tracing::info!(sandbox = sbx.id, template = template_id, "sandbox created");
+    let body = created(&sbx);
+    s.insert(sbx);
+    // Counted as running from here on.
+    drop(slot);
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// A place among `--max-sandboxes` held by a create in progress (also when the client goes
+/// away and the create is dropped half-way).
+struct Slot<'a>(&'a Server);
+
+impl<'a> Slot<'a> {
+    fn take(s: &'a Server) -> Result<Slot<'a>, ApiError> {
         let mut creating = s.creating.lock().expect("creating");
         if s.sandboxes.lock().expect("sandboxes").len() + *creating >= s.max_sandboxes {
             return Err(ApiError(
@@ -163,17 +182,14 @@ async fn create(
             ));
         }
         *creating += 1;
+        Ok(Slot(s))
     }
-    let launched = Sandbox::launch(&s.dirs, &template, params).await;
-    *s.creating.lock().expect("creating") -= 1;
-    let sbx = Arc::new(launched.map_err(|e| {
-        tracing::error!("sandbox not created: {e:#}");
-        ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}"))
-    })?);
-    tracing::info!(sandbox = sbx.id, template = template_id, "sandbox created");
-    let body = created(&sbx);
-    s.insert(sbx);
-    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        *self.0.creating.lock().expect("creating") -= 1;
+    }
 }
 
 /// The `Sandbox` reply of create and connect.
