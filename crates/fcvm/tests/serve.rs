@@ -5,7 +5,8 @@
 //! skipped one. One real server (real QEMU VMs, the real agent, `builtin:base`) with an API key;
 //! one Python script ([`SCRIPT`]) runs the checks in order and prints `ok <check>` for each:
 //! create, `commands.run` stdout/stderr/exit codes, env vars, cwd and user, a background
-//! command killed, stdin, list with a metadata filter, a wrong API key (401), an unknown sandbox
+//! command killed, stdin (sent, streamed, closed), a PTY (echo, resize, exit code), list with a
+//! metadata filter, a wrong API key (401), an unknown sandbox
 //! (404), an envd call without the sandbox's access token (401), two sandboxes isolated from
 //! each other, `set_timeout` expiry, `kill()`. Then SIGTERM stops the server, which must leave
 //! no sandbox VM behind. A second test: a non-loopback `--listen` without a key is refused.
@@ -295,7 +296,7 @@ import os, time
 import httpx
 from e2b import Sandbox, SandboxQuery
 from e2b.exceptions import AuthenticationException, NotFoundException, SandboxException
-from e2b.sandbox.commands.command_handle import CommandExitException
+from e2b.sandbox.commands.command_handle import CommandExitException, PtySize
 
 def ok(name):
     print("ok", name, flush=True)
@@ -342,7 +343,30 @@ h = sbx.commands.run("cat; echo done", background=True, stdin=True)
 sbx.commands.send_stdin(h.pid, "hello stdin\n")
 sbx.commands.close_stdin(h.pid)
 assert h.wait().stdout == "hello stdin\ndone\n"
+h = sbx.commands.run("cat", background=True, stdin=True)
+sbx.commands.stream_input(h.pid, ["streamed ", b"input\n"])
+sbx.commands.close_stdin(h.pid)
+assert h.wait().stdout == "streamed input\n"
 ok("stdin")
+
+t = sbx.pty.create(PtySize(rows=30, cols=100))
+sbx.pty.send_stdin(t.pid, b"stty size; echo tty-$((6*7))\n")
+events, seen = iter(t), b""
+while b"tty-42\r\n" not in seen:
+    _, _, chunk = next(events)
+    seen += chunk or b""
+assert b"30 100\r\n" in seen, seen
+sbx.pty.resize(t.pid, PtySize(rows=40, cols=120))
+sbx.pty.send_stdin(t.pid, b"stty size; exit 5\n")
+for _, _, chunk in events:
+    seen += chunk or b""
+assert b"40 120\r\n" in seen, seen
+try:
+    t.wait()
+    raise AssertionError("exit 5 did not raise")
+except CommandExitException as e:
+    assert e.exit_code == 5, e
+ok("pty")
 
 found = Sandbox.list(query=SandboxQuery(metadata={"a b": "x&y"})).next_items()
 assert [s.sandbox_id for s in found] == [sbx.sandbox_id], found

@@ -196,6 +196,41 @@ pub fn split(mut body: &[u8]) -> Result<Vec<&[u8]>, RpcError> {
     Ok(out)
 }
 
+/// Envelopes of a request body that arrives piece by piece (client streams): feed bytes, take
+/// whole messages. At most one message is buffered.
+#[derive(Default)]
+pub struct Reader {
+    buf: Vec<u8>,
+}
+
+impl Reader {
+    pub fn feed(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The next whole message, None until one is complete; an error ends the stream.
+    pub fn take(&mut self) -> Option<Result<Vec<u8>, RpcError>> {
+        if self.buf.len() < 5 {
+            return None;
+        }
+        let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
+        if len > MAX_MESSAGE || self.buf[0] & FLAG_COMPRESSED != 0 {
+            return Some(split(&self.buf[..5]).map(|_| vec![]));
+        }
+        if self.buf.len() < 5 + len {
+            return None;
+        }
+        let msg = self.buf[5..5 + len].to_vec();
+        self.buf.drain(..5 + len);
+        Some(Ok(msg))
+    }
+
+    /// Whether the body ended between envelopes.
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+}
+
 /// Parses the one request message of a server-streaming call.
 pub fn single_message<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, RpcError> {
     match split(body)?.as_slice() {
@@ -277,6 +312,26 @@ mod tests {
         assert_eq!(msgs, vec![br#"{"a":1}"# as &[u8], b""]);
         let v: serde_json::Value = single_message(&envelope(0, br#"{"x":"y"}"#)).unwrap();
         assert_eq!(v["x"], "y");
+    }
+
+    #[test]
+    fn a_reader_takes_messages_across_pieces() {
+        let body = [envelope(0, b"{\"a\":1}"), envelope(0, b"{}")].concat();
+        let mut r = Reader::default();
+        for piece in body.chunks(3) {
+            r.feed(piece);
+        }
+        assert_eq!(r.take().unwrap().unwrap(), b"{\"a\":1}");
+        assert_eq!(r.take().unwrap().unwrap(), b"{}");
+        assert!(r.take().is_none() && r.is_empty());
+        r.feed(&[0, 0, 0]);
+        assert!(r.take().is_none() && !r.is_empty());
+        let mut r = Reader::default();
+        r.feed(&envelope(FLAG_COMPRESSED, b"x"));
+        assert_eq!(r.take().unwrap().unwrap_err().code, Code::InvalidArgument);
+        let mut r = Reader::default();
+        r.feed(&[0, 0xff, 0xff, 0xff, 0xff]);
+        assert_eq!(r.take().unwrap().unwrap_err().code, Code::ResourceExhausted);
     }
 
     #[test]

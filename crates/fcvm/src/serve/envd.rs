@@ -38,7 +38,7 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/process.Process/SendInput", post(send_input))
         .route("/process.Process/CloseStdin", post(close_stdin))
         .route("/process.Process/Update", post(update))
-        .route("/process.Process/StreamInput", post(unimplemented))
+        .route("/process.Process/StreamInput", post(stream_input))
         .route("/filesystem.Filesystem/{method}", post(unimplemented))
         .route("/files", get(files_unsupported).post(files_unsupported))
         .with_state(server)
@@ -191,6 +191,65 @@ async fn connect_process(
         sbx.processes.connect(req.process.as_ref()).await
     };
     event_stream(attached.await, keepalive(&headers))
+}
+
+/// A client stream of stdin (or PTY input) for one process: a `start` naming it, then `data`.
+/// The reply — one empty message and the end of the stream — comes once the body ended.
+async fn stream_input(State(s): State<Arc<Server>>, headers: HeaderMap, body: Body) -> Response {
+    if let Err(r) = connect::check_codec(&headers, true) {
+        return r.into_response();
+    }
+    let sbx = match sandbox(&s, &headers, true) {
+        Ok(x) => x,
+        Err(r) => return r.into_response(),
+    };
+    let content_type = [(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(connect::STREAM_JSON),
+    )];
+    match feed_input(&sbx, body).await {
+        Ok(()) => {
+            let mut b = connect::stream_message(&pb::Empty {});
+            b.extend(connect::end_stream(None));
+            (content_type, b).into_response()
+        }
+        Err(e) => (content_type, connect::end_stream(Some(&e))).into_response(),
+    }
+}
+
+async fn feed_input(sbx: &Sandbox, body: Body) -> Result<(), RpcError> {
+    use futures_util::StreamExt;
+    let mut pieces = body.into_data_stream();
+    let mut reader = connect::Reader::default();
+    let mut target: Option<pb::ProcessSelector> = None;
+    loop {
+        while let Some(msg) = reader.take() {
+            let req: pb::StreamInputRequest = connect::decode(&msg?)?;
+            if let Some(start) = req.start {
+                target = Some(start.process.unwrap_or_default());
+            } else if let Some(data) = req.data {
+                let sel = target.as_ref().ok_or_else(|| {
+                    RpcError::new(Code::InvalidArgument, "input before the start event")
+                })?;
+                let input = data.input.unwrap_or_default();
+                let bytes = input.stdin.or(input.pty).unwrap_or_default().0;
+                sbx.processes.send_input(Some(sel), bytes).await?;
+            }
+        }
+        match pieces.next().await {
+            Some(Ok(piece)) => reader.feed(&piece),
+            Some(Err(e)) => {
+                return Err(RpcError::new(Code::Canceled, format!("request body: {e}")))
+            }
+            None if reader.is_empty() => return Ok(()),
+            None => {
+                return Err(RpcError::new(
+                    Code::InvalidArgument,
+                    "malformed envelope: truncated message",
+                ))
+            }
+        }
+    }
 }
 
 /// The `Keepalive-Ping-Interval` the client asked for (seconds).

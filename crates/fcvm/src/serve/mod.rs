@@ -15,6 +15,7 @@
 
 pub mod connect;
 mod envd;
+mod list;
 pub mod pb;
 pub mod process;
 mod rest;
@@ -26,6 +27,9 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
 use chrono::Utc;
 
 use crate::paths::Dirs;
@@ -40,6 +44,35 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 /// The template a create without `templateID` gets, and its image.
 pub const DEFAULT_TEMPLATE: (&str, &str) = ("base", "builtin:base");
+
+/// E2B names the node a sandbox runs on; this server is the only one.
+pub const CLIENT_ID: &str = "fcvm";
+
+/// An E2B API error.
+#[derive(Debug)]
+pub struct ApiError(pub StatusCode, pub String);
+
+impl ApiError {
+    pub(crate) fn bad_request(m: impl Into<String>) -> ApiError {
+        ApiError(StatusCode::BAD_REQUEST, m.into())
+    }
+    pub(crate) fn not_found(id: &str) -> ApiError {
+        ApiError(
+            StatusCode::NOT_FOUND,
+            format!("sandbox \"{id}\" doesn't exist or you don't have access to it"),
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.0,
+            Json(serde_json::json!({"code": self.0.as_u16(), "message": self.1})),
+        )
+            .into_response()
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
@@ -159,9 +192,7 @@ pub async fn serve(dirs: &Dirs, opts: ServeOptions, ready: impl FnOnce(SocketAdd
     ready(listener.local_addr()?);
     let app = rest::router(server.clone())
         .merge(envd::router(server.clone()))
-        .fallback(|| async {
-            rest::ApiError(axum::http::StatusCode::NOT_FOUND, "no such endpoint".into())
-        });
+        .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint".into()) });
     let served = axum::serve(listener, app);
     let result = tokio::select! {
         r = served => r.context("Server failed"),

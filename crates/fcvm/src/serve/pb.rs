@@ -98,6 +98,21 @@ pub struct SendInputRequest {
     pub input: Option<ProcessInput>,
 }
 
+/// `StreamInputRequest.event`: `start` first, then `data` and `keepalive`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct StreamInputRequest {
+    pub start: Option<SelectorRequest>,
+    pub data: Option<StreamInputData>,
+    pub keepalive: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct StreamInputData {
+    pub input: Option<ProcessInput>,
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
 pub struct UpdateRequest {

@@ -7,51 +7,22 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, Query, Request, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{Path, Request, State};
+use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::list;
 use super::sandbox::{CreateParams, Sandbox};
 use super::{
-    constant_time_eq, Server, DEFAULT_TEMPLATE, DEFAULT_TIMEOUT, ENVD_VERSION, MAX_TIMEOUT,
+    constant_time_eq, ApiError, Server, CLIENT_ID, DEFAULT_TEMPLATE, DEFAULT_TIMEOUT, ENVD_VERSION,
+    MAX_TIMEOUT,
 };
-
-/// The writable disk every sandbox gets (`run::make_rw_disk`), reported as its disk size.
-const DISK_MIB: u32 = 1024;
-/// Largest page of a list.
-const MAX_PAGE: usize = 100;
-
-/// An E2B API error.
-#[derive(Debug)]
-pub struct ApiError(pub StatusCode, pub String);
-
-impl ApiError {
-    fn bad_request(m: impl Into<String>) -> ApiError {
-        ApiError(StatusCode::BAD_REQUEST, m.into())
-    }
-    fn not_found(id: &str) -> ApiError {
-        ApiError(
-            StatusCode::NOT_FOUND,
-            format!("sandbox \"{id}\" doesn't exist or you don't have access to it"),
-        )
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (
-            self.0,
-            Json(json!({"code": self.0.as_u16(), "message": self.1})),
-        )
-            .into_response()
-    }
-}
 
 pub fn router(server: Arc<Server>) -> Router {
     let unsupported = || {
@@ -63,8 +34,8 @@ pub fn router(server: Arc<Server>) -> Router {
         })
     };
     Router::new()
-        .route("/sandboxes", post(create).get(list_v1))
-        .route("/v2/sandboxes", post(create).get(list_v2))
+        .route("/sandboxes", post(create).get(list::list_v1))
+        .route("/v2/sandboxes", post(create).get(list::list_v2))
         .route("/sandboxes/{id}", get(detail).delete(kill))
         .route("/sandboxes/{id}/timeout", post(set_timeout))
         .route("/sandboxes/{id}/connect", post(connect))
@@ -205,36 +176,12 @@ fn created(s: &Sandbox) -> Value {
     })
 }
 
-/// E2B names the node a sandbox runs on; this server is the only one.
-const CLIENT_ID: &str = "fcvm";
-
-fn time(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Millis, true)
-}
-
-/// `ListedSandbox`.
-fn listed(s: &Sandbox) -> Value {
-    json!({
-        "templateID": s.template_id,
-        "sandboxID": s.id,
-        "clientID": CLIENT_ID,
-        "startedAt": time(s.started_at),
-        "endAt": time(s.end_at()),
-        "cpuCount": s.cpus,
-        "memoryMB": s.mem_mib,
-        "diskSizeMB": DISK_MIB,
-        "metadata": s.metadata,
-        "state": "running",
-        "envdVersion": ENVD_VERSION,
-    })
-}
-
 async fn detail(
     State(s): State<Arc<Server>>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let sbx = s.get(&id).ok_or_else(|| ApiError::not_found(&id))?;
-    let mut v = listed(&sbx);
+    let mut v = list::listed(&sbx);
     v["envdAccessToken"] = json!(sbx.access_token);
     v["domain"] = Value::Null;
     Ok(Json(v))
@@ -292,135 +239,9 @@ async fn connect(
     Ok((StatusCode::OK, Json(created(&sbx))).into_response())
 }
 
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-struct ListQuery {
-    metadata: Option<String>,
-    state: Option<String>,
-    next_token: Option<String>,
-    limit: Option<usize>,
-    order: Option<String>,
-}
-
-async fn list_v1(
-    State(s): State<Arc<Server>>,
-    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Vec<Value>>, ApiError> {
-    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let (items, _) = select(&s, &q, false)?;
-    Ok(Json(items))
-}
-
-async fn list_v2(
-    State(s): State<Arc<Server>>,
-    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Response, ApiError> {
-    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let (items, next) = select(&s, &q, true)?;
-    let mut headers = HeaderMap::new();
-    if let Some(t) = next {
-        headers.insert(
-            "x-next-token",
-            t.parse().expect("hex and digits are a header value"),
-        );
-    }
-    Ok((headers, Json(items)).into_response())
-}
-
-/// The sandboxes a list query selects, ordered by start time (then id), one page of them when
-/// `paged`, and the token of the next page.
-fn select(
-    s: &Server,
-    q: &ListQuery,
-    paged: bool,
-) -> Result<(Vec<Value>, Option<String>), ApiError> {
-    let filter = match &q.metadata {
-        Some(m) => metadata_filter(m)?,
-        None => vec![],
-    };
-    let running_wanted = match &q.state {
-        None => true,
-        Some(st) => st.split(',').map(str::trim).any(|x| x == "running"),
-    };
-    let mut all: Vec<Arc<Sandbox>> = s
-        .all()
-        .into_iter()
-        .filter(|x| running_wanted && filter.iter().all(|(k, v)| x.metadata.get(k) == Some(v)))
-        .collect();
-    let key = |x: &Sandbox| {
-        format!(
-            "{:020}-{}",
-            x.started_at.timestamp_nanos_opt().unwrap_or(0),
-            x.id
-        )
-    };
-    all.sort_by_key(|x| key(x));
-    if q.order.as_deref() == Some("desc") {
-        all.reverse();
-    }
-    if !paged {
-        return Ok((all.iter().map(|x| listed(x)).collect(), None));
-    }
-    let desc = q.order.as_deref() == Some("desc");
-    if let Some(tok) = &q.next_token {
-        all.retain(|x| if desc { key(x) < *tok } else { key(x) > *tok });
-    }
-    let limit = q.limit.unwrap_or(MAX_PAGE).clamp(1, MAX_PAGE);
-    let next = (all.len() > limit).then(|| key(&all[limit - 1]));
-    all.truncate(limit);
-    Ok((all.iter().map(|x| listed(x)).collect(), next))
-}
-
-/// The SDK's metadata filter: `k=v&k2=v2`, each key and value percent-encoded once more.
-fn metadata_filter(m: &str) -> Result<Vec<(String, String)>, ApiError> {
-    m.split('&')
-        .filter(|p| !p.is_empty())
-        .map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let dec = |s: &str| {
-                percent_decode(&percent_decode(&s.replace('+', " ")).ok_or(())?).ok_or(())
-            };
-            match (dec(k), dec(v)) {
-                (Ok(k), Ok(v)) => Ok((k, v)),
-                _ => Err(ApiError::bad_request(format!(
-                    "Invalid metadata filter {pair:?}"
-                ))),
-            }
-        })
-        .collect()
-}
-
-fn percent_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = s.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn metadata_filters_decode_twice() {
-        // The SDK: urlencode({quote(k): quote(v)}) for {"a b": "x&y", "k": "v"}.
-        let f = metadata_filter("a%2520b=x%2526y&k=v").unwrap();
-        assert_eq!(
-            f,
-            vec![("a b".into(), "x&y".into()), ("k".into(), "v".into())]
-        );
-        assert!(metadata_filter("k=%zz").is_err());
-    }
 
     #[test]
     fn timeouts_are_checked() {
