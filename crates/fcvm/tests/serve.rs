@@ -13,10 +13,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
@@ -80,13 +80,15 @@ fn sdk_python() -> PathBuf {
 /// A running `fcvm serve`; dropping it kills the server (its VMs die with it).
 struct Server {
     child: Option<Child>,
+    /// Kept open: the server's stdout must not become a broken pipe.
+    _stdout: BufReader<std::process::ChildStdout>,
     url: String,
     log: PathBuf,
     _dir: tempfile::TempDir,
 }
 
 impl Server {
-    fn start() -> Server {
+    fn start(extra: &[&str]) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let key = dir.path().join("key");
         std::fs::write(&key, format!("{KEY}\n")).expect("key file");
@@ -94,13 +96,15 @@ impl Server {
         let mut child = fcvm()
             .args(["serve", "--listen", "127.0.0.1:0", "--api-key-file"])
             .arg(&key)
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
             .expect("spawn fcvm serve");
         // The server prints its address once it accepts requests (templates built first).
         let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        stdout
             .read_line(&mut line)
             .expect("read fcvm serve's stdout");
         let url = match line.trim().strip_prefix("Listening on ") {
@@ -116,6 +120,7 @@ impl Server {
         };
         Server {
             child: Some(child),
+            _stdout: stdout,
             url,
             log,
             _dir: dir,
@@ -124,6 +129,69 @@ impl Server {
 
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Runs a Python script with the SDK pointed at this server; fails the test if it fails.
+    fn python(&self, python: &std::path::Path, script: &str) -> String {
+        let path = self._dir.path().join("script.py");
+        std::fs::write(&path, script).expect("script");
+        let py = Command::new(python)
+            .arg(&path)
+            .env("E2B_API_URL", &self.url)
+            .env("E2B_SANDBOX_URL", &self.url)
+            .env("E2B_API_KEY", KEY)
+            .env_remove("E2B_DEBUG")
+            .env_remove("E2B_DOMAIN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run the SDK script");
+        let out = wait_output(py, Duration::from_secs(600), &["python", "script.py"]);
+        assert!(
+            out.status.success(),
+            "SDK script failed ({})\nstdout:\n{}\nstderr:\n{}\nserver log:\n{}",
+            out.status,
+            text(&out.stdout),
+            text(&out.stderr),
+            self.log()
+        );
+        text(&out.stdout)
+    }
+
+    /// SIGTERM; the server must exit 0 having stopped every sandbox and pooled VM.
+    fn terminate(mut self) {
+        let left: Vec<(String, String)> = sandbox_vms()
+            .into_iter()
+            .map(|n| {
+                let id = vm(&n).expect("listed")["id"]
+                    .as_str()
+                    .expect("id")
+                    .to_string();
+                (n, id)
+            })
+            .collect();
+        let child = self.child.take().expect("server runs");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .expect("SIGTERM");
+        let out = wait_output(child, Duration::from_secs(60), &["serve"]);
+        assert!(
+            out.status.success(),
+            "fcvm serve after SIGTERM: {}\n{}",
+            out.status,
+            self.log()
+        );
+        for (name, id) in &left {
+            assert_gone(name, Some(id));
+        }
+        assert!(
+            sandbox_vms().is_empty(),
+            "sandbox VMs left after SIGTERM: {:?}",
+            sandbox_vms()
+        );
     }
 }
 
@@ -151,29 +219,11 @@ fn the_e2b_sdk_drives_fcvm_serve() {
         "sandbox VMs left by an earlier run: {:?}",
         sandbox_vms()
     );
-    let mut server = Server::start();
-    let script = server._dir.path().join("checks.py");
-    std::fs::write(&script, SCRIPT).expect("script");
-    let mut py = Command::new(&python)
-        .arg(&script)
-        .env("E2B_API_URL", &server.url)
-        .env("E2B_SANDBOX_URL", &server.url)
-        .env("E2B_API_KEY", KEY)
-        .env_remove("E2B_DEBUG")
-        .env_remove("E2B_DOMAIN")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run the SDK script");
-    let out = wait_output_of(&mut py, Duration::from_secs(600));
-    let stdout = text(&out.stdout);
+    let server = Server::start(&[]);
+    let stdout = server.python(&python, SCRIPT);
     assert!(
-        out.status.success() && stdout.contains("ok all"),
-        "SDK checks failed ({})\nstdout:\n{stdout}\nstderr:\n{}\nserver log:\n{}",
-        out.status,
-        text(&out.stderr),
-        server.log()
+        stdout.contains("ok all"),
+        "SDK checks did not finish:\n{stdout}"
     );
     for check in [
         "create",
@@ -182,6 +232,7 @@ fn the_e2b_sdk_drives_fcvm_serve() {
         "env-cwd-user",
         "background-kill",
         "stdin",
+        "pty",
         "list-metadata",
         "wrong-key",
         "unknown-sandbox",
@@ -197,50 +248,39 @@ fn the_e2b_sdk_drives_fcvm_serve() {
     }
 
     // SIGTERM: every sandbox is stopped, then the server exits 0.
-    let script = server._dir.path().join("leave.py");
-    std::fs::write(&script, LEAVE_RUNNING).expect("script");
-    let out = Command::new(&python)
-        .arg(&script)
-        .env("E2B_API_URL", &server.url)
-        .env("E2B_SANDBOX_URL", &server.url)
-        .env("E2B_API_KEY", KEY)
-        .output()
-        .expect("run the SDK script");
-    assert!(
-        out.status.success(),
-        "{}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    let left = sandbox_vms();
+    server.python(&python, LEAVE_RUNNING);
     assert_eq!(
-        left.len(),
+        sandbox_vms().len(),
         1,
-        "the sandbox left running is listed by fcvm ls: {left:?}"
+        "the sandbox left running is listed by fcvm ls"
     );
-    let id = vm(&left[0]).expect("listed")["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
-    let mut child = server.child.take().expect("server runs");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .expect("SIGTERM");
-    let out = wait_output_of(&mut child, Duration::from_secs(60));
-    assert!(
-        out.status.success(),
-        "fcvm serve after SIGTERM: {}\n{}",
-        out.status,
-        server.log()
-    );
-    assert_gone(&left[0], Some(&id));
+    server.terminate();
+}
+
+/// `--pool 1`: a VM waits launched and warmed; a create hands it over (the sandbox has its
+/// id) and the pool refills; SIGTERM stops the sandbox and the waiting VM alike.
+#[test]
+fn a_pooled_vm_is_handed_over() {
+    let python = sdk_python();
     assert!(
         sandbox_vms().is_empty(),
-        "sandbox VMs left after SIGTERM: {:?}",
+        "sandbox VMs left by an earlier run: {:?}",
         sandbox_vms()
     );
+    let server = Server::start(&["--pool", "1"]);
+    let running = || {
+        ls().into_iter()
+            .filter(|v| v["name"].as_str().is_some_and(|n| n.starts_with("sbx-")))
+            .filter(|v| v["observed"] == "running")
+            .filter_map(|v| v["id"].as_str().map(str::to_string))
+            .collect::<Vec<_>>()
+    };
+    wait_for("the pooled VM", BOOT, || running().len() == 1);
+    let pooled = running().remove(0);
+    let out = server.python(&python, HAND_OVER);
+    assert_eq!(out.trim(), pooled, "the sandbox is not the pooled VM");
+    wait_for("the pool to refill", BOOT, || running().len() == 2);
+    server.terminate();
 }
 
 #[test]
@@ -252,42 +292,6 @@ fn a_public_address_needs_an_api_key() {
         err.contains("--api-key-file") && err.lines().count() == 1,
         "{err}"
     );
-}
-
-fn wait_output_of(child: &mut Child, limit: Duration) -> std::process::Output {
-    let start = Instant::now();
-    let (mut out, mut err) = (child.stdout.take(), child.stderr.take());
-    let o = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        if let Some(r) = out.as_mut() {
-            let _ = r.read_to_end(&mut v);
-        }
-        v
-    });
-    let e = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        if let Some(r) = err.as_mut() {
-            let _ = r.read_to_end(&mut v);
-        }
-        v
-    });
-    let status = loop {
-        if let Some(st) = child.try_wait().expect("try_wait") {
-            break st;
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let st = child.wait().expect("wait");
-            eprintln!("killed after {limit:?}");
-            break st;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    std::process::Output {
-        status,
-        stdout: o.join().unwrap_or_default(),
-        stderr: e.join().unwrap_or_default(),
-    }
 }
 
 /// The checks, in the SDK's own words. Every failed expectation raises (exit status 1).
@@ -432,6 +436,15 @@ assert not sbx.is_running()
 assert Sandbox.list().next_items() == []
 ok("kill")
 ok("all")
+"#;
+
+/// Takes the pooled VM: prints the sandbox's id after checking it works.
+const HAND_OVER: &str = r#"
+from e2b import Sandbox
+s = Sandbox.create(metadata={"pooled": "yes"}, envs={"P": "1"})
+assert s.commands.run("echo hi $P").stdout == "hi 1\n"
+assert [x.metadata for x in Sandbox.list().next_items()] == [{"pooled": "yes"}]
+print(s.sandbox_id)
 "#;
 
 /// Leaves one sandbox running for the server's SIGTERM to stop.

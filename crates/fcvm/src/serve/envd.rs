@@ -168,7 +168,7 @@ async fn start(State(s): State<Arc<Server>>, headers: HeaderMap, body: Bytes) ->
             cols: size.map_or(80, |s| s.cols.clamp(1, u16::MAX as u32) as u16),
         };
         sbx.processes
-            .start(&sbx.session, spec, req.tag, config)
+            .start(&sbx.vm.session, spec, req.tag, config)
             .await
     };
     event_stream(started.await, keepalive(&headers))

@@ -17,9 +17,11 @@ pub mod connect;
 mod envd;
 mod list;
 pub mod pb;
+pub mod pool;
 pub mod process;
 mod rest;
 pub mod sandbox;
+pub mod vm;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -85,11 +87,15 @@ pub struct ServeOptions {
     pub mem_mib: u32,
     /// Sandboxes alive (or being created) at a time.
     pub max_sandboxes: usize,
+    /// VMs kept launched and waiting per template (the warm pool; 0: none).
+    pub pool: usize,
 }
 
 pub struct Server {
     dirs: Dirs,
     templates: HashMap<String, Template>,
+    /// The warm pool of each template (none without `--pool`).
+    pools: HashMap<String, Arc<pool::Pool>>,
     api_key: Option<String>,
     max_sandboxes: usize,
     sandboxes: Mutex<HashMap<String, Arc<Sandbox>>>,
@@ -144,7 +150,7 @@ async fn watch(server: Weak<Server>, s: Arc<Sandbox>) {
         tokio::select! {
             _ = tokio::time::sleep(left) => {}
             _ = s.timer.notified() => {}
-            _ = s.died.notified() => break,
+            _ = s.vm.died.notified() => break,
         }
     }
     if let Some(server) = server.upgrade() {
@@ -178,8 +184,20 @@ pub async fn serve(dirs: &Dirs, opts: ServeOptions, ready: impl FnOnce(SocketAdd
             .with_context(|| format!("Template {id} ({image})"))?;
         ready_templates.insert(id, t);
     }
+    let pools: HashMap<String, Arc<pool::Pool>> = match opts.pool {
+        0 => HashMap::new(),
+        n => ready_templates
+            .keys()
+            .map(|id| (id.clone(), pool::Pool::new(n)))
+            .collect(),
+    };
+    let refills: Vec<_> = pools
+        .iter()
+        .map(|(id, p)| p.spawn_refill(dirs.clone(), ready_templates[id].clone()))
+        .collect();
     let server = Arc::new(Server {
         dirs: dirs.clone(),
+        pools,
         templates: ready_templates,
         api_key: opts.api_key.clone(),
         max_sandboxes: opts.max_sandboxes,
@@ -198,6 +216,12 @@ pub async fn serve(dirs: &Dirs, opts: ServeOptions, ready: impl FnOnce(SocketAdd
         r = served => r.context("Server failed"),
         _ = termination() => Ok(()),
     };
+    for r in refills {
+        r.abort();
+    }
+    for p in server.pools.values() {
+        p.clear();
+    }
     for s in server.all() {
         server.kill(&s.id);
     }

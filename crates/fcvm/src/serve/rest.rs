@@ -19,6 +19,7 @@ use serde_json::{json, Value};
 
 use super::list;
 use super::sandbox::{CreateParams, Sandbox};
+use super::vm::SandboxVm;
 use super::{
     constant_time_eq, ApiError, Server, CLIENT_ID, DEFAULT_TEMPLATE, DEFAULT_TIMEOUT, ENVD_VERSION,
     MAX_TIMEOUT,
@@ -126,11 +127,15 @@ async fn create(
         access_token: secure.then(|| hex::encode(rand::random::<[u8; 24]>())),
     };
     let slot = Slot::take(&s)?;
-    let launched = Sandbox::launch(&s.dirs, &template, params).await;
-    let sbx = Arc::new(launched.map_err(|e| {
-        tracing::error!("sandbox not created: {e:#}");
-        ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}"))
-    })?);
+    let pooled = s.pools.get(&template_id).and_then(|p| p.take());
+    let vm = match pooled {
+        Some(vm) => vm,
+        None => SandboxVm::launch(&s.dirs, &template).await.map_err(|e| {
+            tracing::error!("sandbox not created: {e:#}");
+            ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}"))
+        })?,
+    };
+    let sbx = Arc::new(Sandbox::new(&template, vm, params));
     tracing::info!(sandbox = sbx.id, template = template_id, "sandbox created");
     let body = created(&sbx);
     s.insert(sbx);

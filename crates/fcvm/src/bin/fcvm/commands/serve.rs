@@ -1,4 +1,4 @@
-//! `fcvm serve [--listen ADDR] [--api-key-file F] [--template NAME=IMAGE]...`: the E2B sandbox
+//! `fcvm serve [--listen ADDR] [--api-key-file F] [--template NAME=IMAGE]... [--pool N]`: the E2B sandbox
 //! API for the E2B SDKs (docs/serve.md). Prints `Listening on http://ADDR` once it accepts
 //! requests; SIGTERM or Ctrl-C stops every sandbox, then the server.
 
@@ -32,6 +32,9 @@ pub struct ServeArgs {
     /// Sandboxes alive at a time.
     #[arg(long, default_value_t = 64)]
     max_sandboxes: usize,
+    /// VMs kept launched and warmed per template, so that a create is a hand-over.
+    #[arg(long, default_value_t = 0)]
+    pool: usize,
 }
 
 fn parse_template(s: &str) -> Result<(String, String), String> {
@@ -69,6 +72,7 @@ pub async fn run(dirs: &Dirs, a: ServeArgs) -> Result<i32> {
         cpus: a.cpus,
         mem_mib: a.mem,
         max_sandboxes: a.max_sandboxes.max(1),
+        pool: a.pool,
     };
     fcvm::serve::serve(dirs, opts, |addr| {
         println!("Listening on http://{addr}");
