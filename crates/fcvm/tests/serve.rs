@@ -409,6 +409,14 @@ r = httpx.post(url, content=b"{}", headers=hdr)
 assert r.status_code == 401 and r.json()["code"] == "unauthenticated", r.text
 r = httpx.post(url, content=b"{}", headers={**hdr, "X-Access-Token": sbx._envd_access_token})
 assert r.status_code == 200 and r.json() == {"processes": []}, r.text
+# The Host form a wildcard DNS proxy in front would use.
+base = os.environ["E2B_SANDBOX_URL"]
+r = httpx.get(base + "/health", headers={"Host": f"49983-{sbx.sandbox_id}.sandbox.example"})
+assert r.status_code == 204, r.text
+r = httpx.get(base + "/health", headers={"Host": "49983-nosuchsandbox.sandbox.example"})
+assert r.status_code == 502 and "was not found" in r.json()["message"], r.text
+doc = httpx.get(base + "/openapi.json").json()
+assert "/v2/sandboxes" in doc["paths"], doc
 ok("access-token")
 
 other = Sandbox.create(timeout=120)

@@ -16,6 +16,7 @@
 pub mod connect;
 mod envd;
 mod list;
+mod openapi;
 pub mod pb;
 pub mod pool;
 pub mod process;
@@ -210,6 +211,7 @@ pub async fn serve(dirs: &Dirs, opts: ServeOptions, ready: impl FnOnce(SocketAdd
     ready(listener.local_addr()?);
     let app = rest::router(server.clone())
         .merge(envd::router(server.clone()))
+        .route("/openapi.json", axum::routing::get(openapi::document))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint".into()) });
     let served = axum::serve(listener, app);
     let result = tokio::select! {
