@@ -40,12 +40,11 @@ fn spec() -> Value {
                     "timeout": {"type": "integer", "default": 300, "minimum": 0, "maximum": 86400},
                     "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
                     "envVars": {"type": "object", "additionalProperties": {"type": "string"}},
-                    "autoPause": {"type": "boolean", "description": "true is refused (not supported yet)"},
-                    "secure": {"type": "boolean", "description": "v1 only: issue an envd access token (v2 always does)"}
+                    "autoPause": {"type": "boolean", "description": "true is refused (not supported yet)"}
                 }},
                 "Sandbox": {"type": "object", "required": ["templateID", "sandboxID", "clientID", "envdVersion"], "properties": {
                     "templateID": {"type": "string"}, "sandboxID": {"type": "string"}, "clientID": {"type": "string"},
-                    "envdVersion": {"type": "string"}, "envdAccessToken": {"type": "string", "nullable": true},
+                    "envdVersion": {"type": "string"}, "envdAccessToken": {"type": "string"},
                     "trafficAccessToken": {"type": "string", "nullable": true}, "domain": {"type": "string", "nullable": true}
                 }},
                 "ListedSandbox": {"type": "object", "properties": {

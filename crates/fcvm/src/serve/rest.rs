@@ -76,8 +76,6 @@ struct CreateBody {
     env_vars: Option<BTreeMap<String, String>>,
     #[serde(default)]
     auto_pause: Option<bool>,
-    /// v1 only; v2 sandboxes are always secured.
-    secure: Option<bool>,
 }
 
 fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
@@ -99,7 +97,6 @@ fn timeout_of(secs: Option<i64>) -> Result<Duration, ApiError> {
 
 async fn create(
     State(s): State<Arc<Server>>,
-    uri: axum::http::Uri,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     let b: CreateBody = parse_body(&body)?;
@@ -119,12 +116,13 @@ async fn create(
             "autoPause is not supported by fcvm serve yet",
         ));
     }
-    let secure = uri.path().starts_with("/v2/") || b.secure == Some(true);
     let params = CreateParams {
         metadata: b.metadata.unwrap_or_default(),
         env_vars: b.env_vars.unwrap_or_default(),
         timeout: timeout_of(b.timeout)?,
-        access_token: secure.then(|| hex::encode(rand::random::<[u8; 24]>())),
+        // Always, whatever v1's `secure` says: envd calls carry no API key, so without a
+        // token anyone who can reach the port and knows the id could run commands.
+        access_token: Some(hex::encode(rand::random::<[u8; 24]>())),
     };
     let slot = Slot::take(&s)?;
     let pooled = s.pools.get(&template_id).and_then(|p| p.take());
