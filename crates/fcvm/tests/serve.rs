@@ -21,6 +21,9 @@ use std::time::Duration;
 use common::*;
 
 const SDK: &str = "e2b==2.63.0";
+/// The tests that start servers count the `sbx-` VMs: one at a time (the suite runs tests of a
+/// file on two threads).
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 const KEY: &str = "e2b_fcvm_serve_test_key";
 
 /// Where the SDK's venv lives (shared by test runs: pip runs only the first time).
@@ -213,6 +216,7 @@ fn sandbox_vms() -> Vec<String> {
 
 #[test]
 fn the_e2b_sdk_drives_fcvm_serve() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let python = sdk_python();
     assert!(
         sandbox_vms().is_empty(),
@@ -261,6 +265,7 @@ fn the_e2b_sdk_drives_fcvm_serve() {
 /// id) and the pool refills; SIGTERM stops the sandbox and the waiting VM alike.
 #[test]
 fn a_pooled_vm_is_handed_over() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let python = sdk_python();
     assert!(
         sandbox_vms().is_empty(),
