@@ -20,6 +20,7 @@ pub mod paths;
 pub mod procfs;
 pub mod progress;
 pub mod run;
+pub mod serve;
 pub mod session;
 pub mod snapshot;
 pub mod util;

@@ -18,9 +18,9 @@
 //! Untrusted input never reaches the host: members of layouts and archives are read only as
 //! regular files inside their own tree (`member`, `archive`), manifests and configs are bounded
 //! (4 MiB), errors never quote a file's content, and every temp tree is 0700
-//! (docs/security-image.md).
+//! (docs/security.md).
 //!
-//! [`ensure_builtin_busybox`] (`builtin`) makes an image that needs no internet or registry.
+//! [`ensure_builtin`] (`builtin`) makes an image that needs no internet or registry.
 
 mod archive;
 mod builtin;
@@ -44,7 +44,7 @@ use serde::{Deserialize, Serialize};
 use crate::paths::Dirs;
 use crate::util::ToolError;
 
-pub use builtin::ensure_builtin_busybox;
+pub use builtin::{ensure_builtin, ensure_builtin_busybox};
 pub use limits::{ParseLimitError, UnpackLimit, UNPACK_LIMIT_ENV};
 pub use reference::{parse_reference, Source};
 
@@ -132,7 +132,7 @@ pub enum ImageError {
         "Unpack limit reached in {at}: {what} (raise it with --unpack-limit or FCVM_UNPACK_LIMIT)"
     )]
     UnpackLimit { at: String, what: String },
-    #[error("Cannot build the builtin busybox image: {0}")]
+    #[error("Cannot build the builtin image: {0}")]
     Builtin(String),
     #[error(transparent)]
     Tool(#[from] ToolError),
@@ -264,9 +264,9 @@ pub async fn prepare(
             blocking(move || docker_archive::resolve(&d, &path, name.as_deref(), &what, limit))
                 .await?
         }
-        Source::Builtin(_) => {
+        Source::Builtin(name) => {
             blocking(move || {
-                let dir = ensure_builtin_busybox(&d)?;
+                let dir = ensure_builtin(&d, &name)?;
                 layout::resolve_dir(&dir, Some("latest"), &what)
             })
             .await?

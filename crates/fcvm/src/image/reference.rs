@@ -5,7 +5,7 @@
 //! | `oci:PATH[:TAG]`                | OCI layout directory                               |
 //! | `oci-archive:PATH[:TAG]`        | tar of an OCI layout                               |
 //! | `docker-archive:PATH[:NAME]`    | `docker save` / `podman save` tarball              |
-//! | `builtin:busybox`               | [`super::ensure_builtin_busybox`]                  |
+//! | `builtin:busybox` / `base`      | [`super::ensure_builtin`]                          |
 //! | `containers-storage:NAME`       | the host's podman store only                       |
 //! | `docker://REF`                  | a registry only                                    |
 //! | anything else                   | the podman store if it has it, else a registry     |
@@ -46,7 +46,7 @@ pub enum Source {
 }
 
 /// The builtin images `builtin:NAME` knows.
-pub const BUILTINS: &[&str] = &["busybox"];
+pub const BUILTINS: &[&str] = &["busybox", "base"];
 
 /// Splits `PATH[:TAG]` at the first colon; an empty tag counts as none.
 fn path_and_tag(reference: &str, rest: &str) -> Result<(PathBuf, Option<String>), ImageError> {

@@ -97,7 +97,7 @@ impl Wait {
 }
 
 /// Polled while waiting for the agent: the VM's exit reason once it has exited.
-pub type Exited<'a> = &'a mut dyn FnMut() -> Option<String>;
+pub type Exited<'a> = &'a mut (dyn FnMut() -> Option<String> + Send);
 
 impl Session {
     /// Connects to the agent of a freshly booted VM and opens session `epoch` (Hello/HelloAck).

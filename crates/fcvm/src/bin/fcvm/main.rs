@@ -54,6 +54,8 @@ enum Command {
     },
     /// Remove a VM's leftovers (a dead VM), or stop and remove a running one with --force.
     Rm(commands::rm::RmArgs),
+    /// Serve the E2B sandbox API (REST and envd) for the E2B SDKs.
+    Serve(commands::serve::ServeArgs),
 }
 
 #[derive(Subcommand)]
@@ -115,6 +117,7 @@ fn main() {
             Command::Ls(a) => commands::ls::run(&dirs, a),
             Command::Logs(a) => commands::logs::run(&dirs, a),
             Command::Rm(a) => commands::rm::run(&dirs, a),
+            Command::Serve(a) => commands::serve::run(&dirs, a).await,
         }
     });
     let code = match result {

@@ -5,5 +5,6 @@ pub mod logs;
 pub mod ls;
 pub mod podman;
 pub mod rm;
+pub mod serve;
 pub mod setup;
 pub mod snapshot;

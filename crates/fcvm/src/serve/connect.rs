@@ -1,0 +1,406 @@
+//! The Connect RPC wire format envd speaks (connectrpc.com/docs/protocol), as far as the E2B
+//! SDK uses it: HTTP/1.1 or h2c, the JSON codec, unary calls and server streams.
+//!
+//! - Unary: the request body is the JSON message (`application/json`); a success is `200` with
+//!   the JSON reply, an error is a non-200 status with `{"code": "not_found", "message": …}`.
+//! - Streams (`application/connect+json`): the body is a sequence of envelopes, each a flags
+//!   byte, a big-endian u32 length and the message. The server's last envelope carries flag
+//!   [`FLAG_END`] and a JSON end-of-stream message: `{}` on success, `{"error": {…}}` else.
+//!   The HTTP status of a stream is always 200, since its error arrives only at its end.
+//!
+//! The protobuf codec (`+proto`) is not served: the SDK sends JSON, and a proto request gets
+//! `415 Unsupported Media Type` as the protocol prescribes for an unknown codec.
+
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+/// The message is compressed (never set by this server; refused in requests).
+pub const FLAG_COMPRESSED: u8 = 0x01;
+/// The end-of-stream message.
+pub const FLAG_END: u8 = 0x02;
+/// Largest request message accepted (envd's requests are small; file data goes over /files).
+pub const MAX_MESSAGE: usize = 4 << 20;
+
+pub const STREAM_JSON: &str = "application/connect+json";
+pub const UNARY_JSON: &str = "application/json";
+
+/// Connect's error codes (the gRPC set, spelled in snake case on the wire).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    Canceled,
+    Unknown,
+    InvalidArgument,
+    DeadlineExceeded,
+    NotFound,
+    AlreadyExists,
+    PermissionDenied,
+    ResourceExhausted,
+    FailedPrecondition,
+    Aborted,
+    OutOfRange,
+    Unimplemented,
+    Internal,
+    Unavailable,
+    DataLoss,
+    Unauthenticated,
+}
+
+impl Code {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::Canceled => "canceled",
+            Code::Unknown => "unknown",
+            Code::InvalidArgument => "invalid_argument",
+            Code::DeadlineExceeded => "deadline_exceeded",
+            Code::NotFound => "not_found",
+            Code::AlreadyExists => "already_exists",
+            Code::PermissionDenied => "permission_denied",
+            Code::ResourceExhausted => "resource_exhausted",
+            Code::FailedPrecondition => "failed_precondition",
+            Code::Aborted => "aborted",
+            Code::OutOfRange => "out_of_range",
+            Code::Unimplemented => "unimplemented",
+            Code::Internal => "internal",
+            Code::Unavailable => "unavailable",
+            Code::DataLoss => "data_loss",
+            Code::Unauthenticated => "unauthenticated",
+        }
+    }
+
+    /// The HTTP status of a unary error with this code (the protocol's table).
+    pub fn http_status(self) -> StatusCode {
+        match self {
+            Code::Canceled => StatusCode::from_u16(499).expect("499 is a valid status"),
+            Code::Unknown | Code::Internal | Code::DataLoss => StatusCode::INTERNAL_SERVER_ERROR,
+            Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => {
+                StatusCode::BAD_REQUEST
+            }
+            Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+            Code::NotFound => StatusCode::NOT_FOUND,
+            Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,
+            Code::PermissionDenied => StatusCode::FORBIDDEN,
+            Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+            Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
+            Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        }
+    }
+}
+
+/// An RPC's failure as the client sees it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {message}", code.as_str())]
+pub struct RpcError {
+    pub code: Code,
+    pub message: String,
+}
+
+impl RpcError {
+    pub fn new(code: Code, message: impl Into<String>) -> RpcError {
+        RpcError {
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({"code": self.code.as_str(), "message": self.message})
+    }
+}
+
+/// A unary error: the code's HTTP status and the JSON error body.
+impl IntoResponse for RpcError {
+    fn into_response(self) -> Response {
+        let body = serde_json::to_vec(&self.json()).expect("JSON value serialises");
+        (
+            self.code.http_status(),
+            [(header::CONTENT_TYPE, HeaderValue::from_static(UNARY_JSON))],
+            body,
+        )
+            .into_response()
+    }
+}
+
+/// A successful unary reply.
+pub fn unary_ok<T: Serialize>(msg: &T) -> Response {
+    match serde_json::to_vec(msg) {
+        Ok(body) => (
+            [(header::CONTENT_TYPE, HeaderValue::from_static(UNARY_JSON))],
+            body,
+        )
+            .into_response(),
+        Err(e) => {
+            RpcError::new(Code::Internal, format!("reply does not encode: {e}")).into_response()
+        }
+    }
+}
+
+/// One envelope: flags, big-endian length, message.
+pub fn envelope(flags: u8, message: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(5 + message.len());
+    v.push(flags);
+    v.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    v.extend_from_slice(message);
+    v
+}
+
+/// A stream message as an envelope (JSON codec).
+pub fn stream_message<T: Serialize>(msg: &T) -> Vec<u8> {
+    envelope(
+        0,
+        &serde_json::to_vec(msg).expect("stream messages serialise"),
+    )
+}
+
+/// The end-of-stream envelope: `{}`, or `{"error": …}`.
+pub fn end_stream(error: Option<&RpcError>) -> Vec<u8> {
+    let body = match error {
+        None => serde_json::json!({}),
+        Some(e) => serde_json::json!({"error": e.json()}),
+    };
+    envelope(
+        FLAG_END,
+        &serde_json::to_vec(&body).expect("JSON value serialises"),
+    )
+}
+
+/// Splits a request body into its envelopes' messages. Compressed and oversized messages, and
+/// a body that ends inside an envelope, are the client's error.
+pub fn split(mut body: &[u8]) -> Result<Vec<&[u8]>, RpcError> {
+    let bad =
+        |why: &str| RpcError::new(Code::InvalidArgument, format!("malformed envelope: {why}"));
+    let mut out = Vec::new();
+    while !body.is_empty() {
+        if body.len() < 5 {
+            return Err(bad("truncated prefix"));
+        }
+        let flags = body[0];
+        let len = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
+        if flags & FLAG_COMPRESSED != 0 {
+            return Err(bad("compressed messages are not accepted"));
+        }
+        if len > MAX_MESSAGE {
+            return Err(RpcError::new(
+                Code::ResourceExhausted,
+                format!("message of {len} bytes exceeds {MAX_MESSAGE}"),
+            ));
+        }
+        let rest = &body[5..];
+        if rest.len() < len {
+            return Err(bad("truncated message"));
+        }
+        out.push(&rest[..len]);
+        body = &rest[len..];
+    }
+    Ok(out)
+}
+
+/// Envelopes of a request body that arrives piece by piece (client streams): feed bytes, take
+/// whole messages. At most one message is buffered.
+#[derive(Default)]
+pub struct Reader {
+    buf: Vec<u8>,
+}
+
+impl Reader {
+    pub fn feed(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The next whole message, None until one is complete; an error ends the stream.
+    pub fn take(&mut self) -> Option<Result<Vec<u8>, RpcError>> {
+        if self.buf.len() < 5 {
+            return None;
+        }
+        let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
+        if len > MAX_MESSAGE || self.buf[0] & FLAG_COMPRESSED != 0 {
+            return Some(split(&self.buf[..5]).map(|_| vec![]));
+        }
+        if self.buf.len() < 5 + len {
+            return None;
+        }
+        let msg = self.buf[5..5 + len].to_vec();
+        self.buf.drain(..5 + len);
+        Some(Ok(msg))
+    }
+
+    /// Whether the body ended between envelopes.
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+}
+
+/// Parses the one request message of a server-streaming call.
+pub fn single_message<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, RpcError> {
+    match split(body)?.as_slice() {
+        [one] => decode(one),
+        more => Err(RpcError::new(
+            Code::InvalidArgument,
+            format!("expected one request message, got {}", more.len()),
+        )),
+    }
+}
+
+/// Decodes a JSON message (unknown fields are ignored, as protobuf's JSON mapping allows).
+pub fn decode<T: serde::de::DeserializeOwned>(json: &[u8]) -> Result<T, RpcError> {
+    let json = if json.is_empty() {
+        b"{}" as &[u8]
+    } else {
+        json
+    };
+    serde_json::from_slice(json)
+        .map_err(|e| RpcError::new(Code::InvalidArgument, format!("bad request message: {e}")))
+}
+
+/// A request in a codec this server does not speak: 415, naming the one it does.
+#[derive(Debug)]
+pub struct Unsupported(&'static str);
+
+impl IntoResponse for Unsupported {
+    fn into_response(self) -> Response {
+        (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            [(
+                header::HeaderName::from_static("accept-post"),
+                HeaderValue::from_static(self.0),
+            )],
+        )
+            .into_response()
+    }
+}
+
+/// Checks that a request uses the JSON codec of the call's kind; anything else (protobuf,
+/// compression, a stream content type on a unary call) is refused with 415.
+pub fn check_codec(headers: &HeaderMap, streaming: bool) -> Result<(), Unsupported> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let ct = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let want = if streaming { STREAM_JSON } else { UNARY_JSON };
+    let encoding = if streaming {
+        "connect-content-encoding"
+    } else {
+        "content-encoding"
+    };
+    let compressed = headers
+        .get(encoding)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|e| !e.eq_ignore_ascii_case("identity"));
+    if ct == want && !compressed {
+        return Ok(());
+    }
+    Err(Unsupported(want))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelopes_round_trip() {
+        let mut body = envelope(0, br#"{"a":1}"#);
+        body.extend(envelope(0, b""));
+        assert_eq!(&body[..5], &[0, 0, 0, 0, 7]);
+        let msgs = split(&body).unwrap();
+        assert_eq!(msgs, vec![br#"{"a":1}"# as &[u8], b""]);
+        let v: serde_json::Value = single_message(&envelope(0, br#"{"x":"y"}"#)).unwrap();
+        assert_eq!(v["x"], "y");
+    }
+
+    #[test]
+    fn a_reader_takes_messages_across_pieces() {
+        let body = [envelope(0, b"{\"a\":1}"), envelope(0, b"{}")].concat();
+        let mut r = Reader::default();
+        for piece in body.chunks(3) {
+            r.feed(piece);
+        }
+        assert_eq!(r.take().unwrap().unwrap(), b"{\"a\":1}");
+        assert_eq!(r.take().unwrap().unwrap(), b"{}");
+        assert!(r.take().is_none() && r.is_empty());
+        r.feed(&[0, 0, 0]);
+        assert!(r.take().is_none() && !r.is_empty());
+        let mut r = Reader::default();
+        r.feed(&envelope(FLAG_COMPRESSED, b"x"));
+        assert_eq!(r.take().unwrap().unwrap_err().code, Code::InvalidArgument);
+        let mut r = Reader::default();
+        r.feed(&[0, 0xff, 0xff, 0xff, 0xff]);
+        assert_eq!(r.take().unwrap().unwrap_err().code, Code::ResourceExhausted);
+    }
+
+    #[test]
+    fn end_of_stream_carries_the_error() {
+        let ok = end_stream(None);
+        assert_eq!(ok[0], FLAG_END);
+        assert_eq!(&ok[5..], b"{}");
+        let e = end_stream(Some(&RpcError::new(Code::NotFound, "no such process")));
+        let v: serde_json::Value = serde_json::from_slice(&e[5..]).unwrap();
+        assert_eq!(v["error"]["code"], "not_found");
+        assert_eq!(v["error"]["message"], "no such process");
+        assert_eq!(
+            u32::from_be_bytes([e[1], e[2], e[3], e[4]]) as usize,
+            e.len() - 5
+        );
+    }
+
+    #[test]
+    fn malformed_bodies_are_refused() {
+        assert_eq!(split(&[0, 0, 0]).unwrap_err().code, Code::InvalidArgument);
+        assert_eq!(
+            split(&[0, 0, 0, 0, 9, 1]).unwrap_err().code,
+            Code::InvalidArgument
+        );
+        assert_eq!(
+            split(&envelope(FLAG_COMPRESSED, b"x")).unwrap_err().code,
+            Code::InvalidArgument
+        );
+        let huge = [0, 0xff, 0xff, 0xff, 0xff];
+        assert_eq!(split(&huge).unwrap_err().code, Code::ResourceExhausted);
+        let two = [envelope(0, b"{}"), envelope(0, b"{}")].concat();
+        assert!(single_message::<serde_json::Value>(&two).is_err());
+        assert!(decode::<serde_json::Value>(b"{").is_err());
+    }
+
+    #[test]
+    fn codes_map_to_the_protocols_statuses() {
+        assert_eq!(Code::NotFound.http_status(), StatusCode::NOT_FOUND);
+        assert_eq!(
+            Code::Unauthenticated.http_status(),
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(Code::Canceled.http_status().as_u16(), 499);
+        let r = RpcError::new(Code::InvalidArgument, "bad").into_response();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(r.headers()[header::CONTENT_TYPE], UNARY_JSON);
+    }
+
+    #[test]
+    fn only_the_json_codec_is_accepted() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/connect+json"),
+        );
+        assert!(check_codec(&h, true).is_ok());
+        assert!(check_codec(&h, false).is_err());
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/connect+proto"),
+        );
+        let r = check_codec(&h, true).unwrap_err().into_response();
+        assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json; charset=utf-8"),
+        );
+        assert!(check_codec(&h, false).is_ok());
+        h.insert("content-encoding", HeaderValue::from_static("gzip"));
+        assert!(check_codec(&h, false).is_err());
+    }
+}

@@ -1,0 +1,96 @@
+//! `GET /openapi.json`: the OpenAPI 3 document of the REST subset this server speaks — E2B's
+//! own paths, bodies and error shape, as far as they are implemented (docs/serve.md lists the
+//! SDK calls behind them). Served without an API key: it holds nothing secret.
+
+use axum::Json;
+use serde_json::{json, Value};
+
+pub async fn document() -> Json<Value> {
+    Json(spec())
+}
+
+fn spec() -> Value {
+    let id = json!([{"name": "sandboxID", "in": "path", "required": true, "schema": {"type": "string"}}]);
+    let err = |what: &str| json!({"description": what, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
+    let created = json!({"description": "created", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Sandbox"}}}});
+    let create = json!({
+        "summary": "Create a sandbox",
+        "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/NewSandbox"}}}},
+        "responses": {"201": created, "400": err("bad body, timeout or unsupported option"), "401": err("bad API key"), "404": err("unknown template"), "429": err("too many sandboxes"), "500": err("the VM did not start")}
+    });
+    let list_params = json!([
+        {"name": "metadata", "in": "query", "schema": {"type": "string"}, "description": "k=v&k2=v2, keys and values URL-encoded"},
+        {"name": "state", "in": "query", "schema": {"type": "string"}, "description": "running,paused (only running sandboxes exist)"},
+        {"name": "nextToken", "in": "query", "schema": {"type": "string"}},
+        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 100}},
+        {"name": "order", "in": "query", "schema": {"type": "string", "enum": ["asc", "desc"]}}
+    ]);
+    let listed = json!({"description": "the sandboxes", "content": {"application/json": {"schema": {"type": "array", "items": {"$ref": "#/components/schemas/ListedSandbox"}}}}});
+    let list = json!({"summary": "List sandboxes", "parameters": list_params, "responses": {"200": listed, "400": err("bad query"), "401": err("bad API key")}});
+    let timeout_body = json!({"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["timeout"], "properties": {"timeout": {"type": "integer", "minimum": 0, "maximum": 86400}}}}}});
+    json!({
+        "openapi": "3.0.0",
+        "info": {"title": "fcvm serve: the E2B sandbox API subset", "version": env!("CARGO_PKG_VERSION")},
+        "components": {
+            "securitySchemes": {"ApiKeyAuth": {"type": "apiKey", "in": "header", "name": "X-API-Key"}},
+            "schemas": {
+                "Error": {"type": "object", "required": ["code", "message"], "properties": {"code": {"type": "integer"}, "message": {"type": "string"}}},
+                "NewSandbox": {"type": "object", "properties": {
+                    "templateID": {"type": "string", "default": "base"},
+                    "timeout": {"type": "integer", "default": 300, "minimum": 0, "maximum": 86400},
+                    "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "envVars": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "autoPause": {"type": "boolean", "description": "true is refused (not supported yet)"}
+                }},
+                "Sandbox": {"type": "object", "required": ["templateID", "sandboxID", "clientID", "envdVersion"], "properties": {
+                    "templateID": {"type": "string"}, "sandboxID": {"type": "string"}, "clientID": {"type": "string"},
+                    "envdVersion": {"type": "string"}, "envdAccessToken": {"type": "string"},
+                    "trafficAccessToken": {"type": "string", "nullable": true}, "domain": {"type": "string", "nullable": true}
+                }},
+                "ListedSandbox": {"type": "object", "properties": {
+                    "templateID": {"type": "string"}, "sandboxID": {"type": "string"}, "clientID": {"type": "string"},
+                    "startedAt": {"type": "string", "format": "date-time"}, "endAt": {"type": "string", "format": "date-time"},
+                    "cpuCount": {"type": "integer"}, "memoryMB": {"type": "integer"}, "diskSizeMB": {"type": "integer"},
+                    "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "state": {"type": "string", "enum": ["running", "paused"]}, "envdVersion": {"type": "string"}
+                }}
+            }
+        },
+        "security": [{"ApiKeyAuth": []}],
+        "paths": {
+            "/sandboxes": {"post": create, "get": list},
+            "/v2/sandboxes": {"post": create, "get": list},
+            "/sandboxes/{sandboxID}": {
+                "parameters": id,
+                "get": {"summary": "A sandbox", "responses": {"200": {"description": "the sandbox (ListedSandbox with envdAccessToken and domain)"}, "401": err("bad API key"), "404": err("unknown sandbox")}},
+                "delete": {"summary": "Kill a sandbox", "responses": {"204": {"description": "killed"}, "401": err("bad API key"), "404": err("unknown sandbox")}}
+            },
+            "/sandboxes/{sandboxID}/timeout": {
+                "parameters": id,
+                "post": {"summary": "End the sandbox `timeout` seconds from now", "requestBody": timeout_body, "responses": {"204": {"description": "set"}, "400": err("bad body"), "401": err("bad API key"), "404": err("unknown sandbox")}}
+            },
+            "/v2/sandboxes/{sandboxID}/connect": {
+                "parameters": id,
+                "post": {"summary": "Connect to a running sandbox (its timeout is extended, never shortened)", "responses": {"200": created, "401": err("bad API key"), "404": err("unknown sandbox")}}
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_document_names_every_served_path() {
+        let v = super::spec();
+        let paths = v["paths"].as_object().unwrap();
+        for p in [
+            "/sandboxes",
+            "/v2/sandboxes",
+            "/sandboxes/{sandboxID}",
+            "/sandboxes/{sandboxID}/timeout",
+        ] {
+            assert!(paths.contains_key(p), "{p}");
+        }
+        assert_eq!(v["openapi"], "3.0.0");
+    }
+}

@@ -1,0 +1,395 @@
+//! The processes of one sandbox, as envd's `process.Process` service sees them: started as
+//! container execs over the sandbox's agent session, named by their pid (or a tag), outliving
+//! the HTTP stream that started them (an SDK handle may disconnect and `Connect` again).
+//!
+//! Each process has one relay task that owns its agent stream: it reads every frame as it
+//! arrives — with or without a client attached — and hands output to the attached streams
+//! through bounded queues, so a slow client slows only its own process. Control requests
+//! (signals, stdin, resize, new subscribers) reach the relay through a bounded queue too.
+//! Stdin is sent within the agent's credit (docs/protocol.md §5); what does not fit yet waits
+//! in the relay, up to [`MAX_PENDING_STDIN`].
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, Weak};
+
+use fcvm_proto::{ErrorKind, Msg, ProcessSpec, Target, INITIAL_STDIN_CREDIT, MAX_CHUNK};
+use tokio::sync::{mpsc, oneshot};
+
+use super::connect::{Code, RpcError};
+use super::pb::{Bytes, Data, End, Event, ProcessConfig, ProcessInfo, ProcessSelector};
+use crate::session::{Process, Session};
+
+/// Events queued for one attached stream before the relay waits for its client.
+const EVENT_QUEUE: usize = 64;
+/// Control requests queued for one relay.
+const CONTROL_QUEUE: usize = 16;
+/// Streams attached to one process at a time.
+const MAX_SUBSCRIBERS: usize = 16;
+/// Processes alive in one sandbox at a time.
+pub const MAX_PROCESSES: usize = 1024;
+/// Stdin bytes accepted beyond the agent's credit before SendInput is refused.
+pub const MAX_PENDING_STDIN: usize = 1 << 20;
+
+/// What a relay is asked to do.
+enum Control {
+    Subscribe(mpsc::Sender<Event>),
+    Signal(i32),
+    Kill,
+    Stdin(Vec<u8>, oneshot::Sender<Result<(), RpcError>>),
+    StdinEof,
+    Resize(u16, u16),
+}
+
+#[derive(Clone)]
+struct Entry {
+    tag: Option<String>,
+    config: ProcessConfig,
+    control: mpsc::Sender<Control>,
+}
+
+/// A started (or connected-to) process: its pid and the stream of its events, beginning with
+/// `Event::Start` and ending with `Event::End`.
+pub struct Attached {
+    pub pid: u32,
+    pub events: mpsc::Receiver<Event>,
+}
+
+#[derive(Default)]
+pub struct Processes {
+    map: Mutex<HashMap<u32, Entry>>,
+}
+
+impl Processes {
+    /// Starts `spec` in the container and returns once the agent reported it running.
+    pub async fn start(
+        self: &Arc<Self>,
+        session: &Session,
+        spec: ProcessSpec,
+        tag: Option<String>,
+        config: ProcessConfig,
+    ) -> Result<Attached, RpcError> {
+        if self.map.lock().expect("processes").len() >= MAX_PROCESSES {
+            return Err(RpcError::new(
+                Code::ResourceExhausted,
+                format!("{MAX_PROCESSES} processes already run in this sandbox"),
+            ));
+        }
+        let tty = spec.tty;
+        let mut proc = session.start(spec, Target::ContainerExec).await;
+        let mut early = Vec::new();
+        let pid = loop {
+            match proc.recv().await {
+                Some(Msg::Started { pid, .. }) => break pid,
+                Some(Msg::Error { kind, message }) => return Err(start_error(kind, message)),
+                Some(Msg::Exit { code, .. }) => {
+                    return Err(start_error(
+                        ErrorKind::Failed,
+                        format!("exited with {code} before it started"),
+                    ))
+                }
+                Some(other) => early.push(other),
+                None => return Err(lost()),
+            }
+        };
+        let (tx, rx) = mpsc::channel(EVENT_QUEUE);
+        let _ = tx.try_send(Event::Start { pid });
+        let (ctl_tx, ctl_rx) = mpsc::channel(CONTROL_QUEUE);
+        let entry = Entry {
+            tag,
+            config,
+            control: ctl_tx.clone(),
+        };
+        self.map.lock().expect("processes").insert(pid, entry);
+        let relay = Relay {
+            proc,
+            pid,
+            tty,
+            subscribers: vec![tx],
+            credit: INITIAL_STDIN_CREDIT as usize,
+            pending: VecDeque::new(),
+            pending_bytes: 0,
+            eof: false,
+            eof_sent: false,
+        };
+        tokio::spawn(relay.run(ctl_tx, ctl_rx, early, Arc::downgrade(self)));
+        Ok(Attached { pid, events: rx })
+    }
+
+    fn find(&self, sel: Option<&ProcessSelector>) -> Result<(u32, Entry), RpcError> {
+        let map = self.map.lock().expect("processes");
+        let found = match sel {
+            Some(ProcessSelector { pid: Some(pid), .. }) => map.get(pid).map(|e| (*pid, e.clone())),
+            Some(ProcessSelector { tag: Some(tag), .. }) => map
+                .iter()
+                .find(|(_, e)| e.tag.as_deref() == Some(tag.as_str()))
+                .map(|(p, e)| (*p, e.clone())),
+            _ => {
+                return Err(RpcError::new(
+                    Code::InvalidArgument,
+                    "no process selected (pid or tag)",
+                ))
+            }
+        };
+        found.ok_or_else(|| RpcError::new(Code::NotFound, "process not found"))
+    }
+
+    async fn control(&self, sel: Option<&ProcessSelector>, c: Control) -> Result<u32, RpcError> {
+        let (pid, e) = self.find(sel)?;
+        e.control
+            .send(c)
+            .await
+            .map_err(|_| RpcError::new(Code::NotFound, "process not found"))?;
+        Ok(pid)
+    }
+
+    /// Attaches a new stream to a running process (`Connect`).
+    pub async fn connect(&self, sel: Option<&ProcessSelector>) -> Result<Attached, RpcError> {
+        let (tx, rx) = mpsc::channel(EVENT_QUEUE);
+        let pid = self.control(sel, Control::Subscribe(tx)).await?;
+        Ok(Attached { pid, events: rx })
+    }
+
+    /// Delivers `signal`; SIGKILL ends the process and every process it started.
+    pub async fn signal(&self, sel: Option<&ProcessSelector>, signal: i32) -> Result<(), RpcError> {
+        let c = match signal {
+            libc::SIGKILL => Control::Kill,
+            0 => return Err(RpcError::new(Code::InvalidArgument, "no signal given")),
+            s => Control::Signal(s),
+        };
+        self.control(sel, c).await.map(drop)
+    }
+
+    pub async fn send_input(
+        &self,
+        sel: Option<&ProcessSelector>,
+        data: Vec<u8>,
+    ) -> Result<(), RpcError> {
+        let (ack, done) = oneshot::channel();
+        self.control(sel, Control::Stdin(data, ack)).await?;
+        done.await
+            .unwrap_or_else(|_| Err(RpcError::new(Code::NotFound, "process ended")))
+    }
+
+    pub async fn close_stdin(&self, sel: Option<&ProcessSelector>) -> Result<(), RpcError> {
+        self.control(sel, Control::StdinEof).await.map(drop)
+    }
+
+    pub async fn resize(
+        &self,
+        sel: Option<&ProcessSelector>,
+        rows: u16,
+        cols: u16,
+    ) -> Result<(), RpcError> {
+        self.control(sel, Control::Resize(rows, cols))
+            .await
+            .map(drop)
+    }
+
+    pub fn list(&self) -> Vec<ProcessInfo> {
+        let map = self.map.lock().expect("processes");
+        let mut v: Vec<ProcessInfo> = map
+            .iter()
+            .map(|(pid, e)| ProcessInfo {
+                config: e.config.clone(),
+                pid: *pid,
+                tag: e.tag.clone(),
+            })
+            .collect();
+        v.sort_by_key(|p| p.pid);
+        v
+    }
+
+    fn remove(&self, pid: u32, control: &mpsc::Sender<Control>) {
+        let mut map = self.map.lock().expect("processes");
+        if map
+            .get(&pid)
+            .is_some_and(|e| e.control.same_channel(control))
+        {
+            map.remove(&pid);
+        }
+    }
+}
+
+fn start_error(kind: ErrorKind, message: String) -> RpcError {
+    let code = match kind {
+        ErrorKind::NotFound => Code::NotFound,
+        ErrorKind::NotExecutable => Code::PermissionDenied,
+        ErrorKind::Failed => Code::Unknown,
+    };
+    RpcError::new(code, message)
+}
+
+fn lost() -> RpcError {
+    RpcError::new(
+        Code::Unavailable,
+        "connection to the sandbox's agent was lost",
+    )
+}
+
+struct Relay {
+    proc: Process,
+    pid: u32,
+    tty: bool,
+    subscribers: Vec<mpsc::Sender<Event>>,
+    credit: usize,
+    pending: VecDeque<Vec<u8>>,
+    pending_bytes: usize,
+    /// Stdin's end was asked for; sent once `pending` is empty.
+    eof: bool,
+    eof_sent: bool,
+}
+
+impl Relay {
+    /// `me`: the sender of `control` that the table holds (to remove this entry, not a later
+    /// process's with a recycled pid).
+    async fn run(
+        mut self,
+        me: mpsc::Sender<Control>,
+        mut control: mpsc::Receiver<Control>,
+        early: Vec<Msg>,
+        table: Weak<Processes>,
+    ) {
+        let mut end = None;
+        for m in early {
+            end = end.or(self.on_frame(Some(m)).await);
+        }
+        let end = match end {
+            Some(e) => e,
+            None => loop {
+                tokio::select! {
+                    m = self.proc.recv() => if let Some(e) = self.on_frame(m).await { break e },
+                    c = control.recv() => if let Some(e) = self.on_control(c).await { break e },
+                }
+            },
+        };
+        drop(control);
+        if let Some(t) = table.upgrade() {
+            t.remove(self.pid, &me);
+        }
+        self.fanout(Event::End(end)).await;
+        // Dropping the stream now: after Exit it is done; after a kill it sends Close, which
+        // makes the agent kill the process and everything left in its session.
+    }
+
+    /// Handles one agent frame; Some(end) when the process is over.
+    async fn on_frame(&mut self, m: Option<Msg>) -> Option<End> {
+        match m {
+            Some(Msg::Stdout(b)) => {
+                let d = if self.tty {
+                    Data::Pty(Bytes(b))
+                } else {
+                    Data::Stdout(Bytes(b))
+                };
+                self.fanout(Event::Data(d)).await;
+            }
+            Some(Msg::Stderr(b)) => self.fanout(Event::Data(Data::Stderr(Bytes(b)))).await,
+            Some(Msg::Credit(n)) => {
+                self.credit += n as usize;
+                self.flush_stdin().await;
+            }
+            Some(Msg::Exit { code, .. }) => {
+                return Some(End {
+                    exit_code: code,
+                    exited: true,
+                    status: format!("exit status {code}"),
+                    error: None,
+                })
+            }
+            Some(Msg::Error { kind, message }) => {
+                return Some(End {
+                    exit_code: kind.exit_code(),
+                    exited: false,
+                    status: "error".into(),
+                    error: Some(message),
+                })
+            }
+            Some(_) => {}
+            None => {
+                return Some(End {
+                    exit_code: -1,
+                    exited: false,
+                    status: "error".into(),
+                    error: Some(lost().message),
+                })
+            }
+        }
+        None
+    }
+
+    async fn on_control(&mut self, c: Option<Control>) -> Option<End> {
+        match c {
+            Some(Control::Subscribe(tx)) => {
+                if self.subscribers.len() < MAX_SUBSCRIBERS
+                    && tx.send(Event::Start { pid: self.pid }).await.is_ok()
+                {
+                    self.subscribers.push(tx);
+                }
+            }
+            Some(Control::Signal(s)) => {
+                self.proc.send(Msg::Signal(s)).await;
+            }
+            Some(Control::Stdin(data, ack)) => {
+                let r = if self.eof {
+                    Err(RpcError::new(Code::FailedPrecondition, "stdin is closed"))
+                } else if self.pending_bytes + data.len() > MAX_PENDING_STDIN {
+                    Err(RpcError::new(
+                        Code::ResourceExhausted,
+                        "the process does not read its stdin fast enough",
+                    ))
+                } else {
+                    for chunk in data.chunks(MAX_CHUNK) {
+                        self.pending_bytes += chunk.len();
+                        self.pending.push_back(chunk.to_vec());
+                    }
+                    self.flush_stdin().await;
+                    Ok(())
+                };
+                let _ = ack.send(r);
+            }
+            Some(Control::StdinEof) => {
+                self.eof = true;
+                self.flush_stdin().await;
+            }
+            Some(Control::Resize(rows, cols)) => {
+                self.proc.send(Msg::Resize { rows, cols }).await;
+            }
+            // Killed, or the sandbox is going away: envd reports a killed process this way.
+            Some(Control::Kill) | None => {
+                return Some(End {
+                    exit_code: -1,
+                    exited: false,
+                    status: "signal: killed".into(),
+                    error: None,
+                })
+            }
+        }
+        None
+    }
+
+    async fn flush_stdin(&mut self) {
+        while let Some(chunk) = self.pending.front() {
+            if chunk.len() > self.credit {
+                return;
+            }
+            let chunk = self.pending.pop_front().expect("front exists");
+            self.credit -= chunk.len();
+            self.pending_bytes -= chunk.len();
+            self.proc.send(Msg::Stdin(chunk)).await;
+        }
+        if self.eof && !self.eof_sent && self.pending.is_empty() {
+            self.eof_sent = true;
+            self.proc.send(Msg::StdinEof).await;
+        }
+    }
+
+    /// Hands `ev` to every attached stream; a stream whose client is gone is dropped.
+    async fn fanout(&mut self, ev: Event) {
+        let mut alive = Vec::with_capacity(self.subscribers.len());
+        for s in self.subscribers.drain(..) {
+            if s.send(ev.clone()).await.is_ok() {
+                alive.push(s);
+            }
+        }
+        self.subscribers = alive;
+    }
+}
