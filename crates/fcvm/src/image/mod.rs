@@ -1,4 +1,4 @@
-//! Images: a reference → a read-only erofs root filesystem + the image's config (DESIGN §3).
+//! Images: a reference → a read-only erofs root filesystem + the image's config (docs/design.md §7).
 //!
 //! The guest agent mounts the erofs image read-only under an overlay; this module only has to
 //! produce it, once per image, from wherever the image lives:

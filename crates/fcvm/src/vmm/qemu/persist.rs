@@ -1,4 +1,4 @@
-//! The [`Vmm`](crate::vmm::Vmm) lifecycle verbs for QEMU, over QMP (docs/design.md §10).
+//! The [`Vmm`](crate::vmm::Vmm) lifecycle verbs for QEMU, over QMP (docs/design.md §5).
 //!
 //! - pause / resume: `stop` / `cont`.
 //! - save state: `x-ignore-shared` on for [`StateScope::Devices`] (RAM stays in the VM's
