@@ -30,22 +30,7 @@ const LIMIT: Duration = Duration::from_secs(120);
 const RSS_MAX_KIB: u64 = 64 * 1024;
 
 /// A running VM; dropping it (a failed check) kills its owner and removes it.
-struct Vm {
-    name: String,
-    id: String,
-    owner: Option<Child>,
-}
-
-impl Drop for Vm {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.owner.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-            let _ = run(&["rm", "--force", &self.name], Duration::from_secs(60));
-            let _ = run(&["rm", &self.name], Duration::from_secs(60));
-        }
-    }
-}
+use common::OwnedVm as Vm;
 
 impl Vm {
     /// Boots `IMG -- cmd…` with the owner's stdout as given and its stderr in a file.

@@ -37,22 +37,7 @@ const LIMIT: Duration = Duration::from_secs(120);
 const VM: &[&str] = &["--vm", "-e", "PATH=/run/fcvm/rootfs/bin"];
 
 /// The VM under test; dropping it (a failed check) kills its owner and removes it.
-struct Fixture {
-    name: String,
-    id: String,
-    owner: Option<Child>,
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.owner.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-            let _ = run(&["rm", "--force", &self.name], Duration::from_secs(60));
-            let _ = run(&["rm", &self.name], Duration::from_secs(60));
-        }
-    }
-}
+use common::OwnedVm as Fixture;
 
 impl Fixture {
     fn boot() -> Fixture {

@@ -11,7 +11,7 @@ use super::spawn::{spawn, Announce, Spawned, Stdio};
 use crate::error::{Error, Result};
 use crate::oci;
 use crate::paths::{crun_state, BUNDLE, CONTAINER_PIDFILE, CRUN, ID, ROOTFS};
-use crate::reaper::{self, cstrings, Cmd};
+use crate::reaper;
 use crate::stream::{set_winsize, Stream};
 use fcvm_proto::{Msg, ProcessSpec, Target};
 use std::os::fd::AsRawFd;
@@ -80,18 +80,7 @@ fn crun_run(spec: &ProcessSpec, cmd: &Command) -> Result<Spawned> {
     ];
     let size = spec.tty.then_some((spec.rows.max(1), spec.cols.max(1)));
     let io = Stdio::new(size, spec.stdin)?;
-    let argv = cstrings(&argv)?;
-    let run = Cmd {
-        path: argv[0].clone(),
-        argv,
-        envp: cstrings(&[reaper::HELPER_ENV])?,
-        cwd: None,
-        ids: None,
-        stdio: io.child_raw(),
-        extra: vec![],
-        ctty: spec.tty,
-        fixed_layout: true, // crun, see Cmd::fixed_layout
-    };
+    let run = super::spawn::crun_cmd(&argv, &io, spec.tty)?;
     let spawned = spawn(&run, Target::Container, &cmd.name)?;
     let pidfile = Some(PathBuf::from(CONTAINER_PIDFILE));
     Ok(io.spawned(spawned, pidfile, Announce::WhenCreated(size)))

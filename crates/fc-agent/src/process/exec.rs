@@ -6,7 +6,6 @@ use super::spawn::{spawn, Announce, Spawned, Stdio};
 use crate::error::{Error, Result};
 use crate::oci;
 use crate::paths::{crun_state, exec_json, exec_pidfile, CONTAINER_PIDFILE, CRUN, ID};
-use crate::reaper::{self, cstrings, Cmd};
 use fcvm_proto::{ProcessSpec, Target};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -26,20 +25,9 @@ pub fn start(id: u32, spec: &ProcessSpec, cmd: &Command) -> Result<Spawned> {
     oci::write_json(Path::new(&json), &p)?;
     let _ = std::fs::remove_file(&pidfile);
     let argv = [CRUN, "exec", "--process", &json, "--pid-file", &pidfile, ID];
-    let argv = cstrings(&argv)?;
     let size = spec.tty.then_some((spec.rows, spec.cols));
     let io = Stdio::new(size, spec.stdin)?;
-    let exec = Cmd {
-        path: argv[0].clone(),
-        argv,
-        envp: cstrings(&[reaper::HELPER_ENV])?,
-        cwd: None,
-        ids: None,
-        stdio: io.child_raw(),
-        extra: vec![],
-        ctty: spec.tty,
-        fixed_layout: true, // crun, see Cmd::fixed_layout
-    };
+    let exec = super::spawn::crun_cmd(&argv, &io, spec.tty)?;
     let spawned = spawn(&exec, Target::ContainerExec, &cmd.name)?;
     Ok(io.spawned(spawned, Some(PathBuf::from(pidfile)), Announce::Now))
 }

@@ -121,3 +121,21 @@ pub fn spawn(cmd: &Cmd, target: Target, name: &str) -> Result<(i32, Receiver<i32
             .unwrap_or_else(|| Error::Spawn(name.into(), e))
     })
 }
+
+/// The command line of one crun invocation (`crun run`, `crun exec`): crun's own helper
+/// environment, the process's stdio, crun at its fixed address layout (see
+/// `Cmd::fixed_layout`).
+pub fn crun_cmd(argv: &[&str], io: &Stdio, tty: bool) -> Result<Cmd> {
+    let argv = reaper::cstrings(argv)?;
+    Ok(Cmd {
+        path: argv[0].clone(),
+        argv,
+        envp: reaper::cstrings(&[reaper::HELPER_ENV])?,
+        cwd: None,
+        ids: None,
+        stdio: io.child_raw(),
+        extra: vec![],
+        ctty: tty,
+        fixed_layout: true,
+    })
+}

@@ -293,15 +293,8 @@ async fn snapshot(ctx: &Ctx, name: String, out: Outbox, busy: Arc<AtomicBool>) {
 }
 
 /// An error and its sources on one line, for a client to print.
-fn wire_text(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
+fn wire_text(e: &(dyn std::error::Error + 'static)) -> String {
+    crate::util::chain(e)
 }
 
 /// Starts the client's process on a fresh agent stream and its relay back.

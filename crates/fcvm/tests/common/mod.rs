@@ -158,3 +158,22 @@ pub fn assert_gone(name: &str, id: Option<&str>) {
 }
 
 pub const BOOT: Duration = Duration::from_secs(300);
+
+/// A VM and the fcvm that owns it; dropping it (a failed check) kills the owner and removes
+/// the VM.
+pub struct OwnedVm {
+    pub name: String,
+    pub id: String,
+    pub owner: Option<Child>,
+}
+
+impl Drop for OwnedVm {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.owner.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+            let _ = run(&["rm", "--force", &self.name], Duration::from_secs(60));
+            let _ = run(&["rm", &self.name], Duration::from_secs(60));
+        }
+    }
+}
