@@ -176,3 +176,39 @@ fn a_malformed_unpack_limit_is_a_usage_error() {
         assert!(err.contains("Invalid unpack limit"), "{bad}: {err}");
     }
 }
+
+/// The same image through a loopback registry: the layer blob this run downloaded goes too.
+#[test]
+fn a_registry_image_past_the_unpack_limit_leaves_no_blob() {
+    let t = tempfile::tempdir().unwrap();
+    // A different size than the archive test's, so this run downloads a blob of its own.
+    let (tar, gz) = zeros_layer(9 << 20);
+    let cfg = config(&[format!("sha256:{}", sha256(&tar))]);
+    let archive = t.path().join("bomb.tar");
+    docker_archive(&archive, &cfg, &[("layer.tar.gz", &gz)], None);
+    let registry = common::registry::Registry::start();
+    let remote = format!("127.0.0.1:{}/fcvm/bomb:latest", registry.port);
+    let o = std::process::Command::new("skopeo")
+        .args(["copy", "-q", "--dest-tls-verify=false"])
+        .arg(format!("docker-archive:{}", archive.display()))
+        .arg(format!("docker://{remote}"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "skopeo: {}", text(&o.stderr));
+    let blobs = || -> BTreeSet<PathBuf> {
+        std::fs::read_dir(data_dir().join("blobs/sha256"))
+            .map(|d| d.map(|e| e.unwrap().path()).collect())
+            .unwrap_or_default()
+    };
+    let before = blobs();
+    let n = name("rbomb");
+    let (code, err) = podman_run(
+        &[],
+        &["--name", &n, "--unpack-limit", "1M", &remote, "true"],
+    );
+    assert_eq!(code, Some(125), "{err}");
+    assert!(err.contains("Unpack limit reached"), "{err}");
+    let left: Vec<_> = blobs().difference(&before).cloned().collect();
+    assert!(left.is_empty(), "downloaded blobs stayed: {left:?}");
+    assert!(!data_dir().join("images").join(sha256(&cfg)).exists());
+}

@@ -342,6 +342,13 @@ async fn finish(
     if let Some(rootfs) = rootfs::cached(dirs, &hex) {
         return Ok(prepared(rootfs));
     }
+    // Blobs this run downloads: an image refused for its size leaves none of them behind.
+    let fetched: Vec<PathBuf> = resolved
+        .layers
+        .iter()
+        .filter(|l| l.path.starts_with(dirs.blobs()) && !l.path.is_file())
+        .map(|l| l.path.clone())
+        .collect();
     if let Some(remote) = resolved.remote.take() {
         remote.fetch_layers(&resolved.layers).await?;
     }
@@ -358,6 +365,11 @@ async fn finish(
     })
     .await;
     drop(lock);
+    if let Err(ImageError::UnpackLimit { .. }) = &rootfs {
+        for p in &fetched {
+            let _ = std::fs::remove_file(p);
+        }
+    }
     if let Err(ImageError::LayerDigest(bad)) = &rootfs {
         // A corrupt blob in our own cache would fail every later run: drop it to refetch.
         for l in resolved
