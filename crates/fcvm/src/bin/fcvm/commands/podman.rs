@@ -78,6 +78,10 @@ pub struct RunArgs {
     #[arg(short = 'p', long = "publish", value_delimiter = ',',
           value_parser = fcvm::network::publish::parse_one)]
     publish: Vec<fcvm::network::publish::Publish>,
+    /// Size of the container's writable layer, e.g. 512M or 20G (default 10G; sparse: it costs
+    /// host disk only as the container writes).
+    #[arg(long, value_name = "SIZE", value_parser = fcvm::run::parse_rootfs_size)]
+    rootfs_size: Option<u64>,
     /// Image reference: oci:DIR[:TAG], oci-archive:FILE, docker-archive:FILE, builtin:busybox,
     /// a name in the host's podman store, or a registry reference.
     image: String,
@@ -163,6 +167,9 @@ pub async fn run(dirs: &Dirs, cmd: PodmanCommand) -> Result<i32> {
         },
         health,
         detached,
+        shape: fcvm::run::Shape {
+            rw_disk_mib: a.rootfs_size.unwrap_or(fcvm::run::DEFAULT_RW_DISK_MIB),
+        },
     };
     fcvm::run::run(dirs, opts).await
 }
