@@ -2,15 +2,71 @@
 //! built-in busybox image.
 //!
 //! Plan: `--rootfs-size` gives the container a writable layer of that size that really takes
-//! 2 GiB of writes (and bad sizes exit 125 leaving nothing).
+//! 2 GiB of writes (and bad sizes exit 125 leaving nothing); inside `--privileged` (run, and
+//! exec into a running VM) `mknod` and `mount -t tmpfs` work, and fail without it.
 
 mod common;
 
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use common::*;
 
 const IMG: &str = "builtin:busybox";
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+/// A running VM (`sleep` as its container) removed on drop.
+struct Running {
+    name: String,
+    owner: Option<Child>,
+}
+
+impl Running {
+    fn start(tag: &str, flags: &[&str]) -> Running {
+        let name = name(tag);
+        let mut owner = fcvm()
+            .args(["podman", "run", "--name", &name])
+            .args(flags)
+            .args([IMG, "--", "sleep", "100000"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn fcvm podman run");
+        wait_running(&mut owner, &name);
+        Running {
+            name,
+            owner: Some(owner),
+        }
+    }
+
+    /// `fcvm exec --name NAME ARGS…`: (code, stdout, stderr).
+    fn exec(&self, args: &[&str]) -> (i32, String, String) {
+        let mut all = vec!["exec", "--name", &self.name];
+        all.extend_from_slice(args);
+        let out = run(&all, LIMIT);
+        (
+            out.status.code().unwrap_or(-1),
+            text(&out.stdout),
+            text(&out.stderr),
+        )
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.owner.take() {
+            let _ = run(&["rm", "--force", &self.name], Duration::from_secs(60));
+            let _ = c.kill();
+            let _ = c.wait();
+            let _ = run(&["rm", &self.name], Duration::from_secs(60));
+        }
+    }
+}
+
+/// What needs privileges: a device node and a mount. Prints one word per step.
+const PRIV_CMD: &str = "mknod /tmp/x c 1 3 2>/dev/null && echo mknod-ok || echo mknod-denied; \
+     mkdir -p /tmp/m; mount -t tmpfs t /tmp/m 2>/dev/null && echo mount-ok || echo mount-denied";
 
 fn run_ok(args: &[&str]) -> (i32, String, String) {
     let out = run(args, BOOT);
@@ -77,4 +133,61 @@ fn bad_rootfs_size_exits_125_and_creates_nothing() {
         assert_eq!(err.trim().lines().count(), 1, "{bad}: {err}");
         assert!(vm(&n).is_none(), "{bad} left a VM record");
     }
+}
+
+#[test]
+fn privileged_run_can_mknod_and_mount_and_plain_cannot() {
+    for (flags, want) in [
+        (&["--privileged"][..], "mknod-ok\nmount-ok\n"),
+        (&[][..], "mknod-denied\nmount-denied\n"),
+    ] {
+        let n = name("priv");
+        let mut args = vec!["podman", "run", "--name", &n];
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&[IMG, "sh", "-c", PRIV_CMD]);
+        let (code, out, err) = run_ok(&args);
+        assert_eq!(code, 0, "{flags:?}: {err}");
+        assert_eq!(out, want, "{flags:?}");
+        assert_gone(&n, None);
+    }
+    // The /dev/null made above is the VM's own: it reads as empty and swallows writes.
+    let (code, out, err) = run_ok(&[
+        "podman",
+        "run",
+        "--privileged",
+        IMG,
+        "sh",
+        "-c",
+        "mknod /tmp/n c 1 3 && echo x > /tmp/n && wc -c < /tmp/n; \
+         grep ' /sys ' /proc/mounts | grep -c rw,",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "0\n1\n");
+}
+
+#[test]
+fn exec_privileged_gets_every_capability() {
+    let vm = Running::start("xpriv", &[]);
+    let caps = "grep CapEff /proc/self/status";
+    let (code, plain, err) = vm.exec(&["sh", "-c", caps]);
+    assert_eq!(code, 0, "{err}");
+    let (code, privd, err) = vm.exec(&["--privileged", "sh", "-c", caps]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        plain.trim(),
+        "CapEff:\t00000000800405fb",
+        "fcvm's 11 default capabilities"
+    );
+    assert_eq!(
+        privd.trim(),
+        "CapEff:\t000001ffffffffff",
+        "every capability"
+    );
+    let (_, out, _) = vm.exec(&[
+        "--privileged",
+        "sh",
+        "-c",
+        "mkdir -p /tmp/m; mount -t tmpfs t /tmp/m && echo ok",
+    ]);
+    assert_eq!(out, "ok\n");
 }

@@ -21,6 +21,8 @@ pub struct ExecOptions {
     pub user: Option<String>,
     pub interactive: bool,
     pub tty: bool,
+    /// Every capability for the process (`--privileged`).
+    pub privileged: bool,
 }
 
 pub async fn exec(dirs: &crate::paths::Dirs, o: ExecOptions) -> anyhow::Result<i32> {
@@ -51,6 +53,7 @@ pub async fn exec(dirs: &crate::paths::Dirs, o: ExecOptions) -> anyhow::Result<i
         stdin: o.interactive,
         rows,
         cols,
+        privileged: o.privileged,
     };
     let target = if o.vm {
         Target::Vm

@@ -234,6 +234,7 @@ async fn cold_boot(
             .find_map(|e| e.strip_prefix("PATH="))
             .unwrap_or_default()
             .to_string(),
+        privileged: facts.shape.privileged,
     };
     session
         .request(Msg::Prepare(plan), BOOT_TIMEOUT, |m| match m {

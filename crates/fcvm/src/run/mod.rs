@@ -73,12 +73,16 @@ pub const MAX_RW_DISK_MIB: u64 = 16 << 20;
 pub struct Shape {
     /// Size of the container's writable layer (`--rootfs-size`), MiB.
     pub rw_disk_mib: u64,
+    /// `--privileged`: the container, warm or not, is prepared with every capability and
+    /// device, so a privileged run must never restore an unprivileged one (or the reverse).
+    pub privileged: bool,
 }
 
 impl Default for Shape {
     fn default() -> Self {
         Shape {
             rw_disk_mib: DEFAULT_RW_DISK_MIB,
+            privileged: false,
         }
     }
 }
@@ -149,6 +153,11 @@ impl Facts {
             vmm::NetKind::of(self.nic.as_ref()).as_str(),
             &self.fstype,
             &self.shape.rw_disk_mib.to_string(),
+            if self.shape.privileged {
+                "privileged"
+            } else {
+                ""
+            },
         ])
     }
 

@@ -89,6 +89,7 @@ pub fn process_spec(opts: &RunOptions, img: &ImageConfig, env: Vec<String>) -> R
         stdin: opts.interactive,
         rows,
         cols,
+        privileged: opts.shape.privileged,
     })
 }
 

@@ -28,6 +28,10 @@ pub struct ExecArgs {
     /// User (name or uid[:gid]).
     #[arg(short = 'u', long)]
     user: Option<String>,
+    /// Give the process every capability (in a `--privileged` container it also has the
+    /// VM's devices; podman's `exec --privileged`).
+    #[arg(long)]
+    privileged: bool,
     /// Command and arguments.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
     command: Vec<String>,
@@ -45,6 +49,7 @@ pub async fn run(dirs: &Dirs, a: ExecArgs) -> Result<i32> {
             user: a.user,
             interactive: a.interactive,
             tty: a.tty,
+            privileged: a.privileged,
         },
     )
     .await

@@ -82,6 +82,10 @@ pub struct RunArgs {
     /// host disk only as the container writes).
     #[arg(long, value_name = "SIZE", value_parser = fcvm::run::parse_rootfs_size)]
     rootfs_size: Option<u64>,
+    /// Every capability, the VM's devices, a writable /sys and no masked paths (the VM is
+    /// the boundary).
+    #[arg(long)]
+    privileged: bool,
     /// Image reference: oci:DIR[:TAG], oci-archive:FILE, docker-archive:FILE, builtin:busybox,
     /// a name in the host's podman store, or a registry reference.
     image: String,
@@ -169,6 +173,7 @@ pub async fn run(dirs: &Dirs, cmd: PodmanCommand) -> Result<i32> {
         detached,
         shape: fcvm::run::Shape {
             rw_disk_mib: a.rootfs_size.unwrap_or(fcvm::run::DEFAULT_RW_DISK_MIB),
+            privileged: a.privileged,
         },
     };
     fcvm::run::run(dirs, opts).await
