@@ -320,6 +320,9 @@ pub struct ProcessSpec {
     /// Every capability for this process (`exec --privileged`). A `Target::Container` start
     /// sets it as its [`ContainerPlan`] did.
     pub privileged: bool,
+    /// `exec -d`: the host's exec server keeps the process running after its client leaves
+    /// and drops its output (the agent does not look at it).
+    pub detach: bool,
 }
 
 /// Where a process runs.

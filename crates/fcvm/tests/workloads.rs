@@ -3,7 +3,10 @@
 //!
 //! Plan: `--rootfs-size` gives the container a writable layer of that size that really takes
 //! 2 GiB of writes (and bad sizes exit 125 leaving nothing); inside `--privileged` (run, and
-//! exec into a running VM) `mknod` and `mount -t tmpfs` work, and fail without it.
+//! exec into a running VM) `mknod` and `mount -t tmpfs` work, and fail without it; `exec -d`
+//! returns at once, printing nothing, while its process runs on (seen by a later exec), and a
+//! command that cannot start is still its error; `--env-file` entries reach run and exec,
+//! with `-e` winning.
 
 mod common;
 
@@ -190,4 +193,70 @@ fn exec_privileged_gets_every_capability() {
         "mkdir -p /tmp/m; mount -t tmpfs t /tmp/m && echo ok",
     ]);
     assert_eq!(out, "ok\n");
+}
+
+#[test]
+fn exec_detached_returns_at_once_and_keeps_running() {
+    let vm = Running::start("xdet", &[]);
+    // A sleep far longer than the test: returning at all proves exec -d did not wait.
+    let (code, out, err) = vm.exec(&["-d", "sleep", "4321"]);
+    assert_eq!((code, out.as_str()), (0, ""), "{err}");
+    let (code, ps, err) = vm.exec(&["ps"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(ps.contains("sleep 4321"), "{ps}");
+    // The process outlives its client, and more than one can run.
+    let (code, _, err) = vm.exec(&["-d", "sh", "-c", "echo dropped; sleep 4322"]);
+    assert_eq!(code, 0, "{err}");
+    let (_, ps, _) = vm.exec(&["ps"]);
+    assert!(
+        ps.contains("sleep 4321") && ps.contains("sleep 4322"),
+        "{ps}"
+    );
+    let (code, _, err) = vm.exec(&["-d", "no-such-command"]);
+    assert_eq!(code, 127, "{err}");
+    assert!(err.contains("no-such-command"), "{err}");
+}
+
+#[test]
+fn env_file_reaches_run_and_exec_and_env_wins() {
+    let dir = std::env::temp_dir().join(format!("fcvm-envfile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("env");
+    std::fs::write(
+        &file,
+        "# a comment\n\nA=from-file\n  B=two words\nFCVM_T_HOST\n",
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+    let show = "echo \"$A|$B|$FCVM_T_HOST\"";
+    let out = fcvm()
+        .env("FCVM_T_HOST", "host-value")
+        .args([
+            "podman",
+            "run",
+            "--env-file",
+            file,
+            "-e",
+            "A=from-flag",
+            IMG,
+        ])
+        .args(["sh", "-c", show])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "from-flag|two words|host-value\n");
+
+    let vm = Running::start("xenv", &[]);
+    let (code, out, err) = vm.exec(&["--env-file", file, "sh", "-c", show]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out, "from-file|two words|\n",
+        "FCVM_T_HOST is unset for this exec"
+    );
+    let (_, out, _) = vm.exec(&["--env-file", file, "-e", "B=flag", "sh", "-c", show]);
+    assert_eq!(out, "from-file|flag|\n");
+    let (code, _, err) = vm.exec(&["--env-file", "/nonexistent/env", "true"]);
+    assert_eq!(code, 125, "{err}");
+    assert!(err.contains("/nonexistent/env"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -22,6 +22,13 @@ pub struct ExecArgs {
     /// Environment variable KEY=VALUE.
     #[arg(short = 'e', long = "env")]
     env: Vec<String>,
+    /// Read environment variables from FILE (KEY=VALUE lines, # comments; `-e` wins).
+    #[arg(long, value_name = "FILE", value_parser = fcvm::run::EnvFile::parse)]
+    env_file: Vec<fcvm::run::EnvFile>,
+    /// Start the process and return at once, printing nothing; it keeps running (its output
+    /// is dropped) until it ends or the VM does.
+    #[arg(short = 'd', long)]
+    detach: bool,
     /// Working directory.
     #[arg(short = 'w', long)]
     workdir: Option<String>,
@@ -45,6 +52,11 @@ pub async fn run(dirs: &Dirs, a: ExecArgs) -> Result<i32> {
             vm: a.vm,
             command: a.command,
             env: a.env,
+            env_file: fcvm::run::EnvArg::resolved(&fcvm::run::EnvFile::then_env(
+                a.env_file,
+                vec![],
+            )),
+            detach: a.detach,
             workdir: a.workdir,
             user: a.user,
             interactive: a.interactive,

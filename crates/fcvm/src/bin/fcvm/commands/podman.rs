@@ -21,6 +21,9 @@ pub struct RunArgs {
     /// Environment variable KEY=VALUE (KEY alone takes fcvm's own value).
     #[arg(short = 'e', long = "env", value_parser = fcvm::run::EnvArg::parse)]
     env: Vec<fcvm::run::EnvArg>,
+    /// Read environment variables from FILE (KEY=VALUE lines, # comments; `-e` wins).
+    #[arg(long, value_name = "FILE", value_parser = fcvm::run::EnvFile::parse)]
+    env_file: Vec<fcvm::run::EnvFile>,
     /// Virtual CPUs.
     #[arg(long = "cpu", alias = "cpus", default_value_t = 1)]
     cpus: u32,
@@ -150,7 +153,7 @@ pub async fn run(dirs: &Dirs, cmd: PodmanCommand) -> Result<i32> {
         name: a.name.map(Into::into),
         image: a.image,
         command: a.command,
-        env: a.env,
+        env: fcvm::run::EnvFile::then_env(a.env_file, a.env),
         cpus: a.cpus,
         mem_mib: a.mem,
         workdir: a.workdir,
