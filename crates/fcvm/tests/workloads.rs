@@ -6,7 +6,8 @@
 //! exec into a running VM) `mknod` and `mount -t tmpfs` work, and fail without it; `exec -d`
 //! returns at once, printing nothing, while its process runs on (seen by a later exec), and a
 //! command that cannot start is still its error; `--env-file` entries reach run and exec,
-//! with `-e` winning.
+//! with `-e` winning; `--label` is kept in the VM's state, shown by `ls` and matched by its
+//! `--filter label=KEY[=VALUE]` (all filters at once).
 
 mod common;
 
@@ -259,4 +260,69 @@ fn env_file_reaches_run_and_exec_and_env_wins() {
     assert_eq!(code, 125, "{err}");
     assert!(err.contains("/nonexistent/env"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Names of the VMs `fcvm ls --json ARGS` lists.
+fn ls_names(args: &[&str]) -> Vec<String> {
+    let mut all = vec!["ls", "--json"];
+    all.extend_from_slice(args);
+    let out = run(&all, LIMIT);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let mut names: Vec<String> = v
+        .iter()
+        .map(|v| v["name"].as_str().unwrap().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn labels_are_listed_and_filtered() {
+    let web = Running::start("lweb", &["--label", "app=web", "-l", "tier=front"]);
+    let db = Running::start("ldb", &["--label", "app=db", "--label", "backup"]);
+    let record = vm(&web.name).unwrap();
+    assert_eq!(record["labels"]["app"], "web");
+    assert_eq!(record["labels"]["tier"], "front");
+    assert_eq!(vm(&db.name).unwrap()["labels"]["backup"], "");
+    let both = {
+        let mut v = vec![db.name.clone(), web.name.clone()];
+        v.sort();
+        v
+    };
+    let mine = |names: Vec<String>| -> Vec<String> {
+        names.into_iter().filter(|n| both.contains(n)).collect()
+    };
+    assert_eq!(mine(ls_names(&["--filter", "label=app"])), both);
+    assert_eq!(
+        mine(ls_names(&["--filter", "label=app=web"])),
+        [web.name.clone()]
+    );
+    assert_eq!(
+        mine(ls_names(&["--filter", "label=backup"])),
+        [db.name.clone()]
+    );
+    // Several filters: all must match.
+    assert_eq!(
+        mine(ls_names(&["-f", "label=app", "-f", "label=tier=front"])),
+        [web.name.clone()]
+    );
+    assert!(mine(ls_names(&["--filter", "label=app=none"])).is_empty());
+    // The table's last column.
+    let out = run(&["ls", "--filter", "label=tier"], LIMIT);
+    let table = text(&out.stdout);
+    assert!(table.lines().next().unwrap().ends_with("LABELS"), "{table}");
+    let row = table
+        .lines()
+        .find(|l| l.starts_with(&web.name))
+        .expect(&table);
+    assert!(row.ends_with("app=web,tier=front"), "{row}");
+    for bad in ["status=running", "label="] {
+        let out = run(&["ls", "--filter", bad], LIMIT);
+        assert_eq!(out.status.code(), Some(125), "{bad}");
+        assert_eq!(text(&out.stderr).trim().lines().count(), 1, "{bad}");
+    }
+    let out = run(&["podman", "run", "--label", "=x", IMG, "true"], LIMIT);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(text(&out.stderr).contains("--label"));
 }

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-pub use spec::{parse_env, process_spec, EnvArg, EnvFile};
+pub use spec::{parse_env, parse_label, process_spec, EnvArg, EnvFile};
 
 use crate::image::PullOptions;
 use crate::paths::Dirs;
@@ -57,6 +57,8 @@ pub struct RunOptions {
     pub detached: Option<std::os::fd::RawFd>,
     /// What shapes the VM and its container beyond the image (`--rootfs-size`, ...).
     pub shape: Shape,
+    /// `--label K=V`, kept in the VM's state (the last of a key wins, as in podman).
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// Default size of the writable layer (`--rootfs-size`): room to install packages. The disk
@@ -237,6 +239,7 @@ pub(crate) fn new_state(id: &str, name: &str, facts: &Facts) -> VmState {
         exit_code: None,
         network: None,
         snapshot: None,
+        labels: Default::default(),
     }
 }
 
@@ -297,6 +300,7 @@ pub async fn run(dirs: &Dirs, opts: RunOptions) -> Result<i32> {
     facts.nic = net.nic.clone();
     let mut state = new_state(&id, &name, &facts);
     state.network = Some(net.info.clone());
+    state.labels = opts.labels.clone();
     let hostname = opts.hostname.clone().unwrap_or_else(|| name.clone());
 
     // With --health-check, a startup snapshot (taken once the app was first healthy) brings

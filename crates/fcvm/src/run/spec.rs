@@ -91,6 +91,19 @@ impl EnvFile {
     }
 }
 
+#[derive(Debug, thiserror::Error)]
+#[error("Invalid --label {0:?}: expected KEY=VALUE or KEY")]
+pub struct LabelError(String);
+
+/// `--label KEY=VALUE` (or `KEY`, an empty value, as podman); clap's value parser.
+pub fn parse_label(s: &str) -> Result<(String, String), LabelError> {
+    let (k, v) = s.split_once('=').unwrap_or((s, ""));
+    if k.is_empty() || k.contains(char::is_whitespace) {
+        return Err(LabelError(s.into()));
+    }
+    Ok((k.into(), v.into()))
+}
+
 /// `-e` values given as text (`fcvm exec`'s): parsed and resolved like [`EnvArg`]s.
 pub fn parse_env(items: &[String]) -> Result<Vec<String>, EnvError> {
     let args = items

@@ -89,6 +89,9 @@ pub struct RunArgs {
     /// the boundary).
     #[arg(long)]
     privileged: bool,
+    /// A label KEY=VALUE (repeatable), shown by `fcvm ls` and matched by its `--filter label=`.
+    #[arg(short = 'l', long = "label", value_name = "KEY=VALUE", value_parser = fcvm::run::parse_label)]
+    labels: Vec<(String, String)>,
     /// Image reference: oci:DIR[:TAG], oci-archive:FILE, docker-archive:FILE, builtin:busybox,
     /// a name in the host's podman store, or a registry reference.
     image: String,
@@ -174,6 +177,7 @@ pub async fn run(dirs: &Dirs, cmd: PodmanCommand) -> Result<i32> {
         },
         health,
         detached,
+        labels: a.labels.into_iter().collect(),
         shape: fcvm::run::Shape {
             rw_disk_mib: a.rootfs_size.unwrap_or(fcvm::run::DEFAULT_RW_DISK_MIB),
             privileged: a.privileged,
