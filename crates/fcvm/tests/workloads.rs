@@ -296,16 +296,16 @@ fn labels_are_listed_and_filtered() {
     assert_eq!(mine(ls_names(&["--filter", "label=app"])), both);
     assert_eq!(
         mine(ls_names(&["--filter", "label=app=web"])),
-        [web.name.clone()]
+        vec![web.name.clone()]
     );
     assert_eq!(
         mine(ls_names(&["--filter", "label=backup"])),
-        [db.name.clone()]
+        vec![db.name.clone()]
     );
     // Several filters: all must match.
     assert_eq!(
         mine(ls_names(&["-f", "label=app", "-f", "label=tier=front"])),
-        [web.name.clone()]
+        vec![web.name.clone()]
     );
     assert!(mine(ls_names(&["--filter", "label=app=none"])).is_empty());
     // The table's last column.
