@@ -196,6 +196,7 @@ fn main() {
                 warm: false,
                 prefetch: vec![],
                 path: String::new(),
+                privileged: false,
             }),
         );
         c.control(|m| matches!(m, Msg::Prepared));
@@ -237,6 +238,7 @@ fn main() {
             warm: false,
             prefetch: vec![],
             path: String::new(),
+            privileged: false,
         }),
     );
     let r = c.control(|m| matches!(m, Msg::Prepared | Msg::PrepareFailed { .. }));

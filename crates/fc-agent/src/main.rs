@@ -23,6 +23,7 @@ mod pathres;
 mod paths;
 mod pending;
 mod pool;
+mod privileged;
 mod probe;
 mod process;
 mod pump;

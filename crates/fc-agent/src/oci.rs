@@ -3,6 +3,8 @@
 //! and one `sethostname` then renames both, which a restore does on every run), the standard
 //! mounts, podman's default capabilities, `RLIMIT_NOFILE` 1048576, masked and read-only /proc
 //! and /sys paths.
+//! `--privileged` ([`ProcConfig::privileged`]) gives every capability, the VM's devices, no
+//! masked or read-only paths and a writable /sys, as podman does ([`crate::privileged`]).
 //! `crun run` reads [`spec`] from /run/fcvm/bundle/config.json; `crun exec --process` reads a
 //! [`process`] alone.
 
@@ -46,11 +48,17 @@ pub struct ProcConfig {
     pub uid: u32,
     pub gid: u32,
     pub groups: Vec<u32>,
+    /// Every capability (and, for [`spec`], the privileged container).
+    pub privileged: bool,
 }
 
 /// The OCI process for `p` (terminal off: a pty, if any, is our own stdio).
 pub fn process(p: &ProcConfig) -> Result<Process> {
-    let all: std::collections::HashSet<Capability> = CAPS.into_iter().collect();
+    let all: std::collections::HashSet<Capability> = if p.privileged {
+        crate::privileged::all_caps()
+    } else {
+        CAPS.into_iter().collect()
+    };
     let granted = if p.uid == 0 {
         all.clone()
     } else {
@@ -98,6 +106,8 @@ fn mnt(dest: &str, typ: &str, src: &str, opts: &[&str]) -> Result<Mount> {
 
 /// The container's runtime config.
 pub fn spec(p: &ProcConfig) -> Result<Spec> {
+    // Privileged: /sys and its cgroup tree writable (podman).
+    let sys_ro: &[&str] = if p.privileged { &[] } else { &["ro"] };
     let mut mounts = vec![
         mnt("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
         mnt(
@@ -135,13 +145,13 @@ pub fn spec(p: &ProcConfig) -> Result<Spec> {
             "/sys",
             "sysfs",
             "sysfs",
-            &["nosuid", "noexec", "nodev", "ro"],
+            &[&["nosuid", "noexec", "nodev"], sys_ro].concat(),
         )?,
         mnt(
             "/sys/fs/cgroup",
             "cgroup",
             "cgroup",
-            &["nosuid", "noexec", "nodev", "relatime", "ro"],
+            &[&["nosuid", "noexec", "nodev", "relatime"], sys_ro].concat(),
         )?,
     ];
     for f in ETC_FILES {
@@ -162,8 +172,8 @@ pub fn spec(p: &ProcConfig) -> Result<Spec> {
     .map(|t| LinuxNamespaceBuilder::default().typ(t).build())
     .collect::<Result<Vec<_>, _>>()
     .map_err(e("namespace"))?;
-    let deny_all = LinuxDeviceCgroupBuilder::default()
-        .allow(false)
+    let devices_rule = LinuxDeviceCgroupBuilder::default()
+        .allow(p.privileged)
         .access("rwm")
         .build()
         .map_err(e("devices"))?;
@@ -174,12 +184,12 @@ pub fn spec(p: &ProcConfig) -> Result<Spec> {
         .domain(LinuxPersonalityDomain::PerLinux)
         .build()
         .map_err(e("personality"))?;
-    let linux = LinuxBuilder::default()
+    let mut linux = LinuxBuilder::default()
         .namespaces(namespaces)
         .personality(personality)
         .resources(
             LinuxResourcesBuilder::default()
-                .devices(vec![deny_all])
+                .devices(vec![devices_rule])
                 .build()
                 .map_err(e("resources"))?,
         )
@@ -204,6 +214,11 @@ pub fn spec(p: &ProcConfig) -> Result<Spec> {
         ]))
         .build()
         .map_err(e("linux"))?;
+    if p.privileged {
+        linux.set_masked_paths(None);
+        linux.set_readonly_paths(None);
+        linux.set_devices(Some(crate::privileged::devices(Path::new("/dev"))));
+    }
     let mut spec = SpecBuilder::default()
         .version("1.0.0")
         .root(
@@ -245,6 +260,7 @@ mod tests {
             uid: 1000,
             gid: 1000,
             groups: vec![10],
+            privileged: false,
         };
         let v = serde_json::to_value(spec(&p).unwrap()).unwrap();
         assert_eq!(v["root"]["path"], ROOTFS);
@@ -302,6 +318,36 @@ mod tests {
             .as_array()
             .unwrap()
             .contains(&"/proc/kcore".into()));
+    }
+
+    #[test]
+    fn privileged_gets_everything() {
+        let p = ProcConfig {
+            args: vec!["true".into()],
+            privileged: true,
+            ..Default::default()
+        };
+        let v = serde_json::to_value(spec(&p).unwrap()).unwrap();
+        let caps = &v["process"]["capabilities"];
+        assert!(caps["effective"]
+            .as_array()
+            .unwrap()
+            .contains(&"CAP_SYS_ADMIN".into()));
+        assert!(caps["bounding"].as_array().unwrap().len() > 40);
+        assert_eq!(v["linux"]["resources"]["devices"][0]["allow"], true);
+        assert!(v["linux"].get("maskedPaths").is_none());
+        assert!(v["linux"]["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["path"] == "/dev/null"));
+        let sys = v["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["destination"] == "/sys")
+            .unwrap();
+        assert!(!sys["options"].as_array().unwrap().contains(&"ro".into()));
     }
 
     #[test]

@@ -228,7 +228,7 @@ impl Session {
                 info!("prepared in {} ms", t0.elapsed().as_millis());
                 let t1 = Instant::now();
                 if plan.warm {
-                    match crate::warm::create() {
+                    match crate::warm::create(plan.privileged) {
                         Ok(()) => info!("warm container in {} ms", t1.elapsed().as_millis()),
                         Err(e) => warn!(
                             "no warm container, the run will use crun run: {}",

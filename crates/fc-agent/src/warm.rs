@@ -132,8 +132,9 @@ pub fn forget_lookups() {
     }
 }
 
-/// Creates the warm container (no-op if a container exists already).
-pub fn create() -> Result<()> {
+/// Creates the warm container (no-op if a container exists already); `privileged`: as
+/// `ContainerPlan::privileged`.
+pub fn create(privileged: bool) -> Result<()> {
     if crun_state().exists() {
         return Ok(());
     }
@@ -141,6 +142,7 @@ pub fn create() -> Result<()> {
         args: vec![format!("/proc/self/fd/{EXE_FD}"), INIT_ARG.into()],
         env: vec![reaper::HELPER_ENV.into()],
         cwd: "/".into(),
+        privileged,
         ..Default::default()
     };
     let cfg = oci::spec(&stand_in)?;

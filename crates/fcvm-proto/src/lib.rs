@@ -51,7 +51,8 @@ use serde::{Deserialize, Serialize};
 
 /// Bumped on every incompatible change of [`Msg`] or of the rules of the session; checked in
 /// the Hello exchange. 5: output flow control (`Credit` host → agent, [`INITIAL_OUTPUT_CREDIT`]).
-pub const PROTOCOL_VERSION: u32 = 5;
+/// 6: `privileged` in [`ContainerPlan`] and [`ProcessSpec`].
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// The `PATH` of a process whose environment sets none (podman's default), on both sides.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -282,6 +283,9 @@ pub struct ContainerPlan {
     /// it with the warm container, so that a restored run's first command is looked up
     /// without touching the image disk (whatever the command). Empty: [`DEFAULT_PATH`].
     pub path: String,
+    /// `--privileged`: the container (warm or not) gets every capability, the VM's devices,
+    /// no masked paths and a writable /sys (the VM is the boundary).
+    pub privileged: bool,
 }
 
 /// How the agent configures the VM's network interface (no DHCP client in the guest).
@@ -313,6 +317,12 @@ pub struct ProcessSpec {
     pub stdin: bool,
     pub rows: u16,
     pub cols: u16,
+    /// Every capability for this process (`exec --privileged`). A `Target::Container` start
+    /// sets it as its [`ContainerPlan`] did.
+    pub privileged: bool,
+    /// `exec -d`: the host's exec server keeps the process running after its client leaves
+    /// and drops its output (the agent does not look at it).
+    pub detach: bool,
 }
 
 /// Where a process runs.

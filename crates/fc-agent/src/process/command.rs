@@ -72,6 +72,7 @@ pub fn check(spec: &ProcessSpec, target: Target) -> Result<Command> {
         uid: ids.uid,
         gid: ids.gid,
         groups: ids.groups.clone(),
+        privileged: spec.privileged,
     };
     Ok(Command {
         name: name.clone(),

@@ -17,10 +17,16 @@ pub struct ExecOptions {
     pub vm: bool,
     pub command: Vec<String>,
     pub env: Vec<String>,
+    /// `--env-file` entries, resolved (`env` wins over them).
+    pub env_file: Vec<String>,
+    /// `-d`: return once the process started; it keeps running.
+    pub detach: bool,
     pub workdir: Option<String>,
     pub user: Option<String>,
     pub interactive: bool,
     pub tty: bool,
+    /// Every capability for the process (`--privileged`).
+    pub privileged: bool,
 }
 
 pub async fn exec(dirs: &crate::paths::Dirs, o: ExecOptions) -> anyhow::Result<i32> {
@@ -36,7 +42,11 @@ pub async fn exec(dirs: &crate::paths::Dirs, o: ExecOptions) -> anyhow::Result<i
             o.name
         );
     }
-    let env = crate::run::spec::parse_env(&o.env)?;
+    let mut env = o.env_file.clone();
+    env.extend(crate::run::spec::parse_env(&o.env)?);
+    if o.detach && (o.interactive || o.tty) {
+        anyhow::bail!("fcvm exec -d takes no -i or -t: nothing stays attached");
+    }
     let conn = UnixStream::connect(dir.path.join(EXEC_SOCK))
         .await
         .with_context(|| format!("VM {} does not accept execs", o.name))?;
@@ -51,13 +61,18 @@ pub async fn exec(dirs: &crate::paths::Dirs, o: ExecOptions) -> anyhow::Result<i
         stdin: o.interactive,
         rows,
         cols,
+        privileged: o.privileged,
+        detach: o.detach,
     };
     let target = if o.vm {
         Target::Vm
     } else {
         Target::ContainerExec
     };
-    let proc = session.start(spec, target).await;
+    let mut proc = session.start(spec, target).await;
+    if o.detach {
+        return detached(&mut proc, &o.name).await;
+    }
     let outcome = crate::attach::attach(
         proc,
         crate::attach::AttachOptions {
@@ -84,4 +99,26 @@ pub async fn exec(dirs: &crate::paths::Dirs, o: ExecOptions) -> anyhow::Result<i
     outcome
         .result
         .with_context(|| format!("exec in VM {}", o.name))
+}
+
+/// `exec -d`: the server answers `Started` (the process runs on, podman's exit 0; fcvm has no
+/// exec session id to print) or the start's `Error`, with podman's code for it.
+async fn detached(proc: &mut crate::session::Process, name: &str) -> anyhow::Result<i32> {
+    use fcvm_proto::{ErrorKind, Msg};
+    match proc.recv().await {
+        Some(Msg::Started { .. }) => Ok(0),
+        Some(Msg::Error { kind, message }) => {
+            #[allow(clippy::print_stderr)] // the command's own error, as an attached exec's
+            {
+                eprintln!("{message}");
+            }
+            Ok(match kind {
+                ErrorKind::NotFound => 127,
+                ErrorKind::NotExecutable => 126,
+                _ => 125,
+            })
+        }
+        Some(Msg::Exit { code, .. }) => Ok(code),
+        _ => anyhow::bail!("VM {name}: the connection ended before the process started"),
+    }
 }

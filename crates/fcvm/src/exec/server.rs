@@ -5,7 +5,9 @@
 //! same framed protocol as the agent: `Start` on a stream of its choosing, then stdin, resize
 //! and signals; the server relays each stream onto a fresh agent stream and the output back.
 //! A client that disconnects ends its processes: the relay drops the agent stream, which sends
-//! `Close`, and the agent kills the process.
+//! `Close`, and the agent kills the process — unless it was started detached (`exec -d`,
+//! `ProcessSpec::detach`): the server then answers `Started` alone and keeps the agent stream
+//! itself, dropping the output, until the process ends (at most [`MAX_DETACHED`] at a time).
 //!
 //! Credit runs end to end (docs/design.md, "Backpressure"): the server sends a client output
 //! only within the credit that client granted, and grants the agent more only once the bytes
@@ -39,6 +41,8 @@ pub const EXEC_SOCK: &str = "exec.sock";
 const MAX_CLIENTS: usize = 256;
 /// Processes one client may run at once.
 const MAX_STREAMS: usize = 64;
+/// Most detached processes (`exec -d`) the server keeps at a time.
+pub const MAX_DETACHED: usize = 64;
 
 /// Takes a snapshot of the served VM under a name (the owner does it, so a client that dies
 /// mid-way cannot leave the VM paused).
@@ -66,6 +70,8 @@ struct Ctx {
     /// client's `-e` entries on top.
     env: Vec<String>,
     snapshotter: Option<Snapshotter>,
+    /// One permit per detached process still running.
+    detached: Arc<Semaphore>,
 }
 
 /// Starts serving on `path` (a socket only its owner may use).
@@ -82,6 +88,7 @@ pub fn serve(
         session,
         env: container_env,
         snapshotter,
+        detached: Arc::new(Semaphore::new(MAX_DETACHED)),
     });
     let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
     let task = tokio::spawn(async move {
@@ -226,6 +233,10 @@ async fn handle(conn: UnixStream, ctx: &Ctx) {
                     out.send(error(stream, why)).await;
                     continue;
                 }
+                if spec.detach {
+                    detach(ctx, stream, spec, target, &out).await;
+                    continue;
+                }
                 let relay = start(ctx, stream, spec, target, &out).await;
                 relays.insert(stream, relay);
             }
@@ -297,14 +308,56 @@ fn wire_text(e: &(dyn std::error::Error + 'static)) -> String {
     crate::util::chain(e)
 }
 
-/// Starts the client's process on a fresh agent stream and its relay back.
-async fn start(
+/// `exec -d`: starts the process, answers the client its `Started` (or its `Error`), and
+/// drains the agent stream in a task of its own until the process ends.
+async fn detach(
     ctx: &Ctx,
     stream: u32,
-    mut spec: fcvm_proto::ProcessSpec,
+    spec: fcvm_proto::ProcessSpec,
     target: Target,
     out: &Outbox,
-) -> Relay {
+) {
+    let Ok(permit) = ctx.detached.clone().try_acquire_owned() else {
+        out.send(error(stream, "too many detached processes in this VM"))
+            .await;
+        return;
+    };
+    let mut proc = ctx.session.start(with_env(ctx, spec, target), target).await;
+    loop {
+        match proc.recv().await {
+            Some(msg @ Msg::Started { .. }) => {
+                out.send(Frame { stream, msg }).await;
+                break;
+            }
+            Some(msg) if crate::session::queue::is_final(&msg) => {
+                out.send(Frame { stream, msg }).await;
+                return;
+            }
+            Some(_) => {}
+            None => {
+                out.send(error(stream, "Connection to the VM's agent was lost"))
+                    .await;
+                return;
+            }
+        }
+    }
+    tokio::spawn(async move {
+        // Output is granted back as it arrives (no manual credit) and dropped.
+        while let Some(msg) = proc.recv().await {
+            if crate::session::queue::is_final(&msg) {
+                break;
+            }
+        }
+        drop(permit);
+    });
+}
+
+/// A container exec inherits the container's environment, the client's entries on top.
+fn with_env(
+    ctx: &Ctx,
+    mut spec: fcvm_proto::ProcessSpec,
+    target: Target,
+) -> fcvm_proto::ProcessSpec {
     if target == Target::ContainerExec {
         let mut merged = ctx.env.clone();
         for kv in spec.env.drain(..) {
@@ -314,6 +367,18 @@ async fn start(
         }
         spec.env = merged;
     }
+    spec
+}
+
+/// Starts the client's process on a fresh agent stream and its relay back.
+async fn start(
+    ctx: &Ctx,
+    stream: u32,
+    spec: fcvm_proto::ProcessSpec,
+    target: Target,
+    out: &Outbox,
+) -> Relay {
+    let spec = with_env(ctx, spec, target);
     let proc = ctx.session.start(spec, target).await;
     let (to_client, stdin) = (
         Window::new(INITIAL_OUTPUT_CREDIT),

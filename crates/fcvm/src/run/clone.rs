@@ -86,6 +86,8 @@ pub async fn run_clone(dirs: &Dirs, o: CloneOptions) -> Result<i32> {
         nic: None,
         container_env: m.container_env.clone(),
         prefetch: vec![],
+        // Only a cold boot makes the disk and the container: a clone has both already.
+        shape: Default::default(),
     };
     let vmdir = VmDir::new(dirs, &id);
     let guard = DirGuard(vmdir.clone());

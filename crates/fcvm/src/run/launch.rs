@@ -178,7 +178,7 @@ async fn cold_boot(
     // Leftovers of a failed restore attempt must not be mistaken for ours.
     let _ = std::fs::remove_file(vmdir.path.join(snapshot::RW_DISK));
     let rw = vmdir.path.join(snapshot::RW_DISK);
-    super::make_rw_disk(&rw, 1024)?;
+    super::make_rw_disk(&rw, facts.shape.rw_disk_mib)?;
     // Guest RAM holds the container's secrets: the file exists, private, before QEMU maps it.
     let ram = vmdir.path.join(snapshot::RAM_FILE);
     crate::owner_only::create_file(&ram).context("Cannot create the VM's RAM file")?;
@@ -234,6 +234,7 @@ async fn cold_boot(
             .find_map(|e| e.strip_prefix("PATH="))
             .unwrap_or_default()
             .to_string(),
+        privileged: facts.shape.privileged,
     };
     session
         .request(Msg::Prepare(plan), BOOT_TIMEOUT, |m| match m {

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-pub use spec::{parse_env, process_spec, EnvArg};
+pub use spec::{parse_env, parse_label, process_spec, EnvArg, EnvFile};
 
 use crate::image::PullOptions;
 use crate::paths::Dirs;
@@ -55,6 +55,65 @@ pub struct RunOptions {
     pub no_snapshot: bool,
     /// `-d`: this process is the detached owner; the ready pipe's fd ([`detach`]).
     pub detached: Option<std::os::fd::RawFd>,
+    /// What shapes the VM and its container beyond the image (`--rootfs-size`, ...).
+    pub shape: Shape,
+    /// `--label K=V`, kept in the VM's state (the last of a key wins, as in podman).
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+/// Default size of the writable layer (`--rootfs-size`): room to install packages. The disk
+/// is sparse, so the size costs nothing until the container writes (docs/run.md).
+pub const DEFAULT_RW_DISK_MIB: u64 = 10 << 10;
+/// Smallest writable layer: ext4's own metadata needs a few MiB.
+pub const MIN_RW_DISK_MIB: u64 = 64;
+/// Largest writable layer: ext4 with 4 KiB blocks and no 64bit feature tops out at 16 TiB.
+pub const MAX_RW_DISK_MIB: u64 = 16 << 20;
+
+/// The run flags that shape the VM or the container prepared before an image-cache
+/// snapshot: all of them are part of [`Facts::cache_key`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shape {
+    /// Size of the container's writable layer (`--rootfs-size`), MiB.
+    pub rw_disk_mib: u64,
+    /// `--privileged`: the container, warm or not, is prepared with every capability and
+    /// device, so a privileged run must never restore an unprivileged one (or the reverse).
+    pub privileged: bool,
+}
+
+impl Default for Shape {
+    fn default() -> Self {
+        Shape {
+            rw_disk_mib: DEFAULT_RW_DISK_MIB,
+            privileged: false,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("Invalid --rootfs-size {0:?}: expected SIZE (e.g. 512M, 10G) between 64M and 16T")]
+pub struct SizeError(String);
+
+/// `--rootfs-size SIZE`: a number with an optional K/M/G/T suffix (bytes without one, as
+/// podman's sizes), rounded up to MiB; clap's value parser.
+pub fn parse_rootfs_size(s: &str) -> Result<u64, SizeError> {
+    let bad = || SizeError(s.to_string());
+    let t = s.trim();
+    let digits = t.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let shift = match t[digits.len()..].to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        _ => return Err(bad()),
+    };
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    let bytes = n.checked_mul(1 << shift).ok_or_else(bad)?;
+    let mib = bytes.div_ceil(1 << 20);
+    if !(MIN_RW_DISK_MIB..=MAX_RW_DISK_MIB).contains(&mib) {
+        return Err(bad());
+    }
+    Ok(mib)
 }
 
 /// What a VM is made of: everything a snapshot manifest records about it.
@@ -76,6 +135,8 @@ pub struct Facts {
     /// Commands whose files the guest caches before an image-cache snapshot (not part of its
     /// key: only a hint for what a restored run will start).
     pub prefetch: Vec<String>,
+    /// The writable layer's size and the container's privileges (part of the key).
+    pub shape: Shape,
 }
 
 impl Facts {
@@ -93,6 +154,12 @@ impl Facts {
             // its own section into the device state, so each backend needs its own snapshot.
             vmm::NetKind::of(self.nic.as_ref()).as_str(),
             &self.fstype,
+            &self.shape.rw_disk_mib.to_string(),
+            if self.shape.privileged {
+                "privileged"
+            } else {
+                ""
+            },
         ])
     }
 
@@ -172,6 +239,7 @@ pub(crate) fn new_state(id: &str, name: &str, facts: &Facts) -> VmState {
         exit_code: None,
         network: None,
         snapshot: None,
+        labels: Default::default(),
     }
 }
 
@@ -221,6 +289,7 @@ pub async fn run(dirs: &Dirs, opts: RunOptions) -> Result<i32> {
         .flatten()
         .cloned()
         .collect(),
+        shape: opts.shape.clone(),
     };
 
     // 3. The VM.
@@ -231,6 +300,7 @@ pub async fn run(dirs: &Dirs, opts: RunOptions) -> Result<i32> {
     facts.nic = net.nic.clone();
     let mut state = new_state(&id, &name, &facts);
     state.network = Some(net.info.clone());
+    state.labels = opts.labels.clone();
     let hostname = opts.hostname.clone().unwrap_or_else(|| name.clone());
 
     // With --health-check, a startup snapshot (taken once the app was first healthy) brings
@@ -332,4 +402,29 @@ pub fn make_rw_disk(path: &Path, size_mib: u64) -> Result<()> {
     mkfs("assume_storage_prezeroed=1")
         .or_else(|_| mkfs("lazy_itable_init=1,lazy_journal_init=1"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rootfs_sizes() {
+        assert_eq!(parse_rootfs_size("10G").unwrap(), 10 << 10);
+        assert_eq!(parse_rootfs_size("512m").unwrap(), 512);
+        assert_eq!(parse_rootfs_size("100000000").unwrap(), 96); // bytes, rounded up
+        for bad in [
+            "0",
+            "0G",
+            "",
+            "G",
+            "-1G",
+            "1X",
+            "1M",
+            "17T",
+            "99999999999999999999T",
+        ] {
+            assert!(parse_rootfs_size(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -38,6 +38,72 @@ impl EnvArg {
     }
 }
 
+/// Largest `--env-file` read (a bound, not a format rule).
+const MAX_ENV_FILE: u64 = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnvFileError {
+    /// No #[source]: clap shows a value parser's error by its message alone.
+    #[error("Cannot read --env-file {0}: {1}")]
+    Read(String, std::io::Error),
+    #[error("--env-file {0} is larger than 1 MiB")]
+    TooLarge(String),
+    #[error("--env-file {0}, line {1}: invalid entry {2:?}: expected KEY=VALUE")]
+    Line(String, usize, String),
+}
+
+/// One `--env-file FILE`, read and resolved once, at the edge (clap's value parser), in
+/// podman's format: `KEY=VALUE` lines (leading blanks dropped, the rest of the line is the
+/// value), blank lines and `#` comments skipped, `KEY` alone takes fcvm's own value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvFile(pub Vec<EnvArg>);
+
+impl EnvFile {
+    pub fn parse(path: &str) -> Result<EnvFile, EnvFileError> {
+        use std::io::Read;
+        let read = |e| EnvFileError::Read(path.into(), e);
+        let mut text = String::new();
+        std::fs::File::open(path)
+            .map_err(read)?
+            .take(MAX_ENV_FILE + 1)
+            .read_to_string(&mut text)
+            .map_err(read)?;
+        if text.len() as u64 > MAX_ENV_FILE {
+            return Err(EnvFileError::TooLarge(path.into()));
+        }
+        let mut args = vec![];
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim_start();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let arg = EnvArg::parse(line)
+                .map_err(|_| EnvFileError::Line(path.into(), i + 1, line.into()))?;
+            args.push(arg);
+        }
+        Ok(EnvFile(args))
+    }
+
+    /// The `KEY=VALUE` entries of `files` in order, then those of `-e` (podman's order: `-e`
+    /// wins).
+    pub fn then_env(files: Vec<EnvFile>, env: Vec<EnvArg>) -> Vec<EnvArg> {
+        files.into_iter().flat_map(|f| f.0).chain(env).collect()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("Invalid --label {0:?}: expected KEY=VALUE or KEY")]
+pub struct LabelError(String);
+
+/// `--label KEY=VALUE` (or `KEY`, an empty value, as podman); clap's value parser.
+pub fn parse_label(s: &str) -> Result<(String, String), LabelError> {
+    let (k, v) = s.split_once('=').unwrap_or((s, ""));
+    if k.is_empty() || k.contains(char::is_whitespace) {
+        return Err(LabelError(s.into()));
+    }
+    Ok((k.into(), v.into()))
+}
+
 /// `-e` values given as text (`fcvm exec`'s): parsed and resolved like [`EnvArg`]s.
 pub fn parse_env(items: &[String]) -> Result<Vec<String>, EnvError> {
     let args = items
@@ -89,6 +155,8 @@ pub fn process_spec(opts: &RunOptions, img: &ImageConfig, env: Vec<String>) -> R
         stdin: opts.interactive,
         rows,
         cols,
+        privileged: opts.shape.privileged,
+        detach: false,
     })
 }
 
@@ -157,6 +225,28 @@ mod tests {
         let s = process_spec(&o, &img(), vec![]).unwrap();
         assert_eq!(s.args, ["/bin/sh", "-c", "echo x"]);
         assert_eq!((s.cwd.as_str(), s.user.as_str()), ("/tmp", "0"));
+    }
+
+    #[test]
+    fn env_files() {
+        let p = std::env::temp_dir().join(format!("fcvm-envfile-{}", std::process::id()));
+        std::fs::write(
+            &p,
+            "# comment\n\n  A=1 2 \nB==x\nFCVM_TEST_ENV_F\nFCVM_TEST_UNSET_G\n",
+        )
+        .unwrap();
+        std::env::set_var("FCVM_TEST_ENV_F", "f");
+        let f = EnvFile::parse(p.to_str().unwrap()).unwrap();
+        let all = EnvFile::then_env(vec![f], vec![EnvArg::parse("A=3").unwrap()]);
+        assert_eq!(
+            EnvArg::resolved(&all),
+            ["A=1 2 ", "B==x", "FCVM_TEST_ENV_F=f", "A=3"]
+        );
+        std::fs::write(&p, "OK=1\nBAD KEY=1\n").unwrap();
+        let err = EnvFile::parse(p.to_str().unwrap()).unwrap_err().to_string();
+        assert!(err.contains("line 2"), "{err}");
+        std::fs::remove_file(&p).unwrap();
+        assert!(EnvFile::parse("/nonexistent/env").is_err());
     }
 
     #[test]

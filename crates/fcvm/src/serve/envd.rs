@@ -166,6 +166,7 @@ async fn start(State(s): State<Arc<Server>>, headers: HeaderMap, body: Bytes) ->
             stdin: req.stdin.unwrap_or(true) || size.is_some(),
             rows: size.map_or(24, |s| s.rows.clamp(1, u16::MAX as u32) as u16),
             cols: size.map_or(80, |s| s.cols.clamp(1, u16::MAX as u32) as u16),
+            ..Default::default()
         };
         sbx.processes
             .start(&sbx.vm.session, spec, req.tag, config)

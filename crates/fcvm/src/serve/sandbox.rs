@@ -65,6 +65,7 @@ impl Template {
             container_env: idle.env.clone(),
             // The idle process and the SDK's shell: what a restored sandbox runs first.
             prefetch: vec!["sleep".into(), "/bin/bash".into()],
+            shape: Default::default(),
         };
         let warm = ProcessSpec {
             args: ["/bin/bash", "-l", "-c", "true"].map(String::from).to_vec(),

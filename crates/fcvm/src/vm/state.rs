@@ -108,9 +108,21 @@ pub struct VmState {
     /// The snapshot this VM was restored from (such a snapshot cannot be removed meanwhile).
     #[serde(default)]
     pub snapshot: Option<String>,
+    /// `--label K=V` (podman's): shown and filtered on by `fcvm ls`.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 impl VmState {
+    /// Whether this VM has label `key` (with `value`, if given): `ls --filter label=K[=V]`.
+    pub fn has_label(&self, key: &str, value: Option<&str>) -> bool {
+        match (self.labels.get(key), value) {
+            (Some(v), Some(want)) => v == want,
+            (found, None) => found.is_some(),
+            (None, Some(_)) => false,
+        }
+    }
+
     /// Whether the owner recorded in this state still runs.
     pub fn owner_alive(&self) -> bool {
         process_alive(self.pid, self.pid_start)
@@ -170,7 +182,17 @@ mod tests {
             exit_code: None,
             network: None,
             snapshot: None,
+            labels: [("app".to_string(), "web".to_string())].into(),
         }
+    }
+
+    #[test]
+    fn labels_filter() {
+        let st = state(VmStatus::Running, std::process::id(), None);
+        assert!(st.has_label("app", None));
+        assert!(st.has_label("app", Some("web")));
+        assert!(!st.has_label("app", Some("db")));
+        assert!(!st.has_label("tier", None));
     }
 
     const GONE: u32 = u32::MAX;

@@ -22,12 +22,23 @@ pub struct ExecArgs {
     /// Environment variable KEY=VALUE.
     #[arg(short = 'e', long = "env")]
     env: Vec<String>,
+    /// Read environment variables from FILE (KEY=VALUE lines, # comments; `-e` wins).
+    #[arg(long, value_name = "FILE", value_parser = fcvm::run::EnvFile::parse)]
+    env_file: Vec<fcvm::run::EnvFile>,
+    /// Start the process and return at once, printing nothing; it keeps running (its output
+    /// is dropped) until it ends or the VM does.
+    #[arg(short = 'd', long)]
+    detach: bool,
     /// Working directory.
     #[arg(short = 'w', long)]
     workdir: Option<String>,
     /// User (name or uid[:gid]).
     #[arg(short = 'u', long)]
     user: Option<String>,
+    /// Give the process every capability (in a `--privileged` container it also has the
+    /// VM's devices; podman's `exec --privileged`).
+    #[arg(long)]
+    privileged: bool,
     /// Command and arguments.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
     command: Vec<String>,
@@ -41,10 +52,16 @@ pub async fn run(dirs: &Dirs, a: ExecArgs) -> Result<i32> {
             vm: a.vm,
             command: a.command,
             env: a.env,
+            env_file: fcvm::run::EnvArg::resolved(&fcvm::run::EnvFile::then_env(
+                a.env_file,
+                vec![],
+            )),
+            detach: a.detach,
             workdir: a.workdir,
             user: a.user,
             interactive: a.interactive,
             tty: a.tty,
+            privileged: a.privileged,
         },
     )
     .await

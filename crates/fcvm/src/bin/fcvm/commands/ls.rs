@@ -1,5 +1,6 @@
 //! `fcvm ls`: every VM with its observed status. VMs nothing runs of any more (their fcvm
 //! was killed, and their VMM with it) are removed first, saying so on stderr.
+//! `--filter label=KEY[=VALUE]` (podman's, repeatable: a VM must match all) narrows the list.
 
 use anyhow::Result;
 use clap::Args;
@@ -10,6 +11,33 @@ pub struct LsArgs {
     /// Print JSON (an array of VM records with the observed status).
     #[arg(long)]
     json: bool,
+    /// Only VMs with this label: label=KEY or label=KEY=VALUE (repeatable; all must match).
+    #[arg(short = 'f', long = "filter", value_name = "label=KEY[=VALUE]", value_parser = parse_filter)]
+    filter: Vec<LabelFilter>,
+}
+
+/// One `--filter label=KEY[=VALUE]`.
+#[derive(Clone)]
+pub struct LabelFilter {
+    key: String,
+    value: Option<String>,
+}
+
+fn parse_filter(s: &str) -> Result<LabelFilter, String> {
+    let Some(rest) = s.strip_prefix("label=") else {
+        return Err(format!("unsupported filter {s:?}: only label=KEY[=VALUE]"));
+    };
+    let (key, value) = match rest.split_once('=') {
+        Some((k, v)) => (k, Some(v.to_string())),
+        None => (rest, None),
+    };
+    if key.is_empty() {
+        return Err(format!("unsupported filter {s:?}: the label has no key"));
+    }
+    Ok(LabelFilter {
+        key: key.into(),
+        value,
+    })
 }
 
 pub fn run(dirs: &Dirs, a: LsArgs) -> Result<i32> {
@@ -18,7 +46,12 @@ pub fn run(dirs: &Dirs, a: LsArgs) -> Result<i32> {
         fcvm::network::netns::reap_orphans();
     }
     reap(dirs);
-    let vms = fcvm::vm::list(dirs);
+    let mut vms = fcvm::vm::list(dirs);
+    vms.retain(|(_, st)| {
+        a.filter
+            .iter()
+            .all(|f| st.has_label(&f.key, f.value.as_deref()))
+    });
     if a.json {
         let rows: Vec<serde_json::Value> = vms
             .iter()
@@ -32,16 +65,22 @@ pub fn run(dirs: &Dirs, a: LsArgs) -> Result<i32> {
         return Ok(0);
     }
     println!(
-        "{:<20} {:<12} {:<8} {:<8} {:<9} {:<10} {:<28} STARTED",
-        "NAME", "ID", "PID", "BACKEND", "STATUS", "HEALTH", "IMAGE"
+        "{:<20} {:<12} {:<8} {:<8} {:<9} {:<10} {:<28} {:<19} LABELS",
+        "NAME", "ID", "PID", "BACKEND", "STATUS", "HEALTH", "IMAGE", "STARTED"
     );
     for (_, st) in vms {
         let health = st
             .health
             .map(|h| format!("{h:?}").to_lowercase())
             .unwrap_or_else(|| "-".into());
+        let labels: Vec<String> = st.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let labels = if labels.is_empty() {
+            "-".to_string()
+        } else {
+            labels.join(",")
+        };
         println!(
-            "{:<20} {:<12} {:<8} {:<8} {:<9} {:<10} {:<28} {}",
+            "{:<20} {:<12} {:<8} {:<8} {:<9} {:<10} {:<28} {:<19} {}",
             st.name,
             st.id,
             st.vmm_pid.unwrap_or(st.pid),
@@ -50,7 +89,8 @@ pub fn run(dirs: &Dirs, a: LsArgs) -> Result<i32> {
             st.observed(),
             health,
             st.image,
-            st.started_at.format("%Y-%m-%d %H:%M:%S")
+            st.started_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+            labels
         );
     }
     Ok(0)

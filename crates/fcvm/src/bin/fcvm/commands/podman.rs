@@ -55,6 +55,9 @@ pub struct RunArgs {
     /// Health check flags (boxed: they would make every command's enum large).
     #[command(flatten)]
     health: Box<HealthArgs>,
+    /// Workload flags (boxed, as the health flags).
+    #[command(flatten)]
+    workload: Box<WorkloadArgs>,
     /// Remove the VM when it ends (always on: fcvm VMs are ephemeral).
     #[arg(long, default_value_t = true)]
     rm: bool,
@@ -84,6 +87,25 @@ pub struct RunArgs {
     /// Command and arguments (default: the image's).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     command: Vec<String>,
+}
+
+/// The flags for real workloads: environment files, labels, disk size, privileges.
+#[derive(Args)]
+pub struct WorkloadArgs {
+    /// Read environment variables from FILE (KEY=VALUE lines, # comments; `-e` wins).
+    #[arg(long, value_name = "FILE", value_parser = fcvm::run::EnvFile::parse)]
+    env_file: Vec<fcvm::run::EnvFile>,
+    /// A label KEY=VALUE (repeatable), shown by `fcvm ls` and matched by its `--filter label=`.
+    #[arg(short = 'l', long = "label", value_name = "KEY=VALUE", value_parser = fcvm::run::parse_label)]
+    labels: Vec<(String, String)>,
+    /// Size of the container's writable layer, e.g. 512M or 20G (default 10G; sparse: it costs
+    /// host disk only as the container writes).
+    #[arg(long, value_name = "SIZE", value_parser = fcvm::run::parse_rootfs_size)]
+    rootfs_size: Option<u64>,
+    /// Every capability, the VM's devices, a writable /sys and no masked paths (the VM is
+    /// the boundary).
+    #[arg(long)]
+    privileged: bool,
 }
 
 /// podman's `--health-*` flags, plus fcvm's `--health-check URL`.
@@ -142,7 +164,7 @@ pub async fn run(dirs: &Dirs, cmd: PodmanCommand) -> Result<i32> {
         name: a.name.map(Into::into),
         image: a.image,
         command: a.command,
-        env: a.env,
+        env: fcvm::run::EnvFile::then_env(a.workload.env_file, a.env),
         cpus: a.cpus,
         mem_mib: a.mem,
         workdir: a.workdir,
@@ -163,6 +185,14 @@ pub async fn run(dirs: &Dirs, cmd: PodmanCommand) -> Result<i32> {
         },
         health,
         detached,
+        labels: a.workload.labels.into_iter().collect(),
+        shape: fcvm::run::Shape {
+            rw_disk_mib: a
+                .workload
+                .rootfs_size
+                .unwrap_or(fcvm::run::DEFAULT_RW_DISK_MIB),
+            privileged: a.workload.privileged,
+        },
     };
     fcvm::run::run(dirs, opts).await
 }
