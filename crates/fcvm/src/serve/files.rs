@@ -213,9 +213,12 @@ pub fn entry_info(e: FsEntry) -> EntryInfo {
     }
 }
 
-fn one_entry(r: FsReply) -> Result<EntryInfo, RpcError> {
+/// The `{entry}` answer of Stat, MakeDir and Move.
+fn entry_response(r: FsReply) -> Result<Response, RpcError> {
     match r {
-        FsReply::Entry(e) => Ok(entry_info(e)),
+        FsReply::Entry(e) => Ok(connect::unary_ok(&fspb::EntryResponse {
+            entry: entry_info(e),
+        })),
         _ => Err(RpcError::new(
             Code::Internal,
             "unexpected answer from the agent",
@@ -223,6 +226,7 @@ fn one_entry(r: FsReply) -> Result<EntryInfo, RpcError> {
     }
 }
 
+/// `filesystem.Filesystem/<method>` (unary, JSON codec).
 pub async fn rpc(
     State(s): State<Arc<Server>>,
     axum::extract::Path(method): axum::extract::Path<String>,
@@ -232,9 +236,6 @@ pub async fn rpc(
     let who = match user(&headers) {
         Ok(u) => u,
         Err(e) => return e.into_response(),
-    };
-    let ok = |r: Result<fspb::EntryResponse, FsError>| {
-        r.map(|e| connect::unary_ok(&e)).map_err(rpc_fs_error)
     };
     match method.as_str() {
         "Stat" | "MakeDir" | "Remove" => {
@@ -251,9 +252,7 @@ pub async fn rpc(
                     };
                     match session.fs(&who, op).await.map_err(rpc_fs_error)? {
                         FsReply::Done => Ok(connect::unary_ok(&serde_json::json!({}))),
-                        reply => ok(Ok(fspb::EntryResponse {
-                            entry: one_entry(reply)?,
-                        })),
+                        reply => entry_response(reply),
                     }
                 },
             )
@@ -270,9 +269,7 @@ pub async fn rpc(
                         to: r.destination,
                     };
                     let reply = sbx.vm.session.fs(&who, op).await.map_err(rpc_fs_error)?;
-                    ok(Ok(fspb::EntryResponse {
-                        entry: one_entry(reply)?,
-                    }))
+                    entry_response(reply)
                 },
             )
             .await
