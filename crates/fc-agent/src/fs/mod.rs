@@ -10,15 +10,17 @@
 //!    `/etc/shadow`, `..` stops at its `/`, and `/proc/*/root` leads nowhere. Operations on a
 //!    name (mkdir, rename, unlink) act on the name inside its parent opened that way.
 //! 4. The request's user comes from the container's own passwd and group; the thread takes its
-//!    ids as filesystem ids for the operation ([`root::AsUser`]), so the kernel checks
+//!    ids as filesystem ids for the operation ([`ids::AsUser`]), so the kernel checks
 //!    permissions as it would for that user's process, and what it creates is the user's.
 
 use crate::channel::Outbox;
+mod ids;
 mod root;
 
 use crate::paths::{CONTAINER_PIDFILE, ROOTFS};
 use fcvm_proto::{Frame, FsErrorKind, FsOp, FsReply, FsRequest, Msg, MAX_CHUNK};
-pub use root::{AsUser, Names, Root};
+pub use ids::{AsUser, Names};
+pub use root::Root;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 
