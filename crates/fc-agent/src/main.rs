@@ -15,6 +15,7 @@ mod container;
 mod credit;
 mod crun;
 mod error;
+mod fs;
 mod init;
 mod log;
 mod net;

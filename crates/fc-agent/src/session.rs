@@ -9,6 +9,8 @@
 //! 4. Process frames go to their stream; an unknown stream gets `Error{Failed, "No such
 //!    stream"}` (but a `Close` or an output `Credit` for it is dropped quietly).
 //!    Execs start on worker threads ([`crate::pending`]); frames for them queue until then.
+//! 5. `HttpGet` and `FsRequest` open a stream of their own, answered once from a worker
+//!    thread ([`crate::probe`], [`crate::fs`]); a new epoch silences the old answers.
 
 use crate::channel::Outbox;
 use crate::error::{Error, Report};
@@ -102,6 +104,9 @@ impl Session {
             Msg::HttpGet { url, timeout_ms } if frame.stream != CONTROL => {
                 crate::probe::start(frame.stream, url, timeout_ms, &self.out)
             }
+            Msg::FsRequest(req) if frame.stream != CONTROL => {
+                crate::fs::start(frame.stream, req, &self.out)
+            }
             msg if frame.stream == CONTROL => warn!("unexpected control message {}", msg.name()),
             msg => self.on_stream(frame.stream, msg),
         }
@@ -129,6 +134,7 @@ impl Session {
         }
         self.pending.clear();
         crate::probe::cancel_all();
+        crate::fs::cancel_all();
         self.epoch = Some(epoch);
         crate::log::set_session_open(true);
         Some(old)

@@ -10,7 +10,19 @@
 //!                     Stdin/Resize/Signal/Close from the host, Credit both ways
 //!                     (the host allocates ids; the container's main process is just a stream
 //!                     whose Start targets `Target::Container`)
+//!                     or one probe: HttpGet → HttpStatus | Error
+//!                     or one file operation: FsRequest → FsReply | FsError (protocol 6)
 //! ```
+//!
+//! # File operations (protocol 6)
+//!
+//! `FsRequest` acts on the container's files as its processes see them: paths are resolved
+//! inside the container's root (symlinks included: nothing leads out of it) and the operation
+//! runs with the ids of the request's user. Each request has a stream of its own and exactly one
+//! final answer, so a frame is bounded: a `Read` asks for at most [`MAX_CHUNK`] bytes (the host
+//! asks again from the next offset until `eof`), a `Write` carries at most [`MAX_CHUNK`] bytes, a
+//! `List` answers at most [`MAX_LIST_BYTES`] of entries and says whether more follow (the host
+//! asks again, skipping what it has).
 //!
 //! Every new host connection begins with `Hello{epoch}`; the agent drops all session state that
 //! belongs to another epoch (docs/design.md §8). After a snapshot restore the host sends
@@ -51,7 +63,8 @@ use serde::{Deserialize, Serialize};
 
 /// Bumped on every incompatible change of [`Msg`] or of the rules of the session; checked in
 /// the Hello exchange. 5: output flow control (`Credit` host → agent, [`INITIAL_OUTPUT_CREDIT`]).
-/// 6: `privileged` in [`ContainerPlan`] and [`ProcessSpec`].
+/// 6: `privileged` in [`ContainerPlan`] and [`ProcessSpec`], `ProcessSpec.detach`; file
+/// operations (`FsRequest`, `FsReply`, `FsError`).
 pub const PROTOCOL_VERSION: u32 = 6;
 
 /// The `PATH` of a process whose environment sets none (podman's default), on both sides.
@@ -74,6 +87,10 @@ pub const INITIAL_STDIN_CREDIT: u32 = 256 * 1024;
 /// the host grants more with `Credit` (see "Flow control" above). It bounds what the host
 /// holds of a stream whose consumer does not read: 8 chunks of [`MAX_CHUNK`].
 pub const INITIAL_OUTPUT_CREDIT: u32 = 256 * 1024;
+
+/// Largest encoded size of the entries of one `FsReply::Entries` (well under the codec's
+/// frame limit, whatever the path lengths).
+pub const MAX_LIST_BYTES: usize = 64 * 1024;
 
 /// Name of the virtio-serial port the agent talks on (QEMU backend).
 pub const PORT_NAME: &str = "fcvm.agent";
@@ -214,6 +231,17 @@ pub enum Msg {
     HttpStatus {
         code: u16,
     },
+
+    // ---- file streams (protocol 6) -------------------------------------------------------
+    /// host → agent: one file operation in the container (see "File operations").
+    FsRequest(FsRequest),
+    /// agent → host: it succeeded (final frame of the stream).
+    FsReply(FsReply),
+    /// agent → host: it failed (final frame of the stream).
+    FsError {
+        kind: FsErrorKind,
+        message: String,
+    },
 }
 
 impl Msg {
@@ -247,6 +275,9 @@ impl Msg {
             Msg::SnapshotDone { .. } => "SnapshotDone",
             Msg::SnapshotFailed { .. } => "SnapshotFailed",
             Msg::HttpStatus { .. } => "HttpStatus",
+            Msg::FsRequest(_) => "FsRequest",
+            Msg::FsReply(_) => "FsReply",
+            Msg::FsError { .. } => "FsError",
         }
     }
 }
@@ -377,4 +408,245 @@ pub struct RestorePlan {
     pub machine_id: Option<String>,
     /// New network config for a clone (its own address); None keeps the snapshot's.
     pub network: Option<NetConfig>,
+}
+
+/// A file operation and the container user it runs as.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FsRequest {
+    /// `user[:group]` as in [`ProcessSpec::user`]; empty means root. Relative paths are
+    /// relative to the user's home directory.
+    pub user: String,
+    pub op: FsOp,
+}
+
+/// What a [`FsRequest`] does. Paths are cleaned lexically first (`..` never climbs above `/`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum FsOp {
+    /// Up to `len` (at most [`MAX_CHUNK`]) bytes of a regular file from `offset`:
+    /// `FsReply::Data`.
+    Read { path: String, offset: u64, len: u32 },
+    /// Writes `data` (at most [`MAX_CHUNK`] bytes) at `offset` of a regular file, created
+    /// (with its missing parent directories) if absent; `truncate` empties it first.
+    /// `FsReply::Entry` of the file.
+    Write {
+        path: String,
+        offset: u64,
+        data: Vec<u8>,
+        truncate: bool,
+    },
+    /// `FsReply::Entry` (a symlink is described with its target's type).
+    Stat { path: String },
+    /// The entries of a directory, `depth` levels down (1: its own), skipping the first
+    /// `skip`: `FsReply::Entries`.
+    List { path: String, depth: u32, skip: u32 },
+    /// Creates a directory and its missing parents: `FsReply::Entry`; `Exists` if it was
+    /// there already.
+    MakeDir { path: String },
+    /// Renames `from` to `to` (creating `to`'s missing parents): `FsReply::Entry` of `to`.
+    Move { from: String, to: String },
+    /// Removes a file, a symlink or a directory with everything in it: `FsReply::Done`.
+    Remove { path: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum FsReply {
+    Data {
+        data: Vec<u8>,
+        eof: bool,
+    },
+    Entry(FsEntry),
+    /// `more`: entries beyond these follow (ask again with a larger `skip`).
+    Entries {
+        entries: Vec<FsEntry>,
+        more: bool,
+    },
+    Done,
+}
+
+/// One file as `ls -l` would show it inside the container.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FsEntry {
+    /// Absolute path inside the container.
+    pub path: String,
+    pub kind: FsKind,
+    pub size: u64,
+    /// `st_mode` (type and permission bits).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Names from the container's /etc/passwd and /etc/group (the id when none).
+    pub owner: String,
+    pub group: String,
+    pub mtime_sec: i64,
+    pub mtime_nsec: u32,
+    /// The link's text, for a symlink.
+    pub symlink_target: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FsKind {
+    #[default]
+    File,
+    Dir,
+    /// A symlink whose target does not resolve.
+    Symlink,
+    /// A device, socket or fifo.
+    Other,
+}
+
+/// Why a file operation failed (the host maps these to envd's statuses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FsErrorKind {
+    NotFound,
+    Exists,
+    NotADirectory,
+    IsADirectory,
+    PermissionDenied,
+    /// A bad path or argument (empty, `/` where a name is needed, a chunk too large…).
+    Invalid,
+    /// No container to act in (not prepared yet).
+    NoContainer,
+    Failed,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use codec::{encode, Decoder, MAX_ENCODED};
+
+    fn round_trip(frames: &[Frame]) {
+        let mut d = Decoder::new();
+        for f in frames {
+            d.feed(&encode(f).unwrap());
+        }
+        for f in frames {
+            assert_eq!(d.next_frame().unwrap().unwrap(), *f);
+        }
+        assert!(d.next_frame().is_none());
+    }
+
+    fn entry(path: String) -> FsEntry {
+        FsEntry {
+            path,
+            kind: FsKind::Dir,
+            size: 4096,
+            mode: 0o40755,
+            uid: 1000,
+            gid: 1000,
+            owner: "user".into(),
+            group: "user".into(),
+            mtime_sec: 1_700_000_000,
+            mtime_nsec: 5,
+            symlink_target: Some("/x".into()),
+        }
+    }
+
+    #[test]
+    fn file_messages_round_trip() {
+        let req = |op| {
+            Msg::FsRequest(FsRequest {
+                user: "user".into(),
+                op,
+            })
+        };
+        let p = || "/home/user/a".to_string();
+        let frames: Vec<Frame> = [
+            req(FsOp::Read {
+                path: p(),
+                offset: 7,
+                len: MAX_CHUNK as u32,
+            }),
+            req(FsOp::Write {
+                path: p(),
+                offset: 0,
+                data: vec![0; MAX_CHUNK],
+                truncate: true,
+            }),
+            req(FsOp::Stat { path: p() }),
+            req(FsOp::List {
+                path: p(),
+                depth: 2,
+                skip: 10,
+            }),
+            req(FsOp::MakeDir { path: p() }),
+            req(FsOp::Move { from: p(), to: p() }),
+            req(FsOp::Remove { path: p() }),
+            Msg::FsReply(FsReply::Data {
+                data: vec![9; MAX_CHUNK],
+                eof: true,
+            }),
+            Msg::FsReply(FsReply::Entry(entry(p()))),
+            Msg::FsReply(FsReply::Entries {
+                entries: vec![entry(p()), FsEntry::default()],
+                more: false,
+            }),
+            Msg::FsReply(FsReply::Done),
+            Msg::FsError {
+                kind: FsErrorKind::NotFound,
+                message: "no such file".into(),
+            },
+        ]
+        .into_iter()
+        .enumerate()
+        .map(|(i, msg)| Frame {
+            stream: 2 + i as u32,
+            msg,
+        })
+        .collect();
+        round_trip(&frames);
+    }
+
+    /// A full chunk of data and a listing of MAX_LIST_BYTES (with the longest paths) each fit
+    /// one frame.
+    #[test]
+    fn the_largest_file_replies_fit_a_frame() {
+        let mut entries = Vec::new();
+        let mut size = 0;
+        let long = "/".to_string() + &"x".repeat(4095);
+        while size + long.len() <= MAX_LIST_BYTES {
+            size += long.len() + 64;
+            entries.push(entry(long.clone()));
+        }
+        let f = Frame {
+            stream: 3,
+            msg: Msg::FsReply(FsReply::Entries {
+                entries,
+                more: true,
+            }),
+        };
+        assert!(encode(&f).unwrap().len() <= MAX_ENCODED);
+        round_trip(&[f]);
+    }
+
+    /// postcard encodes the variant's index: the file messages come after every older one,
+    /// so a protocol-5 message keeps its bytes.
+    #[test]
+    fn older_variants_keep_their_index() {
+        let body = |msg| postcard::to_allocvec(&msg).unwrap()[0];
+        assert_eq!(
+            body(Msg::Hello {
+                epoch: 0,
+                version: 0,
+                random_seed: vec![]
+            }),
+            0
+        );
+        assert_eq!(body(Msg::HttpStatus { code: 1 }), 26);
+        assert_eq!(
+            body(Msg::FsRequest(FsRequest {
+                user: String::new(),
+                op: FsOp::Remove {
+                    path: String::new()
+                }
+            })),
+            27
+        );
+        assert_eq!(
+            body(Msg::FsError {
+                kind: FsErrorKind::Failed,
+                message: String::new()
+            }),
+            29
+        );
+    }
 }

@@ -294,6 +294,37 @@ fn a_pooled_vm_is_handed_over() {
     server.terminate();
 }
 
+/// `files.*` reach the container's own files (as its commands see them), through agent file
+/// requests; a symlink in the container never leads to the VM's files.
+#[test]
+fn the_sdks_files_api_acts_on_the_containers_files() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let python = sdk_python();
+    assert!(
+        sandbox_vms().is_empty(),
+        "sandbox VMs left by an earlier run: {:?}",
+        sandbox_vms()
+    );
+    let server = Server::start(&[]);
+    let stdout = server.python(&python, FILES_SCRIPT);
+    for check in [
+        "write-read",
+        "large",
+        "command-then-read",
+        "list-exists-mkdir",
+        "rename-remove",
+        "missing",
+        "user",
+        "no-escape",
+    ] {
+        assert!(
+            stdout.contains(&format!("ok {check}\n")),
+            "check {check} did not run:\n{stdout}"
+        );
+    }
+    server.terminate();
+}
+
 #[test]
 fn a_public_address_needs_an_api_key() {
     let out = run(&["serve", "--listen", "0.0.0.0:0"], Duration::from_secs(30));
@@ -471,4 +502,85 @@ const LEAVE_RUNNING: &str = r#"
 from e2b import Sandbox
 s = Sandbox.create()
 assert s.commands.run("echo up").stdout == "up\n"
+"#;
+
+/// The files checks: every call of the SDK's `files` the issue names, against what commands
+/// in the same sandbox see.
+const FILES_SCRIPT: &str = r#"
+from e2b import Sandbox
+from e2b.exceptions import NotFoundException, SandboxException
+from e2b.sandbox.filesystem.filesystem import FileType
+
+def ok(name):
+    print("ok", name, flush=True)
+
+sbx = Sandbox.create()
+info = sbx.files.write("/tmp/dir/hello.txt", "hello files\n")
+assert (info.path, info.name) == ("/tmp/dir/hello.txt", "hello.txt"), info
+assert sbx.files.read("/tmp/dir/hello.txt") == "hello files\n"
+r = sbx.commands.run("cat /tmp/dir/hello.txt")
+assert r.stdout == "hello files\n", r
+ok("write-read")
+
+big = bytes(range(256)) * 1000
+sbx.files.write("/tmp/big.bin", big)
+assert sbx.files.read("/tmp/big.bin", format="bytes") == big
+r = sbx.commands.run("wc -c < /tmp/big.bin")
+assert r.stdout.strip() == str(len(big)), r
+ok("large")
+
+sbx.commands.run("echo from-a-command > /tmp/dir/cmd.txt")
+assert sbx.files.read("/tmp/dir/cmd.txt") == "from-a-command\n"
+ok("command-then-read")
+
+assert sbx.files.exists("/tmp/dir/hello.txt")
+assert not sbx.files.exists("/tmp/nope")
+assert sbx.files.make_dir("/tmp/dir/sub/deeper")
+assert not sbx.files.make_dir("/tmp/dir/sub")
+names = sorted(e.name for e in sbx.files.list("/tmp/dir"))
+assert names == ["cmd.txt", "hello.txt", "sub"], names
+deep = sorted(e.path for e in sbx.files.list("/tmp/dir", depth=2))
+assert deep == ["/tmp/dir/cmd.txt", "/tmp/dir/hello.txt", "/tmp/dir/sub", "/tmp/dir/sub/deeper"], deep
+e = sbx.files.get_info("/tmp/dir/hello.txt")
+assert (e.type, e.size, e.permissions) == (FileType.FILE, 12, "-rw-r--r--"), e
+assert sbx.files.get_info("/tmp/dir/sub").type == FileType.DIR
+ok("list-exists-mkdir")
+
+moved = sbx.files.rename("/tmp/dir/hello.txt", "/tmp/dir/sub/moved.txt")
+assert moved.path == "/tmp/dir/sub/moved.txt", moved
+assert not sbx.files.exists("/tmp/dir/hello.txt")
+assert sbx.commands.run("cat /tmp/dir/sub/moved.txt").stdout == "hello files\n"
+sbx.files.remove("/tmp/dir")
+assert not sbx.files.exists("/tmp/dir")
+assert sbx.commands.run("test -e /tmp/dir || echo gone").stdout == "gone\n"
+ok("rename-remove")
+
+try:
+    sbx.files.read("/tmp/nope")
+    raise AssertionError("reading a missing file did not raise")
+except NotFoundException:
+    pass
+ok("missing")
+
+sbx.files.write("/home/user/mine.txt", "u", user="user")
+r = sbx.commands.run("stat -c %U /home/user/mine.txt")
+assert r.stdout.strip() == "user", r
+try:
+    sbx.files.write("/etc/forbidden", "x", user="user")
+    raise AssertionError("user wrote into root's /etc")
+except SandboxException:
+    pass
+assert not sbx.files.exists("/etc/forbidden")
+ok("user")
+
+# /run/fcvm is the agent's (the VM's), not the container's: no link in the container leads there.
+sbx.commands.run("ln -s /run/fcvm/bundle/config.json /tmp/abs; ln -s ../../../../run/fcvm/bundle/config.json /tmp/climb; ln -s /proc/1/root/run/fcvm/bundle/config.json /tmp/magic")
+for link in ["/tmp/abs", "/tmp/climb", "/tmp/magic"]:
+    try:
+        data = sbx.files.read(link)
+        raise AssertionError(f"{link} leaked {data[:80]!r}")
+    except SandboxException:
+        pass
+ok("no-escape")
+sbx.kill()
 "#;

@@ -1,5 +1,5 @@
 //! envd on the host (`E2B_SANDBOX_URL`): `GET /health` and the `process.Process` Connect
-//! service, for the sandbox the request names.
+//! service, for the sandbox the request names; the file calls are [`super::files`]'s.
 //!
 //! A request names its sandbox in the `E2b-Sandbox-Id` header (the SDK's custom-URL mode), or
 //! in its Host as `49983-<sandboxID>.<domain>` (a wildcard DNS and proxy in front). A sandbox
@@ -39,13 +39,20 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/process.Process/CloseStdin", post(close_stdin))
         .route("/process.Process/Update", post(update))
         .route("/process.Process/StreamInput", post(stream_input))
-        .route("/filesystem.Filesystem/{method}", post(unimplemented))
-        .route("/files", get(files_unsupported).post(files_unsupported))
+        .route("/filesystem.Filesystem/{method}", post(super::files::rpc))
+        .route(
+            "/files",
+            get(super::files::download)
+                .post(super::files::upload)
+                .layer(axum::extract::DefaultBodyLimit::max(
+                    super::files::MAX_UPLOAD,
+                )),
+        )
         .with_state(server)
 }
 
 /// Why a request reaches no sandbox.
-enum Refused {
+pub(super) enum Refused {
     /// What E2B's proxy in front of envd answers: plain JSON with a numeric code.
     Proxy(StatusCode, String),
     Rpc(RpcError),
@@ -65,7 +72,11 @@ impl IntoResponse for Refused {
 }
 
 /// The sandbox a request is for.
-fn sandbox(s: &Server, headers: &HeaderMap, check_token: bool) -> Result<Arc<Sandbox>, Refused> {
+pub(super) fn sandbox(
+    s: &Server,
+    headers: &HeaderMap,
+    check_token: bool,
+) -> Result<Arc<Sandbox>, Refused> {
     let by_header = headers
         .get("e2b-sandbox-id")
         .and_then(|v| v.to_str().ok())
@@ -110,20 +121,8 @@ async fn health(State(s): State<Arc<Server>>, headers: HeaderMap) -> Response {
     }
 }
 
-async fn files_unsupported() -> Response {
-    Refused::Proxy(
-        StatusCode::NOT_IMPLEMENTED,
-        "files are not supported by fcvm serve yet".into(),
-    )
-    .into_response()
-}
-
-async fn unimplemented() -> Response {
-    RpcError::new(Code::Unimplemented, "not supported by fcvm serve yet").into_response()
-}
-
 /// The user of a request: `Authorization: Basic base64("<user>:")`, else the image's.
-fn user(headers: &HeaderMap) -> Result<String, RpcError> {
+pub(super) fn user(headers: &HeaderMap) -> Result<String, RpcError> {
     let Some(v) = headers.get(header::AUTHORIZATION) else {
         return Ok(String::new());
     };
@@ -323,7 +322,12 @@ where
 }
 
 /// Runs a unary call: codec checked, sandbox found, request decoded, `f` answered.
-async fn unary<Req, F, Fut>(s: &Server, headers: &HeaderMap, body: &[u8], f: F) -> Response
+pub(super) async fn unary<Req, F, Fut>(
+    s: &Server,
+    headers: &HeaderMap,
+    body: &[u8],
+    f: F,
+) -> Response
 where
     Req: serde::de::DeserializeOwned,
     F: FnOnce(Arc<Sandbox>, Req) -> Fut,

@@ -15,7 +15,10 @@
 
 pub mod connect;
 mod envd;
+mod files;
+mod fspb;
 mod list;
+mod multipart;
 mod openapi;
 pub mod pb;
 pub mod pool;

@@ -16,6 +16,7 @@
 //! queue closes: callers turn that into "VM connection lost", never a hang.
 
 pub mod agent_log;
+pub mod fs;
 pub mod inbound;
 pub mod outbox;
 pub mod process;

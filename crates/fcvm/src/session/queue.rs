@@ -38,7 +38,8 @@ pub const MAX_HELD: usize = 2 * INITIAL_OUTPUT_CREDIT as usize;
 /// a row hold more than `MAX_CHUNK`; plus `Started`, `Credit` and the final frame.
 pub const MAX_ENTRIES: usize = MERGE_AFTER + 2 * (2 * (MAX_HELD / MAX_CHUNK) + 2) + 3;
 
-/// What a stream carries: a process's output, or one probe answer (no output at all).
+/// What a stream carries: a process's output, or one answer (a probe's or a file request's;
+/// no output at all).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StreamKind {
     Process,
@@ -103,7 +104,11 @@ fn merge(entry: &mut Msg, stderr: bool, data: &[u8]) -> bool {
 pub(crate) fn is_final(m: &Msg) -> bool {
     matches!(
         m,
-        Msg::Exit { .. } | Msg::Error { .. } | Msg::HttpStatus { .. }
+        Msg::Exit { .. }
+            | Msg::Error { .. }
+            | Msg::HttpStatus { .. }
+            | Msg::FsReply(_)
+            | Msg::FsError { .. }
     )
 }
 
@@ -157,7 +162,9 @@ impl StreamQueue {
                 s.started = true;
                 s.q.push_back(msg);
             }
-            Msg::HttpStatus { .. } if process => return Push::Dropped,
+            Msg::HttpStatus { .. } | Msg::FsReply(_) | Msg::FsError { .. } if process => {
+                return Push::Dropped
+            }
             Msg::Exit { .. } if !process => return Push::Dropped,
             m if is_final(&m) => {
                 s.ended = true;

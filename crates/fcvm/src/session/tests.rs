@@ -346,3 +346,104 @@ async fn a_flood_of_logs_and_replies_stays_bounded() {
     assert!(lines > 0 && lines < 5000, "{lines} lines");
     assert!(written.len() as u64 <= super::agent_log::MAX_SIZE);
 }
+
+/// A file is read chunk by chunk (one request each, from the next offset until `eof`), written
+/// in chunks (the first truncates), listed page by page; the agent's errors keep their kind.
+#[tokio::test]
+async fn file_requests_move_files_in_chunks() {
+    use crate::session::fs::{FileReader, FsError};
+    use fcvm_proto::{FsEntry, FsErrorKind, FsOp, FsReply, MAX_CHUNK};
+    let (host, mut peer) = pair();
+    let s = std::sync::Arc::new(Session::client(host));
+    let agent = async {
+        for (want_offset, data, eof) in [
+            (0, vec![1; MAX_CHUNK], false),
+            (MAX_CHUNK as u64, vec![2; 5], true),
+        ] {
+            let f = peer.recv().await;
+            match &f.msg {
+                Msg::FsRequest(r) => assert_eq!(
+                    (r.user.as_str(), &r.op),
+                    (
+                        "user",
+                        &FsOp::Read {
+                            path: "/f".into(),
+                            offset: want_offset,
+                            len: MAX_CHUNK as u32
+                        }
+                    )
+                ),
+                other => panic!("{other:?}"),
+            }
+            peer.send(f.stream, Msg::FsReply(FsReply::Data { data, eof }))
+                .await;
+        }
+        for want in [(0, MAX_CHUNK, true), (MAX_CHUNK as u64, 1, false)] {
+            let f = peer.recv().await;
+            let Msg::FsRequest(r) = &f.msg else { panic!() };
+            let FsOp::Write {
+                offset,
+                data,
+                truncate,
+                ..
+            } = &r.op
+            else {
+                panic!("{:?}", r.op)
+            };
+            assert_eq!((*offset, data.len(), *truncate), want);
+            let e = FsEntry {
+                path: "/w".into(),
+                ..Default::default()
+            };
+            peer.send(f.stream, Msg::FsReply(FsReply::Entry(e))).await;
+        }
+        for (skip, more) in [(0, true), (1, false)] {
+            let f = peer.recv().await;
+            let Msg::FsRequest(r) = &f.msg else { panic!() };
+            assert!(matches!(r.op, FsOp::List { skip: s, depth: 2, .. } if s == skip));
+            let entries = vec![FsEntry::default()];
+            peer.send(f.stream, Msg::FsReply(FsReply::Entries { entries, more }))
+                .await;
+        }
+        let f = peer.recv().await;
+        let message = "stat /x: No such file or directory".to_string();
+        peer.send(
+            f.stream,
+            Msg::FsError {
+                kind: FsErrorKind::NotFound,
+                message,
+            },
+        )
+        .await;
+        peer
+    };
+    let host_side = async {
+        let mut r = FileReader::new("user", "/f");
+        let mut got = Vec::new();
+        while let Some(chunk) = r.next(&s).await {
+            got.extend(chunk.unwrap());
+        }
+        assert_eq!(got.len(), MAX_CHUNK + 5);
+        let e = s
+            .write_file("", "/w", &vec![0; MAX_CHUNK + 1])
+            .await
+            .unwrap();
+        assert_eq!(e.path, "/w");
+        assert_eq!(s.list_dir("", "/", 2).await.unwrap().len(), 2);
+        let err = s
+            .fs("", FsOp::Stat { path: "/x".into() })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                FsError::Agent {
+                    kind: FsErrorKind::NotFound,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    };
+    let (_, _peer) = tokio::join!(host_side, agent);
+}
