@@ -2,7 +2,7 @@
 //! ([`AsUser`]), and the names of the owners it reports ([`Names`]), both from the
 //! container's own /etc/passwd and /etc/group.
 
-use super::root::{check, show, Root};
+use super::{check, show};
 use crate::users::Ids;
 use fcvm_proto::{FsEntry, FsKind};
 use std::io;
@@ -14,9 +14,10 @@ pub struct Names {
 }
 
 impl Names {
-    pub fn parse(root: &Root) -> Names {
+    /// `read` gives a small file of the container's root (`Root::read_small`).
+    pub fn parse(read: impl Fn(&str) -> Option<String>) -> Names {
         let table = |f: &str| -> Vec<(u32, String)> {
-            root.read_small(f)
+            read(f)
                 .unwrap_or_default()
                 .lines()
                 .filter_map(|l| {

@@ -134,7 +134,7 @@ pub fn serve_in(root: &Root, req: &FsRequest) -> FsResult<FsReply> {
     let ids = db
         .resolve(&req.user)
         .map_err(|e| FsFailure::new(FsErrorKind::Invalid, crate::error::Report(&e).to_string()))?;
-    let names = Names::parse(root);
+    let names = Names::parse(|f| root.read_small(f));
     let path = |p: &str| clean(&ids.home, p);
     let _as = AsUser::enter(&ids).map_err(|e| FsFailure::io("taking the ids of", &req.user, e))?;
     match &req.op {
@@ -225,3 +225,17 @@ pub fn clean(home: &str, path: &str) -> FsResult<Vec<String>> {
 
 #[cfg(test)]
 mod tests;
+
+/// `/a/b` of cleaned components.
+pub fn show(comps: &[String]) -> String {
+    format!("/{}", comps.join("/"))
+}
+
+/// A raw system call's result: its error from errno when negative.
+pub(super) fn check(r: libc::c_int) -> std::io::Result<libc::c_int> {
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}

@@ -16,22 +16,11 @@ const MAX_WALK: usize = 100_000;
 /// A directory every path is resolved in.
 pub struct Root(OwnedFd);
 
-/// `/a/b` of cleaned components.
-pub fn show(comps: &[String]) -> String {
-    format!("/{}", comps.join("/"))
-}
-
 fn cstr(s: &str) -> io::Result<CString> {
     CString::new(s).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
 }
 
-pub(super) fn check(r: libc::c_int) -> io::Result<libc::c_int> {
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r)
-    }
-}
+use super::{check, show};
 
 /// `fstatat(dir, name, flags)`.
 fn stat_at(dir: RawFd, name: &CStr, flags: libc::c_int) -> io::Result<libc::stat> {
