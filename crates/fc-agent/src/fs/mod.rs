@@ -176,7 +176,7 @@ pub fn serve_in(root: &Root, req: &FsRequest) -> FsResult<FsReply> {
             if !root.make_dirs(&p)? {
                 return Err(FsFailure::new(
                     FsErrorKind::Exists,
-                    format!("{} exists", root::show(&p)),
+                    format!("{} exists", show(&p)),
                 ));
             }
             Ok(FsReply::Entry(root.entry(&p, &names)?))
