@@ -20,7 +20,7 @@ use std::ffi::OsString;
 use std::fs;
 use std::io::{self, Read};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use super::limits::{self, Budget, UnpackLimit};
 use super::member::{self, MemberError};
@@ -272,17 +272,9 @@ impl Index {
     }
 }
 
-/// A member name made relative, or `None` if it climbs out with `..`.
+/// A member name made relative, or `None` if it climbs out with `..` (a tar path's rule).
 pub(crate) fn clean(p: &Path) -> Option<PathBuf> {
-    let mut out = PathBuf::new();
-    for c in p.components() {
-        match c {
-            Component::Normal(s) => out.push(s),
-            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
-            Component::ParentDir => return None,
-        }
-    }
-    Some(out)
+    super::unpack::clean(p)
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use std::collections::HashSet;
 use std::ffi::OsString;
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
@@ -332,8 +332,16 @@ fn content_free(e: &io::Error) -> io::Error {
 }
 
 /// A tar path made relative, or `None` if it climbs out with `..`.
-fn clean(p: &Path) -> Option<PathBuf> {
-    super::archive::clean(p)
+pub(super) fn clean(p: &Path) -> Option<PathBuf> {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::Normal(s) => out.push(s),
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+            Component::ParentDir => return None,
+        }
+    }
+    Some(out)
 }
 
 /// The real directory `rel` names inside `root`, following symlinks as the image would see them

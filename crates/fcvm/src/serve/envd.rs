@@ -39,15 +39,6 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/process.Process/CloseStdin", post(close_stdin))
         .route("/process.Process/Update", post(update))
         .route("/process.Process/StreamInput", post(stream_input))
-        .route("/filesystem.Filesystem/{method}", post(super::files::rpc))
-        .route(
-            "/files",
-            get(super::files::download)
-                .post(super::files::upload)
-                .layer(axum::extract::DefaultBodyLimit::max(
-                    super::files::MAX_UPLOAD,
-                )),
-        )
         .with_state(server)
 }
 

@@ -22,6 +22,21 @@ use super::fspb::{self, EntryInfo};
 use super::Server;
 use crate::session::fs::{FileReader, FsError};
 
+/// envd's filesystem service and its plain-HTTP file transfer (merged beside
+/// [`super::envd::router`]).
+pub fn router(server: Arc<Server>) -> axum::Router {
+    use axum::routing::{get, post};
+    axum::Router::new()
+        .route("/filesystem.Filesystem/{method}", post(rpc))
+        .route(
+            "/files",
+            get(download)
+                .post(upload)
+                .layer(axum::extract::DefaultBodyLimit::max(MAX_UPLOAD)),
+        )
+        .with_state(server)
+}
+
 /// Largest upload accepted (the body is held while it is written in chunks).
 pub const MAX_UPLOAD: usize = 256 << 20;
 

@@ -25,6 +25,7 @@ pub mod pool;
 pub mod process;
 mod rest;
 pub mod sandbox;
+pub mod template;
 pub mod vm;
 
 use std::collections::{BTreeMap, HashMap};
@@ -39,7 +40,8 @@ use axum::Json;
 use chrono::Utc;
 
 use crate::paths::Dirs;
-use sandbox::{Sandbox, Template};
+use sandbox::Sandbox;
+use template::Template;
 
 /// The envd version the server claims: what the SDK checks to pick its calls (0.5.7: stdin can
 /// be closed, the default user is the server's, uploads may be octet streams).
@@ -214,6 +216,7 @@ pub async fn serve(dirs: &Dirs, opts: ServeOptions, ready: impl FnOnce(SocketAdd
     ready(listener.local_addr()?);
     let app = rest::router(server.clone())
         .merge(envd::router(server.clone()))
+        .merge(files::router(server.clone()))
         .route("/openapi.json", axum::routing::get(openapi::document))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint".into()) });
     let served = axum::serve(listener, app);

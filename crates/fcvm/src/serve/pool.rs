@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use super::sandbox::Template;
+use super::template::Template;
 use super::vm::SandboxVm;
 use crate::paths::Dirs;
 

@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 use fcvm_proto::{Msg, ProcessSpec, Target};
 use tokio::sync::Notify;
 
-use super::sandbox::Template;
+use super::template::Template;
 use crate::exec::server::ExecServer;
 use crate::paths::Dirs;
 use crate::run::{launch, DirGuard};
