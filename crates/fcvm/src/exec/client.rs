@@ -16,9 +16,8 @@ pub struct ExecOptions {
     /// Run in the VM itself instead of the container.
     pub vm: bool,
     pub command: Vec<String>,
+    /// `--env-file` then `-e` entries, resolved (`KEY=VALUE`; a later one wins).
     pub env: Vec<String>,
-    /// `--env-file` entries, resolved (`env` wins over them).
-    pub env_file: Vec<String>,
     /// `-d`: return once the process started; it keeps running.
     pub detach: bool,
     pub workdir: Option<String>,
@@ -42,8 +41,7 @@ pub async fn exec(dirs: &crate::paths::Dirs, o: ExecOptions) -> anyhow::Result<i
             o.name
         );
     }
-    let mut env = o.env_file.clone();
-    env.extend(crate::run::spec::parse_env(&o.env)?);
+    let env = o.env.clone();
     if o.detach && (o.interactive || o.tty) {
         anyhow::bail!("fcvm exec -d takes no -i or -t: nothing stays attached");
     }

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-pub use spec::{parse_env, parse_label, process_spec, EnvArg, EnvFile};
+pub use spec::{parse_label, process_spec, EnvArg, EnvFile};
 
 use crate::image::PullOptions;
 use crate::paths::Dirs;

@@ -104,8 +104,9 @@ pub fn parse_label(s: &str) -> Result<(String, String), LabelError> {
     Ok((k.into(), v.into()))
 }
 
-/// `-e` values given as text (`fcvm exec`'s): parsed and resolved like [`EnvArg`]s.
-pub fn parse_env(items: &[String]) -> Result<Vec<String>, EnvError> {
+/// `-e` values given as text, parsed and resolved like [`EnvArg`]s (the tests' shorthand).
+#[cfg(test)]
+fn parse_env(items: &[String]) -> Result<Vec<String>, EnvError> {
     let args = items
         .iter()
         .map(|e| EnvArg::parse(e))

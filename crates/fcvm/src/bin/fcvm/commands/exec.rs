@@ -20,8 +20,8 @@ pub struct ExecArgs {
     #[arg(short = 't', long)]
     tty: bool,
     /// Environment variable KEY=VALUE.
-    #[arg(short = 'e', long = "env")]
-    env: Vec<String>,
+    #[arg(short = 'e', long = "env", value_parser = fcvm::run::EnvArg::parse)]
+    env: Vec<fcvm::run::EnvArg>,
     /// Read environment variables from FILE (KEY=VALUE lines, # comments; `-e` wins).
     #[arg(long, value_name = "FILE", value_parser = fcvm::run::EnvFile::parse)]
     env_file: Vec<fcvm::run::EnvFile>,
@@ -51,11 +51,7 @@ pub async fn run(dirs: &Dirs, a: ExecArgs) -> Result<i32> {
             name: a.name.into(),
             vm: a.vm,
             command: a.command,
-            env: a.env,
-            env_file: fcvm::run::EnvArg::resolved(&fcvm::run::EnvFile::then_env(
-                a.env_file,
-                vec![],
-            )),
+            env: fcvm::run::EnvArg::resolved(&fcvm::run::EnvFile::then_env(a.env_file, a.env)),
             detach: a.detach,
             workdir: a.workdir,
             user: a.user,
