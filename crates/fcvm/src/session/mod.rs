@@ -147,8 +147,7 @@ impl Session {
             version: PROTOCOL_VERSION,
             random_seed: rand::random::<[u8; 32]>().to_vec(),
         };
-        let session = Session::over(stream, epoch, log);
-        let info = session
+        Session::over(stream, epoch, log)
             .open(exited, wait, (hello, HELLO_RESEND), |m| match m {
                 Msg::HelloAck {
                     epoch: e,
@@ -161,10 +160,7 @@ impl Session {
                 }),
                 _ => None,
             })
-            .await?;
-        let mut session = session;
-        session.info = info;
-        Ok(session)
+            .await
     }
 
     /// Opens session `epoch` of a restored VM on a connected stream.
@@ -180,8 +176,7 @@ impl Session {
         // The restored guest already has its port open: Restored arrives the first time; the
         // slow resend only covers a guest that was snapshotted before its agent opened it.
         let resend = Duration::from_millis(500);
-        let session = Session::over(stream, epoch, log);
-        let info = session
+        Session::over(stream, epoch, log)
             .open(exited, wait, (restored, resend), |m| match m {
                 Msg::RestoreComplete { epoch: e } if e == epoch => Some(Ok(AgentInfo {
                     prepared: true,
@@ -192,16 +187,25 @@ impl Session {
                 }
                 _ => None,
             })
-            .await?;
-        let mut session = session;
-        session.info = info;
-        Ok(session)
+            .await
+    }
+
+    /// Runs [`Session::handshake`] and keeps the agent's info it ends with.
+    async fn open(
+        mut self,
+        exited: Exited<'_>,
+        wait: Wait,
+        first: (Msg, Duration),
+        accept: impl FnMut(Msg) -> Option<Result<AgentInfo, SessionError>>,
+    ) -> Result<Session, SessionError> {
+        self.info = self.handshake(exited, wait, first, accept).await?;
+        Ok(self)
     }
 
     /// Sends `first` until `accept` takes a control reply. The resend covers a guest that has
     /// not opened its port yet (the guest kernel discards port data until then); the agent
     /// answers a repeated message of its current epoch idempotently.
-    async fn open(
+    async fn handshake(
         &self,
         exited: Exited<'_>,
         wait: Wait,
