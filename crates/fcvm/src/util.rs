@@ -48,6 +48,21 @@ pub fn publish_dir(tmp: tempfile::TempDir, dest: &Path) -> std::io::Result<()> {
     }
 }
 
+/// Bytes of a size as people write it: a number with an optional binary suffix K, M, G, T
+/// (`KiB`, `MB`… too; none or `B` is bytes). None when malformed or past u64.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let digits = s.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let shift = match s[digits.len()..].to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        _ => return None,
+    };
+    digits.parse::<u64>().ok()?.checked_mul(1 << shift)
+}
+
 /// An error and its sources on one line ("outer: inner: innermost"), for log lines.
 pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();

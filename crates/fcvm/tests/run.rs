@@ -19,15 +19,6 @@ use common::*;
 
 const IMG: &str = "builtin:busybox";
 
-fn run_ok(args: &[&str]) -> (i32, String, String) {
-    let out = run(args, BOOT);
-    (
-        out.status.code().unwrap_or(-1),
-        text(&out.stdout),
-        text(&out.stderr),
-    )
-}
-
 #[test]
 fn output_and_exit_code_propagate_with_stderr_apart() {
     let n = name("out");

@@ -72,15 +72,6 @@ impl Drop for Running {
 const PRIV_CMD: &str = "mknod /tmp/x c 1 3 2>/dev/null && echo mknod-ok || echo mknod-denied; \
      mkdir -p /tmp/m; mount -t tmpfs t /tmp/m 2>/dev/null && echo mount-ok || echo mount-denied";
 
-fn run_ok(args: &[&str]) -> (i32, String, String) {
-    let out = run(args, BOOT);
-    (
-        out.status.code().unwrap_or(-1),
-        text(&out.stdout),
-        text(&out.stderr),
-    )
-}
-
 /// A 5G writable layer holds 2 GiB of real data (written, synced and counted in blocks, not
 /// a sparse size), and `df` shows its size.
 #[test]

@@ -83,18 +83,7 @@ impl FromStr for UnpackLimit {
             Some((a, b)) => (a, Some(b)),
             None => (s.trim(), None),
         };
-        let digits = size.trim_end_matches(|c: char| c.is_ascii_alphabetic());
-        let shift = match size[digits.len()..].to_ascii_uppercase().as_str() {
-            "" | "B" => 0,
-            "K" | "KB" | "KIB" => 10,
-            "M" | "MB" | "MIB" => 20,
-            "G" | "GB" | "GIB" => 30,
-            "T" | "TB" | "TIB" => 40,
-            _ => return Err(bad()),
-        };
-        let n: u64 = digits.parse().map_err(|_| bad())?;
-        let bytes = n
-            .checked_mul(1 << shift)
+        let bytes = crate::util::parse_size(size)
             .filter(|b| *b > 0)
             .ok_or_else(bad)?;
         let entries = match entries {

@@ -97,18 +97,7 @@ pub struct SizeError(String);
 /// podman's sizes), rounded up to MiB; clap's value parser.
 pub fn parse_rootfs_size(s: &str) -> Result<u64, SizeError> {
     let bad = || SizeError(s.to_string());
-    let t = s.trim();
-    let digits = t.trim_end_matches(|c: char| c.is_ascii_alphabetic());
-    let shift = match t[digits.len()..].to_ascii_uppercase().as_str() {
-        "" | "B" => 0,
-        "K" | "KB" | "KIB" => 10,
-        "M" | "MB" | "MIB" => 20,
-        "G" | "GB" | "GIB" => 30,
-        "T" | "TB" | "TIB" => 40,
-        _ => return Err(bad()),
-    };
-    let n: u64 = digits.parse().map_err(|_| bad())?;
-    let bytes = n.checked_mul(1 << shift).ok_or_else(bad)?;
+    let bytes = crate::util::parse_size(s.trim()).ok_or_else(bad)?;
     let mib = bytes.div_ceil(1 << 20);
     if !(MIN_RW_DISK_MIB..=MAX_RW_DISK_MIB).contains(&mib) {
         return Err(bad());

@@ -78,6 +78,17 @@ pub fn wait_output(mut child: Child, limit: Duration, what: &[&str]) -> Output {
     }
 }
 
+/// Runs fcvm to completion (bounded by [`BOOT`]): its exit code (-1 for a signal), stdout and
+/// stderr.
+pub fn run_ok(args: &[&str]) -> (i32, String, String) {
+    let out = run(args, BOOT);
+    (
+        out.status.code().unwrap_or(-1),
+        text(&out.stdout),
+        text(&out.stderr),
+    )
+}
+
 pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
