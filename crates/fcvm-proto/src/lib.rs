@@ -64,8 +64,9 @@ use serde::{Deserialize, Serialize};
 /// Bumped on every incompatible change of [`Msg`] or of the rules of the session; checked in
 /// the Hello exchange. 5: output flow control (`Credit` host → agent, [`INITIAL_OUTPUT_CREDIT`]).
 /// 6: `privileged` in [`ContainerPlan`] and [`ProcessSpec`], `ProcessSpec.detach`; file
-/// operations (`FsRequest`, `FsReply`, `FsError`).
-pub const PROTOCOL_VERSION: u32 = 6;
+/// operations (`FsRequest`, `FsReply`, `FsError`). 7: watches (`FsOp::Watch`, `WatchEvents`,
+/// `Unwatch`) and the VM's metrics (`FsOp::Metrics`).
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// The `PATH` of a process whose environment sets none (podman's default), on both sides.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -89,8 +90,19 @@ pub const INITIAL_STDIN_CREDIT: u32 = 256 * 1024;
 pub const INITIAL_OUTPUT_CREDIT: u32 = 256 * 1024;
 
 /// Largest encoded size of the entries of one `FsReply::Entries` (well under the codec's
-/// frame limit, whatever the path lengths).
+/// frame limit, whatever the path lengths); also of the events of one `FsReply::Events`.
 pub const MAX_LIST_BYTES: usize = 64 * 1024;
+
+/// Watches the agent keeps at a time (`FsOp::Watch` beyond them fails with `Invalid`).
+pub const MAX_WATCHERS: usize = 32;
+
+/// Unread events a watch holds, in bytes (each event counts its name + 16). Past that it
+/// overflows: further events are dropped, the next `WatchEvents` answers what it held with
+/// `overflowed` and the watch ends (docs/protocol.md §4).
+pub const MAX_WATCH_BYTES: usize = 256 * 1024;
+
+/// Longest a `WatchEvents` waits for an event (its `wait_ms` is capped to this).
+pub const MAX_WATCH_WAIT_MS: u32 = 10_000;
 
 /// Name of the virtio-serial port the agent talks on (QEMU backend).
 pub const PORT_NAME: &str = "fcvm.agent";
@@ -446,6 +458,19 @@ pub enum FsOp {
     Move { from: String, to: String },
     /// Removes a file, a symlink or a directory with everything in it: `FsReply::Done`.
     Remove { path: String },
+    /// Watches directory `path` (and, `recursive`, every directory under it, including those
+    /// created later) for changes: `FsReply::Watching`. The watch lives in the agent until
+    /// `Unwatch`, its overflow, or the VM's end; it outlives the request and the epoch.
+    Watch { path: String, recursive: bool },
+    /// The watch's events since the last call, waiting up to `wait_ms` (at most
+    /// [`MAX_WATCH_WAIT_MS`]) for the first: `FsReply::Events`. `NotFound` for a watch that
+    /// does not exist (any more).
+    WatchEvents { id: u64, wait_ms: u32 },
+    /// Ends a watch: `FsReply::Done` (`NotFound` if there is none).
+    Unwatch { id: u64 },
+    /// The VM's CPU, memory and the container root's disk use: `FsReply::Metrics`. The
+    /// request's user and no path matter.
+    Metrics,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -461,6 +486,57 @@ pub enum FsReply {
         more: bool,
     },
     Done,
+    /// The id of a new watch (for `WatchEvents` and `Unwatch`).
+    Watching {
+        id: u64,
+    },
+    /// Events in the order they happened, at most [`MAX_LIST_BYTES`] of them; `more`: others
+    /// wait (ask again). `overflowed`: events were dropped after these (more than
+    /// [`MAX_WATCH_BYTES`] unread, or the kernel's queue overflowed) and the watch has ended.
+    Events {
+        events: Vec<FsEvent>,
+        more: bool,
+        overflowed: bool,
+    },
+    Metrics(VmMetrics),
+}
+
+/// One change under a watched directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FsEvent {
+    /// The path relative to the watched directory (`sub/file` in a recursive watch).
+    pub name: String,
+    pub kind: FsEventKind,
+}
+
+/// envd's event types (fsnotify's operations, as inotify reports them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FsEventKind {
+    /// Created, or moved in.
+    Create,
+    /// Its data changed.
+    Write,
+    Remove,
+    /// Moved away (or renamed: its new name gets `Create`).
+    Rename,
+    /// Its mode, owner or times changed.
+    Chmod,
+}
+
+/// What the VM uses, as E2B's metrics report it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct VmMetrics {
+    pub cpu_count: u32,
+    /// Busy share of all CPUs over a short sample (0–100).
+    pub cpu_used_pct: f32,
+    pub mem_total: u64,
+    /// Total − available, in bytes.
+    pub mem_used: u64,
+    /// Page cache and buffers, in bytes.
+    pub mem_cache: u64,
+    /// The container root's filesystem, in bytes.
+    pub disk_total: u64,
+    pub disk_used: u64,
 }
 
 /// One file as `ls -l` would show it inside the container.
@@ -571,6 +647,34 @@ mod tests {
             req(FsOp::MakeDir { path: p() }),
             req(FsOp::Move { from: p(), to: p() }),
             req(FsOp::Remove { path: p() }),
+            req(FsOp::Watch {
+                path: p(),
+                recursive: true,
+            }),
+            req(FsOp::WatchEvents {
+                id: 3,
+                wait_ms: MAX_WATCH_WAIT_MS,
+            }),
+            req(FsOp::Unwatch { id: 3 }),
+            req(FsOp::Metrics),
+            Msg::FsReply(FsReply::Watching { id: u64::MAX }),
+            Msg::FsReply(FsReply::Events {
+                events: vec![FsEvent {
+                    name: "sub/a".into(),
+                    kind: FsEventKind::Chmod,
+                }],
+                more: true,
+                overflowed: true,
+            }),
+            Msg::FsReply(FsReply::Metrics(VmMetrics {
+                cpu_count: 2,
+                cpu_used_pct: 12.5,
+                mem_total: 1 << 30,
+                mem_used: 1 << 20,
+                mem_cache: 5,
+                disk_total: 1 << 40,
+                disk_used: 7,
+            })),
             Msg::FsReply(FsReply::Data {
                 data: vec![9; MAX_CHUNK],
                 eof: true,

@@ -12,10 +12,15 @@
 //! 4. The request's user comes from the container's own passwd and group; the thread takes its
 //!    ids as filesystem ids for the operation ([`ids::AsUser`]), so the kernel checks
 //!    permissions as it would for that user's process, and what it creates is the user's.
+//! 5. Watches (protocol 7, [`watch`]) outlive their request: inotify read by a thread per
+//!    watch, events queued (bounded) until the host asks. `Metrics` ([`metrics`]) samples
+//!    the VM's CPU and memory and the root's disk.
 
 use crate::channel::Outbox;
 mod ids;
+mod metrics;
 mod root;
+mod watch;
 
 use crate::paths::{CONTAINER_PIDFILE, ROOTFS};
 use fcvm_proto::{Frame, FsErrorKind, FsOp, FsReply, FsRequest, Msg, MAX_CHUNK};
@@ -121,6 +126,12 @@ fn container_root() -> FsResult<Root> {
 
 /// Runs one request in the container.
 pub fn serve(req: &FsRequest) -> FsResult<FsReply> {
+    // A watch's later requests need neither the root nor the user.
+    match &req.op {
+        FsOp::WatchEvents { id, wait_ms } => return watch::events(*id, *wait_ms),
+        FsOp::Unwatch { id } => return watch::unwatch(*id),
+        _ => {}
+    }
     let root = container_root()?;
     serve_in(&root, req)
 }
@@ -190,6 +201,14 @@ pub fn serve_in(root: &Root, req: &FsRequest) -> FsResult<FsReply> {
             root.remove(&path(p)?)?;
             Ok(FsReply::Done)
         }
+        FsOp::Watch { path: p, recursive } => {
+            let root = root.try_clone().map_err(|e| FsFailure::io("watch", p, e))?;
+            let id = watch::start(root, ids.clone(), path(p)?, *recursive)?;
+            Ok(FsReply::Watching { id })
+        }
+        FsOp::WatchEvents { id, wait_ms } => watch::events(*id, *wait_ms),
+        FsOp::Unwatch { id } => watch::unwatch(*id),
+        FsOp::Metrics => Ok(FsReply::Metrics(metrics::sample(root)?)),
     }
 }
 

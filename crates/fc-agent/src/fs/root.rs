@@ -114,6 +114,41 @@ impl Root {
         Ok((fd, name))
     }
 
+    /// Another handle on the same root (for a watch's thread).
+    pub fn try_clone(&self) -> io::Result<Root> {
+        Ok(Root(self.0.try_clone()?))
+    }
+
+    /// Directory `comps` opened as an `O_PATH` fd (a watch's target).
+    pub fn open_dir_path(&self, comps: &[String]) -> io::Result<OwnedFd> {
+        self.open_in(comps, libc::O_PATH | libc::O_DIRECTORY, 0)
+    }
+
+    /// The names of the directories (not symlinks to them) in directory `comps`.
+    pub fn subdirs(&self, comps: &[String]) -> io::Result<Vec<String>> {
+        let dir = self.open_in(comps, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+        let mut out = Vec::new();
+        for n in names_in(&dir)? {
+            if let Ok(st) = stat_at(dir.as_raw_fd(), &n, libc::AT_SYMLINK_NOFOLLOW) {
+                if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+                    out.push(n.to_string_lossy().into_owned());
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The root's filesystem: (total, used) bytes.
+    pub fn disk_usage(&self) -> io::Result<(u64, u64)> {
+        // SAFETY: an all-zero statvfs is a valid value of the plain C struct.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: the root fd is open (O_PATH fds take fstatvfs); `st` is writable.
+        check(unsafe { libc::fstatvfs(self.0.as_raw_fd(), &mut st) })?;
+        let frsize = st.f_frsize as u64;
+        let total = st.f_blocks as u64 * frsize;
+        Ok((total, total.saturating_sub(st.f_bfree as u64 * frsize)))
+    }
+
     /// A small file of the root (passwd, group), or None.
     pub fn read_small(&self, path: &str) -> Option<String> {
         let comps = super::clean("/", path).ok()?;
