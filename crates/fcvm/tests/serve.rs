@@ -369,7 +369,7 @@ assert r.stdout == "1 bar\n/tmp\n", r
 r = sbx.commands.run("whoami; echo $HOME", user="user")
 assert r.stdout.split() == ["user", "/home/user"], r
 r = sbx.commands.run("whoami")
-assert r.stdout == "root\n", r
+assert r.stdout == "user\n", r
 ok("env-cwd-user")
 
 h = sbx.commands.run("sleep 1000", background=True)
@@ -582,5 +582,209 @@ for link in ["/tmp/abs", "/tmp/climb", "/tmp/magic"]:
     except SandboxException:
         pass
 ok("no-escape")
+sbx.kill()
+"#;
+
+/// Starts a server, runs `script` with the SDK, checks each `ok <check>` line, stops it.
+fn run_checks(script: &str, checks: &[&str]) {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let python = sdk_python();
+    assert!(
+        sandbox_vms().is_empty(),
+        "sandbox VMs left by an earlier run: {:?}",
+        sandbox_vms()
+    );
+    let server = Server::start(&[]);
+    let stdout = server.python(&python, script);
+    for check in checks {
+        assert!(
+            stdout.contains(&format!("ok {check}\n")),
+            "check {check} did not run:\n{stdout}"
+        );
+    }
+    server.terminate();
+}
+
+/// `files.watch_dir`: the async SDK's stream (`WatchDir`) sees a file created, written and
+/// removed; a recursive watch sees a directory created under it and a file in that; the sync
+/// SDK's polled watcher (`CreateWatcher`, `GetWatcherEvents`, `RemoveWatcher`) sees them too.
+#[test]
+fn the_sdk_watches_directories() {
+    run_checks(
+        WATCH_SCRIPT,
+        &["watch-dir", "watch-recursive", "watcher-poll", "watch-ends"],
+    );
+}
+
+/// envd's calls in the protobuf codec (`application/proto`, `application/connect+proto`),
+/// through the SDK's own generated Connect clients with their default codec.
+#[test]
+fn envd_speaks_the_proto_codec() {
+    run_checks(PROTO_SCRIPT, &["proto-start", "proto-unary", "proto-watch"]);
+}
+
+/// `get_metrics()` reports the VM's own figures; a command and a file call without a user run
+/// as E2B's `user` in `/home/user`, as in E2B.
+#[test]
+fn metrics_and_e2b_defaults() {
+    run_checks(DEFAULTS_SCRIPT, &["metrics", "default-user"]);
+}
+
+const WATCH_SCRIPT: &str = r#"
+import asyncio, time
+from e2b import AsyncSandbox, Sandbox
+from e2b.sandbox.filesystem.watch_handle import FilesystemEventType as T
+from e2b.exceptions import SandboxException
+
+def ok(name):
+    print("ok", name, flush=True)
+
+async def until(seen, want, what):
+    deadline = time.time() + 60
+    while not want <= set(seen):
+        assert time.time() < deadline, f"{what}: {want - set(seen)} missing from {seen}"
+        await asyncio.sleep(0.2)
+
+async def main():
+    sbx = await AsyncSandbox.create()
+    await sbx.files.make_dir("/tmp/w")
+    seen = []
+    h = await sbx.files.watch_dir("/tmp/w", lambda e: seen.append((e.name, e.type)))
+    await sbx.files.write("/tmp/w/a.txt", "hello")
+    await sbx.commands.run("rm /tmp/w/a.txt")
+    await until(seen, {("a.txt", T.CREATE), ("a.txt", T.WRITE), ("a.txt", T.REMOVE)}, "watch")
+    await h.stop()
+    ok("watch-dir")
+
+    seen = []
+    h = await sbx.files.watch_dir("/tmp/w", lambda e: seen.append((e.name, e.type)), recursive=True)
+    await sbx.commands.run("mkdir -p /tmp/w/sub")
+    await until(seen, {("sub", T.CREATE)}, "recursive")
+    await sbx.files.write("/tmp/w/sub/deep.txt", "x")
+    await until(seen, {("sub/deep.txt", T.CREATE)}, "recursive")
+    await h.stop()
+    ok("watch-recursive")
+    await sbx.kill()
+
+asyncio.run(main())
+
+sbx = Sandbox.create()
+sbx.files.make_dir("/tmp/p")
+h = sbx.files.watch_dir("/tmp/p")
+sbx.files.write("/tmp/p/f", "1")
+sbx.commands.run("chmod 600 /tmp/p/f; mv /tmp/p/f /tmp/p/g")
+seen, deadline = [], time.time() + 60
+want = {("f", T.CREATE), ("f", T.CHMOD), ("f", T.RENAME), ("g", T.CREATE)}
+while not want <= set(seen):
+    assert time.time() < deadline, f"{want - set(seen)} missing from {seen}"
+    seen += [(e.name, e.type) for e in h.get_new_events()]
+    time.sleep(0.2)
+assert h.get_new_events() == []
+ok("watcher-poll")
+h.stop()
+try:
+    h.get_new_events()
+    raise AssertionError("a stopped watcher gave events")
+except SandboxException:
+    pass
+try:
+    sbx.files.watch_dir("/tmp/p/g")
+    raise AssertionError("watched a file")
+except SandboxException:
+    pass
+sbx.kill()
+ok("watch-ends")
+"#;
+
+const PROTO_SCRIPT: &str = r#"
+import os, threading
+import httpx
+from e2b import Sandbox
+from e2b.envd.client_shared import ENVD_RPC_COMPRESSION
+from e2b.envd.process import process_connect, process_pb as p
+from e2b.envd.filesystem import filesystem_connect, filesystem_pb as f
+from protobuf import Oneof
+
+def ok(name):
+    print("ok", name, flush=True)
+
+sbx = Sandbox.create()
+url = os.environ["E2B_SANDBOX_URL"]
+hdr = {"E2b-Sandbox-Id": sbx.sandbox_id, "X-Access-Token": sbx._envd_access_token}
+procs = process_connect.ProcessClientSync(url, **ENVD_RPC_COMPRESSION)
+files = filesystem_connect.FilesystemClientSync(url, **ENVD_RPC_COMPRESSION)
+
+req = p.StartRequest(process=p.ProcessConfig(cmd="/bin/bash", args=["-l", "-c", "echo proto; exit 7"]), stdin=False)
+out, code = b"", None
+for r in procs.start(req, headers=hdr):
+    match r.event.event:
+        case Oneof(field="data", value=d):
+            out += d.output.value
+        case Oneof(field="end", value=e):
+            code = e.exit_code
+assert (out, code) == (b"proto\n", 7), (out, code)
+ok("proto-start")
+
+sbx.files.write("/tmp/proto.txt", "abc")
+e = files.stat(f.StatRequest(path="/tmp/proto.txt"), headers=hdr).entry
+assert (e.name, e.size, e.type, e.path) == ("proto.txt", 3, f.FileType.FILE, "/tmp/proto.txt"), e
+assert e.modified_time.seconds > 1_600_000_000, e
+# The same call by hand: the proto content type both ways.
+r = httpx.post(url + "/filesystem.Filesystem/Stat", content=f.StatRequest(path="/tmp/proto.txt").to_binary(),
+               headers={**hdr, "Content-Type": "application/proto"})
+assert r.status_code == 200 and r.headers["content-type"] == "application/proto", r
+assert f.StatResponse.from_binary(r.content).entry.size == 3
+assert procs.list(p.ListRequest(), headers=hdr).processes == []
+names = [x.name for x in files.list_dir(f.ListDirRequest(path="/tmp", depth=1), headers=hdr).entries]
+assert "proto.txt" in names, names
+files.remove(f.RemoveRequest(path="/tmp/proto.txt"), headers=hdr)
+assert not sbx.files.exists("/tmp/proto.txt")
+ok("proto-unary")
+
+w = files.create_watcher(f.CreateWatcherRequest(path="/tmp"), headers=hdr).watcher_id
+sbx.files.write("/tmp/seen", "x")
+events = []
+for _ in range(100):
+    events += files.get_watcher_events(f.GetWatcherEventsRequest(watcher_id=w), headers=hdr).events
+    if any(ev.name == "seen" and ev.type == f.EventType.CREATE for ev in events):
+        break
+else:
+    raise AssertionError(f"no create event: {events}")
+files.remove_watcher(f.RemoveWatcherRequest(watcher_id=w), headers=hdr)
+stream = files.watch_dir(f.WatchDirRequest(path="/tmp"), headers=hdr)
+first = next(stream)
+assert first.event.field == "start", first
+threading.Timer(0.5, lambda: sbx.files.write("/tmp/streamed", "y")).start()
+for r in stream:
+    if r.event.field == "filesystem" and r.event.value.name == "streamed":
+        break
+stream.close()
+ok("proto-watch")
+sbx.kill()
+"#;
+
+const DEFAULTS_SCRIPT: &str = r#"
+from e2b import Sandbox
+
+def ok(name):
+    print("ok", name, flush=True)
+
+sbx = Sandbox.create()
+m = sbx.get_metrics()
+assert len(m) == 1, m
+m = m[0]
+assert m.cpu_count >= 1 and 0 <= m.cpu_used_pct <= 100, m
+assert 0 < m.mem_used < m.mem_total <= 64 << 30, m
+assert 0 < m.disk_used <= m.disk_total, m
+ok("metrics")
+
+r = sbx.commands.run("whoami; pwd; echo $HOME")
+assert r.stdout.split() == ["user", "/home/user", "/home/user"], r
+assert sbx.commands.run("whoami", user="root").stdout == "root\n"
+info = sbx.files.write("notes.txt", "mine")
+assert info.path == "/home/user/notes.txt", info
+assert sbx.commands.run("stat -c %U notes.txt").stdout == "user\n"
+assert sbx.files.get_info("/home/user/notes.txt").owner == "user"
+ok("default-user")
 sbx.kill()
 "#;

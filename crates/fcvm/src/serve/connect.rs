@@ -1,19 +1,23 @@
 //! The Connect RPC wire format envd speaks (connectrpc.com/docs/protocol), as far as the E2B
-//! SDK uses it: HTTP/1.1 or h2c, the JSON codec, unary calls and server streams.
+//! SDK uses it: HTTP/1.1 or h2c, the JSON and protobuf codecs, unary calls, server streams and
+//! client streams.
 //!
-//! - Unary: the request body is the JSON message (`application/json`); a success is `200` with
-//!   the JSON reply, an error is a non-200 status with `{"code": "not_found", "message": …}`.
-//! - Streams (`application/connect+json`): the body is a sequence of envelopes, each a flags
-//!   byte, a big-endian u32 length and the message. The server's last envelope carries flag
-//!   [`FLAG_END`] and a JSON end-of-stream message: `{}` on success, `{"error": {…}}` else.
-//!   The HTTP status of a stream is always 200, since its error arrives only at its end.
+//! - Unary: the request body is the message (`application/json` or `application/proto`); a
+//!   success is `200` with the reply in the same codec, an error is a non-200 status with the
+//!   JSON `{"code": "not_found", "message": …}` (JSON whatever the codec, as Connect has it).
+//! - Streams (`application/connect+json` or `application/connect+proto`): the body is a
+//!   sequence of envelopes, each a flags byte, a big-endian u32 length and the message. The
+//!   server's last envelope carries flag [`FLAG_END`] and a JSON end-of-stream message: `{}`
+//!   on success, `{"error": {…}}` else. The HTTP status of a stream is always 200, since its
+//!   error arrives only at its end.
 //!
-//! The protobuf codec (`+proto`) is not served: the SDK sends JSON, and a proto request gets
-//! `415 Unsupported Media Type` as the protocol prescribes for an unknown codec.
+//! A message type of either codec is a [`Wire`] (requests) or a [`Reply`]: the handlers work
+//! on the JSON mapping's types ([`super::pb`], [`super::fspb`]); [`super::wire`] converts to
+//! and from the protobuf messages ([`super::envdpb`]). Compressed requests and other content
+//! types get `415 Unsupported Media Type`.
 
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
 
 /// The message is compressed (never set by this server; refused in requests).
 pub const FLAG_COMPRESSED: u8 = 0x01;
@@ -24,6 +28,73 @@ pub const MAX_MESSAGE: usize = 4 << 20;
 
 pub const STREAM_JSON: &str = "application/connect+json";
 pub const UNARY_JSON: &str = "application/json";
+pub const STREAM_PROTO: &str = "application/connect+proto";
+pub const UNARY_PROTO: &str = "application/proto";
+
+/// The codec of a call, from its content type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    Json,
+    Proto,
+}
+
+impl Codec {
+    /// The content type of a reply of this codec.
+    pub fn content_type(self, streaming: bool) -> &'static str {
+        match (self, streaming) {
+            (Codec::Json, false) => UNARY_JSON,
+            (Codec::Json, true) => STREAM_JSON,
+            (Codec::Proto, false) => UNARY_PROTO,
+            (Codec::Proto, true) => STREAM_PROTO,
+        }
+    }
+}
+
+/// A request message: decodes from either codec.
+pub trait Wire: Sized {
+    fn from_json(json: &[u8]) -> Result<Self, RpcError>;
+    fn from_proto(bytes: &[u8]) -> Result<Self, RpcError>;
+}
+
+/// A reply message: encodes to either codec.
+pub trait Reply {
+    fn to_json(&self) -> Vec<u8>;
+    fn to_proto(&self) -> Vec<u8>;
+}
+
+impl<T: Reply> Reply for &T {
+    fn to_json(&self) -> Vec<u8> {
+        (*self).to_json()
+    }
+    fn to_proto(&self) -> Vec<u8> {
+        (*self).to_proto()
+    }
+}
+
+/// Decodes a JSON message (unknown fields are ignored, as protobuf's JSON mapping allows).
+pub fn from_json<T: serde::de::DeserializeOwned>(json: &[u8]) -> Result<T, RpcError> {
+    let json = if json.is_empty() {
+        b"{}" as &[u8]
+    } else {
+        json
+    };
+    serde_json::from_slice(json)
+        .map_err(|e| RpcError::new(Code::InvalidArgument, format!("bad request message: {e}")))
+}
+
+/// Decodes a protobuf message (unknown fields are skipped).
+pub fn from_proto<T: prost::Message + Default>(bytes: &[u8]) -> Result<T, RpcError> {
+    T::decode(bytes)
+        .map_err(|e| RpcError::new(Code::InvalidArgument, format!("bad request message: {e}")))
+}
+
+/// A message's bytes in `codec`.
+pub fn encode<T: Reply>(codec: Codec, msg: &T) -> Vec<u8> {
+    match codec {
+        Codec::Json => msg.to_json(),
+        Codec::Proto => msg.to_proto(),
+    }
+}
 
 /// Connect's error codes (the gRPC set, spelled in snake case on the wire).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,17 +194,27 @@ impl IntoResponse for RpcError {
 }
 
 /// A successful unary reply.
-pub fn unary_ok<T: Serialize>(msg: &T) -> Response {
-    match serde_json::to_vec(msg) {
-        Ok(body) => (
-            [(header::CONTENT_TYPE, HeaderValue::from_static(UNARY_JSON))],
-            body,
-        )
-            .into_response(),
-        Err(e) => {
-            RpcError::new(Code::Internal, format!("reply does not encode: {e}")).into_response()
-        }
-    }
+pub fn unary_ok<T: Reply>(codec: Codec, msg: &T) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(codec.content_type(false)),
+        )],
+        encode(codec, msg),
+    )
+        .into_response()
+}
+
+/// A stream's response: status 200, the codec's stream content type, `body`.
+pub fn stream_response(codec: Codec, body: impl Into<axum::body::Body>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(codec.content_type(true)),
+        )],
+        body.into(),
+    )
+        .into_response()
 }
 
 /// One envelope: flags, big-endian length, message.
@@ -145,12 +226,9 @@ pub fn envelope(flags: u8, message: &[u8]) -> Vec<u8> {
     v
 }
 
-/// A stream message as an envelope (JSON codec).
-pub fn stream_message<T: Serialize>(msg: &T) -> Vec<u8> {
-    envelope(
-        0,
-        &serde_json::to_vec(msg).expect("stream messages serialise"),
-    )
+/// A stream message as an envelope.
+pub fn stream_message<T: Reply>(codec: Codec, msg: &T) -> Vec<u8> {
+    envelope(0, &encode(codec, msg))
 }
 
 /// The end-of-stream envelope: `{}`, or `{"error": …}`.
@@ -232,9 +310,9 @@ impl Reader {
 }
 
 /// Parses the one request message of a server-streaming call.
-pub fn single_message<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, RpcError> {
+pub fn single_message<T: Wire>(codec: Codec, body: &[u8]) -> Result<T, RpcError> {
     match split(body)?.as_slice() {
-        [one] => decode(one),
+        [one] => decode(codec, one),
         more => Err(RpcError::new(
             Code::InvalidArgument,
             format!("expected one request message, got {}", more.len()),
@@ -242,18 +320,15 @@ pub fn single_message<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, 
     }
 }
 
-/// Decodes a JSON message (unknown fields are ignored, as protobuf's JSON mapping allows).
-pub fn decode<T: serde::de::DeserializeOwned>(json: &[u8]) -> Result<T, RpcError> {
-    let json = if json.is_empty() {
-        b"{}" as &[u8]
-    } else {
-        json
-    };
-    serde_json::from_slice(json)
-        .map_err(|e| RpcError::new(Code::InvalidArgument, format!("bad request message: {e}")))
+/// Decodes a request message of `codec`.
+pub fn decode<T: Wire>(codec: Codec, bytes: &[u8]) -> Result<T, RpcError> {
+    match codec {
+        Codec::Json => T::from_json(bytes),
+        Codec::Proto => T::from_proto(bytes),
+    }
 }
 
-/// A request in a codec this server does not speak: 415, naming the one it does.
+/// A request in a codec this server does not speak: 415, naming the JSON one.
 #[derive(Debug)]
 pub struct Unsupported(&'static str);
 
@@ -270,9 +345,9 @@ impl IntoResponse for Unsupported {
     }
 }
 
-/// Checks that a request uses the JSON codec of the call's kind; anything else (protobuf,
-/// compression, a stream content type on a unary call) is refused with 415.
-pub fn check_codec(headers: &HeaderMap, streaming: bool) -> Result<(), Unsupported> {
+/// The codec of a request: JSON or protobuf of the call's kind; anything else (compression,
+/// another codec, a stream content type on a unary call) is refused with 415.
+pub fn check_codec(headers: &HeaderMap, streaming: bool) -> Result<Codec, Unsupported> {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -283,7 +358,14 @@ pub fn check_codec(headers: &HeaderMap, streaming: bool) -> Result<(), Unsupport
         .unwrap_or("")
         .trim()
         .to_ascii_lowercase();
-    let want = if streaming { STREAM_JSON } else { UNARY_JSON };
+    let want = Codec::Json.content_type(streaming);
+    let codec = if ct == want {
+        Codec::Json
+    } else if ct == Codec::Proto.content_type(streaming) {
+        Codec::Proto
+    } else {
+        return Err(Unsupported(want));
+    };
     let encoding = if streaming {
         "connect-content-encoding"
     } else {
@@ -293,10 +375,10 @@ pub fn check_codec(headers: &HeaderMap, streaming: bool) -> Result<(), Unsupport
         .get(encoding)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|e| !e.eq_ignore_ascii_case("identity"));
-    if ct == want && !compressed {
-        return Ok(());
+    if compressed {
+        return Err(Unsupported(want));
     }
-    Err(Unsupported(want))
+    Ok(codec)
 }
 
 #[cfg(test)]
@@ -310,8 +392,9 @@ mod tests {
         assert_eq!(&body[..5], &[0, 0, 0, 0, 7]);
         let msgs = split(&body).unwrap();
         assert_eq!(msgs, vec![br#"{"a":1}"# as &[u8], b""]);
-        let v: serde_json::Value = single_message(&envelope(0, br#"{"x":"y"}"#)).unwrap();
-        assert_eq!(v["x"], "y");
+        let v: super::super::fspb::WatcherRequest =
+            single_message(Codec::Json, &envelope(0, br#"{"watcherId":"y"}"#)).unwrap();
+        assert_eq!(v.watcher_id, "y");
     }
 
     #[test]
@@ -363,8 +446,10 @@ mod tests {
         let huge = [0, 0xff, 0xff, 0xff, 0xff];
         assert_eq!(split(&huge).unwrap_err().code, Code::ResourceExhausted);
         let two = [envelope(0, b"{}"), envelope(0, b"{}")].concat();
-        assert!(single_message::<serde_json::Value>(&two).is_err());
-        assert!(decode::<serde_json::Value>(b"{").is_err());
+        type W = super::super::fspb::WatcherRequest;
+        assert!(single_message::<W>(Codec::Json, &two).is_err());
+        assert!(decode::<W>(Codec::Json, b"{").is_err());
+        assert!(decode::<W>(Codec::Proto, b"\x0a\x05ab").is_err());
     }
 
     #[test]
@@ -381,25 +466,30 @@ mod tests {
     }
 
     #[test]
-    fn only_the_json_codec_is_accepted() {
+    fn the_json_and_proto_codecs_are_accepted() {
         let mut h = HeaderMap::new();
+        let mut ct = |v: &'static str| {
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(v));
+            (check_codec(&h, true).ok(), check_codec(&h, false).ok())
+        };
+        assert_eq!(ct("application/connect+json"), (Some(Codec::Json), None));
+        assert_eq!(ct("application/connect+proto"), (Some(Codec::Proto), None));
+        assert_eq!(ct("application/proto"), (None, Some(Codec::Proto)));
+        assert_eq!(
+            ct("application/json; charset=utf-8"),
+            (None, Some(Codec::Json))
+        );
+        assert_eq!(ct("application/connect+thrift"), (None, None));
         h.insert(
             header::CONTENT_TYPE,
-            HeaderValue::from_static("application/connect+json"),
+            HeaderValue::from_static("application/xml"),
         );
-        assert!(check_codec(&h, true).is_ok());
-        assert!(check_codec(&h, false).is_err());
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/connect+proto"),
-        );
-        let r = check_codec(&h, true).unwrap_err().into_response();
+        let r = check_codec(&h, false).unwrap_err().into_response();
         assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
         h.insert(
             header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json; charset=utf-8"),
+            HeaderValue::from_static("application/json"),
         );
-        assert!(check_codec(&h, false).is_ok());
         h.insert("content-encoding", HeaderValue::from_static("gzip"));
         assert!(check_codec(&h, false).is_err());
     }

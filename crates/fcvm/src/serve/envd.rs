@@ -12,14 +12,14 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
 use fcvm_proto::ProcessSpec;
 
-use super::connect::{self, Code, RpcError};
+use super::connect::{self, Code, Codec, Reply, RpcError, Wire};
 use super::pb;
 use super::process::Attached;
 use super::sandbox::Sandbox;
@@ -112,7 +112,8 @@ async fn health(State(s): State<Arc<Server>>, headers: HeaderMap) -> Response {
     }
 }
 
-/// The user of a request: `Authorization: Basic base64("<user>:")`, else the image's.
+/// The user a request names: `Authorization: Basic base64("<user>:")`, else none (empty; see
+/// [`super::defaults`] for what that means).
 pub(super) fn user(headers: &HeaderMap) -> Result<String, RpcError> {
     let Some(v) = headers.get(header::AUTHORIZATION) else {
         return Ok(String::new());
@@ -128,15 +129,16 @@ pub(super) fn user(headers: &HeaderMap) -> Result<String, RpcError> {
 }
 
 async fn start(State(s): State<Arc<Server>>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(r) = connect::check_codec(&headers, true) {
-        return r.into_response();
-    }
+    let codec = match connect::check_codec(&headers, true) {
+        Ok(c) => c,
+        Err(r) => return r.into_response(),
+    };
     let sbx = match sandbox(&s, &headers, true) {
         Ok(x) => x,
         Err(r) => return r.into_response(),
     };
     let started = async {
-        let req: pb::StartRequest = connect::single_message(&body)?;
+        let req: pb::StartRequest = connect::single_message(codec, &body)?;
         let config = req
             .process
             .ok_or_else(|| RpcError::new(Code::InvalidArgument, "no process given"))?;
@@ -144,13 +146,19 @@ async fn start(State(s): State<Arc<Server>>, headers: HeaderMap, body: Bytes) ->
             return Err(RpcError::new(Code::InvalidArgument, "no command given"));
         }
         let size = req.pty.as_ref().map(|p| p.size.unwrap_or_default());
+        let accounts = super::defaults::accounts(&sbx).await;
+        let who = accounts.user(&user(&headers)?);
         let spec = ProcessSpec {
             args: std::iter::once(config.cmd.clone())
                 .chain(config.args.iter().cloned())
                 .collect(),
             env: sbx.exec_env(&config.envs),
-            cwd: config.cwd.clone().unwrap_or_default(),
-            user: user(&headers)?,
+            cwd: config
+                .cwd
+                .clone()
+                .or_else(|| accounts.cwd(&who))
+                .unwrap_or_default(),
+            user: who,
             tty: size.is_some(),
             // envd's default for a request that does not say (older SDKs) is an open stdin.
             stdin: req.stdin.unwrap_or(true) || size.is_some(),
@@ -162,7 +170,7 @@ async fn start(State(s): State<Arc<Server>>, headers: HeaderMap, body: Bytes) ->
             .start(&sbx.vm.session, spec, req.tag, config)
             .await
     };
-    event_stream(started.await, keepalive(&headers))
+    event_stream(codec, started.await, keepalive(&headers))
 }
 
 async fn connect_process(
@@ -170,52 +178,50 @@ async fn connect_process(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = connect::check_codec(&headers, true) {
-        return r.into_response();
-    }
+    let codec = match connect::check_codec(&headers, true) {
+        Ok(c) => c,
+        Err(r) => return r.into_response(),
+    };
     let sbx = match sandbox(&s, &headers, true) {
         Ok(x) => x,
         Err(r) => return r.into_response(),
     };
     let attached = async {
-        let req: pb::SelectorRequest = connect::single_message(&body)?;
+        let req: pb::SelectorRequest = connect::single_message(codec, &body)?;
         sbx.processes.connect(req.process.as_ref()).await
     };
-    event_stream(attached.await, keepalive(&headers))
+    event_stream(codec, attached.await, keepalive(&headers))
 }
 
 /// A client stream of stdin (or PTY input) for one process: a `start` naming it, then `data`.
 /// The reply — one empty message and the end of the stream — comes once the body ended.
 async fn stream_input(State(s): State<Arc<Server>>, headers: HeaderMap, body: Body) -> Response {
-    if let Err(r) = connect::check_codec(&headers, true) {
-        return r.into_response();
-    }
+    let codec = match connect::check_codec(&headers, true) {
+        Ok(c) => c,
+        Err(r) => return r.into_response(),
+    };
     let sbx = match sandbox(&s, &headers, true) {
         Ok(x) => x,
         Err(r) => return r.into_response(),
     };
-    let content_type = [(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(connect::STREAM_JSON),
-    )];
-    match feed_input(&sbx, body).await {
+    match feed_input(codec, &sbx, body).await {
         Ok(()) => {
-            let mut b = connect::stream_message(&pb::Empty {});
+            let mut b = connect::stream_message(codec, &pb::Empty {});
             b.extend(connect::end_stream(None));
-            (content_type, b).into_response()
+            connect::stream_response(codec, b)
         }
-        Err(e) => (content_type, connect::end_stream(Some(&e))).into_response(),
+        Err(e) => connect::stream_response(codec, connect::end_stream(Some(&e))),
     }
 }
 
-async fn feed_input(sbx: &Sandbox, body: Body) -> Result<(), RpcError> {
+async fn feed_input(codec: Codec, sbx: &Sandbox, body: Body) -> Result<(), RpcError> {
     use futures_util::StreamExt;
     let mut pieces = body.into_data_stream();
     let mut reader = connect::Reader::default();
     let mut target: Option<pb::ProcessSelector> = None;
     loop {
         while let Some(msg) = reader.take() {
-            let req: pb::StreamInputRequest = connect::decode(&msg?)?;
+            let req: pb::StreamInputRequest = connect::decode(codec, &msg?)?;
             if let Some(start) = req.start {
                 target = Some(start.process.unwrap_or_default());
             } else if let Some(data) = req.data {
@@ -244,7 +250,7 @@ async fn feed_input(sbx: &Sandbox, body: Body) -> Result<(), RpcError> {
 }
 
 /// The `Keepalive-Ping-Interval` the client asked for (seconds).
-fn keepalive(headers: &HeaderMap) -> Option<Duration> {
+pub(super) fn keepalive(headers: &HeaderMap) -> Option<Duration> {
     let secs: u64 = headers
         .get("keepalive-ping-interval")?
         .to_str()
@@ -256,14 +262,14 @@ fn keepalive(headers: &HeaderMap) -> Option<Duration> {
 
 /// A server stream of process events: each as an envelope, keepalives while idle, and the
 /// end-of-stream message after the process's end (or with the error that prevented it).
-fn event_stream(attached: Result<Attached, RpcError>, keepalive: Option<Duration>) -> Response {
-    let content_type = [(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(connect::STREAM_JSON),
-    )];
+fn event_stream(
+    codec: Codec,
+    attached: Result<Attached, RpcError>,
+    keepalive: Option<Duration>,
+) -> Response {
     let Attached { mut events, .. } = match attached {
         Ok(a) => a,
-        Err(e) => return (content_type, connect::end_stream(Some(&e))).into_response(),
+        Err(e) => return connect::stream_response(codec, connect::end_stream(Some(&e))),
     };
     let period = keepalive.unwrap_or(Duration::from_secs(3600));
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
@@ -273,7 +279,7 @@ fn event_stream(attached: Result<Attached, RpcError>, keepalive: Option<Duration
                 ev = events.recv() => match ev {
                     Some(ev) => {
                         let last = matches!(ev, pb::Event::End(_));
-                        let mut b = connect::stream_message(&pb::EventResponse { event: &ev });
+                        let mut b = connect::stream_message(codec, &pb::EventResponse { event: &ev });
                         if last {
                             b.extend(connect::end_stream(None));
                         }
@@ -284,7 +290,7 @@ fn event_stream(attached: Result<Attached, RpcError>, keepalive: Option<Duration
                     }
                     None => connect::end_stream(Some(&RpcError::new(Code::Unavailable, "the process's stream ended"))),
                 },
-                _ = tick.tick(), if keepalive.is_some() => connect::stream_message(&pb::EventResponse { event: &pb::Event::Keepalive {} }),
+                _ = tick.tick(), if keepalive.is_some() => connect::stream_message(codec, &pb::EventResponse { event: &pb::Event::Keepalive {} }),
             };
             let end = chunk.first() == Some(&connect::FLAG_END);
             if tx.send(chunk).await.is_err() || end {
@@ -292,13 +298,13 @@ fn event_stream(attached: Result<Attached, RpcError>, keepalive: Option<Duration
             }
         }
     });
-    (content_type, stream).into_response()
+    connect::stream_response(codec, stream)
 }
 
 /// A response body fed by a task: `produce` gets the sending end of a small bounded queue;
 /// the body ends when the task does. A client that goes away drops the body, which ends the
 /// task's sends (the process itself runs on: see `super::process`).
-fn async_stream<F, Fut>(produce: F) -> Body
+pub(super) fn async_stream<F, Fut>(produce: F) -> Body
 where
     F: FnOnce(tokio::sync::mpsc::Sender<Vec<u8>>) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
@@ -312,47 +318,48 @@ where
     }))
 }
 
-/// Runs a unary call: codec checked, sandbox found, request decoded, `f` answered.
-pub(super) async fn unary<Req, F, Fut>(
+/// Runs a unary call: codec checked, sandbox found, request decoded, `f`'s reply encoded in
+/// the request's codec.
+pub(super) async fn unary<Req, Rep, F, Fut>(
     s: &Server,
     headers: &HeaderMap,
     body: &[u8],
     f: F,
 ) -> Response
 where
-    Req: serde::de::DeserializeOwned,
+    Req: Wire,
+    Rep: Reply,
     F: FnOnce(Arc<Sandbox>, Req) -> Fut,
-    Fut: std::future::Future<Output = Result<Response, RpcError>>,
+    Fut: std::future::Future<Output = Result<Rep, RpcError>>,
 {
-    if let Err(r) = connect::check_codec(headers, false) {
-        return r.into_response();
-    }
+    let codec = match connect::check_codec(headers, false) {
+        Ok(c) => c,
+        Err(r) => return r.into_response(),
+    };
     let sbx = match sandbox(s, headers, true) {
         Ok(x) => x,
         Err(r) => return r.into_response(),
     };
-    let req = match connect::decode::<Req>(body) {
+    let req = match connect::decode::<Req>(codec, body) {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
-    f(sbx, req).await.unwrap_or_else(|e| e.into_response())
+    match f(sbx, req).await {
+        Ok(reply) => connect::unary_ok(codec, &reply),
+        Err(e) => e.into_response(),
+    }
 }
 
-fn empty() -> Response {
-    connect::unary_ok(&pb::Empty {})
+fn empty() -> pb::Empty {
+    pb::Empty {}
 }
 
 async fn list(State(s): State<Arc<Server>>, headers: HeaderMap, body: Bytes) -> Response {
-    unary(
-        &s,
-        &headers,
-        &body,
-        |sbx, _: serde_json::Value| async move {
-            Ok(connect::unary_ok(&pb::ListResponse {
-                processes: sbx.processes.list(),
-            }))
-        },
-    )
+    unary(&s, &headers, &body, |sbx, _: pb::Empty| async move {
+        Ok(pb::ListResponse {
+            processes: sbx.processes.list(),
+        })
+    })
     .await
 }
 

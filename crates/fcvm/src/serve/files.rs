@@ -1,10 +1,11 @@
 //! envd's file calls, served on the host as agent file requests (protocol 6; nothing listens
 //! in the guest): `GET /files` (download, streamed chunk by chunk), `POST /files` (multipart
 //! or octet-stream upload) and the unary `filesystem.Filesystem` calls Stat, MakeDir, Move,
-//! ListDir and Remove. The watch calls are not served (Unimplemented).
+//! ListDir and Remove; the watch calls are [`super::watch`]'s.
 //!
 //! The user of a call is the `username` query parameter (`/files`) or the Basic
-//! `Authorization` header (RPCs), else root; paths are the container's, relative ones against
+//! `Authorization` header (RPCs), else E2B's `user` where the image has it, else root
+//! ([`super::defaults`]); paths are the container's, relative ones against
 //! that user's home (docs/serve.md).
 
 use std::sync::Arc;
@@ -16,9 +17,10 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use fcvm_proto::{FsEntry, FsErrorKind, FsKind, FsOp, FsReply};
 
-use super::connect::{self, Code, RpcError};
+use super::connect::{Code, RpcError};
 use super::envd::{sandbox, unary, user};
 use super::fspb::{self, EntryInfo};
+use super::sandbox::Sandbox;
 use super::Server;
 use crate::session::fs::{FileReader, FsError};
 
@@ -76,12 +78,18 @@ pub fn rpc_fs_error(e: FsError) -> RpcError {
     RpcError::new(code, e.to_string())
 }
 
-/// The user named by the query, else by the Authorization header.
-fn query_user(q: &FileQuery, headers: &HeaderMap) -> Result<String, RpcError> {
-    match &q.username {
-        Some(u) => Ok(u.clone()),
-        None => user(headers),
-    }
+/// The user named by the query, else by the Authorization header, else the default.
+async fn query_user(sbx: &Sandbox, q: &FileQuery, headers: &HeaderMap) -> Result<String, RpcError> {
+    let named = match &q.username {
+        Some(u) => u.clone(),
+        None => user(headers)?,
+    };
+    Ok(file_user(sbx, &named).await)
+}
+
+/// The user of a file call that named `named` (E2B's `user` by default, where it exists).
+pub async fn file_user(sbx: &Sandbox, named: &str) -> String {
+    super::defaults::accounts(sbx).await.user(named)
 }
 
 /// `GET /files?path=`: the file's bytes, streamed one chunk (one agent request) at a time.
@@ -97,7 +105,7 @@ pub async fn download(
     let Some(path) = q.path.clone().filter(|p| !p.is_empty()) else {
         return http_error(StatusCode::BAD_REQUEST, "no path given");
     };
-    let who = match query_user(&q, &headers) {
+    let who = match query_user(&sbx, &q, &headers).await {
         Ok(u) => u,
         Err(e) => return e.into_response(),
     };
@@ -155,7 +163,7 @@ pub async fn upload(
         Ok(x) => x,
         Err(r) => return r.into_response(),
     };
-    let who = match query_user(&q, &headers) {
+    let who = match query_user(&sbx, &q, &headers).await {
         Ok(u) => u,
         Err(e) => return e.into_response(),
     };
@@ -223,17 +231,18 @@ pub fn entry_info(e: FsEntry) -> EntryInfo {
         owner: e.owner,
         group: e.group,
         modified_time: modified,
+        mtime: (e.mtime_sec, e.mtime_nsec),
         is_symlink: e.symlink_target.is_some(),
         symlink_target: e.symlink_target,
     }
 }
 
 /// The `{entry}` answer of Stat, MakeDir and Move.
-fn entry_response(r: FsReply) -> Result<Response, RpcError> {
+fn entry_response(r: FsReply) -> Result<fspb::EntryResponse, RpcError> {
     match r {
-        FsReply::Entry(e) => Ok(connect::unary_ok(&fspb::EntryResponse {
+        FsReply::Entry(e) => Ok(fspb::EntryResponse {
             entry: entry_info(e),
-        })),
+        }),
         _ => Err(RpcError::new(
             Code::Internal,
             "unexpected answer from the agent",
@@ -253,22 +262,33 @@ pub async fn rpc(
         Err(e) => return e.into_response(),
     };
     match method.as_str() {
-        "Stat" | "MakeDir" | "Remove" => {
+        "Remove" => {
             unary(
                 &s,
                 &headers,
                 &body,
                 |sbx, r: fspb::PathRequest| async move {
+                    let who = file_user(&sbx, &who).await;
+                    let op = FsOp::Remove { path: r.path };
+                    sbx.vm.session.fs(&who, op).await.map_err(rpc_fs_error)?;
+                    Ok(fspb::Empty {})
+                },
+            )
+            .await
+        }
+        "Stat" | "MakeDir" => {
+            unary(
+                &s,
+                &headers,
+                &body,
+                |sbx, r: fspb::PathRequest| async move {
+                    let who = file_user(&sbx, &who).await;
                     let session = &sbx.vm.session;
                     let op = match method.as_str() {
                         "Stat" => FsOp::Stat { path: r.path },
-                        "MakeDir" => FsOp::MakeDir { path: r.path },
-                        _ => FsOp::Remove { path: r.path },
+                        _ => FsOp::MakeDir { path: r.path },
                     };
-                    match session.fs(&who, op).await.map_err(rpc_fs_error)? {
-                        FsReply::Done => Ok(connect::unary_ok(&serde_json::json!({}))),
-                        reply => entry_response(reply),
-                    }
+                    entry_response(session.fs(&who, op).await.map_err(rpc_fs_error)?)
                 },
             )
             .await
@@ -279,6 +299,7 @@ pub async fn rpc(
                 &headers,
                 &body,
                 |sbx, r: fspb::MoveRequest| async move {
+                    let who = file_user(&sbx, &who).await;
                     let op = FsOp::Move {
                         from: r.source,
                         to: r.destination,
@@ -295,6 +316,7 @@ pub async fn rpc(
                 &headers,
                 &body,
                 |sbx, r: fspb::ListDirRequest| async move {
+                    let who = file_user(&sbx, &who).await;
                     let depth = r.depth.max(1);
                     let entries = sbx
                         .vm
@@ -303,11 +325,15 @@ pub async fn rpc(
                         .await
                         .map_err(rpc_fs_error)?;
                     let entries: Vec<EntryInfo> = entries.into_iter().map(entry_info).collect();
-                    Ok(connect::unary_ok(&fspb::ListDirResponse { entries }))
+                    Ok(fspb::ListDirResponse { entries })
                 },
             )
             .await
         }
+        "WatchDir" => super::watch::watch_dir(&s, &headers, &body).await,
+        "CreateWatcher" => super::watch::create_watcher(&s, &headers, &body).await,
+        "GetWatcherEvents" => super::watch::get_watcher_events(&s, &headers, &body).await,
+        "RemoveWatcher" => super::watch::remove_watcher(&s, &headers, &body).await,
         _ => RpcError::new(Code::Unimplemented, "not supported by fcvm serve").into_response(),
     }
 }

@@ -14,10 +14,13 @@
 //! then the server.
 
 pub mod connect;
+mod defaults;
 mod envd;
+mod envdpb;
 mod files;
 mod fspb;
 mod list;
+mod metrics;
 mod multipart;
 mod openapi;
 pub mod pb;
@@ -27,6 +30,8 @@ mod rest;
 pub mod sandbox;
 pub mod template;
 pub mod vm;
+mod watch;
+mod wire;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;

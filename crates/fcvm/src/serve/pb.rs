@@ -192,8 +192,9 @@ pub struct ListResponse {
     pub processes: Vec<ProcessInfo>,
 }
 
-/// The empty reply of SendSignal, SendInput, CloseStdin, Update.
-#[derive(Debug, Clone, Serialize)]
+/// Every empty message: the reply of SendSignal, SendInput, CloseStdin, Update and the
+/// filesystem's Remove and RemoveWatcher; List's request.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Empty {}
 
 #[cfg(test)]

@@ -39,6 +39,7 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/v2/sandboxes", post(create).get(list::list_v2))
         .route("/sandboxes/{id}", get(detail).delete(kill))
         .route("/sandboxes/{id}/timeout", post(set_timeout))
+        .route("/sandboxes/{id}/metrics", get(super::metrics::metrics))
         .route("/sandboxes/{id}/connect", post(connect))
         .route("/v2/sandboxes/{id}/connect", post(connect))
         .route("/sandboxes/{id}/pause", unsupported())
