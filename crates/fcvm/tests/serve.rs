@@ -10,6 +10,9 @@
 //! (404), an envd call without the sandbox's access token (401), two sandboxes isolated from
 //! each other, `set_timeout` expiry, `kill()`. Then SIGTERM stops the server, which must leave
 //! no sandbox VM behind. A second test: a non-loopback `--listen` without a key is refused.
+//! Others: the pool's hand-over, the `files` calls, watching directories (the async SDK's
+//! stream and the sync SDK's polled watcher), envd in the protobuf codec (the SDK's generated
+//! clients), `get_metrics()` and E2B's default user.
 
 #![allow(
     clippy::print_stdout,

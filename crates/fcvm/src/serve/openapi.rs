@@ -72,6 +72,10 @@ fn spec() -> Value {
             "/v2/sandboxes/{sandboxID}/connect": {
                 "parameters": id,
                 "post": {"summary": "Connect to a running sandbox (its timeout is extended, never shortened)", "responses": {"200": created, "401": err("bad API key"), "404": err("unknown sandbox")}}
+            },
+            "/sandboxes/{sandboxID}/metrics": {
+                "parameters": id,
+                "get": {"summary": "The sandbox's CPU, memory and disk use now: one SandboxMetric (start and end are accepted and ignored: no history is kept)", "responses": {"200": {"description": "[{timestamp, timestampUnix, cpuCount, cpuUsedPct, memUsed, memTotal, memCache, diskUsed, diskTotal}]"}, "401": err("bad API key"), "404": err("unknown sandbox")}}
             }
         }
     })
@@ -88,6 +92,7 @@ mod tests {
             "/v2/sandboxes",
             "/sandboxes/{sandboxID}",
             "/sandboxes/{sandboxID}/timeout",
+            "/sandboxes/{sandboxID}/metrics",
         ] {
             assert!(paths.contains_key(p), "{p}");
         }
