@@ -348,3 +348,6 @@ fn deliver(buf: &[u8], dirs: &mut Dirs, recursive: bool, w: &Watch) -> bool {
     }
     true
 }
+
+#[cfg(test)]
+mod tests;
