@@ -637,7 +637,7 @@ const WATCH_SCRIPT: &str = r#"
 import asyncio, time
 from e2b import AsyncSandbox, Sandbox
 from e2b.sandbox.filesystem.watch_handle import FilesystemEventType as T
-from e2b.exceptions import SandboxException
+from e2b.exceptions import NotFoundException, SandboxException
 
 def ok(name):
     print("ok", name, flush=True)
@@ -694,6 +694,23 @@ try:
     sbx.files.watch_dir("/tmp/p/g")
     raise AssertionError("watched a file")
 except SandboxException:
+    pass
+
+# More unread events than a watcher holds (256 KiB): it ends, and says so.
+h = sbx.files.watch_dir("/tmp/p")
+sbx.commands.run("cd /tmp/p && for i in $(seq 1500); do printf '%0200d\\n' $i; done | xargs touch")
+deadline = time.time() + 60
+try:
+    while True:  # the agent may still be reading the kernel's queue
+        assert time.time() < deadline, "the watcher did not overflow"
+        h.get_new_events()
+        time.sleep(0.2)
+except SandboxException as e:
+    assert "events were dropped" in str(e), e
+try:
+    h.get_new_events()
+    raise AssertionError("an overflowed watcher lived on")
+except NotFoundException:
     pass
 sbx.kill()
 ok("watch-ends")

@@ -8,8 +8,8 @@
 //! client as it happens; the watch is removed when the client goes away. A watcher of
 //! `CreateWatcher` is the agent's, named by its id, until `RemoveWatcher` or the sandbox's end.
 //! A watch holds a bounded number of unread events: past it, a `WatchDir` stream sends what
-//! was held and ends with `resource_exhausted`, and `GetWatcherEvents` answers
-//! `resource_exhausted` (the watcher is gone either way).
+//! was held and ends with `data_loss`, and `GetWatcherEvents` answers
+//! `data_loss` (the watcher is gone either way).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -44,7 +44,7 @@ fn event(e: FsEvent) -> FilesystemEvent {
 
 fn overflowed() -> RpcError {
     RpcError::new(
-        Code::ResourceExhausted,
+        Code::DataLoss,
         "events were dropped: more unread events than the watcher holds; the watcher ended",
     )
 }
