@@ -589,7 +589,7 @@ sbx.kill()
 "#;
 
 /// Starts a server, runs `script` with the SDK, checks each `ok <check>` line, stops it.
-fn run_checks(script: &str, checks: &[&str]) {
+fn run_checks(script: &str, extra: &[&str], checks: &[&str]) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let python = sdk_python();
     assert!(
@@ -597,7 +597,7 @@ fn run_checks(script: &str, checks: &[&str]) {
         "sandbox VMs left by an earlier run: {:?}",
         sandbox_vms()
     );
-    let server = Server::start(&[]);
+    let server = Server::start(extra);
     let stdout = server.python(&python, script);
     for check in checks {
         assert!(
@@ -615,6 +615,7 @@ fn run_checks(script: &str, checks: &[&str]) {
 fn the_sdk_watches_directories() {
     run_checks(
         WATCH_SCRIPT,
+        &[],
         &["watch-dir", "watch-recursive", "watcher-poll", "watch-ends"],
     );
 }
@@ -623,14 +624,23 @@ fn the_sdk_watches_directories() {
 /// through the SDK's own generated Connect clients with their default codec.
 #[test]
 fn envd_speaks_the_proto_codec() {
-    run_checks(PROTO_SCRIPT, &["proto-start", "proto-unary", "proto-watch"]);
+    run_checks(
+        PROTO_SCRIPT,
+        &[],
+        &["proto-start", "proto-unary", "proto-watch"],
+    );
 }
 
 /// `get_metrics()` reports the VM's own figures; a command and a file call without a user run
-/// as E2B's `user` in `/home/user`, as in E2B.
+/// as E2B's `user` in `/home/user`, as in E2B; in an image without that account (busybox),
+/// as the image's user (root).
 #[test]
 fn metrics_and_e2b_defaults() {
-    run_checks(DEFAULTS_SCRIPT, &["metrics", "default-user"]);
+    run_checks(
+        DEFAULTS_SCRIPT,
+        &["--template", "plain=builtin:busybox"],
+        &["metrics", "default-user", "image-user"],
+    );
 }
 
 const WATCH_SCRIPT: &str = r#"
@@ -807,4 +817,24 @@ assert sbx.commands.run("stat -c %U notes.txt").stdout == "user\n"
 assert sbx.files.get_info("/home/user/notes.txt").owner == "user"
 ok("default-user")
 sbx.kill()
+
+# No `user` in the image: the image's user (root) and directory. The SDK runs /bin/bash, which
+# busybox lacks: the call goes through its generated client instead.
+import os
+from e2b.envd.client_shared import ENVD_RPC_COMPRESSION
+from e2b.envd.process import process_connect, process_pb as p
+from protobuf import Oneof
+plain = Sandbox.create(template="plain")
+procs = process_connect.ProcessClientSync(os.environ["E2B_SANDBOX_URL"], **ENVD_RPC_COMPRESSION)
+hdr = {"E2b-Sandbox-Id": plain.sandbox_id, "X-Access-Token": plain._envd_access_token}
+req = p.StartRequest(process=p.ProcessConfig(cmd="/bin/sh", args=["-c", "id -un; pwd"]), stdin=False)
+out = b""
+for r in procs.start(req, headers=hdr):
+    if r.event.event.field == "data":
+        out += r.event.event.value.output.value
+assert out == b"root\n/\n", out
+plain.files.write("/tmp/x", "y")
+assert plain.files.get_info("/tmp/x").owner == "root"
+plain.kill()
+ok("image-user")
 "#;
