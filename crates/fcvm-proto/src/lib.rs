@@ -64,8 +64,8 @@ use serde::{Deserialize, Serialize};
 /// Bumped on every incompatible change of [`Msg`] or of the rules of the session; checked in
 /// the Hello exchange. 5: output flow control (`Credit` host → agent, [`INITIAL_OUTPUT_CREDIT`]).
 /// 6: `privileged` in [`ContainerPlan`] and [`ProcessSpec`], `ProcessSpec.detach`; file
-/// operations (`FsRequest`, `FsReply`, `FsError`).
-pub const PROTOCOL_VERSION: u32 = 6;
+/// operations (`FsRequest`, `FsReply`, `FsError`). 7: `ContainerPlan.disks` (`--disk`).
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// The `PATH` of a process whose environment sets none (podman's default), on both sides.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -317,6 +317,18 @@ pub struct ContainerPlan {
     /// `--privileged`: the container (warm or not) gets every capability, the VM's devices,
     /// no masked paths and a writable /sys (the VM is the boundary).
     pub privileged: bool,
+    /// Extra disks (`--disk`): each an ext4 the agent mounts and bind-mounts into the
+    /// container, found by its virtio serial.
+    pub disks: Vec<DiskMount>,
+}
+
+/// One extra disk of [`ContainerPlan::disks`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskMount {
+    /// The virtio-blk serial the host gave the disk (`/sys/block/vd*/serial` in the guest).
+    pub serial: String,
+    /// Absolute mount point inside the container.
+    pub guest: String,
 }
 
 /// How the agent configures the VM's network interface (no DHCP client in the guest).

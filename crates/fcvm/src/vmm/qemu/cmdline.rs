@@ -104,8 +104,12 @@ pub fn args(spec: &VmSpec, tsc_khz: Option<u64>) -> Vec<String> {
             "file={},format=raw,if=none,id=disk{i},cache=unsafe{ro}",
             opt_path(&d.path)
         ));
+        let serial = d.serial.as_deref().map(|s| format!(",serial={}", opt(s)));
         a.push("-device".into());
-        a.push(format!("virtio-blk-device,drive=disk{i}"));
+        a.push(format!(
+            "virtio-blk-device,drive=disk{i}{}",
+            serial.unwrap_or_default()
+        ));
     }
     if let Some(nic) = &spec.nic {
         a.extend(nic_args(nic));
@@ -191,10 +195,12 @@ mod tests {
                 Disk {
                     path: "/i/rootfs.erofs".into(),
                     read_only: true,
+                    serial: None,
                 },
                 Disk {
                     path: "/d/vm1/rw.ext4".into(),
                     read_only: false,
+                    serial: None,
                 },
             ],
             accel,
