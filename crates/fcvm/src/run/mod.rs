@@ -10,6 +10,7 @@
 //! 5. `--rm` semantics: the VM and its directory are removed; the container's code is returned.
 
 pub mod clone;
+pub mod container_log;
 pub mod detach;
 pub mod launch;
 pub mod serve;
