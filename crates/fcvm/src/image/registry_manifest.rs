@@ -6,7 +6,8 @@
 //! chunks, refusing it past [`METADATA_MAX`] (4 MiB, as for configs and archive members:
 //! registries cap manifests at a few MiB). Then as oci-client would: the digest checked
 //! (against the reference's, else the registry's `Docker-Content-Digest`), the schema
-//! version, and a multi-arch index resolved to this host's platform.
+//! version, and a multi-arch index resolved to this host's platform. Errors never quote the
+//! document (`json_problem`).
 
 use oci_client::manifest::{
     OciImageManifest, OciManifest, IMAGE_MANIFEST_LIST_MEDIA_TYPE, IMAGE_MANIFEST_MEDIA_TYPE,
@@ -15,7 +16,7 @@ use oci_client::manifest::{
 use oci_client::secrets::RegistryAuth;
 use oci_client::Reference;
 
-use super::member::{MemberError, METADATA_MAX};
+use super::member::{json_problem, MemberError, METADATA_MAX};
 use super::{ImageError, PullOptions};
 
 /// How to reach the registry: scheme and credentials.
@@ -155,13 +156,15 @@ async fn pull_one(
     struct Versioned {
         schema_version: i32,
     }
-    let v: Versioned = serde_json::from_slice(&body).map_err(|e| invalid(reference, e))?;
+    let v: Versioned =
+        serde_json::from_slice(&body).map_err(|e| invalid(reference, json_problem(&e)))?;
     if v.schema_version != 2 {
         return Err(invalid(
             reference,
             format!("schema version {}", v.schema_version),
         ));
     }
-    let manifest: OciManifest = serde_json::from_slice(&body).map_err(|e| invalid(reference, e))?;
+    let manifest: OciManifest =
+        serde_json::from_slice(&body).map_err(|e| invalid(reference, json_problem(&e)))?;
     Ok((manifest, digest))
 }
