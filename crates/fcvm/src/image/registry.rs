@@ -224,12 +224,17 @@ pub(crate) async fn resolve(
         .map_err(map)?;
     // Not oci-client's pull_image_manifest: it reads a manifest of any size into memory.
     let access = registry_manifest::Access {
-        http: registry_manifest::Access::http_for(reference.registry(), opts),
+        // Plain http exactly where `client` makes oci-client use it.
+        http: match opts.tls_verify {
+            Some(false) => true,
+            None => is_loopback(reference.registry()),
+            Some(true) => false,
+        },
         token,
         auth: &auth,
     };
     let (manifest, digest) =
-        registry_manifest::pull(reference, &access, &super::host_arch()).await?;
+        registry_manifest::pull(reference, &access, super::host_arch()).await?;
     let mut config = Bounded::default();
     let pulled = client
         .pull_blob(reference, &manifest.config, &mut config)

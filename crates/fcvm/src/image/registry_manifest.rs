@@ -17,24 +17,16 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::Reference;
 
 use super::member::{json_problem, MemberError, METADATA_MAX};
-use super::{ImageError, PullOptions};
+use super::ImageError;
 
-/// How to reach the registry: scheme and credentials.
+/// How to reach the registry: scheme and credentials (decided by the caller, as for
+/// oci-client's requests).
 pub(crate) struct Access<'a> {
+    /// Plain http (a loopback registry, or `--tls-verify=false`).
     pub http: bool,
+    /// The bearer token oci-client obtained, if the registry gave one.
     pub token: Option<String>,
     pub auth: &'a RegistryAuth,
-}
-
-impl Access<'_> {
-    /// Plain http exactly where oci-client uses it ([`super::registry`]'s protocol rule).
-    pub fn http_for(registry: &str, opts: &PullOptions) -> bool {
-        match opts.tls_verify {
-            Some(false) => true,
-            None => super::registry::is_loopback(registry),
-            Some(true) => false,
-        }
-    }
 }
 
 /// The image manifest of `reference` and its digest (an index resolved to `arch`).
