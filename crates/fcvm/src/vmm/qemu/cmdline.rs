@@ -225,6 +225,24 @@ mod tests {
     }
 
     #[test]
+    fn extra_disks_carry_their_serial_and_others_none() {
+        let mut s = spec(Accel::Tcg);
+        s.disks.push(Disk {
+            path: "/d/vm1/disk0.img".into(),
+            read_only: false,
+            serial: Some("fcvm-disk0".into()),
+        });
+        let a = args(&s, None).join(" ");
+        assert!(a.contains("-device virtio-blk-device,drive=disk1 "), "{a}");
+        assert!(
+            a.contains(
+                "id=disk2,cache=unsafe -device virtio-blk-device,drive=disk2,serial=fcvm-disk0"
+            ),
+            "{a}"
+        );
+    }
+
+    #[test]
     fn restore_maps_snapshot_ram_private_and_waits_for_state() {
         let mut s = spec(Accel::Tcg);
         s.memory = Memory::File {
