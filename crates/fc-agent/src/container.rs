@@ -10,7 +10,8 @@
 //!    from Prepare on: a restore rewrites them in place without a path lookup or an open,
 //!    each of which costs milliseconds of untranslated kernel code under TCG. The VM's own
 //!    /etc/machine-id is a symlink to the same file;
-//! 5. crun sealed in memory, once per VM ([`crate::crun::seal_once`]).
+//! 5. extra disks (`--disk`) on /run/fcvm/disks/N ([`crate::disks`]);
+//! 6. crun sealed in memory, once per VM ([`crate::crun::seal_once`]).
 //!
 //! The OCI config that `crun` runs it with is written by [`crate::oci`].
 
@@ -44,7 +45,7 @@ pub fn find_disks(sys_block: &Path) -> (Option<String>, Option<String>) {
         .map(|d| {
             d.flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with("vd"))
+                .filter(|n| n.starts_with("vd") && !crate::disks::is_extra(sys_block, n))
                 .collect()
         })
         .unwrap_or_default();
@@ -127,6 +128,11 @@ pub fn prepare(plan: &ContainerPlan) -> Result<()> {
         MsFlags::empty(),
         Some("lowerdir=/mnt/image,upperdir=/mnt/rw/upper,workdir=/mnt/rw/work"),
     )?;
+    // Extra disks (`--disk`), before the container is created: its config binds them.
+    crate::disks::mount(&plan.disks, |dev, at| {
+        let opts = Some("noinit_itable,no_prefetch_block_bitmaps");
+        do_mount(dev, at, "ext4", MsFlags::empty(), opts)
+    })?;
     PREPARED.store(true, Ordering::SeqCst);
     crate::crun::seal_once();
     if let Some(n) = &plan.network {

@@ -87,6 +87,8 @@ pub enum Error {
     NoImageDisk,
     #[error("No writable disk found")]
     NoWritableDisk,
+    #[error("No disk with serial {0} (for {1})")]
+    NoExtraDisk(String, String),
     #[error("No {0}: the VM has no network device")]
     NoInterface(&'static str),
     #[error("Bad address {0:?}")]

@@ -14,6 +14,7 @@ mod console;
 mod container;
 mod credit;
 mod crun;
+mod disks;
 mod error;
 mod fs;
 mod init;

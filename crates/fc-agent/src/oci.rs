@@ -163,6 +163,9 @@ pub fn spec(p: &ProcConfig) -> Result<Spec> {
             &["rbind", "rprivate"],
         )?);
     }
+    for (src, dest) in crate::disks::binds() {
+        mounts.push(mnt(dest, "bind", src, &["rbind", "rprivate"])?);
+    }
     let namespaces = [
         LinuxNamespaceType::Pid,
         LinuxNamespaceType::Ipc,

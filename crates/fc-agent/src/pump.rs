@@ -151,6 +151,10 @@ pub fn pump(stream: &Stream, mut fds: Vec<(OwnedFd, bool)>, status_rx: Receiver<
         .unwrap_or_else(Instant::now)
         .saturating_duration_since(stream.t0)
         .as_micros() as u64;
+    if stream.target == Target::Container {
+        // The host stops the VM once told: what the container wrote must be on its disks.
+        crate::disks::flush();
+    }
     stream.send(Msg::Exit { code, run_us });
     stream.finish();
     if let Some(p) = &stream.pidfile {

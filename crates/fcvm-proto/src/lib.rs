@@ -65,7 +65,8 @@ use serde::{Deserialize, Serialize};
 /// the Hello exchange. 5: output flow control (`Credit` host → agent, [`INITIAL_OUTPUT_CREDIT`]).
 /// 6: `privileged` in [`ContainerPlan`] and [`ProcessSpec`], `ProcessSpec.detach`; file
 /// operations (`FsRequest`, `FsReply`, `FsError`). 7: watches (`FsOp::Watch`, `WatchEvents`,
-/// `Unwatch`) and the VM's metrics (`FsOp::Metrics`).
+/// `Unwatch`), the VM's metrics (`FsOp::Metrics`) and
+/// `ContainerPlan.disks` (`--disk`).
 pub const PROTOCOL_VERSION: u32 = 7;
 
 /// The `PATH` of a process whose environment sets none (podman's default), on both sides.
@@ -329,6 +330,18 @@ pub struct ContainerPlan {
     /// `--privileged`: the container (warm or not) gets every capability, the VM's devices,
     /// no masked paths and a writable /sys (the VM is the boundary).
     pub privileged: bool,
+    /// Extra disks (`--disk`): each an ext4 the agent mounts and bind-mounts into the
+    /// container, found by its virtio serial.
+    pub disks: Vec<DiskMount>,
+}
+
+/// One extra disk of [`ContainerPlan::disks`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskMount {
+    /// The virtio-blk serial the host gave the disk (`/sys/block/vd*/serial` in the guest).
+    pub serial: String,
+    /// Absolute mount point inside the container.
+    pub guest: String,
 }
 
 /// How the agent configures the VM's network interface (no DHCP client in the guest).

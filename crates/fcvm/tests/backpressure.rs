@@ -8,6 +8,8 @@
 //!    that starts reading gets every byte: credit flows again after a stall.
 //! 2. `fcvm podman run … -- sh -c 'cat /dev/zero'` with stdout a pipe nobody reads: `fcvm
 //!    exec` still works, and SIGTERM to the owner ends it and its QEMU; nothing is left.
+//! 3. A run at debug level whose stderr is a full pipe nobody reads still runs and exits:
+//!    fcvm's own log lines go through a bounded, lossy queue.
 
 #![allow(
     clippy::print_stdout,
@@ -180,4 +182,36 @@ fn an_owner_whose_stdout_stalls_still_serves_and_stops_on_sigterm() {
     let code = owner.wait().unwrap().code();
     assert_eq!(code, Some(137));
     assert_gone(&vm.name, Some(&vm.id));
+}
+
+/// fcvm's own log lines never block a VM's owner: with its stderr a pipe that is already
+/// full and that nobody reads, a run at debug level (many lines) still runs its container,
+/// prints its output and exits with its code (the lines that did not fit are dropped).
+#[test]
+fn a_stalled_stderr_does_not_block_the_owner() {
+    let (r, w) = nix::unistd::pipe().unwrap();
+    // Fill the pipe, then hand it over blocking: any write fcvm makes to it would wait.
+    nix::fcntl::fcntl(
+        w.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )
+    .unwrap();
+    let chunk = [b'.'; 4096];
+    while nix::unistd::write(&w, &chunk).is_ok() {}
+    nix::fcntl::fcntl(
+        w.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
+    )
+    .unwrap();
+    let child = fcvm()
+        .args(["-vv", "podman", "run", IMG, "--", "echo", "through"])
+        .env("FCVM_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(w))
+        .spawn()
+        .unwrap();
+    let out = wait_output(child, LIMIT, &["podman", "run", "with a stalled stderr"]);
+    drop(r);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(text(&out.stdout), "through\n");
 }

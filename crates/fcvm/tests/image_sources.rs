@@ -511,3 +511,63 @@ async fn registry_credentials() {
     std::env::remove_var("REGISTRY_AUTH_FILE");
     assert_busybox(&got.unwrap());
 }
+
+/// A hostile registry on loopback: `/v2/` answers, and every manifest request gets 64 MiB of
+/// blanks (no length given). fcvm stops reading past 4 MiB and says so; nothing is kept.
+#[tokio::test]
+async fn an_endless_registry_manifest_is_refused_at_its_bound() {
+    quiet();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = served.clone();
+    std::thread::spawn(move || {
+        use std::io::{BufRead, BufReader, Write};
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut line = String::new();
+            let mut r = BufReader::new(conn.try_clone().unwrap());
+            let _ = r.read_line(&mut line);
+            loop {
+                let mut h = String::new();
+                if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                    break;
+                }
+            }
+            if line.contains("/manifests/") {
+                let head = "HTTP/1.1 200 OK\r\nContent-Type: \
+                            application/vnd.oci.image.manifest.v1+json\r\nConnection: close\r\n\r\n";
+                let _ = conn.write_all(head.as_bytes());
+                let blank = vec![b' '; 1 << 20];
+                for _ in 0..64 {
+                    if conn.write_all(&blank).is_err() {
+                        break;
+                    }
+                    counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            } else {
+                let _ = conn.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+                );
+            }
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let dirs = Dirs::new(dir.path());
+    let e = prepare(
+        &dirs,
+        &format!("127.0.0.1:{port}/hostile:latest"),
+        &PullOptions::default(),
+    )
+    .await
+    .unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("manifest") && msg.contains("larger than 4 MiB"),
+        "{msg}"
+    );
+    // It stopped reading soon after the bound (the server's socket buffers take a few more).
+    let sent = served.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(sent < 32, "{sent} MiB sent before fcvm stopped");
+    assert_eq!(entries(&dirs.images()), 0);
+}

@@ -7,6 +7,7 @@
 //! disk, logs and sockets; the snapshot; the image) grants nothing to group or others, and an
 //! unprivileged user (uid 65534) can open, list or connect to nothing under the data
 //! directory. The probe is this test binary itself, re-run as that user on a list of paths.
+//! Also: a detached run's log is capped whatever its container prints.
 
 #![allow(
     clippy::print_stdout,
@@ -229,4 +230,44 @@ fn nothing_under_the_data_dir_is_reachable_by_another_user() {
     assert!(out.status.success(), "{}", text_of(&out));
     let out = run(&["snapshot", "rm", &snap], Duration::from_secs(60));
     assert!(out.status.success(), "{}", text_of(&out));
+}
+
+/// A detached run's `container.log` is capped (docs/run.md): a container that prints 20 MB
+/// leaves at most 8 MiB in `container.log` and 8 MiB in `container.log.1`, and `fcvm logs`
+/// still ends with its last line.
+#[test]
+fn a_detached_runs_log_is_capped_and_rotated() {
+    let n = name("logcap");
+    let out = run(
+        &[
+            "podman",
+            "run",
+            "-d",
+            "--name",
+            &n,
+            "builtin:busybox",
+            "sh",
+            "-c",
+            "head -c 20000000 /dev/zero | tr '\\0' x; echo; echo the-end; sleep 100000",
+        ],
+        BOOT,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let id = text(&out.stdout).trim().to_string();
+    let logs = || run(&["logs", &n], Duration::from_secs(60)).stdout;
+    wait_for("the container's last line", BOOT, || {
+        logs().ends_with(b"the-end\n")
+    });
+    let dir = data_dir().join("vms").join(&id);
+    let size = |f: &str| std::fs::metadata(dir.join(f)).map(|m| m.len()).unwrap_or(0);
+    let (now, old) = (size("container.log"), size("container.log.1"));
+    let printed = logs().len() as u64;
+    let _ = run(&["rm", "--force", &n], Duration::from_secs(60));
+    assert!(now <= 8 << 20, "container.log has {now} bytes");
+    assert!(old > 0 && old <= 8 << 20, "container.log.1 has {old} bytes");
+    // Both files, oldest first.
+    assert!(
+        printed > 8 << 20 && printed <= 16 << 20,
+        "fcvm logs printed {printed} bytes"
+    );
 }

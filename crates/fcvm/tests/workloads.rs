@@ -7,7 +7,12 @@
 //! returns at once, printing nothing, while its process runs on (seen by a later exec), and a
 //! command that cannot start is still its error; `--env-file` entries reach run and exec,
 //! with `-e` winning; `--label` is kept in the VM's state, shown by `ls` and matched by its
-//! `--filter label=KEY[=VALUE]` (all filters at once).
+//! `--filter label=KEY[=VALUE]` (all filters at once). `--disk`: a SIZE disk is mounted at
+//! its mount point with its size, fresh on every run (also one restored from the image-cache
+//! snapshot); a PATH disk's writes are in the host file after the run; a snapshot of a VM
+//! with disks carries their data into each clone, every clone writing only its own copy;
+//! bad specs exit 125 leaving nothing. A clone's labels are its snapshot's, `snapshot run
+//! --label` adding and overriding.
 
 mod common;
 
@@ -316,4 +321,226 @@ fn labels_are_listed_and_filtered() {
     let out = run(&["podman", "run", "--label", "=x", IMG, "true"], LIMIT);
     assert_eq!(out.status.code(), Some(125));
     assert!(text(&out.stderr).contains("--label"));
+}
+
+/// `df -m DIR`'s size column, for each line of `out` that `df -m DIR | tail -1` printed.
+fn df_sizes(out: &str) -> Vec<u64> {
+    out.lines()
+        .filter(|l| l.contains('%'))
+        .map(|l| l.split_whitespace().nth(1).unwrap().parse().expect(l))
+        .collect()
+}
+
+/// SIZE disks: mounted where asked with their size, writable, and fresh on every run — the
+/// second run restores the image-cache snapshot the first saved (the disks are part of its
+/// key) and gets that snapshot's untouched copy.
+#[test]
+fn size_disks_appear_at_their_mount_points_with_their_sizes() {
+    let cmd = "df -m /mnt/disk0 | tail -1; df -m /data | tail -1; ls /data; \
+               echo written > /data/f && cat /data/f";
+    for round in 0..2 {
+        let (code, out, err) = run_ok(&[
+            "podman",
+            "run",
+            "--disk",
+            "256M",
+            "--disk",
+            "64M:/data",
+            IMG,
+            "sh",
+            "-c",
+            cmd,
+        ]);
+        assert_eq!(code, 0, "round {round}: {err}");
+        let sizes = df_sizes(&out);
+        assert_eq!(sizes.len(), 2, "{out}");
+        assert!((200..=256).contains(&sizes[0]), "{out}");
+        assert!((40..=64).contains(&sizes[1]), "{out}");
+        // A fresh ext4 lists only lost+found: nothing of the previous run.
+        assert!(
+            out.contains("lost+found\nwritten\n"),
+            "round {round}: {out}"
+        );
+    }
+}
+
+fn mkfs(path: &std::path::Path, size: &str) {
+    std::fs::File::create(path).unwrap();
+    let st = std::process::Command::new("mkfs.ext4")
+        .args(["-q", "-F"])
+        .arg(path)
+        .arg(size)
+        .status()
+        .expect("mkfs.ext4");
+    assert!(st.success());
+}
+
+/// `debugfs -R 'cat FILE' IMG`: a file of an ext4 image, read on the host without mounting.
+fn debugfs_cat(img: &std::path::Path, file: &str) -> String {
+    let out = std::process::Command::new("debugfs")
+        .args(["-R", &format!("cat {file}")])
+        .arg(img)
+        .output()
+        .expect("debugfs");
+    text(&out.stdout)
+}
+
+/// A PATH disk is the host file itself: what the container wrote is in it after the run
+/// (the agent flushes the disk's journal before it reports the exit).
+#[test]
+fn path_disk_writes_are_in_the_host_file_after_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("data.ext4");
+    mkfs(&img, "32M");
+    let spec = format!("{}:/data", img.display());
+    let (code, out, err) = run_ok(&[
+        "podman",
+        "run",
+        "--disk",
+        &spec,
+        IMG,
+        "sh",
+        "-c",
+        "echo hello from the vm > /data/greeting; mkdir /data/d; echo 2 > /data/d/two; ls /data",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("greeting"), "{out}");
+    assert_eq!(debugfs_cat(&img, "/greeting"), "hello from the vm\n");
+    assert_eq!(debugfs_cat(&img, "/d/two"), "2\n");
+    // And a second run sees them.
+    let (code, out, err) = run_ok(&[
+        "podman",
+        "run",
+        "--disk",
+        &spec,
+        IMG,
+        "cat",
+        "/data/greeting",
+    ]);
+    assert_eq!((code, out.as_str()), (0, "hello from the vm\n"), "{err}");
+}
+
+/// A snapshot of a VM with a SIZE and a PATH disk: data written before it is in every clone;
+/// each clone writes its own copy (not the source's, not the host file, not another clone's).
+#[test]
+fn disks_are_carried_by_snapshots_into_each_clone() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("data.ext4");
+    mkfs(&img, "32M");
+    let spec = format!("{}:/data", img.display());
+    let vm = Running::start("dsnap", &["--disk", "64M", "--disk", &spec]);
+    let (code, _, err) = vm.exec(&[
+        "sh",
+        "-c",
+        "echo before > /mnt/disk0/a && echo before > /data/b",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let tag = name("dsnap-tag");
+    let (code, _, err) = run_ok(&["snapshot", "create", &vm.name, "--tag", &tag]);
+    assert_eq!(code, 0, "{err}");
+    let show = "cat /mnt/disk0/a /data/b; ls /mnt/disk0 /data | tr '\\n' ' '; echo; \
+                echo clone > /mnt/disk0/c; echo clone > /data/c";
+    for i in 0..2 {
+        let (code, out, err) = run_ok(&["snapshot", "run", &tag, "--exec", show]);
+        assert_eq!(code, 0, "clone {i}: {err}");
+        assert!(out.starts_with("before\nbefore\n"), "clone {i}: {out}");
+        assert!(
+            !out.contains(" c "),
+            "clone {i} saw another clone's file: {out}"
+        );
+    }
+    let (_, out, _) = vm.exec(&["ls", "/mnt/disk0", "/data"]);
+    assert!(
+        !out.lines().any(|l| l == "c"),
+        "a clone wrote to its source's disks: {out}"
+    );
+    // Stopped as Ctrl-C would (`rm --force` kills the owner outright): the container's exit
+    // flushes the disk into the host file.
+    let mut vm = vm;
+    let mut owner = vm.owner.take().unwrap();
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(owner.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    assert!(owner.wait().unwrap().code().is_some());
+    assert_gone(&vm.name, None);
+    assert_eq!(debugfs_cat(&img, "/b"), "before\n");
+    assert_eq!(
+        debugfs_cat(&img, "/c"),
+        "",
+        "a clone wrote to the host file"
+    );
+    let (code, _, err) = run_ok(&["snapshot", "rm", &tag]);
+    assert_eq!(code, 0, "{err}");
+}
+
+#[test]
+fn bad_disk_specs_exit_125_and_create_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    let missing = format!("{d}/missing.img");
+    for (i, bad) in [
+        vec!["--disk", "0"],
+        vec!["--disk", &missing],
+        vec!["--disk", "1G:relative/path"],
+        vec!["--disk", &d],
+        vec!["--disk", "/dev/null"],
+        vec!["--disk", "1G:/x", "--disk", "2G:/x"],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let n = name(&format!("baddisk{i}"));
+        let mut args = vec!["podman", "run", "--name", &n];
+        args.extend_from_slice(&bad);
+        args.extend_from_slice(&[IMG, "true"]);
+        let out = run(&args, Duration::from_secs(60));
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(125), "{bad:?}: {err}");
+        assert!(err.contains("--disk"), "{bad:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{bad:?}: {err}");
+        assert!(vm(&n).is_none(), "{bad:?} left a VM record");
+    }
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+/// A clone's labels are its snapshot's (the source VM's), `snapshot run --label` adding to
+/// them and winning on a key both have, as podman's `run --label` does over an image's.
+#[test]
+fn clones_inherit_and_override_their_snapshots_labels() {
+    let vm = Running::start("lsrc", &["--label", "app=web", "--label", "tier=front"]);
+    let tag = name("lsrc-tag");
+    let (code, _, err) = run_ok(&["snapshot", "create", &vm.name, "--tag", &tag]);
+    assert_eq!(code, 0, "{err}");
+    let clone = name("lclone");
+    let mut owner = fcvm()
+        .args(["snapshot", "run", &tag, "--name", &clone])
+        .args(["--label", "app=api", "-l", "extra"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_running(&mut owner, &clone);
+    let labels = vm_labels(&clone);
+    let _ = run(&["rm", "--force", &clone], LIMIT);
+    let _ = owner.wait();
+    assert_eq!(
+        labels,
+        serde_json::json!({"app": "api", "tier": "front", "extra": ""})
+    );
+    let picked = ls_names(&["--filter", "label=tier=front"]);
+    assert!(picked.contains(&vm.name), "{picked:?}");
+    let out = run(
+        &["snapshot", "run", &tag, "--label", "=x", "--exec", "true"],
+        LIMIT,
+    );
+    assert_eq!(out.status.code(), Some(125));
+    assert!(text(&out.stderr).contains("--label"));
+    drop(vm);
+    let (code, _, err) = run_ok(&["snapshot", "rm", &tag]);
+    assert_eq!(code, 0, "{err}");
+}
+
+fn vm_labels(name: &str) -> serde_json::Value {
+    vm(name).expect("listed")["labels"].clone()
 }

@@ -31,6 +31,7 @@ mod limits;
 mod member;
 mod reference;
 mod registry;
+mod registry_manifest;
 mod rootfs;
 #[cfg(test)]
 mod testutil;

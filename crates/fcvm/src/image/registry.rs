@@ -1,8 +1,8 @@
 //! Registry pulls over the OCI distribution API, with the oci-client crate.
 //!
-//! 1. [`resolve`]: manifest (a multi-arch index resolves to linux/(host arch)) and config; both
-//!    are digest-checked by oci-client, the config is bounded (4 MiB). That is enough to hit
-//!    the cache.
+//! 1. [`resolve`]: manifest (a multi-arch index resolves to linux/(host arch)) and config,
+//!    both digest-checked and bounded (4 MiB; the manifest read by fcvm itself,
+//!    [`super::registry_manifest`]). That is enough to hit the cache.
 //! 2. [`Remote::fetch_layers`] (only on a cache miss): each missing blob is streamed to a temp
 //!    file in `blobs/sha256/`, verified, and renamed into place, so a blob there is always whole.
 //!
@@ -24,6 +24,7 @@ use oci_client::{Client, Reference};
 use tokio::io::AsyncWriteExt;
 
 use super::member::{MemberError, METADATA_MAX};
+use super::registry_manifest;
 use super::{sha256_hex_of, ImageError, LayerBlob, PullOptions, Resolved};
 use crate::paths::Dirs;
 
@@ -217,14 +218,23 @@ pub(crate) async fn resolve(
         None => RegistryAuth::Anonymous,
     };
     let map = |e| map_err(e, reference);
-    client
+    let token = client
         .auth(reference, &auth, oci_client::RegistryOperation::Pull)
         .await
         .map_err(map)?;
-    let (manifest, digest) = client
-        .pull_image_manifest(reference, &auth)
-        .await
-        .map_err(map)?;
+    // Not oci-client's pull_image_manifest: it reads a manifest of any size into memory.
+    let access = registry_manifest::Access {
+        // Plain http exactly where `client` makes oci-client use it.
+        http: match opts.tls_verify {
+            Some(false) => true,
+            None => is_loopback(reference.registry()),
+            Some(true) => false,
+        },
+        token,
+        auth: &auth,
+    };
+    let (manifest, digest) =
+        registry_manifest::pull(reference, &access, super::host_arch()).await?;
     let mut config = Bounded::default();
     let pulled = client
         .pull_blob(reference, &manifest.config, &mut config)

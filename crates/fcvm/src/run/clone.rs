@@ -24,6 +24,9 @@ pub struct CloneOptions {
     pub exec: Option<String>,
     pub network: NetworkOptions,
     pub health: crate::health::HealthFlags,
+    /// `--label K=V`: added to the snapshot's labels (a key given here wins), as podman
+    /// adds `run --label` to the image's.
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 pub async fn run_clone(dirs: &Dirs, o: CloneOptions) -> Result<i32> {
@@ -86,8 +89,17 @@ pub async fn run_clone(dirs: &Dirs, o: CloneOptions) -> Result<i32> {
         nic: None,
         container_env: m.container_env.clone(),
         prefetch: vec![],
-        // Only a cold boot makes the disk and the container: a clone has both already.
-        shape: Default::default(),
+        // Only a cold boot makes the disk and the container: a clone has both already, and
+        // its extra disks are copies of the snapshot's (its own snapshots copy them on).
+        shape: super::Shape {
+            disks: (m.disks.iter())
+                .map(|d| crate::disks::DiskPlan {
+                    source: crate::disks::DiskSource::Restored,
+                    guest: d.guest.clone(),
+                })
+                .collect(),
+            ..Default::default()
+        },
     };
     let vmdir = VmDir::new(dirs, &id);
     let guard = DirGuard(vmdir.clone());
@@ -96,6 +108,8 @@ pub async fn run_clone(dirs: &Dirs, o: CloneOptions) -> Result<i32> {
     facts.nic = net.nic.clone();
     let mut state = new_state(&id, &name, &facts);
     state.network = Some(net.info.clone());
+    state.labels = m.labels.clone();
+    state.labels.extend(o.labels.clone());
     let launched = restore_as(&sdir, &m, &vmdir, &mut state, &net, &name).await?;
 
     let code = match &o.exec {

@@ -7,7 +7,8 @@
 //!    [`READY_ENV`].
 //! 2. The owner runs as usual. Once the VM is running (exec socket up, state written) it
 //!    calls [`report_ready`]: its stdout and stderr move to `vms/<id>/container.log` (where
-//!    the container's output then goes, for `fcvm logs`) and the id goes down the ready pipe.
+//!    the container's output then goes, for `fcvm logs`; capped and rotated by
+//!    [`super::container_log`]) and the id goes down the ready pipe.
 //! 3. [`spawn`] prints that id and returns 0; if the pipe closes without one, the owner has
 //!    failed and its exit code (and the messages already relayed) are the command's.
 //!
@@ -26,8 +27,8 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 /// Set in the owner's environment: the fd of the ready pipe.
 pub const READY_ENV: &str = "FCVM_DETACHED_READY_FD";
-/// The container's output of a detached run, in its VM directory.
-pub const LOG_FILE: &str = "container.log";
+/// The container's output of a detached run, in its VM directory (capped and rotated).
+pub use super::container_log::LOG_FILE;
 const READY_FD: RawFd = 3;
 
 /// The ready fd, if this process is a detached owner.
@@ -137,16 +138,10 @@ pub fn claim_ready_fd() -> Option<RawFd> {
 /// In the detached owner, once the VM runs: output to the VM's log file, the id to the
 /// waiting command.
 pub fn report_ready(fd: RawFd, vmdir: &Path, id: &str) -> std::io::Result<()> {
-    let log = crate::owner_only::append_file(&vmdir.join(LOG_FILE))?;
-    // SAFETY: dup2 onto our own stdout/stderr; `fd` is the ready pipe we were given and is
-    // used (and closed) only here.
-    unsafe {
-        if libc::dup2(log.as_raw_fd(), 1) < 0 || libc::dup2(log.as_raw_fd(), 2) < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let mut ready = std::fs::File::from(OwnedFd::from_raw_fd(fd));
-        ready.write_all(format!("{id}\n").as_bytes())
-    }
+    super::container_log::redirect_output(vmdir)?;
+    // SAFETY: `fd` is the ready pipe we were given and is used (and closed) only here.
+    let mut ready = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    ready.write_all(format!("{id}\n").as_bytes())
 }
 
 fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {

@@ -189,16 +189,21 @@ async fn cold_boot(
         initramfs: facts.assets.initramfs.clone(),
         cpus: facts.cpus,
         mem_mib: facts.mem_mib,
-        disks: vec![
+        disks: [
             Disk {
                 path: facts.rootfs.clone(),
                 read_only: true,
+                serial: None,
             },
             Disk {
                 path: rw,
                 read_only: false,
+                serial: None,
             },
-        ],
+        ]
+        .into_iter()
+        .chain(extra_disks(vmdir, facts)?)
+        .collect(),
         accel: facts.accel,
         nic: net.nic.clone(),
         memory: Memory::File {
@@ -235,6 +240,12 @@ async fn cold_boot(
             .unwrap_or_default()
             .to_string(),
         privileged: facts.shape.privileged,
+        disks: (facts.shape.disks.iter().enumerate())
+            .map(|(i, d)| fcvm_proto::DiskMount {
+                serial: crate::disks::serial(i),
+                guest: d.guest.clone(),
+            })
+            .collect(),
     };
     session
         .request(Msg::Prepare(plan), BOOT_TIMEOUT, |m| match m {
@@ -252,4 +263,24 @@ async fn cold_boot(
         t_hello,
         t_ready: t0.elapsed(),
     })
+}
+
+/// The extra disks (`--disk`) of a cold boot: a SIZE disk made now in the VM directory (as
+/// the writable layer), a PATH disk used in place; each with the serial the agent finds it by.
+fn extra_disks(vmdir: &VmDir, facts: &Facts) -> Result<Vec<Disk>> {
+    let records = crate::disks::DiskRecord::of(&facts.shape.disks);
+    let mut out = vec![];
+    for (i, (d, r)) in facts.shape.disks.iter().zip(records).enumerate() {
+        let path = r.path_in(&vmdir.path);
+        if let crate::disks::DiskSource::Size(mib) = d.source {
+            super::make_rw_disk(&path, mib)
+                .with_context(|| format!("Cannot make --disk {}", d.guest))?;
+        }
+        out.push(Disk {
+            path,
+            read_only: false,
+            serial: Some(crate::disks::serial(i)),
+        });
+    }
+    Ok(out)
 }

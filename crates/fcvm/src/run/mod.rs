@@ -10,6 +10,7 @@
 //! 5. `--rm` semantics: the VM and its directory are removed; the container's code is returned.
 
 pub mod clone;
+pub mod container_log;
 pub mod detach;
 pub mod launch;
 pub mod serve;
@@ -78,6 +79,8 @@ pub struct Shape {
     /// `--privileged`: the container, warm or not, is prepared with every capability and
     /// device, so a privileged run must never restore an unprivileged one (or the reverse).
     pub privileged: bool,
+    /// Extra disks (`--disk`): attached at boot, mounted before the container is created.
+    pub disks: Vec<crate::disks::DiskPlan>,
 }
 
 impl Default for Shape {
@@ -85,6 +88,7 @@ impl Default for Shape {
         Shape {
             rw_disk_mib: DEFAULT_RW_DISK_MIB,
             privileged: false,
+            disks: vec![],
         }
     }
 }
@@ -131,7 +135,8 @@ pub struct Facts {
 impl Facts {
     /// The image-cache key: everything that shapes the VM before the user's process starts.
     pub fn cache_key(&self) -> String {
-        snapshot::cache_key(&[
+        let disks = crate::disks::key_part(&self.shape.disks);
+        let parts: [&str; 11] = [
             &self.image_digest,
             &self.assets.kernel_id,
             &self.assets.initramfs_id,
@@ -149,7 +154,10 @@ impl Facts {
             } else {
                 ""
             },
-        ])
+        ];
+        // Without disks the key is what it was before `--disk` existed.
+        let parts: Vec<&str> = parts.into_iter().chain(disks.as_deref()).collect();
+        snapshot::cache_key(&parts)
     }
 
     /// The startup-snapshot key: the image-cache key plus everything that shapes the running
@@ -190,6 +198,8 @@ impl Facts {
             container_running: running,
             container_env: self.container_env.clone(),
             files: vec![],
+            disks: crate::disks::DiskRecord::of(&self.shape.disks),
+            labels: Default::default(),
         }
     }
 }
@@ -293,8 +303,10 @@ pub async fn run(dirs: &Dirs, opts: RunOptions) -> Result<i32> {
     let hostname = opts.hostname.clone().unwrap_or_else(|| name.clone());
 
     // With --health-check, a startup snapshot (taken once the app was first healthy) brings
-    // the app back already running; else the image-cache snapshot, else a cold boot.
-    let startup = match (&opts.health.check_url, opts.no_snapshot) {
+    // the app back already running; else the image-cache snapshot, else a cold boot. A disk
+    // that is a host file is data no earlier snapshot holds: such a run takes neither.
+    let no_snapshot = opts.no_snapshot || crate::disks::has_file(&opts.shape.disks);
+    let startup = match (&opts.health.check_url, no_snapshot) {
         (Some(url), false) => Some(snapshot::startup_name(&facts.startup_key(&spec, url))),
         _ => None,
     };
@@ -314,7 +326,7 @@ pub async fn run(dirs: &Dirs, opts: RunOptions) -> Result<i32> {
                 &facts,
                 &net,
                 &hostname,
-                !opts.no_snapshot,
+                !no_snapshot,
             )
             .await?;
             (l, Some(spec), startup)

@@ -64,7 +64,7 @@ pub async fn serve(s: Serving<'_>) -> Result<i32> {
         &s.vmdir.path.join(exec_server::EXEC_SOCK),
         session.clone(),
         s.facts.container_env.clone(),
-        Some(snapshotter(s.dirs, s.vmdir, s.facts, &name, vm.clone())),
+        Some(snapshotter(s.dirs, s.vmdir, s.facts, &state, vm.clone())),
     )
     .context("Cannot open the exec socket")?;
     // Only now do `fcvm ls` and `fcvm exec` see it running: its exec socket already listens.
@@ -167,18 +167,21 @@ fn snapshotter(
     dirs: &Dirs,
     vmdir: &VmDir,
     facts: &Facts,
-    vm_name: &str,
+    state: &VmState,
     vm: Arc<dyn crate::vmm::Vmm>,
 ) -> Snapshotter {
-    let (dirs, dir, facts, vm_name) = (
+    let (dirs, dir, facts, vm_name, labels) = (
         dirs.clone(),
         vmdir.path.clone(),
         facts.clone(),
-        vm_name.to_string(),
+        state.name.clone(),
+        state.labels.clone(),
     );
     Arc::new(move |snap: String| {
         let (dirs, dir, vm) = (dirs.clone(), dir.clone(), vm.clone());
-        let m = facts.manifest(&snap, SnapshotKind::User, &vm_name, true);
+        let mut m = facts.manifest(&snap, SnapshotKind::User, &vm_name, true);
+        // Its clones' labels, as an image's labels are its containers' in podman.
+        m.labels = labels.clone();
         let nic = facts.nic.clone();
         Box::pin(async move {
             crate::snapshot::create::create(&dirs, &*vm, &dir, m, nic.as_ref(), &crate::vmm::boot)

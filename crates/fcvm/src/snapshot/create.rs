@@ -3,7 +3,8 @@
 //! 1. lock the snapshot's name (two writers never interleave);
 //! 2. pause the VM; save its device state into a temp directory ([`StateScope::Devices`]:
 //!    RAM is not in the stream, it is the VM's RAM file);
-//! 3. while the VM is paused, copy its RAM file and writable disk (reflink or sparse copy):
+//! 3. while the VM is paused, copy its RAM file, writable disk and extra disks (reflink or
+//!    sparse copy):
 //!    the VM goes on writing into its own files after it resumes, the snapshot's stay frozen;
 //! 4. resume (on every path: a failed snapshot never leaves the VM paused);
 //! 5. write the manifest and rename the directory into place (replacing an older snapshot of
@@ -49,7 +50,7 @@ pub async fn create(
 
     let own_ram = vm_dir.join(RAM_FILE).exists();
     vm.pause().await.map_err(vmm_err("pausing the VM"))?;
-    let saved = save_paused(vm, vm_dir, tmp.path(), &name, own_ram).await;
+    let saved = save_paused(vm, vm_dir, &m.disks, tmp.path(), &name, own_ram).await;
     // On every path: a failed snapshot never leaves the VM paused.
     let resumed = vm.resume().await.map_err(vmm_err("resuming the VM"));
     saved?;
@@ -58,8 +59,13 @@ pub async fn create(
         super::rehydrate::rehydrate(tmp.path(), &m, nic, boot).await?;
     }
 
-    m.files = vec![];
-    for (f, sum) in [(DEVSTATE, true), (RAM_FILE, false), (RW_DISK, false)] {
+    let disks = m.disks.iter().map(|d| (d.file.as_str(), false));
+    let files: Vec<(&str, bool)> = [(DEVSTATE, true), (RAM_FILE, false), (RW_DISK, false)]
+        .into_iter()
+        .chain(disks)
+        .collect();
+    let mut sums = vec![];
+    for (f, sum) in files {
         let p = tmp.path().join(f);
         let size = std::fs::metadata(&p).map_err(io_err(&p))?.len();
         let sha256 = if sum {
@@ -67,12 +73,13 @@ pub async fn create(
         } else {
             None
         };
-        m.files.push(FileSum {
+        sums.push(FileSum {
             name: f.into(),
             size,
             sha256,
         });
     }
+    m.files = sums;
     let mpath = tmp.path().join(MANIFEST);
     crate::util::write_atomic(&mpath, &serde_json::to_vec_pretty(&m).expect("manifest"))
         .map_err(io_err(&mpath))?;
@@ -84,6 +91,7 @@ pub async fn create(
 async fn save_paused(
     vm: &dyn Vmm,
     vm_dir: &Path,
+    disks: &[crate::disks::DiskRecord],
     out: &Path,
     name: &str,
     own_ram: bool,
@@ -103,8 +111,11 @@ async fn save_paused(
     } else {
         &[RW_DISK]
     };
-    for f in files {
-        let (src, dst) = (vm_dir.join(f), out.join(f));
+    let files = files.iter().map(|f| (vm_dir.join(f), out.join(f)));
+    // Extra disks too (a PATH disk from its host file): a snapshot and its clones never
+    // write to the source VM's.
+    let disks = disks.iter().map(|d| (d.path_in(vm_dir), out.join(&d.file)));
+    for (src, dst) in files.chain(disks) {
         tokio::task::spawn_blocking(move || {
             crate::util::copy_sparse(&src, &dst).map_err(|e| (dst, e))
         })

@@ -9,6 +9,7 @@
 //!   devstate        QEMU migration stream of the devices (x-ignore-shared: no RAM inside)
 //!   ram             guest RAM, mapped copy-on-write (share=off) by every restore and clone
 //!   rw.ext4         the container's writable disk, copied (sparse/reflink) per restore
+//!   disk<N>.img     extra disks (`--disk`), copied per restore likewise
 //! ```
 //!
 //! Kinds: `image-cache` (taken right after the container's root is prepared, before the user's
@@ -141,12 +142,18 @@ pub struct Manifest {
     /// The container's environment, for execs into restored VMs.
     pub container_env: Vec<String>,
     pub files: Vec<FileSum>,
+    /// Extra disks (`--disk`), in device order: each a file beside `rw.ext4`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disks: Vec<crate::disks::DiskRecord>,
+    /// The source VM's labels (`--label`): a clone's, unless `snapshot run --label` overrides.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 impl Manifest {
     /// The VM this snapshot was taken of, as a spec to start a VM with the same devices:
-    /// image disk, writable disk `rw`, RAM from `memory`, the NIC `nic`, waiting for its
-    /// state.
+    /// image disk, writable disk `rw` (the extra disks' files beside it), RAM from `memory`,
+    /// the NIC `nic`, waiting for its state.
     pub fn vm_spec(
         &self,
         dir: &Path,
@@ -165,12 +172,26 @@ impl Manifest {
                 crate::vmm::Disk {
                     path: self.rootfs.clone(),
                     read_only: true,
+                    serial: None,
                 },
                 crate::vmm::Disk {
-                    path: rw,
+                    path: rw.clone(),
                     read_only: false,
+                    serial: None,
                 },
-            ],
+            ]
+            .into_iter()
+            .chain(
+                self.disks
+                    .iter()
+                    .enumerate()
+                    .map(|(i, d)| crate::vmm::Disk {
+                        path: rw.with_file_name(&d.file),
+                        read_only: false,
+                        serial: Some(crate::disks::serial(i)),
+                    }),
+            )
+            .collect(),
             accel: self.accel,
             nic,
             memory,

@@ -1,7 +1,7 @@
 //! Bringing a snapshot back as a new VM (docs/design.md §9 chain, §11 memory), through the
 //! [`Vmm`] verbs only:
 //!
-//! 1. the new VM's writable disk: a reflink/sparse copy of the snapshot's;
+//! 1. the new VM's writable disk and extra disks: reflink/sparse copies of the snapshot's;
 //! 2. a VM with the same devices, RAM = the snapshot's RAM file mapped `share=off`
 //!    (copy-on-write: clones share its pages through the page cache), waiting for its state;
 //! 3. load the device state, resume (a restored VM comes up paused: its source was stopped
@@ -39,11 +39,16 @@ pub async fn restore(
     boot: Boot<'_>,
 ) -> Result<Restored, SnapshotError> {
     let rw = vm_dir.join(RW_DISK);
-    let (src, dst) = (snap_dir.join(RW_DISK), rw.clone());
-    tokio::task::spawn_blocking(move || crate::util::copy_sparse(&src, &dst))
+    let files = std::iter::once(RW_DISK.to_string()).chain(m.disks.iter().map(|d| d.file.clone()));
+    for f in files {
+        let (src, dst) = (snap_dir.join(&f), vm_dir.join(&f));
+        tokio::task::spawn_blocking(move || {
+            crate::util::copy_sparse(&src, &dst).map_err(|e| (dst, e))
+        })
         .await
         .expect("copy task")
-        .map_err(super::io_err(&rw))?;
+        .map_err(|(p, e)| SnapshotError::Io(p, e))?;
+    }
     let memory = Memory::File {
         path: snap_dir.join(RAM_FILE),
         shared: false,

@@ -38,6 +38,8 @@ fn manifest(name: &str) -> Manifest {
         container_running: true,
         container_env: vec![],
         files: vec![],
+        disks: vec![],
+        labels: Default::default(),
     }
 }
 
@@ -205,4 +207,63 @@ async fn a_restore_whose_state_does_not_load_quits_its_vm() {
     let Err(e) = r else { panic!("restored") };
     assert!(format!("{e}").contains("load said no"), "{e}");
     assert_eq!(j.entries(), ["restored: load Devices", "restored: quit"]);
+}
+
+#[tokio::test]
+async fn extra_disks_are_copied_into_the_snapshot_and_attached_with_their_serials() {
+    let (t, dirs, vm_dir) = setup(true);
+    std::fs::write(vm_dir.join("disk0.img"), b"made here").unwrap();
+    let host_file = t.path().join("user.img");
+    std::fs::write(&host_file, b"the user's").unwrap();
+    let mut m = manifest("s5");
+    m.disks = vec![
+        crate::disks::DiskRecord {
+            file: "disk0.img".into(),
+            guest: "/mnt/disk0".into(),
+            host: None,
+        },
+        crate::disks::DiskRecord {
+            file: "disk1.img".into(),
+            guest: "/data".into(),
+            host: Some(host_file.clone()),
+        },
+    ];
+    let j = Journal::default();
+    let vm = source(&j, &vm_dir, None);
+    let m = create::create(&dirs, &vm, &vm_dir, m, None, &booter(&j))
+        .await
+        .unwrap();
+    let names: Vec<_> = m.files.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["devstate", "ram", "rw.ext4", "disk0.img", "disk1.img"]
+    );
+    let d = super::dir(&dirs, &nm("s5"));
+    assert_eq!(std::fs::read(d.join("disk0.img")).unwrap(), b"made here");
+    assert_eq!(std::fs::read(d.join("disk1.img")).unwrap(), b"the user's");
+    // The manifest names the files, never the host path.
+    let text = std::fs::read_to_string(d.join(super::MANIFEST)).unwrap();
+    assert!(
+        text.contains("\"/data\"") && !text.contains("user.img"),
+        "{text}"
+    );
+    let back: Manifest = serde_json::from_str(&text).unwrap();
+    assert_eq!(back.disks[1].host, None);
+    let spec = back.vm_spec(
+        &vm_dir,
+        vm_dir.join(RW_DISK),
+        crate::vmm::Memory::Anonymous,
+        None,
+    );
+    let extra: Vec<_> = spec.disks[2..]
+        .iter()
+        .map(|d| (d.path.clone(), d.serial.clone().unwrap(), d.read_only))
+        .collect();
+    assert_eq!(
+        extra,
+        [
+            (vm_dir.join("disk0.img"), "fcvm-disk0".into(), false),
+            (vm_dir.join("disk1.img"), "fcvm-disk1".into(), false),
+        ]
+    );
 }

@@ -103,6 +103,8 @@ pub const CONSOLE_LOG: &str = "console.log";
 pub struct Disk {
     pub path: PathBuf,
     pub read_only: bool,
+    /// The device's serial, which the guest reads to tell it from the others (`--disk`).
+    pub serial: Option<String>,
 }
 
 /// Where guest RAM lives (docs/design.md §10).

@@ -85,12 +85,36 @@ fn main() {
         1 => "info",
         _ => "debug",
     };
+    // A VM's owner (and the API server) lives long and must never block on a stderr that
+    // nobody reads (docs/security.md §7): its log lines go through a bounded queue to a
+    // thread of their own, and are dropped when the queue is full. Short commands write
+    // directly, keeping their lines in order with what they print.
+    let long_lived = matches!(
+        cli.command,
+        Command::Podman { .. } | Command::Snapshot { .. } | Command::Serve(_)
+    );
+    let (writer, log_guard) = if long_lived {
+        let (w, g) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+            .lossy(true)
+            .buffered_lines_limit(1024)
+            .thread_name("fcvm-log")
+            .finish(std::io::stderr());
+        (
+            tracing_subscriber::fmt::writer::BoxMakeWriter::new(w),
+            Some(g),
+        )
+    } else {
+        (
+            tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stderr),
+            None,
+        )
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("FCVM_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_target(false)
         .without_time()
         .init();
@@ -120,6 +144,8 @@ fn main() {
             Command::Serve(a) => commands::serve::run(&dirs, a).await,
         }
     });
+    // The queued log lines first (waiting at most ~1 s for a stalled stderr), then the error.
+    drop(log_guard);
     let code = match result {
         Ok(code) => code,
         Err(e) => {

@@ -104,8 +104,12 @@ pub fn args(spec: &VmSpec, tsc_khz: Option<u64>) -> Vec<String> {
             "file={},format=raw,if=none,id=disk{i},cache=unsafe{ro}",
             opt_path(&d.path)
         ));
+        let serial = d.serial.as_deref().map(|s| format!(",serial={}", opt(s)));
         a.push("-device".into());
-        a.push(format!("virtio-blk-device,drive=disk{i}"));
+        a.push(format!(
+            "virtio-blk-device,drive=disk{i}{}",
+            serial.unwrap_or_default()
+        ));
     }
     if let Some(nic) = &spec.nic {
         a.extend(nic_args(nic));
@@ -191,10 +195,12 @@ mod tests {
                 Disk {
                     path: "/i/rootfs.erofs".into(),
                     read_only: true,
+                    serial: None,
                 },
                 Disk {
                     path: "/d/vm1/rw.ext4".into(),
                     read_only: false,
+                    serial: None,
                 },
             ],
             accel,
@@ -216,6 +222,24 @@ mod tests {
         );
         assert!(a.contains("id=disk1,cache=unsafe -device"));
         assert!(a.contains("socket,id=agent,fd=4,server=on,wait=off"));
+    }
+
+    #[test]
+    fn extra_disks_carry_their_serial_and_others_none() {
+        let mut s = spec(Accel::Tcg);
+        s.disks.push(Disk {
+            path: "/d/vm1/disk0.img".into(),
+            read_only: false,
+            serial: Some("fcvm-disk0".into()),
+        });
+        let a = args(&s, None).join(" ");
+        assert!(a.contains("-device virtio-blk-device,drive=disk1 "), "{a}");
+        assert!(
+            a.contains(
+                "id=disk2,cache=unsafe -device virtio-blk-device,drive=disk2,serial=fcvm-disk0"
+            ),
+            "{a}"
+        );
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! `fcvm logs [-f] NAME`: the output of a detached run (`podman run -d`), kept in its VM
-//! directory while the VM exists.
+//! directory while the VM exists: `container.log.1` (the rotated part, if any) then
+//! `container.log` (fcvm::run::container_log).
 
 use std::io::Write;
+use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
 use anyhow::{anyhow, Result};
@@ -19,7 +21,7 @@ pub struct LogsArgs {
 
 pub fn run(dirs: &Dirs, a: LogsArgs) -> Result<i32> {
     let (dir, _) = fcvm::vm::find(dirs, &a.name)?;
-    let path = dir.path.join(fcvm::run::detach::LOG_FILE);
+    let [old, path] = fcvm::run::container_log::read_all(&dir.path);
     let mut log = std::fs::File::open(&path).map_err(|_| {
         anyhow!(
             "{} has no logs: only a detached run (podman run -d) keeps its output",
@@ -27,6 +29,9 @@ pub fn run(dirs: &Dirs, a: LogsArgs) -> Result<i32> {
         )
     })?;
     let mut out = std::io::stdout().lock();
+    if let Ok(mut o) = std::fs::File::open(&old) {
+        std::io::copy(&mut o, &mut out)?;
+    }
     loop {
         std::io::copy(&mut log, &mut out)?;
         out.flush()?;
@@ -38,6 +43,13 @@ pub fn run(dirs: &Dirs, a: LogsArgs) -> Result<i32> {
             std::io::copy(&mut log, &mut out)?;
             out.flush()?;
             return Ok(0);
+        }
+        // Rotated: the open file is now container.log.1; finish it, then read the new one.
+        let (now, ours) = (std::fs::metadata(&path), log.metadata()?);
+        if now.is_ok_and(|m| m.ino() != ours.ino()) {
+            std::io::copy(&mut log, &mut out)?;
+            log = std::fs::File::open(&path)?;
+            continue;
         }
         std::thread::sleep(Duration::from_millis(100));
     }

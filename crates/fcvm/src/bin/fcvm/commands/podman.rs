@@ -106,6 +106,10 @@ pub struct WorkloadArgs {
     /// the boundary).
     #[arg(long)]
     privileged: bool,
+    /// An extra disk (repeatable): SIZE makes a new sparse ext4 (e.g. 2G), PATH uses an
+    /// ext4 image file in place; mounted in the container at GUEST (default /mnt/diskN).
+    #[arg(long = "disk", value_name = "SIZE|PATH[:GUEST]", value_parser = fcvm::disks::DiskArg::parse)]
+    disks: Vec<fcvm::disks::DiskArg>,
 }
 
 /// podman's `--health-*` flags, plus fcvm's `--health-check URL`.
@@ -159,6 +163,7 @@ pub async fn run(dirs: &Dirs, cmd: PodmanCommand) -> Result<i32> {
         Some(l) => l,
         None => fcvm::image::UnpackLimit::from_env()?.unwrap_or_default(),
     };
+    let disks = fcvm::disks::plan(&a.workload.disks)?;
     let opts = fcvm::run::RunOptions {
         no_snapshot: a.no_snapshot,
         name: a.name.map(Into::into),
@@ -192,6 +197,7 @@ pub async fn run(dirs: &Dirs, cmd: PodmanCommand) -> Result<i32> {
                 .rootfs_size
                 .unwrap_or(fcvm::run::DEFAULT_RW_DISK_MIB),
             privileged: a.workload.privileged,
+            disks,
         },
     };
     fcvm::run::run(dirs, opts).await

@@ -33,6 +33,9 @@ pub enum SnapshotCommand {
         #[arg(short = 'p', long = "publish", value_delimiter = ',',
               value_parser = fcvm::network::publish::parse_one)]
         publish: Vec<fcvm::network::publish::Publish>,
+        /// A label KEY=VALUE (repeatable), added to the snapshot's (this one wins).
+        #[arg(short = 'l', long = "label", value_name = "KEY=VALUE", value_parser = fcvm::run::parse_label)]
+        labels: Vec<(String, String)>,
     },
     /// List snapshots.
     Ls {
@@ -59,6 +62,7 @@ pub async fn run(dirs: &Dirs, cmd: SnapshotCommand) -> Result<i32> {
             exec,
             network,
             publish,
+            labels,
         } => {
             let mut net = fcvm::network::NetworkOptions::default();
             if let Some(m) = network {
@@ -73,6 +77,7 @@ pub async fn run(dirs: &Dirs, cmd: SnapshotCommand) -> Result<i32> {
                     exec,
                     network: net,
                     health: Default::default(),
+                    labels: labels.into_iter().collect(),
                 },
             )
             .await
