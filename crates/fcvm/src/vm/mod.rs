@@ -9,7 +9,9 @@
 pub mod names;
 pub mod state;
 
+use std::os::fd::FromRawFd;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::paths::Dirs;
 use crate::procfs::process_alive;
@@ -96,17 +98,17 @@ pub fn find(dirs: &Dirs, name: &str) -> Result<(VmDir, VmState), VmError> {
     }
 }
 
-/// Removes a VM's leftovers. A VM whose owner still runs is refused unless `force`, in which
-/// case its owner (and with it, through the parent-death signal, its VMM) is killed first.
-pub fn remove(dir: &VmDir, st: &VmState, force: bool) -> Result<(), VmError> {
+/// Removes a VM's leftovers. A VM whose owner still runs is refused unless `force` gives a
+/// grace period, in which case it is stopped first as podman's `rm -f --time` does: SIGTERM to
+/// its owner, which stops the container as Ctrl-C does (its process gets SIGTERM, then SIGKILL;
+/// the agent flushes `--disk`s before it reports the exit), and SIGKILL to the owner (and with
+/// it, through the parent-death signal, its VMM) if it has not ended within `grace`.
+pub fn remove(dir: &VmDir, st: &VmState, force: Option<Duration>) -> Result<(), VmError> {
     if st.observed().is_alive() {
-        if !force {
+        let Some(grace) = force else {
             return Err(VmError::Running(st.name.clone()));
-        }
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(st.pid as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
+        };
+        stop_owner(st, grace);
     }
     // A dead VMM whose owner was SIGKILLed already died with it (PR_SET_PDEATHSIG); one that
     // somehow survives is killed here so `rm` never leaves a process behind.
@@ -119,6 +121,39 @@ pub fn remove(dir: &VmDir, st: &VmState, force: bool) -> Result<(), VmError> {
         }
     }
     dir.remove()
+}
+
+/// SIGTERM to a VM's owner, and SIGKILL if it still runs after `grace`. The wait is on a pidfd
+/// of the owner (checked to be the same process by its start time), not a polling loop.
+fn stop_owner(st: &VmState, grace: Duration) {
+    use nix::sys::signal::{kill, Signal};
+    let pid = nix::unistd::Pid::from_raw(st.pid as i32);
+    let exited_within = |grace: Duration| -> bool {
+        // SAFETY: pidfd_open(2) takes a pid and flags and returns a new descriptor or -1; the
+        // descriptor is owned by the OwnedFd made from it at once.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, st.pid as libc::pid_t, 0) };
+        if fd < 0 {
+            return true; // no such process any more
+        }
+        // SAFETY: `fd` is a fresh descriptor returned by pidfd_open above, owned by no one else.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+        // The pid might have been reused between the record and the pidfd.
+        if !process_alive(st.pid, st.pid_start) {
+            return true;
+        }
+        if kill(pid, Signal::SIGTERM).is_err() {
+            return true;
+        }
+        let ms = u16::try_from(grace.as_millis()).unwrap_or(u16::MAX);
+        let mut fds = [nix::poll::PollFd::new(
+            std::os::fd::AsFd::as_fd(&fd),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        matches!(nix::poll::poll(&mut fds, ms), Ok(n) if n > 0)
+    };
+    if !exited_within(grace) && process_alive(st.pid, st.pid_start) {
+        let _ = kill(pid, Signal::SIGKILL);
+    }
 }
 
 /// Removes every VM that nothing runs of any more ([`VmState::abandoned`]: its owner was
@@ -201,7 +236,49 @@ mod tests {
         let dirs = Dirs::new(t.path());
         let d = record(&dirs, "live", std::process::id());
         let (_, st) = find(&dirs, "live").unwrap();
-        assert!(matches!(remove(&d, &st, false), Err(VmError::Running(_))));
+        assert!(matches!(remove(&d, &st, None), Err(VmError::Running(_))));
         assert!(d.path.exists());
+    }
+
+    /// `rm --force` stops an owner with SIGTERM when it ends on it, and kills one that ignores
+    /// it once the grace period is over.
+    #[test]
+    fn force_sends_sigterm_then_sigkill_after_the_grace() {
+        let t = tempfile::tempdir().unwrap();
+        let dirs = Dirs::new(t.path());
+        for (script, signal) in [
+            ("sleep 100", libc::SIGTERM),
+            ("trap '' TERM; sleep 100 & wait; sleep 100", libc::SIGKILL),
+        ] {
+            let mut child = std::process::Command::new("sh")
+                .args(["-c", script])
+                .spawn()
+                .unwrap();
+            let pid = child.id();
+            let d = record(&dirs, "owner", pid);
+            let (_, mut st) = find(&dirs, "owner").unwrap();
+            st.pid_start = crate::procfs::process_start(pid).unwrap();
+            st.vmm_pid = None;
+            if signal == libc::SIGKILL {
+                // The shell must have set its trap before it is signalled.
+                while !std::fs::read_to_string(format!("/proc/{pid}/status"))
+                    .unwrap()
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("SigIgn:"))
+                    .any(|m| {
+                        u64::from_str_radix(m.trim(), 16).unwrap() & (1 << (libc::SIGTERM - 1)) != 0
+                    })
+                {
+                    std::thread::yield_now();
+                }
+            }
+            remove(&d, &st, Some(Duration::from_millis(300))).unwrap();
+            let status = child.wait().unwrap();
+            assert_eq!(
+                std::os::unix::process::ExitStatusExt::signal(&status),
+                Some(signal)
+            );
+            assert!(!d.path.exists());
+        }
     }
 }

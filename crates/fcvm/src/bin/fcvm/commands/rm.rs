@@ -1,4 +1,5 @@
-//! `fcvm rm NAME…`: remove dead VMs' leftovers; `--force` also stops running ones.
+//! `fcvm rm NAME…`: remove dead VMs' leftovers; `--force` also stops running ones (SIGTERM,
+//! then SIGKILL after `--time` seconds, as podman's `rm -f`).
 
 use anyhow::Result;
 use clap::Args;
@@ -10,6 +11,9 @@ pub struct RmArgs {
     /// Stop a running VM first.
     #[arg(short, long)]
     force: bool,
+    /// Seconds a running VM is given to stop (SIGTERM to its container) before it is killed.
+    #[arg(short, long, default_value_t = 10, value_name = "SECONDS")]
+    time: u64,
     /// VM names or ids.
     #[arg(required = true)]
     names: Vec<Name>,
@@ -17,8 +21,9 @@ pub struct RmArgs {
 
 pub fn run(dirs: &Dirs, a: RmArgs) -> Result<i32> {
     let mut code = 0;
+    let force = a.force.then(|| std::time::Duration::from_secs(a.time));
     for name in &a.names {
-        match fcvm::vm::find(dirs, name).and_then(|(d, st)| fcvm::vm::remove(&d, &st, a.force)) {
+        match fcvm::vm::find(dirs, name).and_then(|(d, st)| fcvm::vm::remove(&d, &st, force)) {
             Ok(()) => println!("{name}"),
             Err(e) => {
                 eprintln!("Error: {e}");
