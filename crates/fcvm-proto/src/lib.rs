@@ -64,8 +64,9 @@ use serde::{Deserialize, Serialize};
 /// Bumped on every incompatible change of [`Msg`] or of the rules of the session; checked in
 /// the Hello exchange. 5: output flow control (`Credit` host → agent, [`INITIAL_OUTPUT_CREDIT`]).
 /// 6: `privileged` in [`ContainerPlan`] and [`ProcessSpec`], `ProcessSpec.detach`; file
-/// operations (`FsRequest`, `FsReply`, `FsError`).
-pub const PROTOCOL_VERSION: u32 = 6;
+/// operations (`FsRequest`, `FsReply`, `FsError`). 7: [`RestorePlan::keep_streams`] (processes
+/// that outlive a restore).
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// The `PATH` of a process whose environment sets none (podman's default), on both sides.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -408,6 +409,10 @@ pub struct RestorePlan {
     pub machine_id: Option<String>,
     /// New network config for a clone (its own address); None keeps the snapshot's.
     pub network: Option<NetConfig>,
+    /// Exec and VM streams of the snapshot that the new host takes over (protocol 7): they
+    /// keep running under the new epoch, same ids, their output credit back at the initial
+    /// value. Every other exec and VM stream is killed, as before.
+    pub keep_streams: Vec<u32>,
 }
 
 /// A file operation and the container user it runs as.

@@ -45,6 +45,21 @@ struct Entry {
     tag: Option<String>,
     config: ProcessConfig,
     control: mpsc::Sender<Control>,
+    /// Its agent stream and whether it has a pty: what a restored sandbox needs to take the
+    /// process over ([`Processes::adopt`]).
+    stream: u32,
+    tty: bool,
+}
+
+/// A process as a snapshot of its sandbox holds it: it runs on in the guest under its agent
+/// stream, which a VM restored from that snapshot keeps (docs/design.md §9).
+#[derive(Clone, Debug)]
+pub struct Kept {
+    pub pid: u32,
+    pub tag: Option<String>,
+    pub config: ProcessConfig,
+    pub stream: u32,
+    pub tty: bool,
 }
 
 /// A started (or connected-to) process: its pid and the stream of its events, beginning with
@@ -93,18 +108,39 @@ impl Processes {
         };
         let (tx, rx) = mpsc::channel(EVENT_QUEUE);
         let _ = tx.try_send(Event::Start { pid });
-        let (ctl_tx, ctl_rx) = mpsc::channel(CONTROL_QUEUE);
-        let entry = Entry {
+        let kept = Kept {
+            pid,
             tag,
             config,
-            control: ctl_tx.clone(),
+            stream: proc.id,
+            tty,
         };
-        self.map.lock().expect("processes").insert(pid, entry);
+        self.relay(proc, kept, vec![tx], early);
+        Ok(Attached { pid, events: rx })
+    }
+
+    /// Enters `k` in the table and starts its relay over `proc`.
+    fn relay(
+        self: &Arc<Self>,
+        proc: Process,
+        k: Kept,
+        subscribers: Vec<mpsc::Sender<Event>>,
+        early: Vec<Msg>,
+    ) {
+        let (ctl_tx, ctl_rx) = mpsc::channel(CONTROL_QUEUE);
+        let entry = Entry {
+            tag: k.tag,
+            config: k.config,
+            control: ctl_tx.clone(),
+            stream: k.stream,
+            tty: k.tty,
+        };
+        self.map.lock().expect("processes").insert(k.pid, entry);
         let relay = Relay {
             proc,
-            pid,
-            tty,
-            subscribers: vec![tx],
+            pid: k.pid,
+            tty: k.tty,
+            subscribers,
             credit: INITIAL_STDIN_CREDIT as usize,
             pending: VecDeque::new(),
             pending_bytes: 0,
@@ -112,7 +148,34 @@ impl Processes {
             eof_sent: false,
         };
         tokio::spawn(relay.run(ctl_tx, ctl_rx, early, Arc::downgrade(self)));
-        Ok(Attached { pid, events: rx })
+    }
+
+    /// Every process that runs, as a snapshot taken now holds it.
+    pub fn kept(&self) -> Vec<Kept> {
+        let map = self.map.lock().expect("processes");
+        let mut v: Vec<Kept> = map
+            .iter()
+            .map(|(pid, e)| Kept {
+                pid: *pid,
+                tag: e.tag.clone(),
+                config: e.config.clone(),
+                stream: e.stream,
+                tty: e.tty,
+            })
+            .collect();
+        v.sort_by_key(|k| k.pid);
+        v
+    }
+
+    /// The processes of a VM restored from a snapshot that held `kept`, taken over on
+    /// `session` (whose restore plan kept their streams), no client attached yet. A process
+    /// that ended meanwhile reports its end to nobody and leaves the table, as any other.
+    pub fn adopt(session: &Session, kept: &[Kept]) -> Arc<Processes> {
+        let table = Arc::new(Processes::default());
+        for k in kept {
+            table.relay(session.attach(k.stream), k.clone(), vec![], vec![]);
+        }
+        table
     }
 
     fn find(&self, sel: Option<&ProcessSelector>) -> Result<(u32, Entry), RpcError> {
