@@ -27,6 +27,9 @@ use super::vm::{FromSnapshot, SandboxVm};
 use super::{ApiError, Server};
 use crate::snapshot;
 
+/// Paused sandboxes kept at a time (each holds a snapshot on disk).
+pub const MAX_PAUSED: usize = 256;
+
 fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
 }
@@ -35,21 +38,38 @@ fn conflict(m: String) -> ApiError {
     ApiError(StatusCode::CONFLICT, m)
 }
 
-/// One pause or resume of a sandbox at a time.
-struct Changing<'a>(&'a Server, String);
+/// One pause or resume of a sandbox at a time: a second one waits for the first, then finds
+/// the sandbox as the first left it.
+struct Changing<'a> {
+    server: &'a Server,
+    id: String,
+    _turn: tokio::sync::OwnedMutexGuard<()>,
+}
 
 impl<'a> Changing<'a> {
-    fn take(s: &'a Server, id: &str) -> Result<Changing<'a>, ApiError> {
-        if !s.changing.lock().expect("changing").insert(id.into()) {
-            return Err(conflict(format!("sandbox {id} is being paused or resumed")));
+    async fn take(server: &'a Server, id: &str) -> Changing<'a> {
+        let lock = server
+            .changing
+            .lock()
+            .expect("changing")
+            .entry(id.into())
+            .or_default()
+            .clone();
+        Changing {
+            server,
+            id: id.into(),
+            _turn: lock.lock_owned().await,
         }
-        Ok(Changing(s, id.into()))
     }
 }
 
 impl Drop for Changing<'_> {
     fn drop(&mut self) {
-        self.0.changing.lock().expect("changing").remove(&self.1);
+        let mut all = self.server.changing.lock().expect("changing");
+        // Only the table and this guard's lock hold it: nobody waits for a turn.
+        if all.get(&self.id).is_some_and(|l| Arc::strong_count(l) <= 2) {
+            all.remove(&self.id);
+        }
     }
 }
 
@@ -82,9 +102,18 @@ async fn freeze(s: &Server, sbx: &Sandbox) -> Result<Frozen, ApiError> {
 
 /// Pauses running sandbox `id`: 409 if it is paused already.
 pub(super) async fn pause(s: &Arc<Server>, id: &str) -> Result<(), ApiError> {
-    let _one = Changing::take(s, id)?;
-    if s.paused.lock().expect("paused").contains_key(id) {
-        return Err(conflict(format!("sandbox {id} is already paused")));
+    let _one = Changing::take(s, id).await;
+    {
+        let paused = s.paused.lock().expect("paused");
+        if paused.contains_key(id) {
+            return Err(conflict(format!("sandbox {id} is already paused")));
+        }
+        if paused.len() >= MAX_PAUSED {
+            return Err(ApiError(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("at most {MAX_PAUSED} sandboxes may be paused: kill one"),
+            ));
+        }
     }
     let sbx = s.get(id).ok_or_else(|| ApiError::not_found(id))?;
     let frozen = freeze(s, &sbx).await?;
@@ -116,7 +145,7 @@ pub(super) async fn resume(
     id: &str,
     timeout: Duration,
 ) -> Result<Option<Arc<Sandbox>>, ApiError> {
-    let _one = Changing::take(s, id)?;
+    let _one = Changing::take(s, id).await;
     let Some(p) = s.paused.lock().expect("paused").get(id).cloned() else {
         return Ok(None);
     };

@@ -111,7 +111,7 @@ pub struct Server {
     /// Paused sandboxes: no VM, a snapshot each (lock order: `sandboxes`, then this).
     paused: Mutex<HashMap<String, Arc<Paused>>>,
     /// Sandboxes being paused or resumed: one such change at a time per sandbox.
-    changing: Mutex<std::collections::HashSet<String>>,
+    changing: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Snapshots taken with `POST /sandboxes/{id}/snapshots`, by snapshot id: templates that
     /// creates restore.
     snapshots: Mutex<HashMap<String, Arc<sandbox::Frozen>>>,
