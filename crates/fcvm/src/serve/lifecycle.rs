@@ -86,12 +86,8 @@ async fn freeze(s: &Server, sbx: &Sandbox) -> Result<Frozen, ApiError> {
         taken.push(Arc::downgrade(&held));
     }
     sbx.vm.snapshot(&s.dirs, &name).await.map_err(|e| {
-        tracing::error!(
-            sandbox = sbx.id,
-            "snapshot failed: {}",
-            crate::util::chain(&e)
-        );
-        internal(format!("snapshot of sandbox {} failed: {e}", sbx.id))
+        tracing::error!(sandbox = sbx.id, "snapshot failed: {e:#}");
+        internal(format!("snapshot of sandbox {} failed: {e:#}", sbx.id))
     })?;
     Ok(Frozen {
         held,
