@@ -10,6 +10,8 @@
 //! (404), an envd call without the sandbox's access token (401), two sandboxes isolated from
 //! each other, `set_timeout` expiry, `kill()`. Then SIGTERM stops the server, which must leave
 //! no sandbox VM behind. A second test: a non-loopback `--listen` without a key is refused.
+//! Another ([`PAUSE_SCRIPT`]): pause → resume (files, running commands, their output),
+//! autoPause, fork, a snapshot as a template, a paused sandbox killed; no snapshot is left.
 
 #![allow(
     clippy::print_stdout,

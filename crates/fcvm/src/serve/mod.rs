@@ -25,6 +25,7 @@ mod openapi;
 pub mod pb;
 pub mod pool;
 pub mod process;
+mod relay;
 mod rest;
 pub mod sandbox;
 mod snapshots;

@@ -191,3 +191,38 @@ pub fn after(now: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
         .and_then(|d| now.checked_add_signed(d))
         .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A held snapshot is removed with its last holder, and `remove` works while held.
+    #[test]
+    fn a_snapshot_goes_with_its_last_holder() {
+        let d = tempfile::tempdir().unwrap();
+        let dirs = Dirs::new(d.path());
+        let made = |name: &str| {
+            let p = dirs.snapshots().join(name);
+            std::fs::create_dir_all(&p).unwrap();
+            std::fs::write(p.join(crate::snapshot::MANIFEST), "{}").unwrap();
+            p
+        };
+        let a = made("sbx-a");
+        let held = Held::new(&dirs, "sbx-a");
+        let second = held.clone();
+        drop(held);
+        assert!(a.exists(), "still held");
+        drop(second);
+        assert!(!a.exists(), "removed with the last holder");
+        let b = made("sbx-b");
+        let held = Held::new(&dirs, "sbx-b");
+        held.remove();
+        assert!(!b.exists());
+        drop(held);
+        // A name that is not a snapshot name removes nothing outside snapshots/.
+        let outside = d.path().join("keep");
+        std::fs::create_dir_all(&outside).unwrap();
+        drop(Held::new(&dirs, "../keep"));
+        assert!(outside.exists());
+    }
+}
