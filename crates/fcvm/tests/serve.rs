@@ -743,6 +743,8 @@ made = Sandbox.create(snap.snapshot_id)
 assert made.sandbox_id != sid
 assert made.files.read("/root/kept.txt") == "before pause"
 made.kill()
+listed = [x.snapshot_id for x in again.list_snapshots().next_items()]
+assert listed == [snap.snapshot_id], listed
 assert Sandbox.delete_snapshot(snap.snapshot_id)
 assert not Sandbox.delete_snapshot(snap.snapshot_id)
 ok("snapshot-template")

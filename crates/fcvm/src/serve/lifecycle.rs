@@ -38,8 +38,8 @@ fn conflict(m: String) -> ApiError {
     ApiError(StatusCode::CONFLICT, m)
 }
 
-/// One pause or resume of a sandbox at a time: a second one waits for the first, then finds
-/// the sandbox as the first left it.
+/// One pause, resume or snapshot of a sandbox at a time: a second one waits for the first,
+/// then finds the sandbox as the first left it.
 struct Changing<'a> {
     server: &'a Server,
     id: String,
@@ -225,6 +225,8 @@ pub(super) async fn clone_of(
 
 /// Snapshots running sandbox `id` for a fork or a snapshot template.
 pub(super) async fn snapshot_of(s: &Arc<Server>, id: &str) -> Result<Frozen, ApiError> {
+    // Not while it is being paused (or another snapshot of it is taken): one at a time.
+    let _one = Changing::take(s, id).await;
     let sbx = match s.get(id) {
         Some(x) => x,
         None if s.paused.lock().expect("paused").contains_key(id) => {

@@ -115,7 +115,7 @@ pub struct Server {
     changing: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Snapshots taken with `POST /sandboxes/{id}/snapshots`, by snapshot id: templates that
     /// creates restore.
-    snapshots: Mutex<HashMap<String, Arc<sandbox::Frozen>>>,
+    snapshots: Mutex<std::collections::BTreeMap<String, Arc<sandbox::SnapshotTemplate>>>,
     /// Every snapshot this server took that is still held: removed at its stop whoever
     /// still holds them.
     taken: Mutex<Vec<Weak<sandbox::Held>>>,

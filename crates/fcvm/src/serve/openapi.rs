@@ -91,6 +91,14 @@ fn spec() -> Value {
                 "parameters": id,
                 "post": {"summary": "Snapshot a running sandbox as a template (its id is a templateID)", "requestBody": {"content": {"application/json": {"schema": {"type": "object", "properties": {"name": {"type": "string"}, "memory": {"type": "boolean"}}}}}}, "responses": {"201": {"description": "{snapshotID, names}"}, "400": err("bad body or name; memory: false"), "401": err("bad API key"), "404": err("unknown sandbox"), "409": err("paused"), "429": err("too many snapshots")}}
             },
+            "/snapshots": {
+                "get": {"summary": "List snapshot templates", "parameters": [
+                    {"name": "sandboxID", "in": "query", "schema": {"type": "string"}},
+                    {"name": "name", "in": "query", "schema": {"type": "string"}},
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 64}},
+                    {"name": "nextToken", "in": "query", "schema": {"type": "string"}}
+                ], "responses": {"200": {"description": "[{snapshotID, names}], the next page's token in x-next-token"}, "400": err("bad query"), "401": err("bad API key")}}
+            },
             "/templates/{templateID}": {
                 "parameters": [{"name": "templateID", "in": "path", "required": true, "schema": {"type": "string"}}],
                 "delete": {"summary": "Delete a snapshot template", "responses": {"204": {"description": "deleted"}, "401": err("bad API key"), "404": err("unknown snapshot")}}

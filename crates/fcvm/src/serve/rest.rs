@@ -38,6 +38,7 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/sandboxes/{id}/snapshots", post(snapshots::create))
         .route("/sandboxes/{id}/fork", post(snapshots::fork))
         .route("/templates/{id}", axum::routing::delete(snapshots::delete))
+        .route("/snapshots", get(snapshots::list))
         .layer(middleware::from_fn_with_state(server.clone(), api_key))
         .with_state(server)
 }
@@ -132,7 +133,7 @@ async fn create(
         .get(&template_id)
         .cloned();
     if let Some(snap) = snapshot {
-        let sbx = lifecycle::clone_of(&s, &snap, &template_id, params).await?;
+        let sbx = lifecycle::clone_of(&s, &snap.frozen, &template_id, params).await?;
         return Ok((StatusCode::CREATED, Json(created(&sbx))).into_response());
     }
     let template = s

@@ -136,6 +136,13 @@ pub struct Frozen {
     pub kept: Vec<Kept>,
 }
 
+/// A snapshot kept as a template (`POST /sandboxes/{id}/snapshots`).
+pub struct SnapshotTemplate {
+    pub frozen: Frozen,
+    /// The sandbox it was taken of.
+    pub source: String,
+}
+
 /// A paused sandbox: no VM, its pause's snapshot.
 pub struct Paused {
     pub ident: Arc<Identity>,

@@ -6,7 +6,8 @@
 //! - `POST /sandboxes/{id}/fork` `{timeout, count}` → 201 and one `{sandbox}` or `{error}` per
 //!   fork;
 //! - `POST /sandboxes/{id}/snapshots` `{name}` → 201 `{snapshotID, names}`; the id is a
-//!   `templateID` creates take; `DELETE /templates/{id}` removes it (204, 404).
+//!   `templateID` creates take; `GET /snapshots` lists them; `DELETE /templates/{id}`
+//!   removes one (204, 404).
 //!
 //! Filesystem-only pauses and snapshots (`memory: false`) are refused with 400: every fcvm
 //! snapshot holds the VM's memory.
@@ -22,7 +23,7 @@ use serde_json::{json, Value};
 
 use super::lifecycle;
 use super::rest::{created, new_token, parse_body, timeout_of};
-use super::sandbox::CreateParams;
+use super::sandbox::{CreateParams, SnapshotTemplate};
 use super::{ApiError, Server};
 
 /// Forks one call may ask for (E2B's limit).
@@ -185,11 +186,56 @@ pub(super) async fn create(
             ));
         }
         // A name given again gets the new snapshot, as E2B assigns a new build to it.
-        all.insert(snapshot_id.clone(), Arc::new(frozen));
+        all.insert(
+            snapshot_id.clone(),
+            Arc::new(SnapshotTemplate { frozen, source: id }),
+        );
     }
     tracing::info!(snapshot = snapshot_id, "snapshot taken");
     let body = json!({ "snapshotID": snapshot_id, "names": [snapshot_id] });
     Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct ListQuery {
+    #[serde(rename = "sandboxID")]
+    sandbox_id: Option<String>,
+    name: Option<String>,
+    limit: Option<usize>,
+    next_token: Option<String>,
+}
+
+/// `GET /snapshots` (the SDK's `list_snapshots`): `SnapshotInfo` items by id, filtered by the
+/// sandbox they were taken of and by id, paged by `limit` and `nextToken` (`x-next-token`).
+pub(super) async fn list(
+    State(s): State<Arc<Server>>,
+    q: Result<axum::extract::Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let axum::extract::Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let limit = q.limit.unwrap_or(MAX_SNAPSHOTS).clamp(1, MAX_SNAPSHOTS);
+    let all = s.snapshots.lock().expect("snapshots");
+    let mut ids: Vec<&String> = all
+        .iter()
+        .filter(|(id, t)| {
+            q.sandbox_id.as_ref().is_none_or(|x| *x == t.source)
+                && q.name.as_ref().is_none_or(|n| n == *id)
+                && q.next_token.as_ref().is_none_or(|tok| *id > tok)
+        })
+        .map(|(id, _)| id)
+        .collect();
+    let next = (ids.len() > limit).then(|| ids[limit - 1].clone());
+    ids.truncate(limit);
+    let items: Vec<Value> = ids
+        .iter()
+        .map(|id| json!({ "snapshotID": id, "names": [id] }))
+        .collect();
+    drop(all);
+    let mut headers = axum::http::HeaderMap::new();
+    if let Some(t) = next.and_then(|t| t.parse().ok()) {
+        headers.insert("x-next-token", t);
+    }
+    Ok((headers, Json(items)).into_response())
 }
 
 /// `DELETE /templates/{id}` of a snapshot (the SDK's `delete_snapshot`).
