@@ -721,6 +721,7 @@ ok("resume-kill")
 
 auto = Sandbox.create(timeout=5, lifecycle={"on_timeout": "pause"})
 auto.files.write("/root/auto.txt", "auto")
+assert auto.get_info().lifecycle["on_timeout"] == "pause", auto.get_info().lifecycle
 until("the timeout pauses it", lambda: Sandbox.get_info(auto.sandbox_id).state == SandboxState.PAUSED)
 auto = Sandbox.connect(auto.sandbox_id, timeout=60)
 assert auto.files.read("/root/auto.txt") == "auto"

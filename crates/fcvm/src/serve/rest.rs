@@ -220,6 +220,12 @@ async fn detail(
     };
     let mut v = list::listed(&item);
     v["envdAccessToken"] = json!(item.ident.access_token);
+    let on_timeout = if item.ident.auto_pause {
+        "pause"
+    } else {
+        "kill"
+    };
+    v["lifecycle"] = json!({"onTimeout": on_timeout, "autoResume": false});
     v["domain"] = Value::Null;
     Ok(Json(v))
 }
