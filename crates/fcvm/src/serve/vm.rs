@@ -23,7 +23,7 @@ use crate::exec::server::ExecServer;
 use crate::paths::Dirs;
 use crate::run::{launch, DirGuard, Facts};
 use crate::session::{Process, Session};
-use crate::snapshot::{self, restore, Manifest, SnapshotError, SnapshotKind};
+use crate::snapshot::{self, restore, Manifest, SnapshotKind};
 use crate::vm::names::NameLock;
 use crate::vm::{VmDir, VmState, VmStatus};
 use crate::vmm::{self, Vmm};
@@ -132,23 +132,17 @@ impl SandboxVm {
 
     /// Saves a snapshot `name` of the running VM (fcvm's snapshot path, docs/design.md §10);
     /// the VM runs on.
-    pub async fn snapshot(&self, dirs: &Dirs, name: &str) -> Result<Manifest, SnapshotError> {
+    pub async fn snapshot(&self, dirs: &Dirs, name: &str) -> Result<Manifest> {
         let dir = match self.parts.lock().expect("parts").as_ref() {
             Some(p) => p.dir.path.clone(),
-            None => return Err(SnapshotError::NotFound(format!("sbx-{}", self.id))),
+            None => anyhow::bail!("the VM of sandbox {} has stopped", self.id),
         };
         let m = self
             .facts
             .manifest(name, SnapshotKind::User, &format!("sbx-{}", self.id), true);
-        snapshot::create::create(
-            dirs,
-            &*self.vm,
-            &dir,
-            m,
-            self.facts.nic.as_ref(),
-            &vmm::boot,
-        )
-        .await
+        let nic = self.facts.nic.as_ref();
+        let made = snapshot::create::create(dirs, &*self.vm, &dir, m, nic, &vmm::boot).await?;
+        Ok(made)
     }
 
     /// Runs `warm` (the SDK's first command, with nothing to do) to its end: a VM restored
