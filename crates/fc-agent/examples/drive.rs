@@ -460,6 +460,7 @@ fn main() {
                 hostname: Some("clone1".into()),
                 machine_id: Some("0123456789abcdef0123456789abcdef".into()),
                 network: None,
+                keep_streams: vec![],
             },
         },
     );

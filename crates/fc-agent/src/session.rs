@@ -2,8 +2,11 @@
 //!
 //! 1. Nothing is served before a `Hello` (or `Restored`) names an epoch.
 //! 2. A new epoch drops every exec and VM stream of the old one (their processes are killed and
-//!    their frames stop) but keeps the container's main process: its stream is adopted, same
-//!    id, its output credit back at the initial value (the new host starts from there).
+//!    their frames stop) but keeps the container's main process, and after a restore the
+//!    streams its plan names (`keep_streams`: a paused sandbox's commands, which its host takes
+//!    over): each kept stream is adopted, same id, its output credit back at the initial value
+//!    (the new host starts from there; what the process writes beyond it waits in its pipe).
+//!    A named stream that is gone is answered `Error{"No such stream"}`.
 //! 3. `Hello` → `HelloAck`; `Restored` → restore steps → `RestoreComplete` (or `RestoreFailed`).
 //!    The same epoch twice (either order) repeats the answer without dropping anything.
 //! 4. Process frames go to their stream; an unknown stream gets `Error{Failed, "No such
@@ -113,15 +116,15 @@ impl Session {
     }
 
     /// Switches to `epoch` if it is new (returning the epoch it ends, if any): old exec/VM
-    /// streams are killed and silenced.
-    fn enter_epoch(&mut self, epoch: u64) -> Option<Option<u64>> {
+    /// streams are killed and silenced, except those in `keep`.
+    fn enter_epoch(&mut self, epoch: u64, keep: &[u32]) -> Option<Option<u64>> {
         if self.epoch == Some(epoch) {
             return None;
         }
         self.seen.insert(epoch);
         let old = self.epoch;
-        self.streams.retain(|_, s| {
-            if s.target == Target::Container {
+        self.streams.retain(|id, s| {
+            if s.target == Target::Container || keep.contains(id) {
                 s.new_epoch();
                 return true;
             }
@@ -148,7 +151,7 @@ impl Session {
         let uptime_ms = crate::console::uptime_ms();
         // Once per epoch: the host resends Hello until it hears back, and a booting guest
         // may find dozens queued (each console line costs ~1 ms under TCG).
-        if let Some(old) = self.enter_epoch(epoch) {
+        if let Some(old) = self.enter_epoch(epoch, &[]) {
             crate::console::console(&format!("hello epoch {epoch}, uptime {uptime_ms} ms"));
             if let Some(old) = old {
                 info!("epoch {old} -> {epoch}: dropping its streams");
@@ -192,7 +195,7 @@ impl Session {
         let result = match &self.restore_result {
             Some((e, r)) if *e == epoch => r.clone(),
             _ => {
-                ended = self.enter_epoch(epoch).flatten();
+                ended = self.enter_epoch(epoch, &plan.keep_streams).flatten();
                 let current = self.plan.as_ref().and_then(|p| p.network.as_ref());
                 let r = crate::restore::run(plan, current).map_err(Arc::new);
                 if r.is_ok() {
@@ -213,6 +216,15 @@ impl Session {
                 let ms = t0.elapsed().as_millis();
                 // One log line, after the answer the host waits for.
                 self.reply(CONTROL, Msg::RestoreComplete { epoch });
+                // A stream the host means to take over that ended before the snapshot: its
+                // host hears so instead of waiting for frames that never come.
+                for id in plan
+                    .keep_streams
+                    .iter()
+                    .filter(|id| !self.streams.contains_key(id))
+                {
+                    self.reply(*id, Error::NoSuchStream.to_msg());
+                }
                 let from = ended.map(|o| format!(" (from {o}: its streams dropped)"));
                 info!(
                     "restore steps done for epoch {epoch}{} in {ms} ms",
@@ -427,6 +439,93 @@ mod tests {
         assert!(replies(&rx).is_empty(), "a late Credit is dropped quietly");
         let _ = child.kill();
         let _ = child.wait();
+    }
+
+    /// A restore keeps the exec streams its plan names (a paused sandbox's commands), their
+    /// credit back at the initial value, and kills every other one.
+    #[test]
+    fn a_restore_keeps_the_streams_its_plan_names() {
+        let (out, rx, _) = Outbox::new();
+        let mut s = Session::new(out.clone());
+        s.handle(frame(
+            CONTROL,
+            Msg::Hello {
+                epoch: 1,
+                version: PROTOCOL_VERSION,
+                random_seed: vec![],
+            },
+        ));
+        let exec = |id: u32| {
+            use std::os::unix::process::CommandExt;
+            let mut cmd = std::process::Command::new("sleep");
+            cmd.arg("30");
+            // SAFETY: setsid is async-signal-safe. A killed exec stream kills every process
+            // of its session: this one's must not be the test runner's.
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::setsid();
+                    Ok(())
+                })
+            };
+            let child = cmd.spawn().unwrap();
+            let handles = crate::stream::Handles {
+                pid: child.id() as i32,
+                pidfile: None,
+                stdin: None,
+                tty: None,
+            };
+            let st = Arc::new(Stream::new(
+                id,
+                Target::ContainerExec,
+                handles,
+                &out,
+                Instant::now(),
+            ));
+            (child, st)
+        };
+        let (mut kept_child, kept) = exec(5);
+        let (mut other_child, other) = exec(6);
+        s.streams.insert(5, kept.clone());
+        s.streams.insert(6, other.clone());
+        kept.credit.spend(usize::MAX);
+        // 9 ended before the snapshot: its host is told so.
+        let plan = fcvm_proto::RestorePlan {
+            keep_streams: vec![5, 9],
+            ..Default::default()
+        };
+        s.handle(frame(CONTROL, Msg::Restored { epoch: 2, plan }));
+        let r = replies(&rx);
+        assert!(r.iter().any(|f| f.msg == Msg::RestoreComplete { epoch: 2 }));
+        assert!(r
+            .iter()
+            .any(|f| f.stream == 9 && matches!(f.msg, Msg::Error { .. })));
+        assert!(
+            !r.iter().any(|f| f.stream == 5),
+            "the kept one is not told anything"
+        );
+        assert!(s.streams.contains_key(&5) && !s.streams.contains_key(&6));
+        let initial = fcvm_proto::INITIAL_OUTPUT_CREDIT as usize;
+        let none = std::time::Duration::ZERO;
+        assert_eq!(kept.credit.available(none), initial);
+        // The other one was killed (a zombie, or reaped if another test runs the reaper).
+        let dead = |pid: u32| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |st| {
+                st.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
+        };
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        while !dead(other_child.id()) && Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(dead(other_child.id()), "the stream not kept was killed");
+        assert!(!dead(kept_child.id()), "the kept one runs");
+        let _ = kept_child.kill();
+        let _ = kept_child.wait();
+        let _ = other_child.wait();
     }
 
     #[test]

@@ -65,8 +65,8 @@ use serde::{Deserialize, Serialize};
 /// the Hello exchange. 5: output flow control (`Credit` host → agent, [`INITIAL_OUTPUT_CREDIT`]).
 /// 6: `privileged` in [`ContainerPlan`] and [`ProcessSpec`], `ProcessSpec.detach`; file
 /// operations (`FsRequest`, `FsReply`, `FsError`). 7: watches (`FsOp::Watch`, `WatchEvents`,
-/// `Unwatch`), the VM's metrics (`FsOp::Metrics`) and
-/// `ContainerPlan.disks` (`--disk`).
+/// `Unwatch`), the VM's metrics (`FsOp::Metrics`), `ContainerPlan.disks` (`--disk`) and
+/// [`RestorePlan::keep_streams`] (processes that outlive a restore).
 pub const PROTOCOL_VERSION: u32 = 7;
 
 /// The `PATH` of a process whose environment sets none (podman's default), on both sides.
@@ -433,6 +433,10 @@ pub struct RestorePlan {
     pub machine_id: Option<String>,
     /// New network config for a clone (its own address); None keeps the snapshot's.
     pub network: Option<NetConfig>,
+    /// Exec and VM streams of the snapshot that the new host takes over (protocol 7): they
+    /// keep running under the new epoch, same ids, their output credit back at the initial
+    /// value. Every other exec and VM stream is killed, as before.
+    pub keep_streams: Vec<u32>,
 }
 
 /// A file operation and the container user it runs as.

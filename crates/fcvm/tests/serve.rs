@@ -13,6 +13,8 @@
 //! Others: the pool's hand-over, the `files` calls, watching directories (the async SDK's
 //! stream and the sync SDK's polled watcher), envd in the protobuf codec (the SDK's generated
 //! clients), `get_metrics()` and E2B's default user.
+//! Another ([`PAUSE_SCRIPT`]): pause → resume (files, running commands, their output),
+//! autoPause, fork, a snapshot as a template, a paused sandbox killed; no snapshot is left.
 
 #![allow(
     clippy::print_stdout,
@@ -326,6 +328,67 @@ fn the_sdks_files_api_acts_on_the_containers_files() {
         );
     }
     server.terminate();
+}
+
+/// The snapshots a server took (`sbx-*` in the data directory's snapshots).
+fn sandbox_snapshots() -> Vec<String> {
+    std::fs::read_dir(data_dir().join("snapshots"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("sbx-"))
+        .collect()
+}
+
+/// Pause → resume with a file and running commands intact (listed, their output reaching a
+/// client that connects, killable), `paused` in lists between; autoPause at the timeout;
+/// fork and a snapshot made a template; a paused sandbox killed. Every snapshot is gone once
+/// its holders are, and SIGTERM leaves none.
+#[test]
+fn a_paused_sandbox_resumes_with_its_files_and_processes() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let python = sdk_python();
+    assert!(
+        sandbox_vms().is_empty(),
+        "sandbox VMs left by an earlier run: {:?}",
+        sandbox_vms()
+    );
+    // A SIGKILLed server of an earlier run may have left some (`fcvm snapshot rm` removes them).
+    let before = sandbox_snapshots();
+    let new = || {
+        let mut v = sandbox_snapshots();
+        v.retain(|n| !before.contains(n));
+        v
+    };
+    let server = Server::start(&[]);
+    let stdout = server.python(&python, PAUSE_SCRIPT);
+    for check in [
+        "pause",
+        "listed-paused",
+        "resume-file",
+        "resume-processes",
+        "resume-output",
+        "resume-output-credit",
+        "resume-kill",
+        "auto-pause",
+        "fork",
+        "snapshot-template",
+        "kill-paused",
+    ] {
+        assert!(
+            stdout.contains(&format!("ok {check}\n")),
+            "check {check} did not run:\n{stdout}"
+        );
+    }
+    // One sandbox is left paused: its snapshot is there until the server stops.
+    assert_eq!(new().len(), 1, "the paused sandbox's snapshot: {:?}", new());
+    server.terminate();
+    assert!(
+        new().is_empty(),
+        "snapshots left after SIGTERM: {:?}",
+        new()
+    );
 }
 
 #[test]
@@ -837,4 +900,116 @@ plain.files.write("/tmp/x", "y")
 assert plain.files.get_info("/tmp/x").owner == "root"
 plain.kill()
 ok("image-user")
+"#;
+
+const PAUSE_SCRIPT: &str = r#"
+import time
+from e2b import Sandbox, SandboxQuery, SandboxState
+
+def ok(name):
+    print("ok", name, flush=True)
+
+def ids(state):
+    p = Sandbox.list(query=SandboxQuery(state=[state]))
+    return sorted(s.sandbox_id for s in p.next_items())
+
+def until(what, cond, limit=120):
+    end = time.time() + limit
+    while not cond():
+        assert time.time() < end, what
+        time.sleep(0.2)
+
+sbx = Sandbox.create(metadata={"suite": "pause"})
+sid = sbx.sandbox_id
+sbx.files.write("/root/kept.txt", "before pause")
+sleeper = sbx.commands.run("sleep 1000", background=True)
+loop = sbx.commands.run(
+    "i=0; while :; do i=$((i+1)); echo $i > /tmp/count; echo tick $i; sleep 0.2; done",
+    background=True)
+big = sbx.commands.run(
+    "while [ ! -e /tmp/go ]; do sleep 0.1; done; head -c 1500000 /dev/zero | tr -c x x; echo done",
+    background=True)
+until("the loop counts", lambda: sbx.files.exists("/tmp/count"))
+assert sbx.pause() is True
+ok("pause")
+
+assert ids(SandboxState.PAUSED) == [sid], ids(SandboxState.PAUSED)
+assert sid not in ids(SandboxState.RUNNING)
+assert Sandbox.get_info(sid).state == SandboxState.PAUSED
+assert sbx.pause() is False, "a second pause is E2B's 409"
+assert not sbx.is_running()
+ok("listed-paused")
+
+again = Sandbox.connect(sid)
+assert again.sandbox_id == sid and again.is_running()
+assert Sandbox.get_info(sid).state == SandboxState.RUNNING
+assert again.files.read("/root/kept.txt") == "before pause"
+ok("resume-file")
+
+pids = sorted(p.pid for p in again.commands.list())
+assert pids == sorted([sleeper.pid, loop.pid, big.pid]), pids
+count = lambda: int(again.files.read("/tmp/count").strip() or 0)
+c1 = count()
+until("the loop counts on", lambda: count() > c1 + 2)
+ok("resume-processes")
+
+h = again.commands.connect(loop.pid)
+for out, err, pty in h:
+    if out and "tick" in out:
+        break
+ok("resume-output")
+
+# More output than one credit's worth: the kept stream's credit runs on after the restore.
+bh = again.commands.connect(big.pid)
+again.files.write("/tmp/go", "")
+r = bh.wait()
+assert r.stdout == "x" * 1500000 + "done\n", (len(r.stdout), r.stdout[-20:])
+ok("resume-output-credit")
+
+assert again.commands.kill(sleeper.pid)
+assert again.commands.kill(loop.pid)
+until("the killed commands leave the list", lambda: again.commands.list() == [])
+r = again.commands.run("echo after")
+assert r.stdout == "after\n", r
+ok("resume-kill")
+
+auto = Sandbox.create(timeout=5, lifecycle={"on_timeout": "pause"})
+auto.files.write("/root/auto.txt", "auto")
+assert auto.get_info().lifecycle["on_timeout"] == "pause", auto.get_info().lifecycle
+until("the timeout pauses it", lambda: Sandbox.get_info(auto.sandbox_id).state == SandboxState.PAUSED)
+auto = Sandbox.connect(auto.sandbox_id, timeout=60)
+assert auto.files.read("/root/auto.txt") == "auto"
+auto.kill()
+ok("auto-pause")
+
+again.commands.run("hostname > /root/host")
+forks = again.fork(count=1, timeout=60)
+assert len(forks) == 1 and isinstance(forks[0], Sandbox), forks
+fork = forks[0]
+assert fork.sandbox_id != sid
+assert fork.files.read("/root/kept.txt") == "before pause"
+assert fork.commands.run("hostname").stdout != again.commands.run("hostname").stdout
+assert again.is_running(), "the source runs on"
+fork.kill()
+ok("fork")
+
+snap = again.create_snapshot()
+made = Sandbox.create(snap.snapshot_id)
+assert made.sandbox_id != sid
+assert made.files.read("/root/kept.txt") == "before pause"
+made.kill()
+listed = [x.snapshot_id for x in again.list_snapshots().next_items()]
+assert listed == [snap.snapshot_id], listed
+assert Sandbox.delete_snapshot(snap.snapshot_id)
+assert not Sandbox.delete_snapshot(snap.snapshot_id)
+ok("snapshot-template")
+
+assert again.pause()
+assert Sandbox.kill(sid)
+assert sid not in ids(SandboxState.PAUSED)
+ok("kill-paused")
+
+left = Sandbox.create()
+left.files.write("/root/left.txt", "x")
+assert left.pause()
 "#;

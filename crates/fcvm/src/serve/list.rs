@@ -1,5 +1,5 @@
 //! Listing sandboxes (`GET /sandboxes`, `GET /v2/sandboxes`): E2B's `ListedSandbox` items,
-//! filtered by metadata and state, ordered by start time, paged by `limit` and `nextToken`
+//! running and paused, filtered by metadata and state, ordered by start time, paged by `limit` and `nextToken`
 //! (the next page's token in the `x-next-token` header, v2 only).
 
 use std::sync::Arc;
@@ -12,7 +12,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::sandbox::Sandbox;
+use super::sandbox::{Identity, Paused, Sandbox};
 use super::{ApiError, Server, CLIENT_ID, ENVD_VERSION};
 
 /// The writable disk every sandbox gets (`run::make_rw_disk`), reported as its disk size.
@@ -24,19 +24,53 @@ pub(super) fn time(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
+/// One sandbox as a list shows it: running (with its end) or paused (with when it paused).
+pub(super) struct Item {
+    pub ident: Arc<Identity>,
+    pub end_at: DateTime<Utc>,
+    pub paused: bool,
+}
+
+impl Item {
+    pub fn running(s: &Sandbox) -> Item {
+        Item {
+            ident: s.ident.clone(),
+            end_at: s.end_at(),
+            paused: false,
+        }
+    }
+
+    pub fn paused(p: &Paused) -> Item {
+        Item {
+            ident: p.ident.clone(),
+            end_at: p.paused_at,
+            paused: true,
+        }
+    }
+
+    fn state(&self) -> &'static str {
+        if self.paused {
+            "paused"
+        } else {
+            "running"
+        }
+    }
+}
+
 /// `ListedSandbox`.
-pub(super) fn listed(s: &Sandbox) -> Value {
+pub(super) fn listed(x: &Item) -> Value {
+    let s = &x.ident;
     json!({
         "templateID": s.template_id,
         "sandboxID": s.id,
         "clientID": CLIENT_ID,
         "startedAt": time(s.started_at),
-        "endAt": time(s.end_at()),
-        "cpuCount": s.vm.cpus,
-        "memoryMB": s.vm.mem_mib,
+        "endAt": time(x.end_at),
+        "cpuCount": s.cpus,
+        "memoryMB": s.mem_mib,
         "diskSizeMB": DISK_MIB,
         "metadata": s.metadata,
-        "state": "running",
+        "state": x.state(),
         "envdVersion": ENVD_VERSION,
     })
 }
@@ -87,20 +121,27 @@ fn select(
         Some(m) => metadata_filter(m)?,
         None => vec![],
     };
-    let running_wanted = match &q.state {
+    let wanted = |state: &str| match &q.state {
         None => true,
-        Some(st) => st.split(',').map(str::trim).any(|x| x == "running"),
+        Some(st) => st.split(',').map(str::trim).any(|x| x == state),
     };
-    let mut all: Vec<Arc<Sandbox>> = s
+    let mut all: Vec<Item> = s
         .all()
-        .into_iter()
-        .filter(|x| running_wanted && filter.iter().all(|(k, v)| x.metadata.get(k) == Some(v)))
+        .iter()
+        .map(|x| Item::running(x))
+        .chain(s.all_paused().iter().map(|p| Item::paused(p)))
+        .filter(|x| {
+            wanted(x.state())
+                && filter
+                    .iter()
+                    .all(|(k, v)| x.ident.metadata.get(k) == Some(v))
+        })
         .collect();
-    let key = |x: &Sandbox| {
+    let key = |x: &Item| {
         format!(
             "{:020}-{}",
-            x.started_at.timestamp_nanos_opt().unwrap_or(0),
-            x.id
+            x.ident.started_at.timestamp_nanos_opt().unwrap_or(0),
+            x.ident.id
         )
     };
     all.sort_by_key(|x| key(x));
@@ -108,7 +149,7 @@ fn select(
         all.reverse();
     }
     if !paged {
-        return Ok((all.iter().map(|x| listed(x)).collect(), None));
+        return Ok((all.iter().map(listed).collect(), None));
     }
     let desc = q.order.as_deref() == Some("desc");
     if let Some(tok) = &q.next_token {
@@ -117,7 +158,7 @@ fn select(
     let limit = q.limit.unwrap_or(MAX_PAGE).clamp(1, MAX_PAGE);
     let next = (all.len() > limit).then(|| key(&all[limit - 1]));
     all.truncate(limit);
-    Ok((all.iter().map(|x| listed(x)).collect(), next))
+    Ok((all.iter().map(listed).collect(), next))
 }
 
 /// The SDK's metadata filter: `k=v&k2=v2`, each key and value percent-encoded once more.

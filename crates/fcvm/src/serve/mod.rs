@@ -10,8 +10,9 @@
 //!   ([`process`]): nothing listens inside the guest.
 //!
 //! Each sandbox is one VM ([`sandbox`]), launched like `fcvm podman run` launches one. A timer
-//! per sandbox kills it when its E2B timeout passes; SIGTERM or SIGINT stops every sandbox,
-//! then the server.
+//! per sandbox kills it when its E2B timeout passes (or pauses it, with `autoPause`); pause,
+//! resume, fork and snapshots are fcvm snapshots ([`lifecycle`]). SIGTERM or SIGINT stops
+//! every sandbox and removes every snapshot the server took, then the server exits.
 
 pub mod connect;
 mod defaults;
@@ -19,6 +20,7 @@ mod envd;
 mod envdpb;
 mod files;
 mod fspb;
+mod lifecycle;
 mod list;
 mod metrics;
 mod multipart;
@@ -26,8 +28,10 @@ mod openapi;
 pub mod pb;
 pub mod pool;
 pub mod process;
+mod relay;
 mod rest;
 pub mod sandbox;
+mod snapshots;
 pub mod template;
 pub mod vm;
 mod watch;
@@ -45,7 +49,7 @@ use axum::Json;
 use chrono::Utc;
 
 use crate::paths::Dirs;
-use sandbox::Sandbox;
+use sandbox::{Paused, Sandbox};
 use template::Template;
 
 /// The envd version the server claims: what the SDK checks to pick its calls (0.5.7: stdin can
@@ -110,6 +114,16 @@ pub struct Server {
     api_key: Option<String>,
     max_sandboxes: usize,
     sandboxes: Mutex<HashMap<String, Arc<Sandbox>>>,
+    /// Paused sandboxes: no VM, a snapshot each (lock order: `sandboxes`, then this).
+    paused: Mutex<HashMap<String, Arc<Paused>>>,
+    /// Sandboxes being paused or resumed: one such change at a time per sandbox.
+    changing: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Snapshots taken with `POST /sandboxes/{id}/snapshots`, by snapshot id: templates that
+    /// creates restore.
+    snapshots: Mutex<std::collections::BTreeMap<String, Arc<sandbox::SnapshotTemplate>>>,
+    /// Every snapshot this server took that is still held: removed at its stop whoever
+    /// still holds them.
+    taken: Mutex<Vec<Weak<sandbox::Held>>>,
     /// Creates in progress (they count against `max_sandboxes`).
     creating: Mutex<usize>,
 }
@@ -128,7 +142,17 @@ impl Server {
             .collect()
     }
 
-    /// Removes and stops a sandbox; false if there is none of that id.
+    fn all_paused(&self) -> Vec<Arc<Paused>> {
+        self.paused
+            .lock()
+            .expect("paused")
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Removes and stops a sandbox, or removes a paused one and its snapshot; false if there
+    /// is none of that id.
     fn kill(&self, id: &str) -> bool {
         let s = self.sandboxes.lock().expect("sandboxes").remove(id);
         match s {
@@ -137,7 +161,27 @@ impl Server {
                 tracing::info!(sandbox = id, "sandbox stopped");
                 true
             }
-            None => false,
+            None => {
+                let p = self.paused.lock().expect("paused").remove(id);
+                if p.is_some() {
+                    tracing::info!(sandbox = id, "paused sandbox removed");
+                }
+                p.is_some()
+            }
+        }
+    }
+
+    /// Kills `s` if it is still the running incarnation of its sandbox (a paused or resumed
+    /// sandbox's old VM is not).
+    fn kill_incarnation(&self, s: &Arc<Sandbox>) {
+        let current = self
+            .sandboxes
+            .lock()
+            .expect("sandboxes")
+            .get(&s.id)
+            .is_some_and(|x| Arc::ptr_eq(x, s));
+        if current {
+            self.kill(&s.id);
         }
     }
 
@@ -146,27 +190,40 @@ impl Server {
             .lock()
             .expect("sandboxes")
             .insert(s.id.clone(), s.clone());
+        self.watch(s);
+    }
+
+    /// Starts the timer of `s` (which is in `sandboxes`).
+    fn watch(self: &Arc<Self>, s: Arc<Sandbox>) {
         tokio::spawn(watch(Arc::downgrade(self), s));
     }
 }
 
-/// Kills `s` when its timeout passes or its container dies.
+/// Kills `s` when its timeout passes (pauses it instead with `autoPause`) or its container
+/// dies.
 async fn watch(server: Weak<Server>, s: Arc<Sandbox>) {
-    loop {
+    let timed_out = loop {
         let left = (s.end_at() - Utc::now()).to_std().unwrap_or_default();
         if left.is_zero() {
             tracing::info!(sandbox = s.id, "sandbox timed out");
-            break;
+            break true;
         }
         tokio::select! {
             _ = tokio::time::sleep(left) => {}
             _ = s.timer.notified() => {}
-            _ = s.vm.died.notified() => break,
+            _ = s.vm.died.notified() => break false,
+        }
+    };
+    let Some(server) = server.upgrade() else {
+        return;
+    };
+    if timed_out && s.auto_pause {
+        match lifecycle::pause(&server, &s.id).await {
+            Ok(()) => return,
+            Err(e) => tracing::warn!(sandbox = s.id, "auto-pause failed, killing: {}", e.1),
         }
     }
-    if let Some(server) = server.upgrade() {
-        server.kill(&s.id);
-    }
+    server.kill_incarnation(&s);
 }
 
 /// Checks the options, makes every template ready, then serves until SIGTERM/SIGINT; `ready`
@@ -213,6 +270,10 @@ pub async fn serve(dirs: &Dirs, opts: ServeOptions, ready: impl FnOnce(SocketAdd
         api_key: opts.api_key.clone(),
         max_sandboxes: opts.max_sandboxes,
         sandboxes: Mutex::default(),
+        paused: Mutex::default(),
+        changing: Mutex::default(),
+        snapshots: Mutex::default(),
+        taken: Mutex::default(),
         creating: Mutex::new(0),
     });
     let listener = tokio::net::TcpListener::bind(opts.listen)
@@ -237,6 +298,15 @@ pub async fn serve(dirs: &Dirs, opts: ServeOptions, ready: impl FnOnce(SocketAdd
     }
     for s in server.all() {
         server.kill(&s.id);
+    }
+    // Paused sandboxes' and taken snapshots go with their last holder: nothing is left.
+    server.paused.lock().expect("paused").clear();
+    server.snapshots.lock().expect("snapshots").clear();
+    // The process exits without dropping what tasks still hold: remove them by name.
+    for held in server.taken.lock().expect("taken").drain(..) {
+        if let Some(h) = held.upgrade() {
+            h.remove();
+        }
     }
     result
 }

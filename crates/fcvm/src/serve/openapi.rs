@@ -20,13 +20,14 @@ fn spec() -> Value {
     });
     let list_params = json!([
         {"name": "metadata", "in": "query", "schema": {"type": "string"}, "description": "k=v&k2=v2, keys and values URL-encoded"},
-        {"name": "state", "in": "query", "schema": {"type": "string"}, "description": "running,paused (only running sandboxes exist)"},
+        {"name": "state", "in": "query", "schema": {"type": "string"}, "description": "running,paused"},
         {"name": "nextToken", "in": "query", "schema": {"type": "string"}},
         {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 100}},
         {"name": "order", "in": "query", "schema": {"type": "string", "enum": ["asc", "desc"]}}
     ]);
     let listed = json!({"description": "the sandboxes", "content": {"application/json": {"schema": {"type": "array", "items": {"$ref": "#/components/schemas/ListedSandbox"}}}}});
     let list = json!({"summary": "List sandboxes", "parameters": list_params, "responses": {"200": listed, "400": err("bad query"), "401": err("bad API key")}});
+    let connect_body = json!({"content": {"application/json": {"schema": {"type": "object", "properties": {"timeout": {"type": "integer", "minimum": 0, "maximum": 86400, "default": 300}, "memory": {"type": "boolean", "description": "false (reboot from disk) is refused"}}}}}});
     let timeout_body = json!({"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["timeout"], "properties": {"timeout": {"type": "integer", "minimum": 0, "maximum": 86400}}}}}});
     json!({
         "openapi": "3.0.0",
@@ -40,7 +41,8 @@ fn spec() -> Value {
                     "timeout": {"type": "integer", "default": 300, "minimum": 0, "maximum": 86400},
                     "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
                     "envVars": {"type": "object", "additionalProperties": {"type": "string"}},
-                    "autoPause": {"type": "boolean", "description": "true is refused (not supported yet)"}
+                    "autoPause": {"type": "boolean", "description": "pause instead of kill at the timeout"},
+                    "autoPauseMemory": {"type": "boolean", "description": "false (a filesystem-only pause) is refused"}
                 }},
                 "Sandbox": {"type": "object", "required": ["templateID", "sandboxID", "clientID", "envdVersion"], "properties": {
                     "templateID": {"type": "string"}, "sandboxID": {"type": "string"}, "clientID": {"type": "string"},
@@ -71,7 +73,35 @@ fn spec() -> Value {
             },
             "/v2/sandboxes/{sandboxID}/connect": {
                 "parameters": id,
-                "post": {"summary": "Connect to a running sandbox (its timeout is extended, never shortened)", "responses": {"200": created, "401": err("bad API key"), "404": err("unknown sandbox")}}
+                "post": {"summary": "Connect to a sandbox: a running one's timeout is extended (never shortened), a paused one is resumed", "requestBody": connect_body, "responses": {"200": created, "201": created, "400": err("bad body; memory: false"), "401": err("bad API key"), "404": err("unknown sandbox"), "500": err("the restore failed")}}
+            },
+            "/sandboxes/{sandboxID}/pause": {
+                "parameters": id,
+                "post": {"summary": "Pause: snapshot the VM (memory and files, processes running) and stop it", "responses": {"204": {"description": "paused"}, "400": err("memory: false"), "401": err("bad API key"), "404": err("unknown sandbox"), "409": err("already paused"), "429": err("too many paused sandboxes"), "500": err("the snapshot failed")}}
+            },
+            "/sandboxes/{sandboxID}/resume": {
+                "parameters": id,
+                "post": {"summary": "Resume a paused sandbox from its snapshot", "requestBody": connect_body, "responses": {"201": created, "400": err("bad body"), "401": err("bad API key"), "404": err("unknown sandbox"), "409": err("already running"), "500": err("the restore failed")}}
+            },
+            "/sandboxes/{sandboxID}/fork": {
+                "parameters": id,
+                "post": {"summary": "Snapshot a running sandbox (it runs on) and start `count` clones of it", "requestBody": {"content": {"application/json": {"schema": {"type": "object", "properties": {"timeout": {"type": "integer"}, "count": {"type": "integer", "minimum": 1, "maximum": 20, "default": 1}}}}}}, "responses": {"201": {"description": "one {sandbox} or {error} per fork"}, "400": err("bad body"), "401": err("bad API key"), "404": err("unknown sandbox"), "409": err("paused")}}
+            },
+            "/sandboxes/{sandboxID}/snapshots": {
+                "parameters": id,
+                "post": {"summary": "Snapshot a running sandbox as a template (its id is a templateID)", "requestBody": {"content": {"application/json": {"schema": {"type": "object", "properties": {"name": {"type": "string"}, "memory": {"type": "boolean"}}}}}}, "responses": {"201": {"description": "{snapshotID, names}"}, "400": err("bad body or name; memory: false"), "401": err("bad API key"), "404": err("unknown sandbox"), "409": err("paused"), "429": err("too many snapshots")}}
+            },
+            "/snapshots": {
+                "get": {"summary": "List snapshot templates", "parameters": [
+                    {"name": "sandboxID", "in": "query", "schema": {"type": "string"}},
+                    {"name": "name", "in": "query", "schema": {"type": "string"}},
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 64}},
+                    {"name": "nextToken", "in": "query", "schema": {"type": "string"}}
+                ], "responses": {"200": {"description": "[{snapshotID, names}], the next page's token in x-next-token"}, "400": err("bad query"), "401": err("bad API key")}}
+            },
+            "/templates/{templateID}": {
+                "parameters": [{"name": "templateID", "in": "path", "required": true, "schema": {"type": "string"}}],
+                "delete": {"summary": "Delete a snapshot template", "responses": {"204": {"description": "deleted"}, "401": err("bad API key"), "404": err("unknown snapshot")}}
             },
             "/sandboxes/{sandboxID}/metrics": {
                 "parameters": id,
@@ -93,6 +123,10 @@ mod tests {
             "/sandboxes/{sandboxID}",
             "/sandboxes/{sandboxID}/timeout",
             "/sandboxes/{sandboxID}/metrics",
+            "/sandboxes/{sandboxID}/pause",
+            "/sandboxes/{sandboxID}/resume",
+            "/sandboxes/{sandboxID}/fork",
+            "/sandboxes/{sandboxID}/snapshots",
         ] {
             assert!(paths.contains_key(p), "{p}");
         }

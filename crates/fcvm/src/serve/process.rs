@@ -2,49 +2,55 @@
 //! container execs over the sandbox's agent session, named by their pid (or a tag), outliving
 //! the HTTP stream that started them (an SDK handle may disconnect and `Connect` again).
 //!
-//! Each process has one relay task that owns its agent stream: it reads every frame as it
-//! arrives — with or without a client attached — and hands output to the attached streams
-//! through bounded queues, so a slow client slows only its own process. Control requests
-//! (signals, stdin, resize, new subscribers) reach the relay through a bounded queue too.
-//! Stdin is sent within the agent's credit (docs/protocol.md §5); what does not fit yet waits
-//! in the relay, up to [`MAX_PENDING_STDIN`].
+//! Each process has one relay task ([`super::relay`]) that owns its agent stream: it reads
+//! every frame as it arrives — with or without a client attached — and hands output to the
+//! attached streams through bounded queues, so a slow client slows only its own process.
+//! Control requests (signals, stdin, resize, new subscribers) reach the relay through a
+//! bounded queue too. Stdin is sent within the agent's credit (docs/protocol.md §5); what
+//! does not fit yet waits in the relay, up to [`MAX_PENDING_STDIN`].
+//!
+//! The table outlives a pause ([`Processes::kept`], [`Processes::adopt`]): a restored VM keeps
+//! the processes' agent streams, and new relays take them over (docs/serve.md).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 
-use fcvm_proto::{ErrorKind, Msg, ProcessSpec, Target, INITIAL_STDIN_CREDIT, MAX_CHUNK};
+use fcvm_proto::{ErrorKind, Msg, ProcessSpec, Target, INITIAL_STDIN_CREDIT};
 use tokio::sync::{mpsc, oneshot};
 
 use super::connect::{Code, RpcError};
-use super::pb::{Bytes, Data, End, Event, ProcessConfig, ProcessInfo, ProcessSelector};
+use super::pb::{Event, ProcessConfig, ProcessInfo, ProcessSelector};
+pub use super::relay::MAX_PENDING_STDIN;
+use super::relay::{lost, Control, Relay};
 use crate::session::{Process, Session};
 
 /// Events queued for one attached stream before the relay waits for its client.
 const EVENT_QUEUE: usize = 64;
 /// Control requests queued for one relay.
 const CONTROL_QUEUE: usize = 16;
-/// Streams attached to one process at a time.
-const MAX_SUBSCRIBERS: usize = 16;
 /// Processes alive in one sandbox at a time.
 pub const MAX_PROCESSES: usize = 1024;
-/// Stdin bytes accepted beyond the agent's credit before SendInput is refused.
-pub const MAX_PENDING_STDIN: usize = 1 << 20;
-
-/// What a relay is asked to do.
-enum Control {
-    Subscribe(mpsc::Sender<Event>),
-    Signal(i32),
-    Kill,
-    Stdin(Vec<u8>, oneshot::Sender<Result<(), RpcError>>),
-    StdinEof,
-    Resize(u16, u16),
-}
 
 #[derive(Clone)]
 struct Entry {
     tag: Option<String>,
     config: ProcessConfig,
     control: mpsc::Sender<Control>,
+    /// Its agent stream and whether it has a pty: what a restored sandbox needs to take the
+    /// process over ([`Processes::adopt`]).
+    stream: u32,
+    tty: bool,
+}
+
+/// A process as a snapshot of its sandbox holds it: it runs on in the guest under its agent
+/// stream, which a VM restored from that snapshot keeps (docs/design.md §9).
+#[derive(Clone, Debug)]
+pub struct Kept {
+    pub pid: u32,
+    pub tag: Option<String>,
+    pub config: ProcessConfig,
+    pub stream: u32,
+    pub tty: bool,
 }
 
 /// A started (or connected-to) process: its pid and the stream of its events, beginning with
@@ -93,26 +99,81 @@ impl Processes {
         };
         let (tx, rx) = mpsc::channel(EVENT_QUEUE);
         let _ = tx.try_send(Event::Start { pid });
-        let (ctl_tx, ctl_rx) = mpsc::channel(CONTROL_QUEUE);
-        let entry = Entry {
+        let kept = Kept {
+            pid,
             tag,
             config,
-            control: ctl_tx.clone(),
+            stream: proc.id,
+            tty,
         };
-        self.map.lock().expect("processes").insert(pid, entry);
+        self.relay(proc, kept, vec![tx], early);
+        Ok(Attached { pid, events: rx })
+    }
+
+    /// Enters `k` in the table and starts its relay over `proc`.
+    fn relay(
+        self: &Arc<Self>,
+        proc: Process,
+        k: Kept,
+        subscribers: Vec<mpsc::Sender<Event>>,
+        early: Vec<Msg>,
+    ) {
+        let (ctl_tx, ctl_rx) = mpsc::channel(CONTROL_QUEUE);
+        let entry = Entry {
+            tag: k.tag,
+            config: k.config,
+            control: ctl_tx.clone(),
+            stream: k.stream,
+            tty: k.tty,
+        };
+        self.map.lock().expect("processes").insert(k.pid, entry);
         let relay = Relay {
             proc,
-            pid,
-            tty,
-            subscribers: vec![tx],
+            pid: k.pid,
+            tty: k.tty,
+            subscribers,
             credit: INITIAL_STDIN_CREDIT as usize,
             pending: VecDeque::new(),
             pending_bytes: 0,
             eof: false,
             eof_sent: false,
         };
-        tokio::spawn(relay.run(ctl_tx, ctl_rx, early, Arc::downgrade(self)));
-        Ok(Attached { pid, events: rx })
+        let (table, pid) = (Arc::downgrade(self), k.pid);
+        // Removes this entry, not a later process's with a recycled pid.
+        let ended = move || {
+            if let Some(t) = table.upgrade() {
+                t.remove(pid, &ctl_tx);
+            }
+        };
+        tokio::spawn(relay.run(ctl_rx, early, ended));
+    }
+
+    /// Every process that runs, as a snapshot taken now holds it.
+    pub fn kept(&self) -> Vec<Kept> {
+        let map = self.map.lock().expect("processes");
+        let mut v: Vec<Kept> = map
+            .iter()
+            .map(|(pid, e)| Kept {
+                pid: *pid,
+                tag: e.tag.clone(),
+                config: e.config.clone(),
+                stream: e.stream,
+                tty: e.tty,
+            })
+            .collect();
+        v.sort_by_key(|k| k.pid);
+        v
+    }
+
+    /// The processes of a VM restored from a snapshot that held `kept`, taken over on
+    /// `session` (whose restore plan kept their streams), no client attached yet. A process
+    /// that ended meanwhile reports its end to nobody and leaves the table, as any other.
+    pub fn adopt(session: &Session, kept: &[Kept]) -> Arc<Processes> {
+        let table = Arc::new(Processes::default());
+        for k in kept {
+            table.relay(session.attach(k.stream), k.clone(), vec![], vec![]);
+        }
+        table
     }
 
     fn find(&self, sel: Option<&ProcessSelector>) -> Result<(u32, Entry), RpcError> {
@@ -217,179 +278,4 @@ fn start_error(kind: ErrorKind, message: String) -> RpcError {
         ErrorKind::Failed => Code::Unknown,
     };
     RpcError::new(code, message)
-}
-
-fn lost() -> RpcError {
-    RpcError::new(
-        Code::Unavailable,
-        "connection to the sandbox's agent was lost",
-    )
-}
-
-struct Relay {
-    proc: Process,
-    pid: u32,
-    tty: bool,
-    subscribers: Vec<mpsc::Sender<Event>>,
-    credit: usize,
-    pending: VecDeque<Vec<u8>>,
-    pending_bytes: usize,
-    /// Stdin's end was asked for; sent once `pending` is empty.
-    eof: bool,
-    eof_sent: bool,
-}
-
-impl Relay {
-    /// `me`: the sender of `control` that the table holds (to remove this entry, not a later
-    /// process's with a recycled pid).
-    async fn run(
-        mut self,
-        me: mpsc::Sender<Control>,
-        mut control: mpsc::Receiver<Control>,
-        early: Vec<Msg>,
-        table: Weak<Processes>,
-    ) {
-        let mut end = None;
-        for m in early {
-            end = end.or(self.on_frame(Some(m)).await);
-        }
-        let end = match end {
-            Some(e) => e,
-            None => loop {
-                tokio::select! {
-                    m = self.proc.recv() => if let Some(e) = self.on_frame(m).await { break e },
-                    c = control.recv() => if let Some(e) = self.on_control(c).await { break e },
-                }
-            },
-        };
-        drop(control);
-        if let Some(t) = table.upgrade() {
-            t.remove(self.pid, &me);
-        }
-        self.fanout(Event::End(end)).await;
-        // Dropping the stream now: after Exit it is done; after a kill it sends Close, which
-        // makes the agent kill the process and everything left in its session.
-    }
-
-    /// Handles one agent frame; Some(end) when the process is over.
-    async fn on_frame(&mut self, m: Option<Msg>) -> Option<End> {
-        match m {
-            Some(Msg::Stdout(b)) => {
-                let d = if self.tty {
-                    Data::Pty(Bytes(b))
-                } else {
-                    Data::Stdout(Bytes(b))
-                };
-                self.fanout(Event::Data(d)).await;
-            }
-            Some(Msg::Stderr(b)) => self.fanout(Event::Data(Data::Stderr(Bytes(b)))).await,
-            Some(Msg::Credit(n)) => {
-                self.credit += n as usize;
-                self.flush_stdin().await;
-            }
-            Some(Msg::Exit { code, .. }) => {
-                return Some(End {
-                    exit_code: code,
-                    exited: true,
-                    status: format!("exit status {code}"),
-                    error: None,
-                })
-            }
-            Some(Msg::Error { kind, message }) => {
-                return Some(End {
-                    exit_code: kind.exit_code(),
-                    exited: false,
-                    status: "error".into(),
-                    error: Some(message),
-                })
-            }
-            Some(_) => {}
-            None => {
-                return Some(End {
-                    exit_code: -1,
-                    exited: false,
-                    status: "error".into(),
-                    error: Some(lost().message),
-                })
-            }
-        }
-        None
-    }
-
-    async fn on_control(&mut self, c: Option<Control>) -> Option<End> {
-        match c {
-            Some(Control::Subscribe(tx)) => {
-                if self.subscribers.len() < MAX_SUBSCRIBERS
-                    && tx.send(Event::Start { pid: self.pid }).await.is_ok()
-                {
-                    self.subscribers.push(tx);
-                }
-            }
-            Some(Control::Signal(s)) => {
-                self.proc.send(Msg::Signal(s)).await;
-            }
-            Some(Control::Stdin(data, ack)) => {
-                let r = if self.eof {
-                    Err(RpcError::new(Code::FailedPrecondition, "stdin is closed"))
-                } else if self.pending_bytes + data.len() > MAX_PENDING_STDIN {
-                    Err(RpcError::new(
-                        Code::ResourceExhausted,
-                        "the process does not read its stdin fast enough",
-                    ))
-                } else {
-                    for chunk in data.chunks(MAX_CHUNK) {
-                        self.pending_bytes += chunk.len();
-                        self.pending.push_back(chunk.to_vec());
-                    }
-                    self.flush_stdin().await;
-                    Ok(())
-                };
-                let _ = ack.send(r);
-            }
-            Some(Control::StdinEof) => {
-                self.eof = true;
-                self.flush_stdin().await;
-            }
-            Some(Control::Resize(rows, cols)) => {
-                self.proc.send(Msg::Resize { rows, cols }).await;
-            }
-            // Killed, or the sandbox is going away: envd reports a killed process this way.
-            Some(Control::Kill) | None => {
-                return Some(End {
-                    exit_code: -1,
-                    exited: false,
-                    status: "signal: killed".into(),
-                    error: None,
-                })
-            }
-        }
-        None
-    }
-
-    async fn flush_stdin(&mut self) {
-        while let Some(chunk) = self.pending.front() {
-            if chunk.len() > self.credit {
-                return;
-            }
-            let chunk = self.pending.pop_front().expect("front exists");
-            self.credit -= chunk.len();
-            self.pending_bytes -= chunk.len();
-            self.proc.send(Msg::Stdin(chunk)).await;
-        }
-        if self.eof && !self.eof_sent && self.pending.is_empty() {
-            self.eof_sent = true;
-            self.proc.send(Msg::StdinEof).await;
-        }
-    }
-
-    /// Hands `ev` to every attached stream; a stream whose client is gone is dropped.
-    async fn fanout(&mut self, ev: Event) {
-        let mut alive = Vec::with_capacity(self.subscribers.len());
-        for s in self.subscribers.drain(..) {
-            if s.send(ev.clone()).await.is_ok() {
-                alive.push(s);
-            }
-        }
-        self.subscribers = alive;
-    }
 }

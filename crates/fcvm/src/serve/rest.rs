@@ -1,5 +1,5 @@
 //! The E2B REST API subset (`E2B_API_URL`): sandboxes created, listed, described, timed out and
-//! killed. Bodies and errors are E2B's (its OpenAPI document, as the SDK's generated client
+//! killed (pause, resume, fork and snapshots: [`super::snapshots`]). Bodies and errors are E2B's (its OpenAPI document, as the SDK's generated client
 //! reads them): errors are `{"code": <http status>, "message": …}`; a bad key is 401, an
 //! unknown sandbox or template 404, a bad body 400, and nothing changes on any of them.
 
@@ -17,23 +17,15 @@ use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::list;
 use super::sandbox::{CreateParams, Sandbox};
 use super::vm::SandboxVm;
 use super::{
     constant_time_eq, ApiError, Server, CLIENT_ID, DEFAULT_TEMPLATE, DEFAULT_TIMEOUT, ENVD_VERSION,
     MAX_TIMEOUT,
 };
+use super::{lifecycle, list, snapshots};
 
 pub fn router(server: Arc<Server>) -> Router {
-    let unsupported = || {
-        post(|| async {
-            ApiError(
-                StatusCode::NOT_IMPLEMENTED,
-                "not supported by fcvm serve yet".into(),
-            )
-        })
-    };
     Router::new()
         .route("/sandboxes", post(create).get(list::list_v1))
         .route("/v2/sandboxes", post(create).get(list::list_v2))
@@ -42,10 +34,12 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/sandboxes/{id}/metrics", get(super::metrics::metrics))
         .route("/sandboxes/{id}/connect", post(connect))
         .route("/v2/sandboxes/{id}/connect", post(connect))
-        .route("/sandboxes/{id}/pause", unsupported())
-        .route("/sandboxes/{id}/resume", unsupported())
-        .route("/sandboxes/{id}/snapshots", unsupported())
-        .route("/sandboxes/{id}/fork", unsupported())
+        .route("/sandboxes/{id}/pause", post(snapshots::pause))
+        .route("/sandboxes/{id}/resume", post(snapshots::resume))
+        .route("/sandboxes/{id}/snapshots", post(snapshots::create))
+        .route("/sandboxes/{id}/fork", post(snapshots::fork))
+        .route("/templates/{id}", axum::routing::delete(snapshots::delete))
+        .route("/snapshots", get(snapshots::list))
         .layer(middleware::from_fn_with_state(server.clone(), api_key))
         .with_state(server)
 }
@@ -77,14 +71,25 @@ struct CreateBody {
     env_vars: Option<BTreeMap<String, String>>,
     #[serde(default)]
     auto_pause: Option<bool>,
+    /// false: a filesystem-only pause (not supported).
+    #[serde(default)]
+    auto_pause_memory: Option<bool>,
+    #[serde(default)]
+    auto_resume: Option<AutoResume>,
 }
 
-fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+#[derive(Deserialize)]
+struct AutoResume {
+    #[serde(default)]
+    enabled: bool,
+}
+
+pub(super) fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("Invalid request body: {e}")))
 }
 
-fn timeout_of(secs: Option<i64>) -> Result<Duration, ApiError> {
+pub(super) fn timeout_of(secs: Option<i64>) -> Result<Duration, ApiError> {
     match secs {
         None => Ok(DEFAULT_TIMEOUT),
         Some(s) if s < 0 => Err(ApiError::bad_request("timeout must not be negative")),
@@ -102,6 +107,36 @@ async fn create(
 ) -> Result<Response, ApiError> {
     let b: CreateBody = parse_body(&body)?;
     let template_id = b.template_id.unwrap_or_else(|| DEFAULT_TEMPLATE.0.into());
+    let auto_pause = b.auto_pause == Some(true);
+    if auto_pause && b.auto_pause_memory == Some(false) {
+        return Err(ApiError::bad_request(
+            "a filesystem-only pause (autoPauseMemory: false) is not supported by fcvm serve",
+        ));
+    }
+    if b.auto_resume.is_some_and(|a| a.enabled) {
+        return Err(ApiError::bad_request(
+            "autoResume is not supported by fcvm serve: resume with connect",
+        ));
+    }
+    let params = CreateParams {
+        metadata: b.metadata.unwrap_or_default(),
+        env_vars: b.env_vars.unwrap_or_default(),
+        timeout: timeout_of(b.timeout)?,
+        // Always, whatever v1's `secure` says: envd calls carry no API key, so without a
+        // token anyone who can reach the port and knows the id could run commands.
+        access_token: Some(new_token()),
+        auto_pause,
+    };
+    let snapshot = s
+        .snapshots
+        .lock()
+        .expect("snapshots")
+        .get(&template_id)
+        .cloned();
+    if let Some(snap) = snapshot {
+        let sbx = lifecycle::clone_of(&s, &snap.frozen, &template_id, params).await?;
+        return Ok((StatusCode::CREATED, Json(created(&sbx))).into_response());
+    }
     let template = s
         .templates
         .get(&template_id)
@@ -112,19 +147,6 @@ async fn create(
             )
         })?
         .clone();
-    if b.auto_pause == Some(true) {
-        return Err(ApiError::bad_request(
-            "autoPause is not supported by fcvm serve yet",
-        ));
-    }
-    let params = CreateParams {
-        metadata: b.metadata.unwrap_or_default(),
-        env_vars: b.env_vars.unwrap_or_default(),
-        timeout: timeout_of(b.timeout)?,
-        // Always, whatever v1's `secure` says: envd calls carry no API key, so without a
-        // token anyone who can reach the port and knows the id could run commands.
-        access_token: Some(hex::encode(rand::random::<[u8; 24]>())),
-    };
     let slot = Slot::take(&s)?;
     let pooled = s.pools.get(&template_id).and_then(|p| p.take());
     let vm = match pooled {
@@ -134,7 +156,7 @@ async fn create(
             ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}"))
         })?,
     };
-    let sbx = Arc::new(Sandbox::new(&template, vm, params));
+    let sbx = Arc::new(Sandbox::new(&template.id, vm, params));
     tracing::info!(sandbox = sbx.id, template = template_id, "sandbox created");
     let body = created(&sbx);
     s.insert(sbx);
@@ -143,12 +165,17 @@ async fn create(
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
+/// A sandbox's envd access token.
+pub(super) fn new_token() -> String {
+    hex::encode(rand::random::<[u8; 24]>())
+}
+
 /// A place among `--max-sandboxes` held by a create in progress (also when the client goes
 /// away and the create is dropped half-way).
-struct Slot<'a>(&'a Server);
+pub(super) struct Slot<'a>(&'a Server);
 
 impl<'a> Slot<'a> {
-    fn take(s: &'a Server) -> Result<Slot<'a>, ApiError> {
+    pub(super) fn take(s: &'a Server) -> Result<Slot<'a>, ApiError> {
         let mut creating = s.creating.lock().expect("creating");
         if s.sandboxes.lock().expect("sandboxes").len() + *creating >= s.max_sandboxes {
             return Err(ApiError(
@@ -168,7 +195,7 @@ impl Drop for Slot<'_> {
 }
 
 /// The `Sandbox` reply of create and connect.
-fn created(s: &Sandbox) -> Value {
+pub(super) fn created(s: &Sandbox) -> Value {
     json!({
         "templateID": s.template_id,
         "sandboxID": s.id,
@@ -184,9 +211,22 @@ async fn detail(
     State(s): State<Arc<Server>>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let sbx = s.get(&id).ok_or_else(|| ApiError::not_found(&id))?;
-    let mut v = list::listed(&sbx);
-    v["envdAccessToken"] = json!(sbx.access_token);
+    let paused = || s.paused.lock().expect("paused").get(&id).cloned();
+    let item = match s.get(&id) {
+        Some(sbx) => list::Item::running(&sbx),
+        None => {
+            let p = paused().ok_or_else(|| ApiError::not_found(&id))?;
+            list::Item::paused(&p)
+        }
+    };
+    let mut v = list::listed(&item);
+    v["envdAccessToken"] = json!(item.ident.access_token);
+    let on_timeout = if item.ident.auto_pause {
+        "pause"
+    } else {
+        "kill"
+    };
+    v["lifecycle"] = json!({"onTimeout": on_timeout, "autoResume": false});
     v["domain"] = Value::Null;
     Ok(Json(v))
 }
@@ -220,11 +260,14 @@ async fn set_timeout(
 }
 
 #[derive(Deserialize, Default)]
-struct ConnectBody {
-    timeout: Option<i64>,
+pub(super) struct ConnectBody {
+    pub timeout: Option<i64>,
+    /// false: resume a paused sandbox by a cold boot from its disk (not supported).
+    pub memory: Option<bool>,
 }
 
-/// Connect to a running sandbox: its timeout is extended (never shortened) to `timeout`.
+/// Connect to a sandbox: a running one has its timeout extended (never shortened) to
+/// `timeout` (200); a paused one is resumed with it (201).
 async fn connect(
     State(s): State<Arc<Server>>,
     Path(id): Path<String>,
@@ -236,11 +279,17 @@ async fn connect(
         parse_body(&body)?
     };
     let t = timeout_of(b.timeout)?;
-    let sbx = s.get(&id).ok_or_else(|| ApiError::not_found(&id))?;
-    if sbx.end_at() < Utc::now() + t {
-        sbx.set_timeout(t);
+    if let Some(sbx) = s.get(&id) {
+        if sbx.end_at() < Utc::now() + t {
+            sbx.set_timeout(t);
+        }
+        return Ok((StatusCode::OK, Json(created(&sbx))).into_response());
     }
-    Ok((StatusCode::OK, Json(created(&sbx))).into_response())
+    snapshots::check_memory(b.memory)?;
+    match lifecycle::resume(&s, &id, t).await? {
+        Some(sbx) => Ok((StatusCode::CREATED, Json(created(&sbx))).into_response()),
+        None => Err(ApiError::not_found(&id)),
+    }
 }
 
 #[cfg(test)]

@@ -3,9 +3,14 @@
 //! the next), its container's main process idling (`sleep infinity`) while the SDK's commands
 //! run as container execs ([`super::process`]).
 //!
+//! A paused sandbox comes back with [`SandboxVm::restore`] from the snapshot its pause saved
+//! ([`SandboxVm::snapshot`]), under the same id; a fork or a sandbox made from a snapshot the
+//! same way under a new one, with a new identity (fcvm's clone path, docs/design.md §9).
+//!
 //! The VM appears in `fcvm ls` as `sbx-<id>` and serves `fcvm exec` like any other.
 //! [`SandboxVm::stop`] (or dropping it) quits it and removes its directory, network and name.
 
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -16,11 +21,12 @@ use tokio::sync::Notify;
 use super::template::Template;
 use crate::exec::server::ExecServer;
 use crate::paths::Dirs;
-use crate::run::{launch, DirGuard};
-use crate::session::Session;
+use crate::run::{launch, DirGuard, Facts};
+use crate::session::{Process, Session};
+use crate::snapshot::{self, restore, Manifest, SnapshotKind};
 use crate::vm::names::NameLock;
 use crate::vm::{VmDir, VmState, VmStatus};
-use crate::vmm::Vmm;
+use crate::vmm::{self, Vmm};
 
 pub struct SandboxVm {
     /// The VM's id, which is also the sandbox's id.
@@ -34,6 +40,8 @@ pub struct SandboxVm {
     pub died: Arc<Notify>,
     dead: Arc<AtomicBool>,
     vm: Arc<dyn Vmm>,
+    /// What the VM is made of (its snapshots' manifests are made from it).
+    pub facts: Facts,
     parts: Mutex<Option<Parts>>,
 }
 
@@ -48,24 +56,35 @@ struct Parts {
     _name: NameLock,
 }
 
+/// A snapshot a sandbox VM comes back from ([`SandboxVm::restore`]).
+pub struct FromSnapshot<'a> {
+    pub dir: &'a Path,
+    pub manifest: &'a Manifest,
+    /// The facts of the VM it was taken of.
+    pub facts: &'a Facts,
+    /// A clone (fork, sandbox from a snapshot) gets a new hostname and machine-id; a resumed
+    /// sandbox keeps its own.
+    pub clone: bool,
+    /// The streams of its commands, which go on running (docs/design.md §9).
+    pub keep_streams: Vec<u32>,
+}
+
 impl SandboxVm {
     /// Launches a VM of template `t`; returns once its container runs.
     pub async fn launch(dirs: &Dirs, t: &Template) -> Result<SandboxVm> {
         let id = crate::vm::new_id();
-        let name = format!("sbx-{id}");
-        let name_lock = crate::vm::names::claim(dirs, &name)?;
-        let net_plan = crate::network::check(&crate::network::NetworkOptions::default())?;
-        let vmdir = VmDir::new(dirs, &id);
-        let guard = DirGuard(vmdir.clone());
-        crate::owner_only::create_dir(&vmdir.path).context("Cannot create the VM directory")?;
-        let net = crate::network::setup(&net_plan, &vmdir.path, &id)?;
-        let mut facts = t.facts.clone();
-        facts.nic = net.nic.clone();
-        let mut state = crate::run::new_state(&id, &name, &facts);
-        state.network = Some(net.info.clone());
-        let launched = launch::launch(dirs, &vmdir, &mut state, &facts, &net, &name, true)
-            .await
-            .with_context(|| format!("Sandbox {id}"))?;
+        let mut up = Up::new(dirs, &id, &t.facts)?;
+        let launched = launch::launch(
+            dirs,
+            &up.vmdir,
+            &mut up.state,
+            &up.facts,
+            &up.net,
+            &up.name,
+            true,
+        )
+        .await
+        .with_context(|| format!("Sandbox {id}"))?;
         let vm = launched.vm.clone();
         let session = Arc::new(launched.session);
         let mut main = session.start(t.idle.clone(), Target::Container).await;
@@ -78,47 +97,52 @@ impl SandboxVm {
             };
             anyhow::bail!("Sandbox {id}: the container did not start: {why}");
         }
-        // The main process idles; once it ends the container is gone and so is the sandbox.
-        let died = Arc::new(Notify::new());
-        let dead = Arc::new(AtomicBool::new(false));
-        let (d, dd) = (died.clone(), dead.clone());
-        let container = AbortOnDrop(tokio::spawn(async move {
-            while let Some(m) = main.recv().await {
-                if matches!(m, Msg::Exit { .. } | Msg::Error { .. }) {
-                    break;
-                }
-            }
-            dd.store(true, Ordering::SeqCst);
-            d.notify_one();
-        }));
-        let exec = crate::exec::server::serve(
-            &vmdir.path.join(crate::exec::server::EXEC_SOCK),
-            session.clone(),
-            facts.container_env.clone(),
-            None,
+        up.finish(id, vm, session, main)
+    }
+
+    /// Restores snapshot `from` as the VM of sandbox `id` (its container running as it was
+    /// in the snapshot); returns once the agent completed the restore handshake.
+    pub async fn restore(dirs: &Dirs, id: &str, from: FromSnapshot<'_>) -> Result<SandboxVm> {
+        let mut up = Up::new(dirs, id, from.facts)?;
+        let mut plan = restore::plan(from.clone.then(|| up.name.clone()), up.net.guest.clone());
+        if !from.clone {
+            plan.machine_id = None;
+        }
+        plan.keep_streams = from.keep_streams;
+        let r = restore::restore(
+            from.dir,
+            from.manifest,
+            &up.vmdir.path,
+            up.net.nic.clone(),
+            plan,
+            launch::new_epoch(),
+            &vmm::boot,
         )
-        .context("Cannot open the exec socket")?;
-        state.status = VmStatus::Running;
-        vmdir.write_state(&state)?;
-        Ok(SandboxVm {
-            id,
-            cpus: facts.cpus,
-            mem_mib: facts.mem_mib,
-            session,
-            container_env: facts.container_env.clone(),
-            died,
-            dead,
-            vm,
-            parts: Mutex::new(Some(Parts {
-                state,
-                dir: vmdir,
-                _exec: exec,
-                _container: container,
-                _net: net,
-                _guard: guard,
-                _name: name_lock,
-            })),
-        })
+        .await
+        .with_context(|| format!("Sandbox {id}"))?;
+        up.state.snapshot = Some(from.manifest.name.clone());
+        if let Err(e) = launch::record_vmm(&up.vmdir, &mut up.state, &*r.vm) {
+            r.vm.quit();
+            return Err(e).context("Cannot record the restored VM");
+        }
+        let session = Arc::new(r.session);
+        let main = session.attach(fcvm_proto::CONTAINER_STREAM);
+        up.finish(id.to_string(), r.vm, session, main)
+    }
+
+    /// Saves a snapshot `name` of the running VM (fcvm's snapshot path, docs/design.md §10);
+    /// the VM runs on.
+    pub async fn snapshot(&self, dirs: &Dirs, name: &str) -> Result<Manifest> {
+        let dir = match self.parts.lock().expect("parts").as_ref() {
+            Some(p) => p.dir.path.clone(),
+            None => anyhow::bail!("the VM of sandbox {} has stopped", self.id),
+        };
+        let m = self
+            .facts
+            .manifest(name, SnapshotKind::User, &format!("sbx-{}", self.id), true);
+        let nic = self.facts.nic.as_ref();
+        let made = snapshot::create::create(dirs, &*self.vm, &dir, m, nic, &vmm::boot).await?;
+        Ok(made)
     }
 
     /// Runs `warm` (the SDK's first command, with nothing to do) to its end: a VM restored
@@ -158,6 +182,102 @@ impl SandboxVm {
 impl Drop for SandboxVm {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A sandbox VM's directory, name, network and state, made before its VMM starts and
+/// removed again if it never does.
+struct Up {
+    name: String,
+    name_lock: NameLock,
+    vmdir: VmDir,
+    guard: DirGuard,
+    net: crate::network::Network,
+    facts: Facts,
+    state: VmState,
+}
+
+impl Up {
+    fn new(dirs: &Dirs, id: &str, facts: &Facts) -> Result<Up> {
+        let name = format!("sbx-{id}");
+        let name_lock = crate::vm::names::claim(dirs, &name)?;
+        let net_plan = crate::network::check(&crate::network::NetworkOptions::default())?;
+        let vmdir = VmDir::new(dirs, id);
+        let guard = DirGuard(vmdir.clone());
+        crate::owner_only::create_dir(&vmdir.path).context("Cannot create the VM directory")?;
+        let net = crate::network::setup(&net_plan, &vmdir.path, id)?;
+        let mut facts = facts.clone();
+        facts.nic = net.nic.clone();
+        let mut state = crate::run::new_state(id, &name, &facts);
+        state.network = Some(net.info.clone());
+        Ok(Up {
+            name,
+            name_lock,
+            vmdir,
+            guard,
+            net,
+            facts,
+            state,
+        })
+    }
+
+    /// The VM runs and its session is open; `main` is its container's main process.
+    fn finish(
+        self,
+        id: String,
+        vm: Arc<dyn Vmm>,
+        session: Arc<Session>,
+        mut main: Process,
+    ) -> Result<SandboxVm> {
+        // The main process idles; once it ends the container is gone and so is the sandbox.
+        let died = Arc::new(Notify::new());
+        let dead = Arc::new(AtomicBool::new(false));
+        let (d, dd) = (died.clone(), dead.clone());
+        let container = AbortOnDrop(tokio::spawn(async move {
+            while let Some(m) = main.recv().await {
+                if matches!(m, Msg::Exit { .. } | Msg::Error { .. }) {
+                    break;
+                }
+            }
+            dd.store(true, Ordering::SeqCst);
+            d.notify_one();
+        }));
+        let exec = crate::exec::server::serve(
+            &self.vmdir.path.join(crate::exec::server::EXEC_SOCK),
+            session.clone(),
+            self.facts.container_env.clone(),
+            None,
+        );
+        let exec = match exec {
+            Ok(e) => e,
+            Err(e) => {
+                vm.quit();
+                return Err(e).context("Cannot open the exec socket");
+            }
+        };
+        let mut state = self.state;
+        state.status = VmStatus::Running;
+        self.vmdir.write_state(&state)?;
+        Ok(SandboxVm {
+            id,
+            cpus: self.facts.cpus,
+            mem_mib: self.facts.mem_mib,
+            session,
+            container_env: self.facts.container_env.clone(),
+            died,
+            dead,
+            vm,
+            facts: self.facts,
+            parts: Mutex::new(Some(Parts {
+                state,
+                dir: self.vmdir,
+                _exec: exec,
+                _container: container,
+                _net: self.net,
+                _guard: self.guard,
+                _name: self.name_lock,
+            })),
+        })
     }
 }
 

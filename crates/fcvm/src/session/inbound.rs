@@ -58,6 +58,12 @@ impl Streams {
         q
     }
 
+    /// Stream `id` as it is open already (frames it got wait in it), else opened now.
+    pub fn open_kept(&self, id: u32, kind: StreamKind) -> Arc<StreamQueue> {
+        let existing = self.lock().open.get(&id).cloned();
+        existing.unwrap_or_else(|| self.open(id, kind))
+    }
+
     pub fn remove(&self, id: u32) {
         self.lock().open.remove(&id);
     }

@@ -172,11 +172,21 @@ impl Session {
         wait: Wait,
         log: Option<PathBuf>,
     ) -> Result<Session, SessionError> {
+        let session = Session::over(stream, epoch, log);
+        // The streams the new epoch keeps are listened to before Restored goes out: their
+        // processes run on, and what they sent since the VM resumed waits for `attach`. Their
+        // ids are never handed out again.
+        for &id in &plan.keep_streams {
+            session.streams.open(id, StreamKind::Attached);
+            session
+                .next_id
+                .fetch_max(id.saturating_add(1), Ordering::Relaxed);
+        }
         let restored = Msg::Restored { epoch, plan };
         // The restored guest already has its port open: Restored arrives the first time; the
         // slow resend only covers a guest that was snapshotted before its agent opened it.
         let resend = Duration::from_millis(500);
-        Session::over(stream, epoch, log)
+        session
             .open(exited, wait, (restored, resend), |m| match m {
                 Msg::RestoreComplete { epoch: e } if e == epoch => Some(Ok(AgentInfo {
                     prepared: true,
@@ -315,9 +325,11 @@ impl Session {
     }
 
     /// Receives the frames of a stream that already runs in the guest (the container of a
-    /// VM restored from a snapshot taken while it ran).
+    /// VM restored from a snapshot taken while it ran, or a stream its restore plan kept,
+    /// with what it sent since).
     pub fn attach(&self, id: u32) -> Process {
-        self.open_process(id, StreamKind::Attached)
+        let queue = self.streams.open_kept(id, StreamKind::Attached);
+        Process::new(id, queue, self.out.clone(), self.streams.clone())
     }
 
     fn open_process(&self, id: u32, kind: StreamKind) -> Process {

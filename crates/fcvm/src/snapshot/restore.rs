@@ -109,5 +109,6 @@ pub fn plan(hostname: Option<String>, network: Option<fcvm_proto::NetConfig>) ->
         hostname,
         machine_id: Some(format!("{mid:032x}")),
         network,
+        keep_streams: vec![],
     }
 }
