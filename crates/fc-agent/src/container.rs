@@ -127,6 +127,7 @@ pub fn prepare(plan: &ContainerPlan) -> Result<()> {
         MsFlags::empty(),
         Some("lowerdir=/mnt/image,upperdir=/mnt/rw/upper,workdir=/mnt/rw/work"),
     )?;
+    crate::fuse::mount_all(&plan.maps)?;
     PREPARED.store(true, Ordering::SeqCst);
     crate::crun::seal_once();
     if let Some(n) = &plan.network {

@@ -58,14 +58,18 @@
 //!   dropped quietly.
 
 pub mod codec;
+pub mod map;
+
+pub use map::{MapMount, MapReply, MapRequest};
 
 use serde::{Deserialize, Serialize};
 
 /// Bumped on every incompatible change of [`Msg`] or of the rules of the session; checked in
 /// the Hello exchange. 5: output flow control (`Credit` host → agent, [`INITIAL_OUTPUT_CREDIT`]).
 /// 6: `privileged` in [`ContainerPlan`] and [`ProcessSpec`], `ProcessSpec.detach`; file
-/// operations (`FsRequest`, `FsReply`, `FsError`).
-pub const PROTOCOL_VERSION: u32 = 6;
+/// operations (`FsRequest`, `FsReply`, `FsError`). 7: host directory maps (`MapRequest`,
+/// `MapReply`, [`ContainerPlan::maps`]; see [`map`]).
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// The `PATH` of a process whose environment sets none (podman's default), on both sides.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -242,6 +246,12 @@ pub enum Msg {
         kind: FsErrorKind,
         message: String,
     },
+
+    // ---- host directory maps (protocol 7, control stream; see [`map`]) --------------------
+    /// agent → host: one file operation on a map, answered by `MapReply` with its id.
+    MapRequest(MapRequest),
+    /// host → agent: the answer to a `MapRequest`.
+    MapReply(MapReply),
 }
 
 impl Msg {
@@ -278,6 +288,8 @@ impl Msg {
             Msg::FsRequest(_) => "FsRequest",
             Msg::FsReply(_) => "FsReply",
             Msg::FsError { .. } => "FsError",
+            Msg::MapRequest(_) => "MapRequest",
+            Msg::MapReply(_) => "MapReply",
         }
     }
 }
@@ -317,6 +329,9 @@ pub struct ContainerPlan {
     /// `--privileged`: the container (warm or not) gets every capability, the VM's devices,
     /// no masked paths and a writable /sys (the VM is the boundary).
     pub privileged: bool,
+    /// `--map`: the agent mounts each one (FUSE served by the host through `MapRequest`s) and
+    /// binds it into the container at its guest path (protocol 7).
+    pub maps: Vec<MapMount>,
 }
 
 /// How the agent configures the VM's network interface (no DHCP client in the guest).

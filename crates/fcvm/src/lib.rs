@@ -14,6 +14,7 @@ pub mod attach;
 pub mod exec;
 pub mod health;
 pub mod image;
+pub mod map;
 pub mod network;
 pub mod owner_only;
 pub mod paths;

@@ -24,6 +24,8 @@ pub struct CloneOptions {
     pub exec: Option<String>,
     pub network: NetworkOptions,
     pub health: crate::health::HealthFlags,
+    /// `--map`: other host directories for the snapshot's guest paths (docs/volumes.md).
+    pub maps: Vec<crate::map::Map>,
 }
 
 pub async fn run_clone(dirs: &Dirs, o: CloneOptions) -> Result<i32> {
@@ -53,6 +55,7 @@ pub async fn run_clone(dirs: &Dirs, o: CloneOptions) -> Result<i32> {
         );
     }
     let net_plan = crate::network::check(&net_opts)?;
+    let maps = crate::map::Map::for_clone(&m.maps, &o.maps)?;
     if o.exec.is_none() && !m.container_running {
         bail!(
             "Snapshot {} has no running container: give a command with --exec",
@@ -94,9 +97,11 @@ pub async fn run_clone(dirs: &Dirs, o: CloneOptions) -> Result<i32> {
     crate::owner_only::create_dir(&vmdir.path).context("Cannot create the VM directory")?;
     let net = crate::network::setup(&net_plan, &vmdir.path, &id)?;
     facts.nic = net.nic.clone();
+    // A snapshot of this clone records the maps it serves.
+    facts.shape.maps = maps.clone();
     let mut state = new_state(&id, &name, &facts);
     state.network = Some(net.info.clone());
-    let launched = restore_as(&sdir, &m, &vmdir, &mut state, &net, &name).await?;
+    let launched = restore_as(&sdir, &m, &vmdir, &mut state, &net, &name, &maps).await?;
 
     let code = match &o.exec {
         Some(cmd) => one_shot(launched, &facts, cmd, m.container_running).await,

@@ -78,6 +78,9 @@ pub struct Shape {
     /// `--privileged`: the container, warm or not, is prepared with every capability and
     /// device, so a privileged run must never restore an unprivileged one (or the reverse).
     pub privileged: bool,
+    /// `--map`: the guest mounts them inside the prepared container; their guest paths and
+    /// modes are part of the key, their host directories are not (docs/volumes.md).
+    pub maps: Vec<crate::map::Map>,
 }
 
 impl Default for Shape {
@@ -85,6 +88,7 @@ impl Default for Shape {
         Shape {
             rw_disk_mib: DEFAULT_RW_DISK_MIB,
             privileged: false,
+            maps: vec![],
         }
     }
 }
@@ -131,7 +135,8 @@ pub struct Facts {
 impl Facts {
     /// The image-cache key: everything that shapes the VM before the user's process starts.
     pub fn cache_key(&self) -> String {
-        snapshot::cache_key(&[
+        let maps = crate::map::Map::key(&self.shape.maps);
+        let key = snapshot::cache_key(&[
             &self.image_digest,
             &self.assets.kernel_id,
             &self.assets.initramfs_id,
@@ -149,7 +154,12 @@ impl Facts {
             } else {
                 ""
             },
-        ])
+        ]);
+        // Without maps the key is what it was before maps existed.
+        if maps.is_empty() {
+            return key;
+        }
+        snapshot::cache_key(&[&key, &maps])
     }
 
     /// The startup-snapshot key: the image-cache key plus everything that shapes the running
@@ -190,6 +200,12 @@ impl Facts {
             container_running: running,
             container_env: self.container_env.clone(),
             files: vec![],
+            maps: self
+                .shape
+                .maps
+                .iter()
+                .map(crate::map::MapRecord::from)
+                .collect(),
         }
     }
 }
@@ -238,6 +254,7 @@ pub async fn run(dirs: &Dirs, opts: RunOptions) -> Result<i32> {
     let kind = opts.hypervisor.unwrap_or(VmmKind::Qemu);
     let accel = check_machine(kind, opts.cpus, opts.mem_mib)?;
     let net_plan = crate::network::check(&opts.network)?;
+    crate::map::Map::check_unique(&opts.shape.maps)?;
     let id = crate::vm::new_id();
     let name = opts
         .name
@@ -300,7 +317,16 @@ pub async fn run(dirs: &Dirs, opts: RunOptions) -> Result<i32> {
     };
     let restored_app = match &startup {
         Some(sname) => {
-            launch::restore_named(dirs, &vmdir, &mut state, &net, &hostname, sname).await
+            launch::restore_named(
+                dirs,
+                &vmdir,
+                &mut state,
+                &net,
+                &hostname,
+                sname,
+                &facts.shape.maps,
+            )
+            .await
         }
         None => None,
     };

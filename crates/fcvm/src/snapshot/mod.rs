@@ -141,6 +141,10 @@ pub struct Manifest {
     /// The container's environment, for execs into restored VMs.
     pub container_env: Vec<String>,
     pub files: Vec<FileSum>,
+    /// The VM's host directory maps (`--map`), in the guest's order: a clone serves these
+    /// unless it is given others for the same guest paths (docs/volumes.md).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub maps: Vec<crate::map::MapRecord>,
 }
 
 impl Manifest {

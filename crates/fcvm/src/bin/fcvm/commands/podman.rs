@@ -106,6 +106,11 @@ pub struct WorkloadArgs {
     /// the boundary).
     #[arg(long)]
     privileged: bool,
+    /// Map a host directory into the container: HOST:GUEST[:ro] (repeatable; absolute paths;
+    /// served over the agent channel, kept across snapshots; see docs/volumes.md).
+    #[arg(long = "map", short = 'v', visible_alias = "volume", value_name = "HOST:GUEST[:ro]",
+          value_parser = fcvm::map::Map::parse)]
+    maps: Vec<fcvm::map::Map>,
 }
 
 /// podman's `--health-*` flags, plus fcvm's `--health-check URL`.
@@ -192,6 +197,7 @@ pub async fn run(dirs: &Dirs, cmd: PodmanCommand) -> Result<i32> {
                 .rootfs_size
                 .unwrap_or(fcvm::run::DEFAULT_RW_DISK_MIB),
             privileged: a.workload.privileged,
+            maps: a.workload.maps,
         },
     };
     fcvm::run::run(dirs, opts).await

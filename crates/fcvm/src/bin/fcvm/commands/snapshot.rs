@@ -33,6 +33,11 @@ pub enum SnapshotCommand {
         #[arg(short = 'p', long = "publish", value_delimiter = ',',
               value_parser = fcvm::network::publish::parse_one)]
         publish: Vec<fcvm::network::publish::Publish>,
+        /// Serve another host directory at one of the snapshot's map guest paths:
+        /// HOST:GUEST[:ro] (repeatable; see docs/volumes.md).
+        #[arg(long = "map", short = 'v', visible_alias = "volume", value_name = "HOST:GUEST[:ro]",
+              value_parser = fcvm::map::Map::parse)]
+        maps: Vec<fcvm::map::Map>,
     },
     /// List snapshots.
     Ls {
@@ -59,6 +64,7 @@ pub async fn run(dirs: &Dirs, cmd: SnapshotCommand) -> Result<i32> {
             exec,
             network,
             publish,
+            maps,
         } => {
             let mut net = fcvm::network::NetworkOptions::default();
             if let Some(m) = network {
@@ -73,6 +79,7 @@ pub async fn run(dirs: &Dirs, cmd: SnapshotCommand) -> Result<i32> {
                     exec,
                     network: net,
                     health: Default::default(),
+                    maps,
                 },
             )
             .await
