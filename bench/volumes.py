@@ -53,6 +53,10 @@ MAKE = "mkdir -p {d}/files && cd {d}/files && i=0; while [ $i -lt %d ]; do echo 
 WRITE = "dd if=/dev/zero of={d}/big bs=1M count=%d conv=fsync 2>/dev/null" % a.mib
 DROP = "sync; echo 3 > /proc/sys/vm/drop_caches"
 READ = "dd if={d}/big of=/dev/null bs=1M 2>/dev/null"
+# One FUSE round trip per read: 2,000 one-byte reads of a 2,000-byte file (direct_io).
+OPS = 2000
+ONE = "head -c %d /dev/zero > {d}/one" % OPS
+SMALL = "dd if={d}/one of=/dev/null bs=1 count=%d 2>/dev/null" % OPS
 
 owner = subprocess.Popen([fcvm, "podman", "run", "--name", name, "--privileged", "--mem", "1024",
                           "-v", f"{share}:/map", "builtin:busybox", "--", "sleep", "100000"],
@@ -74,12 +78,15 @@ try:
         write = sh(WRITE.format(d=d))[0] - base
         sh(DROP)
         read = sh(READ.format(d=d))[0] - base
-        sh(f"rm -rf {d}/big {d}/files")
-        res[where] = (write, read, walk)
+        sh(ONE.format(d=d))
+        small = sh(SMALL.format(d=d))[0] - base
+        sh(f"rm -rf {d}/big {d}/files {d}/one")
+        res[where] = (write, read, walk, small)
     # The host, same steps (no cache drop: it is not ours to drop; the read may come from RAM).
     h = lambda c: timed(["sh", "-c", c.format(d=hostdir)])[0]
     h(MAKE)
-    res["host"] = (h(WRITE), h(READ), h(WALK))
+    h(ONE)
+    res["host"] = (h(WRITE), h(READ), h(WALK), h(SMALL))
 finally:
     subprocess.run([fcvm, "rm", "--force", name], env=env, capture_output=True)
     owner.wait()
@@ -87,9 +94,9 @@ finally:
     shutil.rmtree(hostdir, ignore_errors=True)
 
 print(f"exec overhead subtracted: {base * 1000:.0f} ms")
-print(f"{'':10} {'write MiB/s':>12} {'read MiB/s':>12} {'find+stat %d files' % a.files:>22}")
-for where, (w, r, walk) in res.items():
-    print(f"{where:10} {a.mib / w:12.1f} {a.mib / r:12.1f} {walk:20.2f} s")
+print(f"{'':10} {'write MiB/s':>12} {'read MiB/s':>12} {'find+stat %d files' % a.files:>22} {'1-byte read':>12}")
+for where, (w, r, walk, small) in res.items():
+    print(f"{where:10} {a.mib / w:12.1f} {a.mib / r:12.1f} {walk:20.2f} s {small / OPS * 1e6:9.0f} us")
 m, o = res["map"], res["own disk"]
 print(f"map/own: write {o[0] / m[0] * 100:.0f} %, read {o[1] / m[1] * 100:.0f} % of the own disk's "
       f"throughput (goal >= 50 %); metadata walk {m[2] / o[2]:.1f} x (goal <= 3 x)")

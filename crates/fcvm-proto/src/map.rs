@@ -114,8 +114,10 @@ pub enum MapOp {
         offset: u64,
         data: Vec<u8>,
     },
-    /// Directory entries from index `offset` (`.` and `..` not included): `MapData::Entries`,
-    /// at most [`MAP_MAX_LIST_BYTES`] of them; an empty list is the end.
+    /// Directory entries (`.` and `..` included) after the host's position cookie `offset`
+    /// (0: from the start; else an entry's `next`): `MapData::Entries`, at most
+    /// [`MAP_MAX_LIST_BYTES`] of them; an empty list is the end. Cookies are the host
+    /// filesystem's own (`telldir`), so entries removed meanwhile shift nothing.
     ReadDir {
         path: String,
         offset: u64,
@@ -163,6 +165,8 @@ pub struct MapDirEntry {
     pub ino: u64,
     /// The `S_IFMT` bits of its mode.
     pub kind: u32,
+    /// The cookie that resumes the listing after this entry.
+    pub next: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -134,6 +134,15 @@ fn host_and_container_see_each_others_writes() {
     let (code, _, err) = vm.sh("echo again > /data/new && mkdir /data/d && mv /data/new /data/d/");
     assert_eq!(code, 0, "{err}");
     assert_eq!(read(dir.path().join("d/new")), "again\n");
+    // A directory of many entries lists whole, and `rm -rf` (which removes as it lists)
+    // leaves nothing.
+    std::fs::create_dir(dir.path().join("many")).unwrap();
+    for i in 0..2000 {
+        std::fs::write(dir.path().join(format!("many/entry-number-{i}")), "").unwrap();
+    }
+    let (code, out, err) = vm.sh("ls /data/many | wc -l && rm -rf /data/many");
+    assert_eq!((code, out.trim()), (0, "2000"), "{err}");
+    assert!(!dir.path().join("many").exists());
     // The map is visible inside the container's root (crun's bind mount), as a FUSE mount.
     let (_, mounts, _) = vm.sh("grep ' /data ' /proc/mounts");
     assert!(mounts.contains("fuse"), "{mounts}");

@@ -181,8 +181,8 @@ fn caller(req: &Request) -> Caller {
 
 /// The last host page of a directory being listed (one per open directory handle).
 struct Listing {
-    /// Index of `entries[0]` among the directory's entries.
-    base: u64,
+    /// The cookie the page was asked from.
+    start: u64,
     entries: Vec<MapDirEntry>,
 }
 
@@ -517,38 +517,40 @@ impl Filesystem for MapFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        // Offsets: 1 and 2 are "." and ".."; host entry i (from 0) is 3 + i.
-        if offset < 1 && reply.add(ino, 1, FileType::Directory, ".") {
-            return reply.ok();
-        }
-        if offset < 2 && reply.add(INodeNo(1), 2, FileType::Directory, "..") {
-            return reply.ok();
-        }
-        let from = offset.saturating_sub(2);
-        let fill = move |reply: &mut ReplyDirectory, l: &Listing| {
-            let skip = (from - l.base) as usize;
-            for (i, e) in l.entries.iter().enumerate().skip(skip) {
-                let next = 3 + l.base + i as u64;
-                if reply.add(INodeNo(e.ino), next, kind(e.kind), &e.name) {
+        // Offsets are the host's own cookies (`next` of the entry before; 0 = the start), so
+        // a listing that the caller changes as it goes (`rm -rf`) skips nothing. The last
+        // host page of each open directory is kept: the kernel asks ~a page of entries at a
+        // time, the host answers up to 32 KiB.
+        let fill = move |reply: &mut ReplyDirectory, l: &Listing| -> bool {
+            let from = if offset == l.start {
+                0
+            } else {
+                match l.entries.iter().position(|e| e.next == offset) {
+                    Some(i) => i + 1,
+                    None => return false,
+                }
+            };
+            if from == l.entries.len() && !l.entries.is_empty() {
+                return false; // the page is used up: ask the host for the next one
+            }
+            for e in &l.entries[from..] {
+                if reply.add(INodeNo(e.ino), e.next, kind(e.kind), &e.name) {
                     break;
                 }
             }
+            true
         };
-        {
-            let listings = lock(&self.listings);
-            if let Some(l) = listings.get(&fh.0) {
-                if from >= l.base && from < l.base + l.entries.len() as u64 {
-                    fill(&mut reply, l);
-                    return reply.ok();
-                }
+        if let Some(l) = lock(&self.listings).get(&fh.0) {
+            if fill(&mut reply, l) {
+                return reply.ok();
             }
         }
         let path = or_reply!(self.path(ino), reply);
         let listings = self.listings.clone();
-        self.call(MapOp::ReadDir { path, offset: from }, move |r| match r {
+        self.call(MapOp::ReadDir { path, offset }, move |r| match r {
             Ok(MapData::Entries(entries)) => {
                 let l = Listing {
-                    base: from,
+                    start: offset,
                     entries,
                 };
                 fill(&mut reply, &l);

@@ -346,46 +346,71 @@ impl Root {
         Ok(MapData::Done)
     }
 
+    /// Entries after the position cookie `offset`, by the host's own `telldir` cookies.
     fn read_dir(&self, path: &str, offset: u64) -> Result<MapData> {
         let fd = self.open_at(check(path)?, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
-        let mut dir = nix::dir::Dir::from_fd(fd.into_raw_fd())?;
+        // SAFETY: `fd` is an open directory; the DIR takes it over (closedir closes it).
+        let dir = unsafe { libc::fdopendir(fd.into_raw_fd()) };
+        if dir.is_null() {
+            return Err(Errno::last());
+        }
+        let dir = DirStream(dir);
+        if offset != 0 {
+            // SAFETY: a valid DIR; the cookie came from this directory's own entries.
+            unsafe { libc::seekdir(dir.0, offset as libc::c_long) };
+        }
         let mut entries = Vec::new();
         let mut bytes = 0;
-        let mut index = 0u64;
-        for e in dir.iter() {
-            let e = e?;
-            let name = e.file_name().to_bytes();
-            if name == b"." || name == b".." {
-                continue;
+        loop {
+            Errno::clear();
+            // SAFETY: a valid DIR; the entry is read before the next readdir call.
+            let e = unsafe { libc::readdir64(dir.0) };
+            if e.is_null() {
+                match Errno::last_raw() {
+                    0 => break,
+                    n => return Err(Errno::from_raw(n)),
+                }
             }
-            index += 1;
-            if index <= offset {
-                continue;
-            }
-            let Ok(name) = std::str::from_utf8(name) else {
+            // SAFETY: readdir64 returned a valid entry with a NUL-terminated name.
+            let (name, ino, d_type, next) = unsafe {
+                let e = &*e;
+                let name = std::ffi::CStr::from_ptr(e.d_name.as_ptr());
+                (name.to_bytes().to_vec(), e.d_ino, e.d_type, e.d_off as u64)
+            };
+            let Ok(name) = String::from_utf8(name) else {
                 continue; // not representable on the wire; hidden rather than mangled
             };
-            bytes += name.len() + 24;
+            bytes += name.len() + 32;
             if bytes > MAP_MAX_LIST_BYTES {
                 break;
             }
-            use nix::dir::Type;
-            let kind = match e.file_type() {
-                Some(Type::Directory) => libc::S_IFDIR,
-                Some(Type::Symlink) => libc::S_IFLNK,
-                Some(Type::Fifo) => libc::S_IFIFO,
-                Some(Type::Socket) => libc::S_IFSOCK,
-                Some(Type::CharacterDevice) => libc::S_IFCHR,
-                Some(Type::BlockDevice) => libc::S_IFBLK,
+            let kind = match d_type {
+                libc::DT_DIR => libc::S_IFDIR,
+                libc::DT_LNK => libc::S_IFLNK,
+                libc::DT_FIFO => libc::S_IFIFO,
+                libc::DT_SOCK => libc::S_IFSOCK,
+                libc::DT_CHR => libc::S_IFCHR,
+                libc::DT_BLK => libc::S_IFBLK,
                 _ => libc::S_IFREG,
             };
             entries.push(MapDirEntry {
-                name: name.into(),
-                ino: e.ino(),
+                name,
+                ino,
                 kind,
+                next,
             });
         }
         Ok(MapData::Entries(entries))
+    }
+}
+
+/// An open `DIR`, closed on drop.
+struct DirStream(*mut libc::DIR);
+
+impl Drop for DirStream {
+    fn drop(&mut self) {
+        // SAFETY: the DIR is ours and closed once.
+        unsafe { libc::closedir(self.0) };
     }
 }
 
@@ -483,21 +508,31 @@ mod tests {
         for i in 0..3000 {
             std::fs::write(dir.path().join(format!("file-with-a-long-name-{i:05}")), "").unwrap();
         }
-        let mut names = vec![];
+        // Page by page, removing what was listed as it goes (as `rm -rf` does): the cookies
+        // still find every entry once.
+        let (mut names, mut cookie) = (vec![], 0);
         loop {
             let r = root.handle(MapOp::ReadDir {
                 path: String::new(),
-                offset: names.len() as u64,
+                offset: cookie,
             });
             let Ok(MapData::Entries(e)) = r else {
                 panic!("{r:?}")
             };
-            if e.is_empty() {
-                break;
+            let Some(last) = e.last() else { break };
+            cookie = last.next;
+            for e in e {
+                if e.name.starts_with("file-") {
+                    std::fs::remove_file(dir.path().join(&e.name)).unwrap();
+                }
+                names.push(e.name);
             }
-            names.extend(e.into_iter().map(|e| e.name));
         }
-        assert_eq!(names.len(), 3001, "every entry once, over several pages");
+        assert_eq!(
+            names.len(),
+            3003,
+            "every entry once (with . and ..), over several pages"
+        );
         let r = root.handle(MapOp::Rename {
             from: "n".into(),
             to: "m".into(),
