@@ -124,6 +124,12 @@ pub enum MapOp {
     },
     /// `MapData::StatFs` of the host filesystem.
     StatFs,
+    /// `ReadDir` with each entry's attributes (`lstat`): `MapData::EntriesPlus`. The guest
+    /// kernel then needs no lookup for a file it just listed (a directory walk).
+    ReadDirPlus {
+        path: String,
+        offset: u64,
+    },
 }
 
 impl MapOp {
@@ -135,6 +141,7 @@ impl MapOp {
                 | MapOp::ReadLink { .. }
                 | MapOp::Read { .. }
                 | MapOp::ReadDir { .. }
+                | MapOp::ReadDirPlus { .. }
                 | MapOp::StatFs
         )
     }
@@ -189,6 +196,7 @@ pub enum MapData {
     Entries(Vec<MapDirEntry>),
     StatFs(MapStatFs),
     Done,
+    EntriesPlus(Vec<(MapDirEntry, MapAttr)>),
 }
 
 /// agent → host: one request of map number `map` (an index into the plan's maps).

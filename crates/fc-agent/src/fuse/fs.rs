@@ -20,8 +20,8 @@ use fcvm_proto::map::{Caller, MapAttr, MapData, MapDirEntry, MapOp, SetTime, MAP
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
     KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow,
-    WriteFlags,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    Request, TimeOrNow, WriteFlags,
 };
 
 use super::client::Client;
@@ -184,6 +184,21 @@ struct Listing {
     /// The cookie the page was asked from.
     start: u64,
     entries: Vec<MapDirEntry>,
+    /// Each entry's attributes (`readdirplus`), or none.
+    attrs: Vec<MapAttr>,
+}
+
+impl Listing {
+    /// Where the kernel's `offset` (a cookie) resumes in this page; `None`: not in it, or
+    /// past its end (ask the host).
+    fn resume(&self, offset: u64) -> Option<usize> {
+        let from = if offset == self.start {
+            0
+        } else {
+            self.entries.iter().position(|e| e.next == offset)? + 1
+        };
+        (from < self.entries.len() || self.entries.is_empty()).then_some(from)
+    }
 }
 
 pub struct MapFs {
@@ -258,6 +273,8 @@ impl Filesystem for MapFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // One host request per 64 KiB (the mount says max_read=65536 as well).
         let _ = config.set_max_write(MAP_MAX_IO as u32);
+        // A listing carries attributes: a directory walk needs no lookup per file.
+        let _ = config.add_capabilities(fuser::InitFlags::FUSE_DO_READDIRPLUS);
         Ok(())
     }
 
@@ -522,17 +539,9 @@ impl Filesystem for MapFs {
         // host page of each open directory is kept: the kernel asks ~a page of entries at a
         // time, the host answers up to 32 KiB.
         let fill = move |reply: &mut ReplyDirectory, l: &Listing| -> bool {
-            let from = if offset == l.start {
-                0
-            } else {
-                match l.entries.iter().position(|e| e.next == offset) {
-                    Some(i) => i + 1,
-                    None => return false,
-                }
+            let Some(from) = l.resume(offset) else {
+                return false;
             };
-            if from == l.entries.len() && !l.entries.is_empty() {
-                return false; // the page is used up: ask the host for the next one
-            }
             for e in &l.entries[from..] {
                 if reply.add(INodeNo(e.ino), e.next, kind(e.kind), &e.name) {
                     break;
@@ -552,6 +561,70 @@ impl Filesystem for MapFs {
                 let l = Listing {
                     start: offset,
                     entries,
+                    attrs: vec![],
+                };
+                fill(&mut reply, &l);
+                lock(&listings).insert(fh.0, l);
+                reply.ok();
+            }
+            Ok(_) => reply.error(Errno::EIO),
+            Err(e) => reply.error(Errno::from_i32(e)),
+        });
+    }
+
+    /// `readdir` with attributes: each entry the kernel takes counts as a lookup of it.
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let dir = or_reply!(self.path(ino), reply);
+        let inodes = self.inodes.clone();
+        let fill = move |reply: &mut ReplyDirectoryPlus, l: &Listing| -> bool {
+            let Some(from) = l.resume(offset) else {
+                return false;
+            };
+            let mut inodes = lock(&inodes);
+            for (e, a) in l.entries[from..].iter().zip(&l.attrs[from..]) {
+                let dot = e.name == "." || e.name == "..";
+                // The kernel links no dentry for the dots, so they count no lookup.
+                let id = match join(&dir, OsStr::new(&e.name)) {
+                    Ok(p) if !dot => inodes.looked_up(&p),
+                    _ => ino.0,
+                };
+                if reply.add(
+                    INodeNo(id),
+                    e.next,
+                    &e.name,
+                    &TTL,
+                    &attr(id, a),
+                    Generation(0),
+                ) {
+                    if !dot {
+                        inodes.forget(id, 1); // not sent after all
+                    }
+                    break;
+                }
+            }
+            true
+        };
+        if let Some(l) = lock(&self.listings).get(&fh.0) {
+            if l.attrs.len() == l.entries.len() && fill(&mut reply, l) {
+                return reply.ok();
+            }
+        }
+        let path = or_reply!(self.path(ino), reply);
+        let listings = self.listings.clone();
+        self.call(MapOp::ReadDirPlus { path, offset }, move |r| match r {
+            Ok(MapData::EntriesPlus(v)) => {
+                let (entries, attrs) = v.into_iter().unzip();
+                let l = Listing {
+                    start: offset,
+                    entries,
+                    attrs,
                 };
                 fill(&mut reply, &l);
                 lock(&listings).insert(fh.0, l);

@@ -230,7 +230,8 @@ impl Root {
                 }
                 Ok(MapData::Written(done as u32))
             }
-            MapOp::ReadDir { path, offset } => self.read_dir(&path, offset),
+            MapOp::ReadDir { path, offset } => self.read_dir(&path, offset, false),
+            MapOp::ReadDirPlus { path, offset } => self.read_dir(&path, offset, true),
             MapOp::StatFs => {
                 let s = nix::sys::statvfs::fstatvfs(&self.dir)?;
                 Ok(MapData::StatFs(MapStatFs {
@@ -249,21 +250,7 @@ impl Root {
 
     fn stat(&self, path: &str) -> Result<MapAttr> {
         let fd = self.open_at(check(path)?, libc::O_PATH, 0)?;
-        let st = nix::sys::stat::fstat(fd.as_raw_fd())?;
-        Ok(MapAttr {
-            ino: st.st_ino,
-            size: st.st_size as u64,
-            blocks: st.st_blocks as u64,
-            atime: (st.st_atime, st.st_atime_nsec as u32),
-            mtime: (st.st_mtime, st.st_mtime_nsec as u32),
-            ctime: (st.st_ctime, st.st_ctime_nsec as u32),
-            mode: st.st_mode,
-            nlink: st.st_nlink as u32,
-            uid: st.st_uid,
-            gid: st.st_gid,
-            rdev: st.st_rdev as u32,
-            blksize: st.st_blksize as u32,
-        })
+        Ok(map_attr(&nix::sys::stat::fstat(fd.as_raw_fd())?))
     }
 
     /// Sets a new file's exact mode (fcvm's own umask must not apply) and, as root, owner.
@@ -347,7 +334,7 @@ impl Root {
     }
 
     /// Entries after the position cookie `offset`, by the host's own `telldir` cookies.
-    fn read_dir(&self, path: &str, offset: u64) -> Result<MapData> {
+    fn read_dir(&self, path: &str, offset: u64, plus: bool) -> Result<MapData> {
         let fd = self.open_at(check(path)?, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
         // SAFETY: `fd` is an open directory; the DIR takes it over (closedir closes it).
         let dir = unsafe { libc::fdopendir(fd.into_raw_fd()) };
@@ -360,7 +347,9 @@ impl Root {
             unsafe { libc::seekdir(dir.0, offset as libc::c_long) };
         }
         let mut entries = Vec::new();
+        let mut attrs = Vec::new();
         let mut bytes = 0;
+        let per_entry = if plus { 32 + 96 } else { 32 };
         loop {
             Errno::clear();
             // SAFETY: a valid DIR; the entry is read before the next readdir call.
@@ -380,7 +369,7 @@ impl Root {
             let Ok(name) = String::from_utf8(name) else {
                 continue; // not representable on the wire; hidden rather than mangled
             };
-            bytes += name.len() + 32;
+            bytes += name.len() + per_entry;
             if bytes > MAP_MAX_LIST_BYTES {
                 break;
             }
@@ -393,6 +382,19 @@ impl Root {
                 libc::DT_BLK => libc::S_IFBLK,
                 _ => libc::S_IFREG,
             };
+            if plus {
+                // SAFETY: a valid DIR.
+                let dfd = unsafe { libc::dirfd(dir.0) };
+                let st = nix::sys::stat::fstatat(
+                    Some(dfd),
+                    name.as_str(),
+                    nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+                );
+                match st {
+                    Ok(st) => attrs.push(map_attr(&st)),
+                    Err(_) => continue, // gone since it was listed
+                }
+            }
             entries.push(MapDirEntry {
                 name,
                 ino,
@@ -400,7 +402,29 @@ impl Root {
                 next,
             });
         }
+        if plus {
+            return Ok(MapData::EntriesPlus(
+                entries.into_iter().zip(attrs).collect(),
+            ));
+        }
         Ok(MapData::Entries(entries))
+    }
+}
+
+fn map_attr(st: &libc::stat) -> MapAttr {
+    MapAttr {
+        ino: st.st_ino,
+        size: st.st_size as u64,
+        blocks: st.st_blocks as u64,
+        atime: (st.st_atime, st.st_atime_nsec as u32),
+        mtime: (st.st_mtime, st.st_mtime_nsec as u32),
+        ctime: (st.st_ctime, st.st_ctime_nsec as u32),
+        mode: st.st_mode,
+        nlink: st.st_nlink as u32,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        rdev: st.st_rdev as u32,
+        blksize: st.st_blksize as u32,
     }
 }
 
