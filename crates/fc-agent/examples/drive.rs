@@ -197,6 +197,7 @@ fn main() {
                 prefetch: vec![],
                 path: String::new(),
                 privileged: false,
+                maps: vec![],
             }),
         );
         c.control(|m| matches!(m, Msg::Prepared));
@@ -239,6 +240,7 @@ fn main() {
             prefetch: vec![],
             path: String::new(),
             privileged: false,
+            maps: vec![],
         }),
     );
     let r = c.control(|m| matches!(m, Msg::Prepared | Msg::PrepareFailed { .. }));

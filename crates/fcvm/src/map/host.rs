@@ -75,6 +75,7 @@ impl Root {
 
     /// Opens `path` beneath the root (no symlink followed anywhere, the last one included).
     fn open_at(&self, path: &str, flags: i32, mode: u32) -> Result<OwnedFd> {
+        let path = check(path)?;
         let rel = if path.is_empty() { "." } else { path };
         let rel = cstr(rel)?;
         // SAFETY: open_how is plain integers; all-zero is its default.

@@ -246,7 +246,7 @@ mod tests {
             format!("{d}:/"),
             format!("{d}:/a/../b"),
             format!("{d}:/x:rx"),
-            format!("{d}"),
+            d.clone(),
             format!("{d}/missing:/x"),
             format!("{d}:/x:ro:z"),
         ] {
