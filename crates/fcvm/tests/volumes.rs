@@ -7,7 +7,8 @@
 //! point outside it (relative and absolute, to a host file in a temp dir) never reach that
 //! host file, for reading or writing; a snapshot of a VM with a map gives clones that read and
 //! write the map — the snapshot's host directory, or another one given to the clone; bad
-//! specs exit 125 with one line and leave nothing behind.
+//! specs exit 125 with one line and leave nothing behind; the image-cache snapshot of a run
+//! with a map serves the next run (same guest path) from that run's own host directory.
 
 mod common;
 
@@ -146,6 +147,33 @@ fn host_and_container_see_each_others_writes() {
     // The map is visible inside the container's root (crun's bind mount), as a FUSE mount.
     let (_, mounts, _) = vm.sh("grep ' /data ' /proc/mounts");
     assert!(mounts.contains("fuse"), "{mounts}");
+}
+
+/// The image-cache snapshot of a run with a map is restored by the next run with the same
+/// guest path, which is served from its own host directory.
+#[test]
+fn the_image_cache_restores_with_another_host_directory() {
+    let run_once = |dir: &Path| {
+        let out = fcvm()
+            .env("FCVM_TIMINGS", "1")
+            .args(["podman", "run", "-v", &spec(dir, "/cached"), IMG])
+            .args(["sh", "-c", "cat /cached/id && echo seen > /cached/back"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        (text(&out.stdout), text(&out.stderr))
+    };
+    let (a, b) = (share(), share());
+    std::fs::write(a.path().join("id"), "first\n").unwrap();
+    std::fs::write(b.path().join("id"), "second\n").unwrap();
+    assert_eq!(run_once(a.path()).0, "first\n");
+    let (out, err) = run_once(b.path());
+    assert_eq!(out, "second\n");
+    assert!(
+        err.contains("restored_from=cache-"),
+        "did not restore: {err}"
+    );
+    assert_eq!(read(b.path().join("back")), "seen\n");
 }
 
 #[test]
