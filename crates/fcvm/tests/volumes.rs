@@ -314,7 +314,8 @@ fn bad_specs_exit_125_and_leave_nothing() {
         let (code, out, err) = run_ok(&["podman", "run", "--name", &n, "-v", b, IMG, "true"]);
         assert_eq!(code, 125, "{b}: {err}");
         assert!(out.is_empty(), "{b}: {out}");
-        assert!(err.contains("--map") || err.contains("-v"), "{b}: {err}");
+        assert!(err.contains("--map"), "{b}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{b}: {err}");
         assert_gone(&n, None);
     }
     // Two maps at one guest path.

@@ -108,6 +108,25 @@ impl Root {
         Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
     }
 
+    /// Opens the regular file `path` for reading or writing. The inode is pinned and checked
+    /// first (`O_PATH`, `fstat`), then opened through our own descriptor: a guest never
+    /// makes the host open a FIFO (which would block a thread) or a device.
+    fn open_file(&self, path: &str, flags: i32) -> Result<OwnedFd> {
+        let pinned = self.open_at(path, libc::O_PATH, 0)?;
+        let st = nix::sys::stat::fstat(pinned.as_raw_fd())?;
+        match st.st_mode & libc::S_IFMT {
+            libc::S_IFREG => {}
+            libc::S_IFDIR => return Err(Errno::EISDIR),
+            _ => return Err(Errno::EPERM),
+        }
+        let proc = cstr(&format!("/proc/self/fd/{}", pinned.as_raw_fd()))?;
+        // SAFETY: valid C string; the magic link is our own descriptor of that regular file.
+        let fd = unsafe { libc::open(proc.as_ptr(), flags | libc::O_CLOEXEC) };
+        Errno::result(fd)?;
+        // SAFETY: a new descriptor nobody else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
     /// The parent directory of `path` (opened O_PATH) and its last name.
     fn parent<'a>(&self, path: &'a str) -> Result<(OwnedFd, CString, &'a str)> {
         let (dir, name) = split(path)?;
@@ -147,10 +166,16 @@ impl Root {
                 exclusive,
                 caller,
             } => {
-                let excl = if exclusive { libc::O_EXCL } else { 0 };
-                let fd =
-                    self.open_at(&path, libc::O_CREAT | libc::O_WRONLY | excl, mode & 0o7777)?;
-                self.own(&fd, mode, caller)?;
+                // Only a file made here gets the caller's mode and ids; one that exists is
+                // left as it is (and only a regular file is ever opened).
+                let flags = libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY;
+                match self.open_at(&path, flags, 0o600) {
+                    Ok(fd) => self.own(&fd, mode, false, caller)?,
+                    Err(Errno::EEXIST) if !exclusive => {
+                        self.open_file(&path, libc::O_WRONLY)?;
+                    }
+                    Err(e) => return Err(e),
+                }
                 self.stat(&path).map(MapData::Attr)
             }
             MapOp::MakeDir { path, mode, caller } => {
@@ -158,7 +183,7 @@ impl Root {
                 // SAFETY: valid descriptor and C string.
                 Errno::result(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), 0o700) })?;
                 let fd = self.open_at(&path, libc::O_PATH | libc::O_DIRECTORY, 0)?;
-                self.own(&fd, mode, caller)?;
+                self.own(&fd, mode, true, caller)?;
                 self.stat(&path).map(MapData::Attr)
             }
             MapOp::Symlink {
@@ -205,7 +230,7 @@ impl Root {
                 Ok(MapData::Done)
             }
             MapOp::Read { path, offset, len } => {
-                let fd = self.open_at(&path, libc::O_RDONLY, 0)?;
+                let fd = self.open_file(&path, libc::O_RDONLY)?;
                 let mut buf = vec![0u8; (len as usize).min(MAP_MAX_IO)];
                 let mut got = 0;
                 while got < buf.len() {
@@ -223,7 +248,7 @@ impl Root {
                 if data.len() > MAP_MAX_IO {
                     return Err(Errno::EINVAL);
                 }
-                let fd = self.open_at(&path, libc::O_WRONLY, 0)?;
+                let fd = self.open_file(&path, libc::O_WRONLY)?;
                 let mut done = 0;
                 while done < data.len() {
                     done +=
@@ -255,14 +280,14 @@ impl Root {
     }
 
     /// Sets a new file's exact mode (fcvm's own umask must not apply) and, as root, owner.
-    fn own(&self, fd: &OwnedFd, mode: u32, caller: Caller) -> Result<()> {
+    fn own(&self, fd: &OwnedFd, mode: u32, dir: bool, caller: Caller) -> Result<()> {
         let proc = cstr(&format!("/proc/self/fd/{}", fd.as_raw_fd()))?;
-        // SAFETY: valid C string; the magic link is our own descriptor of the new file.
-        Errno::result(unsafe { libc::chmod(proc.as_ptr(), (mode & 0o7777) as libc::mode_t) })?;
         if self.chown {
-            // SAFETY: valid C string, as above.
+            // SAFETY: valid C string; the magic link is our own descriptor of the new file.
             Errno::result(unsafe { libc::chown(proc.as_ptr(), caller.uid, caller.gid) })?;
         }
+        // SAFETY: valid C string, as above.
+        Errno::result(unsafe { libc::chmod(proc.as_ptr(), safe_mode(mode, dir)) })?;
         Ok(())
     }
 
@@ -297,10 +322,11 @@ impl Root {
                 return Err(Errno::EOPNOTSUPP);
             }
             // SAFETY: valid C string naming our own descriptor of a non-symlink.
-            Errno::result(unsafe { libc::chmod(proc.as_ptr(), (mode & 0o7777) as libc::mode_t) })?;
+            let dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+            Errno::result(unsafe { libc::chmod(proc.as_ptr(), safe_mode(mode, dir)) })?;
         }
         if let Some(size) = size {
-            let w = self.open_at(path, libc::O_WRONLY, 0)?;
+            let w = self.open_file(path, libc::O_WRONLY)?;
             nix::unistd::ftruncate(&w, size as i64)?;
         }
         if (atime.is_some() || mtime.is_some()) && !link {
@@ -410,6 +436,18 @@ impl Root {
         }
         Ok(MapData::Entries(entries))
     }
+}
+
+/// The permission bits a guest may set on a host file: never set-user-id, and set-group-id
+/// only on a directory (where it means "new files take its group", not privilege) — a guest
+/// root must not leave a set-id program for host users to run.
+fn safe_mode(mode: u32, dir: bool) -> libc::mode_t {
+    let drop = if dir {
+        libc::S_ISUID
+    } else {
+        libc::S_ISUID | libc::S_ISGID
+    };
+    (mode & 0o7777 & !drop) as libc::mode_t
 }
 
 fn map_attr(st: &libc::stat) -> MapAttr {
@@ -568,6 +606,40 @@ mod tests {
             root.handle(MapOp::Unlink { path: "m".into() }),
             Ok(MapData::Done)
         );
+    }
+
+    /// A guest never makes the host open a FIFO or a device, nor leaves a set-id file.
+    #[test]
+    fn only_regular_files_are_opened_and_no_set_id_bits_are_set() {
+        let dir = tempfile::tempdir().unwrap();
+        nix::unistd::mkfifo(&dir.path().join("fifo"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let root = Root::open(dir.path(), false).unwrap();
+        assert_eq!(
+            root.handle(op_read("fifo")),
+            Err(Errno::EPERM),
+            "not opened: no hang"
+        );
+        let create = |path: &str, exclusive| MapOp::Create {
+            path: path.into(),
+            mode: 0o644,
+            exclusive,
+            caller: Caller::default(),
+        };
+        assert_eq!(root.handle(create("fifo", false)), Err(Errno::EPERM));
+        assert!(root.handle(create("f", true)).is_ok());
+        let set = |mode| MapOp::SetAttr {
+            path: "f".into(),
+            mode: Some(mode),
+            uid: None,
+            gid: None,
+            size: None,
+            atime: None,
+            mtime: None,
+        };
+        let Ok(MapData::Attr(a)) = root.handle(set(0o6755)) else {
+            panic!("chmod")
+        };
+        assert_eq!(a.mode & 0o7777, 0o755, "set-uid and set-gid dropped");
     }
 
     #[test]
