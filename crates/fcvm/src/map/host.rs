@@ -321,8 +321,8 @@ impl Root {
             if link {
                 return Err(Errno::EOPNOTSUPP);
             }
-            // SAFETY: valid C string naming our own descriptor of a non-symlink.
             let dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+            // SAFETY: valid C string naming our own descriptor of a non-symlink.
             Errno::result(unsafe { libc::chmod(proc.as_ptr(), safe_mode(mode, dir)) })?;
         }
         if let Some(size) = size {
