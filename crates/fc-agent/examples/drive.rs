@@ -198,6 +198,7 @@ fn main() {
                 path: String::new(),
                 privileged: false,
                 disks: vec![],
+                maps: vec![],
             }),
         );
         c.control(|m| matches!(m, Msg::Prepared));
@@ -241,6 +242,7 @@ fn main() {
             path: String::new(),
             privileged: false,
             disks: vec![],
+            maps: vec![],
         }),
     );
     let r = c.control(|m| matches!(m, Msg::Prepared | Msg::PrepareFailed { .. }));

@@ -133,6 +133,7 @@ pub fn prepare(plan: &ContainerPlan) -> Result<()> {
         let opts = Some("noinit_itable,no_prefetch_block_bitmaps");
         do_mount(dev, at, "ext4", MsFlags::empty(), opts)
     })?;
+    crate::fuse::mount_all(&plan.maps)?;
     PREPARED.store(true, Ordering::SeqCst);
     crate::crun::seal_once();
     if let Some(n) = &plan.network {

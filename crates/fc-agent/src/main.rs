@@ -17,6 +17,7 @@ mod crun;
 mod disks;
 mod error;
 mod fs;
+mod fuse;
 mod init;
 mod log;
 mod net;
@@ -79,6 +80,25 @@ fn serve() -> ! {
         "fc-agent: ready uptime_ms={}",
         console::uptime_ms()
     ));
+    fuse::set_outbox(out.clone());
+    // The session runs on a thread of its own so that map replies (docs/volumes.md) reach
+    // the FUSE mounts while the session waits on one of them (crun binding a map in
+    // `Prepare`): the reader hands those over itself and queues the rest in order.
+    let (tx, rx) = std::sync::mpsc::sync_channel(channel::QUEUE_FRAMES);
     let mut session = session::Session::new(out);
-    channel::read_loop(port, |f| session.handle(f))
+    if let Err(e) = std::thread::Builder::new()
+        .name("session".into())
+        .spawn(move || rx.into_iter().for_each(|f| session.handle(f)))
+    {
+        error!("session thread: {e}");
+    }
+    channel::read_loop(port, |f| match f {
+        Ok(fcvm_proto::Frame {
+            msg: fcvm_proto::Msg::MapReply(r),
+            ..
+        }) => fuse::on_reply(r),
+        f => {
+            let _ = tx.send(f);
+        }
+    })
 }

@@ -166,6 +166,11 @@ pub fn spec(p: &ProcConfig) -> Result<Spec> {
     for (src, dest) in crate::disks::binds() {
         mounts.push(mnt(dest, "bind", src, &["rbind", "rprivate"])?);
     }
+    for b in crate::fuse::binds() {
+        let ro: &[&str] = if b.read_only { &["ro"] } else { &[] };
+        let opts = [&["rbind", "rprivate", "nosuid", "nodev"], ro].concat();
+        mounts.push(mnt(&b.guest, "bind", &b.source, &opts)?);
+    }
     let namespaces = [
         LinuxNamespaceType::Pid,
         LinuxNamespaceType::Ipc,

@@ -138,6 +138,7 @@ impl Session {
         self.pending.clear();
         crate::probe::cancel_all();
         crate::fs::cancel_all();
+        crate::fuse::new_epoch();
         self.epoch = Some(epoch);
         crate::log::set_session_open(true);
         Some(old)

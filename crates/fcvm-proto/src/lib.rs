@@ -58,6 +58,9 @@
 //!   dropped quietly.
 
 pub mod codec;
+pub mod map;
+
+pub use map::{MapMount, MapReply, MapRequest};
 
 use serde::{Deserialize, Serialize};
 
@@ -66,7 +69,8 @@ use serde::{Deserialize, Serialize};
 /// 6: `privileged` in [`ContainerPlan`] and [`ProcessSpec`], `ProcessSpec.detach`; file
 /// operations (`FsRequest`, `FsReply`, `FsError`). 7: watches (`FsOp::Watch`, `WatchEvents`,
 /// `Unwatch`), the VM's metrics (`FsOp::Metrics`), `ContainerPlan.disks` (`--disk`) and
-/// [`RestorePlan::keep_streams`] (processes that outlive a restore).
+/// [`RestorePlan::keep_streams`] (processes that outlive a restore), host directory maps
+/// (`MapRequest`, `MapReply`, [`ContainerPlan::maps`]; see [`map`]).
 pub const PROTOCOL_VERSION: u32 = 7;
 
 /// The `PATH` of a process whose environment sets none (podman's default), on both sides.
@@ -255,6 +259,12 @@ pub enum Msg {
         kind: FsErrorKind,
         message: String,
     },
+
+    // ---- host directory maps (protocol 7, control stream; see [`map`]) --------------------
+    /// agent → host: one file operation on a map, answered by `MapReply` with its id.
+    MapRequest(MapRequest),
+    /// host → agent: the answer to a `MapRequest`.
+    MapReply(MapReply),
 }
 
 impl Msg {
@@ -291,6 +301,8 @@ impl Msg {
             Msg::FsRequest(_) => "FsRequest",
             Msg::FsReply(_) => "FsReply",
             Msg::FsError { .. } => "FsError",
+            Msg::MapRequest(_) => "MapRequest",
+            Msg::MapReply(_) => "MapReply",
         }
     }
 }
@@ -333,6 +345,9 @@ pub struct ContainerPlan {
     /// Extra disks (`--disk`): each an ext4 the agent mounts and bind-mounts into the
     /// container, found by its virtio serial.
     pub disks: Vec<DiskMount>,
+    /// `--map`: the agent mounts each one (FUSE served by the host through `MapRequest`s) and
+    /// binds it into the container at its guest path (protocol 7).
+    pub maps: Vec<MapMount>,
 }
 
 /// One extra disk of [`ContainerPlan::disks`].

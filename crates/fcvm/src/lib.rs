@@ -15,6 +15,7 @@ pub mod disks;
 pub mod exec;
 pub mod health;
 pub mod image;
+pub mod map;
 pub mod network;
 pub mod owner_only;
 pub mod paths;

@@ -23,7 +23,7 @@ use crate::progress;
 use crate::util::{self, run_tool, sha256_file};
 
 /// Bump when the kernel dir's layout or the module list changes: old dirs are then rebuilt.
-const LAYOUT: &str = "fcvm-kernel-1";
+const LAYOUT: &str = "fcvm-kernel-2";
 const META_PACKAGE: &str = "linux-image-amd64";
 /// Prefixes of the temp dirs in `tmp/` (a crash can leave them; see `clean_stale`).
 pub(super) const TMP_PREFIXES: [&str; 2] = ["kernel-pkg.", "kernel."];

@@ -27,6 +27,8 @@ pub(super) const WANTED: &[&str] = &[
     "overlay",
     "erofs",
     "vmw_vsock_virtio_transport",
+    // `--map`: the agent serves host directories over FUSE (docs/volumes.md).
+    "fuse",
 ];
 
 /// The module name of a path in modules.dep: `kernel/fs/ext4/ext4.ko.xz` → `ext4`.

@@ -27,6 +27,8 @@ pub struct CloneOptions {
     /// `--label K=V`: added to the snapshot's labels (a key given here wins), as podman
     /// adds `run --label` to the image's.
     pub labels: std::collections::BTreeMap<String, String>,
+    /// `--map`: other host directories for the snapshot's guest paths (docs/volumes.md).
+    pub maps: Vec<crate::map::Map>,
 }
 
 pub async fn run_clone(dirs: &Dirs, o: CloneOptions) -> Result<i32> {
@@ -56,6 +58,7 @@ pub async fn run_clone(dirs: &Dirs, o: CloneOptions) -> Result<i32> {
         );
     }
     let net_plan = crate::network::check(&net_opts)?;
+    let maps = crate::map::Map::for_clone(&m.maps, &o.maps)?;
     if o.exec.is_none() && !m.container_running {
         bail!(
             "Snapshot {} has no running container: give a command with --exec",
@@ -106,11 +109,13 @@ pub async fn run_clone(dirs: &Dirs, o: CloneOptions) -> Result<i32> {
     crate::owner_only::create_dir(&vmdir.path).context("Cannot create the VM directory")?;
     let net = crate::network::setup(&net_plan, &vmdir.path, &id)?;
     facts.nic = net.nic.clone();
+    // A snapshot of this clone records the maps it serves.
+    facts.shape.maps = maps.clone();
     let mut state = new_state(&id, &name, &facts);
     state.network = Some(net.info.clone());
     state.labels = m.labels.clone();
     state.labels.extend(o.labels.clone());
-    let launched = restore_as(&sdir, &m, &vmdir, &mut state, &net, &name).await?;
+    let launched = restore_as(&sdir, &m, &vmdir, &mut state, &net, &name, &maps).await?;
 
     let code = match &o.exec {
         Some(cmd) => one_shot(launched, &facts, cmd, m.container_running).await,

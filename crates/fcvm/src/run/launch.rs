@@ -46,7 +46,9 @@ pub async fn launch(
 ) -> Result<Launched> {
     let cname = snapshot::cache_name(&facts.cache_key());
     if use_cache {
-        if let Some(l) = restore_named(dirs, vmdir, state, net, hostname, &cname).await {
+        if let Some(l) =
+            restore_named(dirs, vmdir, state, net, hostname, &cname, &facts.shape.maps).await
+        {
             return Ok(l);
         }
     }
@@ -97,6 +99,7 @@ pub async fn restore_named(
     net: &Network,
     hostname: &str,
     sname: &Name,
+    maps: &[crate::map::Map],
 ) -> Option<Launched> {
     let (sdir, m) = match snapshot::load(dirs, sname) {
         Ok(x) => x,
@@ -106,7 +109,7 @@ pub async fn restore_named(
             return None;
         }
     };
-    match restore_as(&sdir, &m, vmdir, state, net, hostname).await {
+    match restore_as(&sdir, &m, vmdir, state, net, hostname, maps).await {
         Ok(l) => Some(l),
         Err(e) => {
             discard(dirs, sname, &e);
@@ -116,7 +119,7 @@ pub async fn restore_named(
 }
 
 /// Restores snapshot `m` (in `sdir`) as the VM of `vmdir` with a fresh identity and records
-/// it in `state`.
+/// it in `state`; its map requests are served from `maps` (the guest's order).
 pub async fn restore_as(
     sdir: &std::path::Path,
     m: &snapshot::Manifest,
@@ -124,6 +127,7 @@ pub async fn restore_as(
     state: &mut VmState,
     net: &Network,
     hostname: &str,
+    maps: &[crate::map::Map],
 ) -> Result<Launched, SnapshotError> {
     let t0 = Instant::now();
     let plan = restore::plan(Some(hostname.into()), net.guest.clone());
@@ -137,6 +141,8 @@ pub async fn restore_as(
         &vmm::boot,
     )
     .await?;
+    // Requests the agent resent for the new epoch wait in the session's queue until now.
+    crate::map::serve(&r.session, maps);
     state.snapshot = Some(m.name.clone());
     record_vmm(vmdir, state, &*r.vm).map_err(SnapshotError::Record)?;
     let t = t0.elapsed();
@@ -225,6 +231,7 @@ async fn cold_boot(
     )
     .await
     .with_context(|| format!("VM {name} did not boot{}", super::console_tail(&vmdir.path)))?;
+    crate::map::serve(&session, &facts.shape.maps);
     let t_hello = t0.elapsed();
     let plan = ContainerPlan {
         image_fstype: facts.fstype.clone(),
@@ -246,6 +253,7 @@ async fn cold_boot(
                 guest: d.guest.clone(),
             })
             .collect(),
+        maps: crate::map::Map::mounts(&facts.shape.maps),
     };
     session
         .request(Msg::Prepare(plan), BOOT_TIMEOUT, |m| match m {

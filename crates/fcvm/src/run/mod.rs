@@ -81,6 +81,9 @@ pub struct Shape {
     pub privileged: bool,
     /// Extra disks (`--disk`): attached at boot, mounted before the container is created.
     pub disks: Vec<crate::disks::DiskPlan>,
+    /// `--map`: the guest mounts them inside the prepared container; their guest paths and
+    /// modes are part of the key, their host directories are not (docs/volumes.md).
+    pub maps: Vec<crate::map::Map>,
 }
 
 impl Default for Shape {
@@ -89,6 +92,7 @@ impl Default for Shape {
             rw_disk_mib: DEFAULT_RW_DISK_MIB,
             privileged: false,
             disks: vec![],
+            maps: vec![],
         }
     }
 }
@@ -136,6 +140,7 @@ impl Facts {
     /// The image-cache key: everything that shapes the VM before the user's process starts.
     pub fn cache_key(&self) -> String {
         let disks = crate::disks::key_part(&self.shape.disks);
+        let maps = crate::map::Map::key(&self.shape.maps);
         let parts: [&str; 11] = [
             &self.image_digest,
             &self.assets.kernel_id,
@@ -155,8 +160,10 @@ impl Facts {
                 ""
             },
         ];
-        // Without disks the key is what it was before `--disk` existed.
-        let parts: Vec<&str> = parts.into_iter().chain(disks.as_deref()).collect();
+        // Without disks and maps the key is what it was before they existed.
+        let parts: Vec<&str> = (parts.into_iter().chain(disks.as_deref()))
+            .chain((!maps.is_empty()).then_some(maps.as_str()))
+            .collect();
         snapshot::cache_key(&parts)
     }
 
@@ -200,6 +207,12 @@ impl Facts {
             files: vec![],
             disks: crate::disks::DiskRecord::of(&self.shape.disks),
             labels: Default::default(),
+            maps: self
+                .shape
+                .maps
+                .iter()
+                .map(crate::map::MapRecord::from)
+                .collect(),
         }
     }
 }
@@ -248,6 +261,7 @@ pub async fn run(dirs: &Dirs, opts: RunOptions) -> Result<i32> {
     let kind = opts.hypervisor.unwrap_or(VmmKind::Qemu);
     let accel = check_machine(kind, opts.cpus, opts.mem_mib)?;
     let net_plan = crate::network::check(&opts.network)?;
+    crate::map::Map::check_unique(&opts.shape.maps)?;
     let id = crate::vm::new_id();
     let name = opts
         .name
@@ -312,7 +326,16 @@ pub async fn run(dirs: &Dirs, opts: RunOptions) -> Result<i32> {
     };
     let restored_app = match &startup {
         Some(sname) => {
-            launch::restore_named(dirs, &vmdir, &mut state, &net, &hostname, sname).await
+            launch::restore_named(
+                dirs,
+                &vmdir,
+                &mut state,
+                &net,
+                &hostname,
+                sname,
+                &facts.shape.maps,
+            )
+            .await
         }
         None => None,
     };

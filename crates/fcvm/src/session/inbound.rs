@@ -8,7 +8,9 @@
 //! 2. A `Log` frame becomes a log line ([`Effect::Log`]) while the peer stays within
 //!    [`LOG_RATE`]; beyond it lines are dropped and counted, and the count is logged once
 //!    the rate allows again.
-//! 3. Every other control frame goes to the [`ControlQueue`] (newest kept).
+//! 3. A `MapRequest` goes to the map server's queue ([`Inbound::with_maps`]; bounded, a
+//!    request beyond it is dropped: the agent keeps at most `MAP_IN_FLIGHT` unanswered).
+//! 4. Every other control frame goes to the [`ControlQueue`] (newest kept).
 //!
 //! Nothing here grows with what the peer sends: the queues are bounded (see
 //! [`super::queue`]), and the log budget is a token bucket.
@@ -125,6 +127,8 @@ pub struct Inbound {
     streams: Streams,
     control: Arc<ControlQueue>,
     gate: LogGate,
+    /// Where `MapRequest`s go (docs/volumes.md); none: they are dropped.
+    maps: Option<tokio::sync::mpsc::Sender<fcvm_proto::MapRequest>>,
 }
 
 /// `s` cut to at most `max` bytes, on a character boundary.
@@ -146,7 +150,14 @@ impl Inbound {
                 at: None,
                 dropped: 0,
             },
+            maps: None,
         }
+    }
+
+    /// Routes `MapRequest`s to `tx` (the map server reads them when it is attached).
+    pub fn with_maps(mut self, tx: tokio::sync::mpsc::Sender<fcvm_proto::MapRequest>) -> Self {
+        self.maps = Some(tx);
+        self
     }
 
     /// Handles one decoded frame (or the codec's complaint about one) arriving at `now`.
@@ -197,6 +208,13 @@ impl Inbound {
                     line.to_string()
                 };
                 Some(Effect::Log(level, line))
+            }
+            Msg::MapRequest(req) => {
+                let queued = self.maps.as_ref().map(|tx| tx.try_send(req).is_ok());
+                if queued != Some(true) && self.gate.admit(now, 0) {
+                    tracing::warn!("map request dropped: more than the agent may have in flight");
+                }
+                None
             }
             msg => {
                 if !self.control.push(msg) {

@@ -72,6 +72,8 @@ pub struct Session {
     reader: JoinHandle<()>,
     pub epoch: u64,
     pub info: AgentInfo,
+    /// The agent's `MapRequest`s, until the map server takes them ([`Session::map_channel`]).
+    maps: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<fcvm_proto::MapRequest>>>,
 }
 
 /// How often Hello is resent while the agent has not opened its port yet.
@@ -268,7 +270,8 @@ impl Session {
         let control = Arc::new(ControlQueue::default());
         let streams = Streams::default();
         outbox::spawn_writer(wr, out_rx);
-        let inbound = Inbound::new(streams.clone(), control.clone());
+        let (map_tx, map_rx) = tokio::sync::mpsc::channel(fcvm_proto::map::MAP_IN_FLIGHT);
+        let inbound = Inbound::new(streams.clone(), control.clone()).with_maps(map_tx);
         let reader = spawn_reader(rd, inbound, out.clone(), log.map(AgentLog::new));
         Session {
             out,
@@ -279,7 +282,17 @@ impl Session {
             reader,
             epoch,
             info: AgentInfo::default(),
+            maps: std::sync::Mutex::new(Some(map_rx)),
         }
+    }
+
+    /// The agent's map requests (queued since the session opened) and the outbox for the
+    /// replies, for the map server ([`crate::map::serve`]); `None` once taken.
+    pub fn map_channel(
+        &self,
+    ) -> Option<(tokio::sync::mpsc::Receiver<fcvm_proto::MapRequest>, Outbox)> {
+        let rx = self.maps.lock().unwrap_or_else(|e| e.into_inner()).take()?;
+        Some((rx, self.out.clone()))
     }
 
     /// Sends a control request and waits for the first reply `pick` accepts

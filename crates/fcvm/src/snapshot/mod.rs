@@ -148,6 +148,10 @@ pub struct Manifest {
     /// The source VM's labels (`--label`): a clone's, unless `snapshot run --label` overrides.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub labels: std::collections::BTreeMap<String, String>,
+    /// The VM's host directory maps (`--map`), in the guest's order: a clone serves these
+    /// unless it is given others for the same guest paths (docs/volumes.md).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub maps: Vec<crate::map::MapRecord>,
 }
 
 impl Manifest {

@@ -16,6 +16,7 @@ fn nm(s: &str) -> crate::vm::names::Name {
 
 fn manifest(name: &str) -> Manifest {
     Manifest {
+        maps: vec![],
         version: super::MANIFEST_VERSION,
         name: name.into(),
         kind: SnapshotKind::User,

@@ -110,6 +110,11 @@ pub struct WorkloadArgs {
     /// ext4 image file in place; mounted in the container at GUEST (default /mnt/diskN).
     #[arg(long = "disk", value_name = "SIZE|PATH[:GUEST]", value_parser = fcvm::disks::DiskArg::parse)]
     disks: Vec<fcvm::disks::DiskArg>,
+    /// Map a host directory into the container: HOST:GUEST[:ro] (repeatable; absolute paths;
+    /// served over the agent channel, kept across snapshots; see docs/volumes.md).
+    #[arg(long = "map", short = 'v', visible_alias = "volume", value_name = "HOST:GUEST[:ro]",
+          value_parser = fcvm::map::Map::parse)]
+    maps: Vec<fcvm::map::Map>,
 }
 
 /// podman's `--health-*` flags, plus fcvm's `--health-check URL`.
@@ -198,6 +203,7 @@ pub async fn run(dirs: &Dirs, cmd: PodmanCommand) -> Result<i32> {
                 .unwrap_or(fcvm::run::DEFAULT_RW_DISK_MIB),
             privileged: a.workload.privileged,
             disks,
+            maps: a.workload.maps,
         },
     };
     fcvm::run::run(dirs, opts).await

@@ -36,6 +36,11 @@ pub enum SnapshotCommand {
         /// A label KEY=VALUE (repeatable), added to the snapshot's (this one wins).
         #[arg(short = 'l', long = "label", value_name = "KEY=VALUE", value_parser = fcvm::run::parse_label)]
         labels: Vec<(String, String)>,
+        /// Serve another host directory at one of the snapshot's map guest paths:
+        /// HOST:GUEST[:ro] (repeatable; see docs/volumes.md).
+        #[arg(long = "map", short = 'v', visible_alias = "volume", value_name = "HOST:GUEST[:ro]",
+              value_parser = fcvm::map::Map::parse)]
+        maps: Vec<fcvm::map::Map>,
     },
     /// List snapshots.
     Ls {
@@ -63,6 +68,7 @@ pub async fn run(dirs: &Dirs, cmd: SnapshotCommand) -> Result<i32> {
             network,
             publish,
             labels,
+            maps,
         } => {
             let mut net = fcvm::network::NetworkOptions::default();
             if let Some(m) = network {
@@ -78,6 +84,7 @@ pub async fn run(dirs: &Dirs, cmd: SnapshotCommand) -> Result<i32> {
                     network: net,
                     health: Default::default(),
                     labels: labels.into_iter().collect(),
+                    maps,
                 },
             )
             .await

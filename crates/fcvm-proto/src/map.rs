@@ -1,0 +1,216 @@
+//! Wire types of host directory maps (`--map HOST:GUEST[:ro]`, protocol 7; docs/volumes.md).
+//!
+//! The guest sees each map as a FUSE mount that the agent serves by asking the host: the
+//! agent turns each FUSE request into a [`MapRequest`] (agent → host, control stream) and
+//! answers the kernel when the matching [`MapReply`] (host → agent) arrives. Requests name
+//! files by their path relative to the map's root (never by a host handle), so a new host —
+//! after a snapshot restore, or a clone serving another directory — can answer a request the
+//! old one never saw: the agent resends every request still unanswered when a new epoch
+//! begins.
+//!
+//! ```text
+//! agent → host   MapRequest { id, map, op: MapOp }      at most MAP_IN_FLIGHT unanswered
+//! host → agent   MapReply   { id, result: Ok(MapData) | Err(errno) }
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+/// Requests the agent may have unanswered at once (across every map of the VM); the host's
+/// queue of map requests holds as many.
+pub const MAP_IN_FLIGHT: usize = 16;
+
+/// Largest `Read` or `Write` payload (one frame, well under the codec's limit).
+pub const MAP_MAX_IO: usize = 64 * 1024;
+
+/// Largest encoded size of the entries of one `MapData::Entries`.
+pub const MAP_MAX_LIST_BYTES: usize = 32 * 1024;
+
+/// One map as the guest knows it: where it is mounted in the container, and whether it is
+/// read-only. The host directory is the host's alone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapMount {
+    /// Absolute path in the container.
+    pub guest: String,
+    pub read_only: bool,
+}
+
+/// A time to set: the host's "now", or a given time (seconds, nanoseconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SetTime {
+    Now,
+    At(i64, u32),
+}
+
+/// The ids of the guest process that caused a request (files it creates get them, when the
+/// host runs as root).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// What a [`MapRequest`] does. `path` is relative to the map's root ("" is the root itself),
+/// made of plain names (no `.`, `..` or empty components).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum MapOp {
+    /// `MapData::Attr` of the file (a symlink is not followed).
+    Stat {
+        path: String,
+    },
+    SetAttr {
+        path: String,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<SetTime>,
+        mtime: Option<SetTime>,
+    },
+    /// `MapData::Data`: the link's text.
+    ReadLink {
+        path: String,
+    },
+    /// Creates a regular file (`exclusive`: fails if it exists; else truncates nothing and
+    /// opens what is there): `MapData::Attr`.
+    Create {
+        path: String,
+        mode: u32,
+        exclusive: bool,
+        caller: Caller,
+    },
+    MakeDir {
+        path: String,
+        mode: u32,
+        caller: Caller,
+    },
+    Symlink {
+        path: String,
+        target: String,
+        caller: Caller,
+    },
+    /// `MapData::Done`.
+    Unlink {
+        path: String,
+    },
+    RemoveDir {
+        path: String,
+    },
+    /// `flags`: renameat2's (RENAME_NOREPLACE, RENAME_EXCHANGE).
+    Rename {
+        from: String,
+        to: String,
+        flags: u32,
+    },
+    /// Up to `len` (at most [`MAP_MAX_IO`]) bytes from `offset`: `MapData::Data` (shorter at
+    /// the end of the file).
+    Read {
+        path: String,
+        offset: u64,
+        len: u32,
+    },
+    /// `MapData::Written`.
+    Write {
+        path: String,
+        offset: u64,
+        data: Vec<u8>,
+    },
+    /// Directory entries (`.` and `..` included) after the host's position cookie `offset`
+    /// (0: from the start; else an entry's `next`): `MapData::Entries`, at most
+    /// [`MAP_MAX_LIST_BYTES`] of them; an empty list is the end. Cookies are the host
+    /// filesystem's own (`telldir`), so entries removed meanwhile shift nothing.
+    ReadDir {
+        path: String,
+        offset: u64,
+    },
+    /// `MapData::StatFs` of the host filesystem.
+    StatFs,
+    /// `ReadDir` with each entry's attributes (`lstat`): `MapData::EntriesPlus`. The guest
+    /// kernel then needs no lookup for a file it just listed (a directory walk).
+    ReadDirPlus {
+        path: String,
+        offset: u64,
+    },
+}
+
+impl MapOp {
+    /// Whether the op changes the share (refused on a read-only map, on both sides).
+    pub fn writes(&self) -> bool {
+        !matches!(
+            self,
+            MapOp::Stat { .. }
+                | MapOp::ReadLink { .. }
+                | MapOp::Read { .. }
+                | MapOp::ReadDir { .. }
+                | MapOp::ReadDirPlus { .. }
+                | MapOp::StatFs
+        )
+    }
+}
+
+/// A file's attributes as the host has them (`lstat`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapAttr {
+    pub ino: u64,
+    pub size: u64,
+    pub blocks: u64,
+    pub atime: (i64, u32),
+    pub mtime: (i64, u32),
+    pub ctime: (i64, u32),
+    /// `st_mode`: type and permission bits.
+    pub mode: u32,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub rdev: u32,
+    pub blksize: u32,
+}
+
+/// One directory entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapDirEntry {
+    pub name: String,
+    pub ino: u64,
+    /// The `S_IFMT` bits of its mode.
+    pub kind: u32,
+    /// The cookie that resumes the listing after this entry.
+    pub next: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapStatFs {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub bavail: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub bsize: u32,
+    pub namelen: u32,
+    pub frsize: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum MapData {
+    Attr(MapAttr),
+    Data(Vec<u8>),
+    Written(u32),
+    Entries(Vec<MapDirEntry>),
+    StatFs(MapStatFs),
+    Done,
+    EntriesPlus(Vec<(MapDirEntry, MapAttr)>),
+}
+
+/// agent → host: one request of map number `map` (an index into the plan's maps).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MapRequest {
+    /// The agent's id for it; a resent request keeps its id.
+    pub id: u64,
+    pub map: u32,
+    pub op: MapOp,
+}
+
+/// host → agent: the answer to request `id`: data, or an errno.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MapReply {
+    pub id: u64,
+    pub result: Result<MapData, i32>,
+}
