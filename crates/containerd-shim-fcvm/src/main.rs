@@ -98,7 +98,9 @@ fn init_logging() {
     );
 }
 
-#[tokio::main]
+// Current-thread, as fcvm's own binary: QEMU's parent-death signal fires when the thread that
+// spawned it ends (docs/design.md §3), and this thread lives as long as the shim.
+#[tokio::main(flavor = "current_thread")]
 async fn main() {
     // fcvm's progress lines are for a terminal; the shim has none.
     std::env::set_var("FCVM_QUIET", "1");

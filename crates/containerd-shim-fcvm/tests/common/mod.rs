@@ -131,14 +131,22 @@ impl Drop for Containerd {
             let _ = self.ctr(&["container", "delete", id]);
         }
         let _ = self.ctr(&["image", "rm", IMAGE]);
-        // SAFETY: plain kill(2) of our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
         let _ = self.child.wait();
         // Snapshots are overlay directories of root's; the temp dir goes with them.
         let _ = std::process::Command::new("umount")
             .arg("-R")
             .arg(self.dir.path().join("root"))
+            .stderr(Stdio::null())
             .status();
+        // The shims' sockets and ctr's FIFOs live under containerd's fixed /run/containerd;
+        // once empty, the directories go too (a busy one stays: remove_dir refuses it).
+        for d in ["fifo", "s", ""] {
+            let _ = std::fs::remove_dir(Path::new("/run/containerd").join(d));
+        }
     }
 }
 
