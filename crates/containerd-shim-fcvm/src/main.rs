@@ -25,6 +25,7 @@ use containerd_shim::{Config, Error, Flags, StartOpts};
 
 struct FcvmShim {
     namespace: String,
+    id: String,
     exit: Arc<ExitSignal>,
 }
 
@@ -35,6 +36,7 @@ impl Shim for FcvmShim {
     async fn new(_runtime_id: &str, args: &Flags, _config: &mut Config) -> Self {
         FcvmShim {
             namespace: args.namespace.clone(),
+            id: args.id.clone(),
             exit: Arc::new(ExitSignal::default()),
         }
     }
@@ -49,8 +51,12 @@ impl Shim for FcvmShim {
     }
 
     async fn delete_shim(&mut self) -> Result<DeleteResponse, Error> {
-        // The daemon died without Delete: its VM went with it (QEMU dies with its parent);
-        // what is left is the rootfs mount point, which a failed build may have kept.
+        // The daemon died without Delete: its VMM died with it (parent-death signal); what
+        // is left is the VM's directory and name, and a rootfs mount a failed build kept.
+        let dirs = fcvm::paths::Dirs::from_env();
+        if let Ok((dir, st)) = fcvm::vm::find(&dirs, &task::vm_name(&self.namespace, &self.id)) {
+            let _ = fcvm::vm::remove(&dir, &st, true);
+        }
         let _ = nix::mount::umount2("rootfs", nix::mount::MntFlags::MNT_DETACH);
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -272,7 +272,7 @@ async fn publish(publisher: &RemotePublisher, ns: &str, topic: &str, event: Box<
 }
 
 /// The VM's name in `fcvm ls`: the container's, when fcvm's name rules take it.
-fn vm_name(ns: &str, id: &str) -> String {
+pub fn vm_name(ns: &str, id: &str) -> String {
     let n = format!("ctrd-{ns}-{id}");
     if fcvm::vm::names::validate(&n).is_ok() {
         return n;

@@ -126,6 +126,18 @@ fn detached_exec_kill_and_states() {
         "{ls}"
     );
 
+    // Pids: the container's process in the guest; Stats: the VM's RAM as the memory limit.
+    let ps = text(&c.ctr(&["task", "ps", "t-d"]).stdout);
+    assert_eq!(ps.lines().count(), 2, "{ps}");
+    let metrics = text(&c.ctr(&["task", "metrics", "t-d"]).stdout);
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("memory.limit_in_bytes")
+                && l.trim_end().ends_with(&(512u64 << 20).to_string())),
+        "{metrics}"
+    );
+
     // stdin through, the exec's own exit code back.
     let mut child = c
         .cmd(&[
