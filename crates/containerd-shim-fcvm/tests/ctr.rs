@@ -219,3 +219,40 @@ fn an_unsupported_spec_field_is_refused_clearly() {
     let _ = c.ctr(&["container", "delete", "t-bad"]);
     assert_nothing_left(&c, &["t-bad"]);
 }
+
+#[test]
+fn a_killed_shim_leaves_nothing() {
+    let c = Containerd::start();
+    let o = c.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        "t-k",
+        "sleep",
+        "1000",
+    ]);
+    assert!(o.status.success(), "run -d: {}", text(&o.stderr));
+    let shims: Vec<u32> = processes_with("containerd-shim-fcvm-v2")
+        .into_iter()
+        .filter(|(_, cmd)| cmd.contains(&format!("-namespace {NS} ")) && cmd.contains("-id t-k "))
+        .map(|(pid, _)| pid)
+        .collect();
+    assert_eq!(shims.len(), 1, "{shims:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(shims[0] as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    // containerd sees the shim go, publishes the exit and runs the shim's `delete`.
+    wait_for("t-k to stop", Duration::from_secs(60), || {
+        !text(&c.ctr(&["task", "ls"]).stdout)
+            .lines()
+            .any(|l| l.starts_with("t-k ") && l.contains("RUNNING"))
+    });
+    let _ = c.ctr(&["task", "delete", "t-k"]);
+    let o = c.ctr(&["container", "delete", "t-k"]);
+    assert!(o.status.success(), "container delete: {}", text(&o.stderr));
+    assert_nothing_left(&c, &["t-k"]);
+}
