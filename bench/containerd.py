@@ -19,7 +19,8 @@ a = ap.parse_args()
 
 rel = os.path.join(ROOT, "target/release")
 fcvm = os.path.join(rel, "fcvm")
-data = os.environ.get("FCVM_DATA_DIR", os.path.join(ROOT, "target/fcvm-bench-data"))
+# Its own data dir: every cold run deletes the image-cache snapshots in it.
+data = os.path.join(ROOT, "target/fcvm-bench-data")
 env = dict(os.environ, FCVM_QUIET="1", FCVM_DATA_DIR=data, PATH=rel + ":" + os.environ["PATH"])
 if a.accel != "auto":
     env["FCVM_ACCEL"] = a.accel
@@ -90,6 +91,9 @@ try:
         print(f"{kind:>6}: ctr run --rm {s:6.0f}   fcvm podman run {p:6.0f}   "
               f"shim adds {s - p:5.0f} ms ({(s / p - 1) * 100:+.0f} %; goal <= 20 %)")
 finally:
+    # This containerd's layer directories, hence the keys of its erofs files, end here.
+    drop_cache_snapshots()
+    shutil.rmtree(os.path.join(data, "images", "trees"), ignore_errors=True)
     ctrd.terminate()
     ctrd.wait()
     subprocess.run(["umount", "-R", f"{tmp}/root"], capture_output=True)

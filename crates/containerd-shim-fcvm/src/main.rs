@@ -52,12 +52,11 @@ impl Shim for FcvmShim {
 
     async fn delete_shim(&mut self) -> Result<DeleteResponse, Error> {
         // The daemon died without Delete: its VMM died with it (parent-death signal); what
-        // is left is the VM's directory and name, and a rootfs mount a failed build kept.
+        // is left is the VM's directory and name.
         let dirs = fcvm::paths::Dirs::from_env();
         if let Ok((dir, st)) = fcvm::vm::find(&dirs, &task::vm_name(&self.namespace, &self.id)) {
             let _ = fcvm::vm::remove(&dir, &st, true);
         }
-        let _ = nix::mount::umount2("rootfs", nix::mount::MntFlags::MNT_DETACH);
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();

@@ -5,7 +5,8 @@
 //! cached under a key made of the lowerdirs' identities, so the second container of an
 //! image skips both the mount and `mkfs.erofs`, and its VM restores the image-cache snapshot
 //! keyed by that erofs. Anything else (a bind mount, an upperdir that already holds files)
-//! is mounted and built under a one-off key, removed with the container.
+//! is mounted and built under a one-off key, removed with the container. The bundle's own
+//! `rootfs/` is left alone: nothing on the host runs in it.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -26,8 +27,8 @@ pub struct Rootfs {
     pub one_off: Option<PathBuf>,
 }
 
-/// Builds (or finds) the erofs of `mounts`, mounting them at `target` if it must read them.
-pub fn prepare(dirs: &Dirs, mounts: &[Mount], target: &Path) -> Result<Rootfs> {
+/// Builds (or finds) the erofs of `mounts`, mounting them to read them only on a miss.
+pub fn prepare(dirs: &Dirs, mounts: &[Mount]) -> Result<Rootfs> {
     if mounts.is_empty() {
         bail!("no rootfs mounts: fcvm needs the image's root (use an image, not a prepared rootfs directory)");
     }
@@ -39,13 +40,18 @@ pub fn prepare(dirs: &Dirs, mounts: &[Mount], target: &Path) -> Result<Rootfs> {
         Some(k) => (k, false),
         None => (hex::encode(rand_bytes()), true),
     };
-    let d = dirs.clone();
-    let erofs = match fcvm::bundle::tree::cached(&d, &key) {
+    let erofs = match fcvm::bundle::tree::cached(dirs, &key) {
         Some(p) => p,
         None => {
-            mount_one(m, target)?;
-            let built = fcvm::bundle::erofs_of_tree(dirs, &key, target);
-            let _ = umount2(target, MntFlags::MNT_DETACH);
+            // In a 0700 directory of fcvm's, read-only, nosuid, nodev: no other user reaches
+            // the image's setuid files or device nodes while mkfs.erofs reads them
+            // (docs/security.md).
+            let tmp = fcvm::util::temp_dir_in(&dirs.tmp(), "rootfs-")
+                .context("Cannot create a mount point")?;
+            let target = tmp.path().join("root");
+            mount_one(m, &target)?;
+            let built = fcvm::bundle::erofs_of_tree(dirs, &key, &target);
+            let _ = umount2(&target, MntFlags::MNT_DETACH);
             built.context("Cannot build the container's root filesystem")?
         }
     };
@@ -106,12 +112,11 @@ fn rand_bytes() -> [u8; 16] {
 
 /// Mounts one containerd mount at `target` (as runc's shim does, without its fork).
 fn mount_one(m: &Mount, target: &Path) -> Result<()> {
-    let mut flags = MsFlags::empty();
+    let mut flags = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     let mut data = Vec::new();
     for o in &m.options {
         match o.as_str() {
-            "ro" => flags |= MsFlags::MS_RDONLY,
-            "rw" => {}
+            "ro" | "rw" => {}
             "bind" => flags |= MsFlags::MS_BIND,
             "rbind" => flags |= MsFlags::MS_BIND | MsFlags::MS_REC,
             "nosuid" => flags |= MsFlags::MS_NOSUID,
@@ -121,7 +126,7 @@ fn mount_one(m: &Mount, target: &Path) -> Result<()> {
         }
     }
     let data = data.join(",");
-    std::fs::create_dir_all(target)
+    fcvm::owner_only::create_dir(target)
         .with_context(|| format!("Cannot create {}", target.display()))?;
     mount(
         Some(m.source.as_str()),

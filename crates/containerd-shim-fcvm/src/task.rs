@@ -135,9 +135,7 @@ impl Service {
         plan.process.tty = plan.process.tty || req.terminal;
         let dirs = self.dirs.clone();
         let mounts = req.rootfs.clone();
-        let target = bundle.join("rootfs");
-        let root =
-            tokio::task::spawn_blocking(move || rootfs::prepare(&dirs, &mounts, &target)).await??;
+        let root = tokio::task::spawn_blocking(move || rootfs::prepare(&dirs, &mounts)).await??;
         let name = vm_name(&self.namespace, &req.id);
         let vreq = VmRequest {
             name,

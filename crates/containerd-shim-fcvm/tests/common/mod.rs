@@ -136,6 +136,9 @@ impl Drop for Containerd {
             nix::sys::signal::Signal::SIGTERM,
         );
         let _ = self.child.wait();
+        // This containerd's layer directories die with it, and with them the keys of the
+        // erofs and image-cache snapshots its containers made: remove those.
+        remove_cache_of(&format!("containerd:{NS}/"));
         // Snapshots are overlay directories of root's; the temp dir goes with them.
         let _ = std::process::Command::new("umount")
             .arg("-R")
@@ -146,6 +149,22 @@ impl Drop for Containerd {
         // once empty, the directories go too (a busy one stays: remove_dir refuses it).
         for d in ["fifo", "s", ""] {
             let _ = std::fs::remove_dir(Path::new("/run/containerd").join(d));
+        }
+    }
+}
+
+/// Removes the image-cache snapshots (and their erofs) of VMs whose image starts with `prefix`.
+pub fn remove_cache_of(prefix: &str) {
+    let dirs = fcvm::paths::Dirs::new(data_dir());
+    for m in fcvm::snapshot::list(&dirs) {
+        if !m.image.starts_with(prefix) {
+            continue;
+        }
+        if let Ok(name) = fcvm::vm::names::Name::new(m.name.clone()) {
+            let _ = fcvm::snapshot::remove(&dirs, &name);
+        }
+        if let Some(key) = m.image_digest.strip_prefix("sha256:") {
+            let _ = std::fs::remove_dir_all(dirs.images().join("trees").join(key));
         }
     }
 }
