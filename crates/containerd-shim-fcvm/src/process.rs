@@ -123,6 +123,11 @@ impl Proc {
     }
 
     pub fn resize(&self, rows: u16, cols: u16) {
+        // A client without a terminal of its own (ctr under a pipe) reports 0x0: not a size
+        // to give the process's terminal.
+        if rows == 0 || cols == 0 {
+            return;
+        }
         {
             let mut spec = self.spec.lock().expect("spec");
             spec.rows = rows;

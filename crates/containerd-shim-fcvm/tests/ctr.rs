@@ -167,7 +167,7 @@ fn detached_exec_kill_and_states() {
 
     // -t: a real terminal in the VM (ctr wants one on its side too: `script` gives it).
     let ctr_cmd = format!(
-        "ctr -a {} -n {NS} task exec -t --exec-id e2 t-d sh -c 'tty; exit 4'",
+        "ctr -a {} -n {NS} task exec -t --exec-id e2 t-d sh -c 'tty; stty size; exit 4'",
         c.sock().display()
     );
     let child = std::process::Command::new("script")
@@ -180,6 +180,8 @@ fn detached_exec_kill_and_states() {
     let o = wait_output(child, Duration::from_secs(120), &["exec -t e2"]);
     let out = text(&o.stdout);
     assert!(out.contains("/dev/pts/"), "{out:?} {}", text(&o.stderr));
+    // `script` has no terminal size to pass on (0x0): the terminal keeps its default.
+    assert!(out.contains("24 80"), "{out:?}");
     assert_eq!(o.status.code(), Some(4), "{out:?}");
 
     let o = c.ctr(&["task", "kill", "-s", "SIGKILL", "t-d"]);

@@ -200,7 +200,13 @@ pub fn process_spec(p: &Process, stdin: bool) -> Result<ProcessSpec, Refused> {
     let (rows, cols) = p
         .console_size()
         .as_ref()
-        .map(|b| (b.height() as u16, b.width() as u16))
+        .filter(|b| b.height() > 0 && b.width() > 0)
+        .map(|b| {
+            (
+                b.height().min(u16::MAX as u64) as u16,
+                b.width().min(u16::MAX as u64) as u16,
+            )
+        })
         .unwrap_or((24, 80));
     let user = p.user();
     Ok(ProcessSpec {
