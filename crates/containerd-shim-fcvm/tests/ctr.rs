@@ -86,7 +86,24 @@ fn run_rm_streams_exit_code_and_guest_kernel() {
     assert_eq!(lines[0], "out");
     assert_eq!(err, "err\n");
     assert!(!lines[1].is_empty() && lines[1] != host_kernel(), "{out:?}");
-    assert_nothing_left(&c, &["t-rm"]);
+
+    // -t: the container's own process on a terminal (ctr wants one too: `script` gives it).
+    let ctr_cmd = format!(
+        "ctr -a {} -n {NS} run -t --rm --runtime {RUNTIME} {IMAGE} t-tty sh -c 'tty; exit 5'",
+        c.sock().display()
+    );
+    let child = std::process::Command::new("script")
+        .args(["-qec", &ctr_cmd, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let o = wait_output(child, Duration::from_secs(300), &["run -t"]);
+    let out = text(&o.stdout);
+    assert!(out.contains("/dev/pts/"), "{out:?} {}", text(&o.stderr));
+    assert_eq!(o.status.code(), Some(5), "{out:?}");
+    assert_nothing_left(&c, &["t-rm", "t-tty"]);
 }
 
 #[test]
