@@ -9,6 +9,8 @@
 //! the children fcvm waits for itself (QEMU, mkfs.erofs), so they would never be seen. For
 //! the same reason the shim is no subreaper: nothing of ours daemonizes.
 
+mod container;
+mod events;
 mod process;
 mod rootfs;
 mod spec;
@@ -54,7 +56,8 @@ impl Shim for FcvmShim {
         // The daemon died without Delete: its VMM died with it (parent-death signal); what
         // is left is the VM's directory and name.
         let dirs = fcvm::paths::Dirs::from_env();
-        if let Ok((dir, st)) = fcvm::vm::find(&dirs, &task::vm_name(&self.namespace, &self.id)) {
+        if let Ok((dir, st)) = fcvm::vm::find(&dirs, &container::vm_name(&self.namespace, &self.id))
+        {
             let _ = fcvm::vm::remove(&dir, &st, true);
         }
         let now = std::time::SystemTime::now()

@@ -6,8 +6,6 @@
 //! process yet; Start runs the spec's process in the container; Exec runs more in it; every
 //! end is published as `/tasks/exit` and handed to `Wait`. Delete of the init stops the VM.
 
-use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -15,22 +13,24 @@ use async_trait::async_trait;
 use containerd_shim::asynchronous::publisher::RemotePublisher;
 use containerd_shim::asynchronous::ExitSignal;
 use containerd_shim::protos::events::task::{
-    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskStart,
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskIO, TaskStart,
 };
-use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::protobuf::{MessageDyn, MessageField};
 use containerd_shim::protos::shim_async::Task;
 use containerd_shim::protos::ttrpc::r#async::TtrpcContext;
-use containerd_shim::protos::types::task::{ProcessInfo, Status as PStatus};
+use containerd_shim::protos::ttrpc::Code;
+use containerd_shim::protos::types::task::ProcessInfo;
 use containerd_shim::protos::{api, topics};
-use containerd_shim::{Context, TtrpcResult};
-use fcvm::bundle::{BundleVm, VmRequest};
+use containerd_shim::TtrpcResult;
+use fcvm::bundle::BundleVm;
 use fcvm::paths::Dirs;
 use fcvm_proto::Target;
 use tokio::sync::Mutex;
 
+use crate::container::Container;
+use crate::events::{chain, err, exit_event, not_found, pstatus, publish, ts};
 use crate::process::{self, Exited, Proc, Status, Stdio};
-use crate::{rootfs, spec};
+use crate::spec;
 
 pub struct Service {
     pub namespace: String,
@@ -38,54 +38,6 @@ pub struct Service {
     pub exit: Arc<ExitSignal>,
     pub dirs: Dirs,
     container: Mutex<Option<Container>>,
-}
-
-struct Container {
-    id: String,
-    bundle: String,
-    vm: Arc<BundleVm>,
-    init: Arc<Proc>,
-    execs: HashMap<String, Arc<Proc>>,
-    one_off_rootfs: Option<PathBuf>,
-}
-
-fn err(
-    code: containerd_shim::protos::ttrpc::Code,
-    msg: impl Into<String>,
-) -> containerd_shim::protos::ttrpc::Error {
-    containerd_shim::protos::ttrpc::Error::RpcStatus(containerd_shim::protos::ttrpc::get_status(
-        code,
-        msg.into(),
-    ))
-}
-
-fn not_found(what: &str) -> containerd_shim::protos::ttrpc::Error {
-    err(
-        containerd_shim::protos::ttrpc::Code::NOT_FOUND,
-        format!("{what}: not found"),
-    )
-}
-
-/// The full chain of an error, on one line (what containerd shows the user).
-fn chain(e: &anyhow::Error) -> String {
-    format!("{e:#}")
-}
-
-fn ts(t: SystemTime) -> MessageField<Timestamp> {
-    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    MessageField::some(Timestamp {
-        seconds: d.as_secs() as i64,
-        nanos: d.subsec_nanos() as i32,
-        ..Default::default()
-    })
-}
-
-fn pstatus(s: Status) -> PStatus {
-    match s {
-        Status::Created => PStatus::CREATED,
-        Status::Running => PStatus::RUNNING,
-        Status::Stopped => PStatus::STOPPED,
-    }
 }
 
 impl Service {
@@ -121,79 +73,10 @@ impl Service {
         Ok((p, c.vm.clone()))
     }
 
-    async fn create(&self, req: &api::CreateTaskRequest) -> anyhow::Result<Container> {
-        use anyhow::Context as _;
-        if !req.checkpoint.is_empty() {
-            anyhow::bail!(
-                "fcvm cannot honour checkpoint: restoring a CRIU checkpoint is not supported"
-            );
-        }
-        let bundle = PathBuf::from(&req.bundle);
-        let oci = oci_spec::runtime::Spec::load(bundle.join("config.json"))
-            .context("Cannot read the bundle's config.json")?;
-        let mut plan = spec::plan(&oci, !req.stdin.is_empty())?;
-        plan.process.tty = plan.process.tty || req.terminal;
-        let dirs = self.dirs.clone();
-        let mounts = req.rootfs.clone();
-        let root = tokio::task::spawn_blocking(move || rootfs::prepare(&dirs, &mounts)).await??;
-        let name = vm_name(&self.namespace, &req.id);
-        let vreq = VmRequest {
-            name,
-            hostname: if plan.hostname.is_empty() {
-                req.id.chars().take(63).collect()
-            } else {
-                plan.hostname.clone()
-            },
-            rootfs: root.erofs.clone(),
-            digest: root.digest.clone(),
-            image: format!("containerd:{}/{}", self.namespace, req.id),
-            cpus: plan.cpus,
-            mem_mib: plan.mem_mib,
-            env: plan.process.env.clone(),
-            prefetch: plan.process.args.first().cloned().into_iter().collect(),
-            privileged: plan.privileged,
-            no_snapshot: root.one_off.is_some(),
-        };
-        let vm = match BundleVm::launch(&self.dirs, &vreq).await {
-            Ok(vm) => vm,
-            Err(e) => {
-                if let Some(d) = &root.one_off {
-                    let _ = std::fs::remove_dir_all(d);
-                }
-                return Err(e);
-            }
-        };
-        match &vm.restored_from {
-            Some(s) => {
-                tracing::info!(id = %req.id, vm = %vm.id, "restored from image-cache snapshot {s}")
-            }
-            None => {
-                tracing::info!(id = %req.id, vm = %vm.id, "booted cold (image-cache snapshot saved for the next)")
-            }
-        }
-        let stdio = Stdio {
-            stdin: req.stdin.clone(),
-            stdout: req.stdout.clone(),
-            stderr: req.stderr.clone(),
-            terminal: req.terminal,
-        };
-        Ok(Container {
-            id: req.id.clone(),
-            bundle: req.bundle.clone(),
-            vm: Arc::new(vm),
-            init: Proc::new("", plan.process, stdio),
-            execs: HashMap::new(),
-            one_off_rootfs: root.one_off,
-        })
-    }
-
     /// Starts `p` in the VM; its exit is published when it comes.
     async fn start_proc(&self, cid: &str, p: &Arc<Proc>, vm: &BundleVm) -> TtrpcResult<u32> {
         if p.status() != Status::Created {
-            return Err(err(
-                containerd_shim::protos::ttrpc::Code::FAILED_PRECONDITION,
-                "process already started",
-            ));
+            return Err(err(Code::FAILED_PRECONDITION, "process already started"));
         }
         let target = if p.exec_id.is_empty() {
             Target::Container
@@ -208,7 +91,7 @@ impl Service {
                 p.set_exited(127);
                 self.publish_exit(cid, p, 0).await;
                 return Err(err(
-                    containerd_shim::protos::ttrpc::Code::UNKNOWN,
+                    Code::UNKNOWN,
                     format!("fcvm: the process did not start: {why}"),
                 ));
             }
@@ -245,41 +128,6 @@ impl Service {
     }
 }
 
-fn exit_event(cid: &str, p: &Proc, pid: u32, e: Exited) -> TaskExit {
-    TaskExit {
-        container_id: cid.into(),
-        id: if p.exec_id.is_empty() {
-            cid.into()
-        } else {
-            p.exec_id.clone()
-        },
-        pid,
-        exit_status: e.code,
-        exited_at: ts(e.at),
-        ..Default::default()
-    }
-}
-
-async fn publish(publisher: &RemotePublisher, ns: &str, topic: &str, event: Box<dyn MessageDyn>) {
-    if let Err(e) = publisher
-        .publish(Context::default(), topic, ns, event)
-        .await
-    {
-        tracing::warn!("cannot publish {topic}: {e}");
-    }
-}
-
-/// The VM's name in `fcvm ls`: the container's, when fcvm's name rules take it.
-pub fn vm_name(ns: &str, id: &str) -> String {
-    let n = format!("ctrd-{ns}-{id}");
-    if fcvm::vm::names::validate(&n).is_ok() {
-        return n;
-    }
-    use sha2::Digest;
-    let h = hex::encode(sha2::Sha256::digest(format!("{ns}/{id}")));
-    format!("ctrd-{}", &h[..16])
-}
-
 #[async_trait]
 impl Task for Service {
     async fn create(
@@ -290,19 +138,16 @@ impl Task for Service {
         let mut slot = self.container.lock().await;
         if slot.is_some() {
             return Err(err(
-                containerd_shim::protos::ttrpc::Code::ALREADY_EXISTS,
+                Code::ALREADY_EXISTS,
                 "this shim already runs a container",
             ));
         }
-        let c = match Service::create(self, &req).await {
+        let c = match Container::create(&self.dirs, &self.namespace, &req).await {
             Ok(c) => c,
             Err(e) => {
                 let msg = chain(&e);
                 tracing::error!(id = %req.id, "create failed: {msg}");
-                return Err(err(
-                    containerd_shim::protos::ttrpc::Code::INVALID_ARGUMENT,
-                    msg,
-                ));
+                return Err(err(Code::INVALID_ARGUMENT, msg));
             }
         };
         let pid = c.vm.vmm_pid;
@@ -425,7 +270,7 @@ impl Task for Service {
             Status::Running => {
                 if !p.signal(sig) {
                     return Err(err(
-                        containerd_shim::protos::ttrpc::Code::UNAVAILABLE,
+                        Code::UNAVAILABLE,
                         "the VM's agent does not take the signal",
                     ));
                 }
@@ -538,16 +383,12 @@ impl Task for Service {
         let oci: oci_spec::runtime::Process =
             serde_json::from_slice(&req.spec.value).map_err(|e| {
                 err(
-                    containerd_shim::protos::ttrpc::Code::INVALID_ARGUMENT,
+                    Code::INVALID_ARGUMENT,
                     format!("invalid exec process spec: {e}"),
                 )
             })?;
-        let mut pspec = spec::process_spec(&oci, !req.stdin.is_empty()).map_err(|e| {
-            err(
-                containerd_shim::protos::ttrpc::Code::INVALID_ARGUMENT,
-                e.to_string(),
-            )
-        })?;
+        let mut pspec = spec::process_spec(&oci, !req.stdin.is_empty())
+            .map_err(|e| err(Code::INVALID_ARGUMENT, e.to_string()))?;
         pspec.tty = pspec.tty || req.terminal;
         let mut slot = self.container.lock().await;
         let c = slot
@@ -556,13 +397,13 @@ impl Task for Service {
             .ok_or_else(|| not_found(&req.id))?;
         if c.execs.contains_key(&req.exec_id) {
             return Err(err(
-                containerd_shim::protos::ttrpc::Code::ALREADY_EXISTS,
+                Code::ALREADY_EXISTS,
                 format!("exec {} exists", req.exec_id),
             ));
         }
         if c.init.status() != Status::Running {
             return Err(err(
-                containerd_shim::protos::ttrpc::Code::FAILED_PRECONDITION,
+                Code::FAILED_PRECONDITION,
                 "the container is not running",
             ));
         }
