@@ -60,6 +60,13 @@ impl Shim for FcvmShim {
         {
             let _ = fcvm::vm::remove(&dir, &st, true);
         }
+        // And its socket, which only a daemon that ends by itself removes.
+        if let Ok(address) = std::fs::read_to_string("address") {
+            let path = address.trim().trim_start_matches("unix://");
+            if std::path::Path::new(path).starts_with(containerd_shim::SOCKET_ROOT) {
+                let _ = std::fs::remove_file(path);
+            }
+        }
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
