@@ -39,6 +39,13 @@ impl Container {
                 "fcvm cannot honour checkpoint: restoring a CRIU checkpoint is not supported"
             );
         }
+        // As `fcvm` at every start: the data directory exists and is the owner's alone.
+        dirs.prepare().with_context(|| {
+            format!(
+                "Cannot prepare fcvm's data directory {}",
+                dirs.root.display()
+            )
+        })?;
         let bundle = PathBuf::from(&req.bundle);
         let oci = oci_spec::runtime::Spec::load(bundle.join("config.json"))
             .context("Cannot read the bundle's config.json")?;
