@@ -11,6 +11,7 @@
 
 pub mod assets;
 pub mod attach;
+pub mod bundle;
 pub mod disks;
 pub mod exec;
 pub mod health;

@@ -1,0 +1,118 @@
+//! The one container a shim runs: its VM, its init process and its execs.
+//!
+//! [`Container::create`] is containerd's Create: the bundle's spec is checked
+//! ([`crate::spec`]), its rootfs becomes an erofs ([`crate::rootfs`]) and the VM is launched
+//! (`fcvm::bundle`) — restored from the image-cache snapshot when there is one, booted cold
+//! and snapshotted otherwise — with no process yet.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use containerd_shim::protos::api;
+use fcvm::bundle::{BundleVm, VmRequest};
+use fcvm::paths::Dirs;
+
+use crate::process::{Proc, Stdio};
+use crate::{rootfs, spec};
+
+pub struct Container {
+    pub id: String,
+    pub bundle: String,
+    pub vm: Arc<BundleVm>,
+    pub init: Arc<Proc>,
+    pub execs: HashMap<String, Arc<Proc>>,
+    /// An erofs built for this container alone (not an image's): removed at its Delete.
+    pub one_off_rootfs: Option<PathBuf>,
+}
+
+impl Container {
+    /// Checks the bundle, builds (or finds) its rootfs erofs and launches the VM.
+    pub async fn create(
+        dirs: &Dirs,
+        namespace: &str,
+        req: &api::CreateTaskRequest,
+    ) -> anyhow::Result<Container> {
+        use anyhow::Context as _;
+        if !req.checkpoint.is_empty() {
+            anyhow::bail!(
+                "fcvm cannot honour checkpoint: restoring a CRIU checkpoint is not supported"
+            );
+        }
+        // As `fcvm` at every start: the data directory exists and is the owner's alone.
+        dirs.prepare().with_context(|| {
+            format!(
+                "Cannot prepare fcvm's data directory {}",
+                dirs.root.display()
+            )
+        })?;
+        let bundle = PathBuf::from(&req.bundle);
+        let oci = oci_spec::runtime::Spec::load(bundle.join("config.json"))
+            .context("Cannot read the bundle's config.json")?;
+        let mut plan = spec::plan(&oci, !req.stdin.is_empty())?;
+        plan.process.tty = plan.process.tty || req.terminal;
+        let d2 = dirs.clone();
+        let mounts = req.rootfs.clone();
+        let root = tokio::task::spawn_blocking(move || rootfs::prepare(&d2, &mounts)).await??;
+        let name = vm_name(namespace, &req.id);
+        let vreq = VmRequest {
+            name,
+            hostname: if plan.hostname.is_empty() {
+                req.id.chars().take(63).collect()
+            } else {
+                plan.hostname.clone()
+            },
+            rootfs: root.erofs.clone(),
+            digest: root.digest.clone(),
+            image: format!("containerd:{}/{}", namespace, req.id),
+            cpus: plan.cpus,
+            mem_mib: plan.mem_mib,
+            env: plan.process.env.clone(),
+            prefetch: plan.process.args.first().cloned().into_iter().collect(),
+            privileged: plan.privileged,
+            no_snapshot: root.one_off.is_some(),
+        };
+        let vm = match BundleVm::launch(dirs, &vreq).await {
+            Ok(vm) => vm,
+            Err(e) => {
+                if let Some(d) = &root.one_off {
+                    let _ = std::fs::remove_dir_all(d);
+                }
+                return Err(e);
+            }
+        };
+        match &vm.restored_from {
+            Some(s) => {
+                tracing::info!(id = %req.id, vm = %vm.id, "restored from image-cache snapshot {s}")
+            }
+            None => {
+                tracing::info!(id = %req.id, vm = %vm.id, "booted cold (image-cache snapshot saved for the next)")
+            }
+        }
+        let stdio = Stdio {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+        };
+        Ok(Container {
+            id: req.id.clone(),
+            bundle: req.bundle.clone(),
+            vm: Arc::new(vm),
+            init: Proc::new("", plan.process, stdio),
+            execs: HashMap::new(),
+            one_off_rootfs: root.one_off,
+        })
+    }
+}
+
+/// The VM's name in `fcvm ls`: the container's, when fcvm's name rules take it.
+pub fn vm_name(ns: &str, id: &str) -> String {
+    let n = format!("ctrd-{ns}-{id}");
+    if fcvm::vm::names::validate(&n).is_ok() {
+        return n;
+    }
+    use sha2::Digest;
+    let h = hex::encode(sha2::Sha256::digest(format!("{ns}/{id}")));
+    format!("ctrd-{}", &h[..16])
+}

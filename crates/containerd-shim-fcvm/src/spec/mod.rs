@@ -1,0 +1,227 @@
+//! The bundle's OCI runtime spec → what fcvm runs: the container's process (args, env, cwd,
+//! user, terminal), the VM's size (memory limit → RAM, CPU quota → vCPUs) and whether it is
+//! privileged. What fcvm cannot honour is refused here, before anything starts, with one line
+//! naming the field (docs/containerd.md lists both).
+
+use fcvm_proto::ProcessSpec;
+use oci_spec::runtime::{Capability, LinuxNamespaceType, Process, Spec};
+
+/// VM size when the spec sets no limits (as `fcvm podman run`'s defaults).
+pub const DEFAULT_CPUS: u32 = 1;
+pub const DEFAULT_MEM_MIB: u32 = 512;
+/// The guest's kernel, agent and crun need this much besides the container.
+pub const MIN_MEM_MIB: u32 = 128;
+
+/// Mounts the guest's container runtime makes itself, as every OCI runtime does: a spec
+/// listing them (with these types) is honoured; any other mount is refused.
+const STANDARD_MOUNTS: &[(&str, &[&str])] = &[
+    ("/proc", &["proc"]),
+    ("/dev", &["tmpfs"]),
+    ("/dev/pts", &["devpts"]),
+    ("/dev/shm", &["tmpfs", "shm"]),
+    ("/dev/mqueue", &["mqueue"]),
+    ("/sys", &["sysfs"]),
+    ("/sys/fs/cgroup", &["cgroup", "cgroup2"]),
+    ("/run", &["tmpfs"]),
+];
+
+/// What the container asks for, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub process: ProcessSpec,
+    pub cpus: u32,
+    pub mem_mib: u32,
+    pub hostname: String,
+    pub privileged: bool,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("fcvm cannot honour {field}: {why}")]
+pub struct Refused {
+    pub field: String,
+    pub why: String,
+}
+
+fn refuse(field: impl Into<String>, why: impl Into<String>) -> Refused {
+    Refused {
+        field: field.into(),
+        why: why.into(),
+    }
+}
+
+/// Checks `spec` and turns it into a [`Plan`]; `stdin` says whether containerd gave stdin.
+pub fn plan(spec: &Spec, stdin: bool) -> Result<Plan, Refused> {
+    let process = spec
+        .process()
+        .as_ref()
+        .ok_or_else(|| refuse("process", "the spec has none"))?;
+    let privileged = process
+        .capabilities()
+        .as_ref()
+        .and_then(|c| c.bounding().as_ref())
+        .is_some_and(|b| b.contains(&Capability::SysAdmin));
+    let mut process = process_spec(process, stdin)?;
+    process.privileged = privileged;
+    if spec.hooks().is_some() {
+        return Err(refuse("hooks", "they would run on the host, not in the VM"));
+    }
+    if spec
+        .root()
+        .as_ref()
+        .is_some_and(|r| r.readonly() == Some(true))
+    {
+        return Err(refuse(
+            "root.readonly",
+            "the container's root is always writable (an overlay in the VM)",
+        ));
+    }
+    for m in spec.mounts().iter().flatten() {
+        let dest = m.destination().to_string_lossy();
+        let typ = m.typ().clone().unwrap_or_default();
+        let standard = STANDARD_MOUNTS
+            .iter()
+            .any(|(d, types)| *d == dest && types.contains(&typ.as_str()));
+        if !standard {
+            let src = m
+                .source()
+                .as_ref()
+                .map(|s| format!(" from {}", s.display()))
+                .unwrap_or_default();
+            return Err(refuse(
+                format!("mount {dest} ({typ}{src})"),
+                "host paths and extra file systems cannot reach the VM",
+            ));
+        }
+    }
+    let (mut cpus, mut mem_mib) = (DEFAULT_CPUS, DEFAULT_MEM_MIB);
+    if let Some(linux) = spec.linux() {
+        let namespaces = linux.namespaces().clone().unwrap_or_default();
+        for ns in &namespaces {
+            if let Some(p) = ns.path() {
+                return Err(refuse(
+                    format!("linux.namespaces {:?} path {}", ns.typ(), p.display()),
+                    "a VM cannot join another process's namespace",
+                ));
+            }
+            if ns.typ() == LinuxNamespaceType::User {
+                return Err(refuse("user namespace", "not supported in the VM"));
+            }
+        }
+        if !namespaces
+            .iter()
+            .any(|ns| ns.typ() == LinuxNamespaceType::Network)
+        {
+            return Err(refuse(
+                "host network (no network namespace)",
+                "a VM has its own network",
+            ));
+        }
+        if linux.uid_mappings().as_ref().is_some_and(|m| !m.is_empty()) {
+            return Err(refuse("linux.uidMappings", "not supported in the VM"));
+        }
+        if linux.sysctl().as_ref().is_some_and(|s| !s.is_empty()) {
+            return Err(refuse("linux.sysctl", "not applied in the VM"));
+        }
+        if linux.seccomp().is_some() {
+            return Err(refuse("linux.seccomp", "not applied in the VM"));
+        }
+        if !privileged {
+            if let Some(d) = linux.devices().iter().flatten().next() {
+                return Err(refuse(
+                    format!("device {}", d.path().display()),
+                    "host devices cannot reach the VM",
+                ));
+            }
+        }
+        if let Some(r) = linux.resources() {
+            if let Some(limit) = r.memory().as_ref().and_then(|m| m.limit()) {
+                if limit > 0 {
+                    let mib = (limit as u64).div_ceil(1 << 20);
+                    if mib < MIN_MEM_MIB as u64 {
+                        return Err(refuse(
+                            "linux.resources.memory.limit",
+                            format!("below the {MIN_MEM_MIB} MiB a VM needs"),
+                        ));
+                    }
+                    mem_mib = mib.min(u32::MAX as u64) as u32;
+                }
+            }
+            if let Some(cpu) = r.cpu() {
+                if let (Some(quota), Some(period)) = (cpu.quota(), cpu.period()) {
+                    if quota > 0 && period > 0 {
+                        cpus = (quota as u64).div_ceil(period).clamp(1, 64) as u32;
+                    }
+                }
+                if cpu.cpus().is_some() || cpu.mems().is_some() || cpu.realtime_runtime().is_some()
+                {
+                    return Err(refuse(
+                        "linux.resources.cpu",
+                        "only quota/period and shares",
+                    ));
+                }
+            }
+            let other = [
+                ("pids", r.pids().is_some()),
+                ("blockIO", r.block_io().is_some()),
+                (
+                    "hugepageLimits",
+                    r.hugepage_limits().as_ref().is_some_and(|h| !h.is_empty()),
+                ),
+                ("network", r.network().is_some()),
+                ("rdma", r.rdma().as_ref().is_some_and(|h| !h.is_empty())),
+                (
+                    "unified",
+                    r.unified().as_ref().is_some_and(|h| !h.is_empty()),
+                ),
+            ];
+            if let Some((name, _)) = other.iter().find(|(_, set)| *set) {
+                return Err(refuse(
+                    format!("linux.resources.{name}"),
+                    "only memory.limit and cpu quota/period size the VM",
+                ));
+            }
+        }
+    }
+    Ok(Plan {
+        process,
+        cpus,
+        mem_mib,
+        hostname: spec.hostname().clone().unwrap_or_default(),
+        privileged,
+    })
+}
+
+/// An OCI process (the container's, or an exec's) → fcvm's process spec.
+pub fn process_spec(p: &Process, stdin: bool) -> Result<ProcessSpec, Refused> {
+    let args = p.args().clone().unwrap_or_default();
+    if args.is_empty() {
+        return Err(refuse("process.args", "empty"));
+    }
+    let (rows, cols) = p
+        .console_size()
+        .as_ref()
+        .filter(|b| b.height() > 0 && b.width() > 0)
+        .map(|b| {
+            (
+                b.height().min(u16::MAX as u64) as u16,
+                b.width().min(u16::MAX as u64) as u16,
+            )
+        })
+        .unwrap_or((24, 80));
+    let user = p.user();
+    Ok(ProcessSpec {
+        args,
+        env: p.env().clone().unwrap_or_default(),
+        cwd: p.cwd().to_string_lossy().into_owned(),
+        user: format!("{}:{}", user.uid(), user.gid()),
+        tty: p.terminal().unwrap_or(false),
+        stdin,
+        rows,
+        cols,
+        privileged: false,
+        detach: false,
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,296 @@
+//! `ctr` against a real containerd (Debian's 1.6) with `--runtime io.containerd.fcvm.v2`:
+//! each container runs in a real fcvm VM (QEMU, the agent, crun), from fcvm's builtin
+//! busybox imported as an OCI archive.
+//!
+//! Needs: root, containerd, skopeo, and `FCVM_AGENT` (scripts/lib.sh's build_all) so the
+//! shim finds the guest assets in the shared test data dir.
+
+mod common;
+use common::*;
+
+use std::io::Write;
+use std::process::Stdio;
+use std::time::Duration;
+
+/// No shim of this test's namespace and no VM of its containers is left.
+fn assert_nothing_left(c: &Containerd, ids: &[&str]) {
+    wait_for("the shims to exit", Duration::from_secs(30), || {
+        processes_with("containerd-shim-fcvm-v2")
+            .iter()
+            .all(|(_, cmd)| !cmd.contains(&format!("-namespace {NS} ")))
+    });
+    let dirs = fcvm::paths::Dirs::new(data_dir());
+    for id in ids {
+        let name = format!("ctrd-{NS}-{id}");
+        assert!(
+            !fcvm::vm::list(&dirs).iter().any(|(_, s)| s.name == name),
+            "VM {name} still listed"
+        );
+    }
+    // The shim logs each container's VM id; no VMM may still run in that VM's directory.
+    let log = c.log();
+    for id in ids {
+        for vm in vm_ids(&log, id) {
+            let dir = data_dir().join("vms").join(&vm);
+            assert!(!dir.exists(), "VM directory {} left", dir.display());
+            assert!(
+                processes_with(&dir.display().to_string()).is_empty(),
+                "VMM of {id} still runs"
+            );
+        }
+    }
+    let o = c.ctr(&["task", "ls", "-q"]);
+    assert_eq!(text(&o.stdout).trim(), "", "tasks left");
+    for id in ids {
+        let addr = containerd_shim::socket_address(&c.sock().display().to_string(), NS, id);
+        let path = addr.trim_start_matches("unix://");
+        assert!(
+            !std::path::Path::new(path).exists(),
+            "shim socket {path} of {id} left"
+        );
+    }
+}
+
+/// The VM ids the shim logged for container `id`.
+fn vm_ids(log: &str, id: &str) -> Vec<String> {
+    log.lines()
+        .filter(|l| l.contains(&format!("id={id} ")))
+        .filter_map(|l| l.split("vm=").nth(1))
+        .filter_map(|v| v.split(|c: char| !c.is_ascii_alphanumeric()).next())
+        .map(String::from)
+        .collect()
+}
+
+fn host_kernel() -> String {
+    text(
+        &std::process::Command::new("uname")
+            .arg("-r")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .trim()
+    .to_string()
+}
+
+#[test]
+fn run_rm_streams_exit_code_and_guest_kernel() {
+    let c = Containerd::start();
+    let o = c.ctr(&[
+        "run",
+        "--runtime",
+        RUNTIME,
+        "--rm",
+        IMAGE,
+        "t-rm",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; uname -r; exit 7",
+    ]);
+    let (out, err) = (text(&o.stdout), text(&o.stderr));
+    assert_eq!(o.status.code(), Some(7), "stdout {out:?} stderr {err:?}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out:?}");
+    assert_eq!(lines[0], "out");
+    assert_eq!(err, "err\n");
+    assert!(!lines[1].is_empty() && lines[1] != host_kernel(), "{out:?}");
+
+    // -t: the container's own process on a terminal (ctr wants one too: `script` gives it).
+    let ctr_cmd = format!(
+        "ctr -a {} -n {NS} run -t --rm --runtime {RUNTIME} {IMAGE} t-tty sh -c 'tty; exit 5'",
+        c.sock().display()
+    );
+    let child = std::process::Command::new("script")
+        .args(["-qec", &ctr_cmd, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let o = wait_output(child, Duration::from_secs(300), &["run -t"]);
+    let out = text(&o.stdout);
+    assert!(out.contains("/dev/pts/"), "{out:?} {}", text(&o.stderr));
+    assert_eq!(o.status.code(), Some(5), "{out:?}");
+    assert_nothing_left(&c, &["t-rm", "t-tty"]);
+}
+
+#[test]
+fn a_second_identical_run_restores_the_image_cache_snapshot() {
+    let c = Containerd::start();
+    for id in ["t-c1", "t-c2"] {
+        let o = c.ctr(&["run", "--runtime", RUNTIME, "--rm", IMAGE, id, "true"]);
+        assert!(o.status.success(), "{id}: {}", text(&o.stderr));
+    }
+    let log = c.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("restored from image-cache snapshot") && l.contains("t-c2")),
+        "no restore of t-c2 in the shim's log:\n{log}"
+    );
+    assert_nothing_left(&c, &["t-c1", "t-c2"]);
+}
+
+#[test]
+fn detached_exec_kill_and_states() {
+    let c = Containerd::start();
+    let o = c.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        "t-d",
+        "sleep",
+        "1000",
+    ]);
+    assert!(o.status.success(), "run -d: {}", text(&o.stderr));
+    let ls = text(&c.ctr(&["task", "ls"]).stdout);
+    assert!(
+        ls.lines()
+            .any(|l| l.starts_with("t-d ") && l.contains("RUNNING")),
+        "{ls}"
+    );
+
+    // Pids: the container's process in the guest; Stats: the VM's RAM as the memory limit.
+    let ps = text(&c.ctr(&["task", "ps", "t-d"]).stdout);
+    assert_eq!(ps.lines().count(), 2, "{ps}");
+    let metrics = text(&c.ctr(&["task", "metrics", "t-d"]).stdout);
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("memory.limit_in_bytes")
+                && l.trim_end().ends_with(&(512u64 << 20).to_string())),
+        "{metrics}"
+    );
+
+    // stdin through, the exec's own exit code back.
+    let mut child = c
+        .cmd(&[
+            "task",
+            "exec",
+            "--exec-id",
+            "e1",
+            "t-d",
+            "sh",
+            "-c",
+            "cat; exit 3",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"hello stdin\n")
+        .unwrap();
+    let o = wait_output(child, Duration::from_secs(120), &["exec e1"]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout), "hello stdin\n");
+
+    // -t: a real terminal in the VM (ctr wants one on its side too: `script` gives it).
+    let ctr_cmd = format!(
+        "ctr -a {} -n {NS} task exec -t --exec-id e2 t-d sh -c 'tty; stty size; exit 4'",
+        c.sock().display()
+    );
+    let child = std::process::Command::new("script")
+        .args(["-qec", &ctr_cmd, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let o = wait_output(child, Duration::from_secs(120), &["exec -t e2"]);
+    let out = text(&o.stdout);
+    assert!(out.contains("/dev/pts/"), "{out:?} {}", text(&o.stderr));
+    // `script` has no terminal size to pass on (0x0): the terminal keeps its default.
+    assert!(out.contains("24 80"), "{out:?}");
+    assert_eq!(o.status.code(), Some(4), "{out:?}");
+
+    let o = c.ctr(&["task", "kill", "-s", "SIGKILL", "t-d"]);
+    assert!(o.status.success(), "kill: {}", text(&o.stderr));
+    wait_for("t-d to stop", Duration::from_secs(60), || {
+        text(&c.ctr(&["task", "ls"]).stdout)
+            .lines()
+            .any(|l| l.starts_with("t-d ") && l.contains("STOPPED"))
+    });
+    let o = c.ctr(&["task", "delete", "t-d"]);
+    assert!(o.status.success(), "delete: {}", text(&o.stderr));
+    let o = c.ctr(&["container", "delete", "t-d"]);
+    assert!(o.status.success(), "container delete: {}", text(&o.stderr));
+    assert_nothing_left(&c, &["t-d"]);
+}
+
+#[test]
+fn an_unsupported_spec_field_is_refused_clearly() {
+    let c = Containerd::start();
+    let o = c.ctr(&[
+        "run",
+        "--runtime",
+        RUNTIME,
+        "--rm",
+        "--mount",
+        "type=bind,src=/tmp,dst=/data,options=rbind:ro",
+        IMAGE,
+        "t-bad",
+        "true",
+    ]);
+    let err = text(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("fcvm cannot honour mount /data (bind from /tmp)"),
+        "{err}"
+    );
+    let _ = c.ctr(&["container", "delete", "t-bad"]);
+    assert_nothing_left(&c, &["t-bad"]);
+}
+
+#[test]
+fn a_killed_shim_leaves_nothing() {
+    let c = Containerd::start();
+    let o = c.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        "t-k",
+        "sleep",
+        "1000",
+    ]);
+    assert!(o.status.success(), "run -d: {}", text(&o.stderr));
+    let shims: Vec<u32> = processes_with("containerd-shim-fcvm-v2")
+        .into_iter()
+        .filter(|(_, cmd)| cmd.contains(&format!("-namespace {NS} ")) && cmd.contains("-id t-k "))
+        .map(|(pid, _)| pid)
+        .collect();
+    assert_eq!(shims.len(), 1, "{shims:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(shims[0] as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    // containerd sees the shim go, publishes the exit and runs the shim's `delete`.
+    wait_for("t-k to stop", Duration::from_secs(60), || {
+        !text(&c.ctr(&["task", "ls"]).stdout)
+            .lines()
+            .any(|l| l.starts_with("t-k ") && l.contains("RUNNING"))
+    });
+    let _ = c.ctr(&["task", "delete", "t-k"]);
+    let o = c.ctr(&["container", "delete", "t-k"]);
+    assert!(o.status.success(), "container delete: {}", text(&o.stderr));
+    assert_nothing_left(&c, &["t-k"]);
+    // `ctr run -d` keeps its FIFOs for a later attach; with the shim killed, nothing
+    // removes them: the test does.
+    for d in std::fs::read_dir("/run/containerd/fifo")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if d.path().join("t-k-stdout").exists() {
+            let _ = std::fs::remove_dir_all(d.path());
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! Running a container whose root filesystem someone else prepared (an OCI bundle's rootfs,
+//! as containerd mounts it for its shims) in an fcvm VM: the library side of
+//! `containerd-shim-fcvm-v2` (docs/containerd.md).
+//!
+//! 1. [`tree`]: the mounted rootfs directory → a read-only erofs image, cached under the
+//!    caller's key (the image's layers) so an identical container reuses it.
+//! 2. [`vm`]: that erofs → a VM launched the way `fcvm podman run` launches one (the
+//!    image-cache snapshot of this erofs+shape restored when there is one, else a cold boot
+//!    that saves it), with its session open for the container's processes.
+
+pub mod tree;
+pub mod vm;
+
+pub use tree::{cached, erofs_of_tree, TreeError};
+pub use vm::{BundleVm, VmRequest};
