@@ -381,5 +381,18 @@ pub fn check_codec(headers: &HeaderMap, streaming: bool) -> Result<Codec, Unsupp
     Ok(codec)
 }
 
+/// The Connect error of an agent file request's error (files and watches).
+pub fn rpc_fs_error(e: crate::session::fs::FsError) -> RpcError {
+    let code = match e.kind() {
+        Some(fcvm_proto::FsErrorKind::NotFound) => Code::NotFound,
+        Some(fcvm_proto::FsErrorKind::Exists) => Code::AlreadyExists,
+        Some(fcvm_proto::FsErrorKind::PermissionDenied) => Code::PermissionDenied,
+        Some(fcvm_proto::FsErrorKind::Failed) => Code::Internal,
+        Some(fcvm_proto::FsErrorKind::NoContainer) | None => Code::Unavailable,
+        Some(_) => Code::InvalidArgument,
+    };
+    RpcError::new(code, e.to_string())
+}
+
 #[cfg(test)]
 mod tests;

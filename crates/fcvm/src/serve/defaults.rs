@@ -91,6 +91,11 @@ pub async fn accounts(sbx: &Sandbox) -> Arc<Accounts> {
         .clone()
 }
 
+/// The user of a file call that named `named` (E2B's `user` by default, where it exists).
+pub async fn file_user(sbx: &Sandbox, named: &str) -> String {
+    accounts(sbx).await.user(named)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

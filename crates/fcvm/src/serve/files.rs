@@ -17,7 +17,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use fcvm_proto::{FsEntry, FsErrorKind, FsKind, FsOp, FsReply};
 
-use super::connect::{Code, RpcError};
+use super::connect::{rpc_fs_error, Code, RpcError};
+use super::defaults::file_user;
 use super::envd::{sandbox, unary, user};
 use super::fspb::{self, EntryInfo};
 use super::sandbox::Sandbox;
@@ -66,18 +67,6 @@ fn http_fs_error(e: FsError) -> Response {
     http_error(status, e.to_string())
 }
 
-pub fn rpc_fs_error(e: FsError) -> RpcError {
-    let code = match e.kind() {
-        Some(FsErrorKind::NotFound) => Code::NotFound,
-        Some(FsErrorKind::Exists) => Code::AlreadyExists,
-        Some(FsErrorKind::PermissionDenied) => Code::PermissionDenied,
-        Some(FsErrorKind::Failed) => Code::Internal,
-        Some(FsErrorKind::NoContainer) | None => Code::Unavailable,
-        Some(_) => Code::InvalidArgument,
-    };
-    RpcError::new(code, e.to_string())
-}
-
 /// The user named by the query, else by the Authorization header, else the default.
 async fn query_user(sbx: &Sandbox, q: &FileQuery, headers: &HeaderMap) -> Result<String, RpcError> {
     let named = match &q.username {
@@ -85,11 +74,6 @@ async fn query_user(sbx: &Sandbox, q: &FileQuery, headers: &HeaderMap) -> Result
         None => user(headers)?,
     };
     Ok(file_user(sbx, &named).await)
-}
-
-/// The user of a file call that named `named` (E2B's `user` by default, where it exists).
-pub async fn file_user(sbx: &Sandbox, named: &str) -> String {
-    super::defaults::accounts(sbx).await.user(named)
 }
 
 /// `GET /files?path=`: the file's bytes, streamed one chunk (one agent request) at a time.

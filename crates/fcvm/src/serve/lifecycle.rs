@@ -145,7 +145,7 @@ pub(super) async fn resume(
     let Some(p) = s.paused.lock().expect("paused").get(id).cloned() else {
         return Ok(None);
     };
-    let slot = super::rest::Slot::take(s)?;
+    let slot = super::body::Slot::take(s)?;
     let sbx = restore(s, p.ident.clone(), &p.frozen, false, timeout).await?;
     {
         let mut running = s.sandboxes.lock().expect("sandboxes");
@@ -204,7 +204,7 @@ pub(super) async fn clone_of(
     template_id: &str,
     p: CreateParams,
 ) -> Result<Arc<Sandbox>, ApiError> {
-    let slot = super::rest::Slot::take(s)?;
+    let slot = super::body::Slot::take(s)?;
     let ident = Arc::new(Identity {
         id: crate::vm::new_id(),
         template_id: template_id.into(),

@@ -14,6 +14,7 @@
 //! resume, fork and snapshots are fcvm snapshots ([`lifecycle`]). SIGTERM or SIGINT stops
 //! every sandbox and removes every snapshot the server took, then the server exits.
 
+mod body;
 pub mod connect;
 mod defaults;
 mod envd;

@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
@@ -17,12 +16,10 @@ use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::body::{created, new_token, parse_body, timeout_of, ConnectBody, Slot};
 use super::sandbox::{CreateParams, Sandbox};
 use super::vm::SandboxVm;
-use super::{
-    constant_time_eq, ApiError, Server, CLIENT_ID, DEFAULT_TEMPLATE, DEFAULT_TIMEOUT, ENVD_VERSION,
-    MAX_TIMEOUT,
-};
+use super::{constant_time_eq, ApiError, Server, DEFAULT_TEMPLATE};
 use super::{lifecycle, list, snapshots};
 
 pub fn router(server: Arc<Server>) -> Router {
@@ -82,23 +79,6 @@ struct CreateBody {
 struct AutoResume {
     #[serde(default)]
     enabled: bool,
-}
-
-pub(super) fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("Invalid request body: {e}")))
-}
-
-pub(super) fn timeout_of(secs: Option<i64>) -> Result<Duration, ApiError> {
-    match secs {
-        None => Ok(DEFAULT_TIMEOUT),
-        Some(s) if s < 0 => Err(ApiError::bad_request("timeout must not be negative")),
-        Some(s) if s as u64 > MAX_TIMEOUT.as_secs() => Err(ApiError::bad_request(format!(
-            "timeout {s} s exceeds the maximum of {} s",
-            MAX_TIMEOUT.as_secs()
-        ))),
-        Some(s) => Ok(Duration::from_secs(s as u64)),
-    }
 }
 
 async fn create(
@@ -165,48 +145,6 @@ async fn create(
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
-/// A sandbox's envd access token.
-pub(super) fn new_token() -> String {
-    hex::encode(rand::random::<[u8; 24]>())
-}
-
-/// A place among `--max-sandboxes` held by a create in progress (also when the client goes
-/// away and the create is dropped half-way).
-pub(super) struct Slot<'a>(&'a Server);
-
-impl<'a> Slot<'a> {
-    pub(super) fn take(s: &'a Server) -> Result<Slot<'a>, ApiError> {
-        let mut creating = s.creating.lock().expect("creating");
-        if s.sandboxes.lock().expect("sandboxes").len() + *creating >= s.max_sandboxes {
-            return Err(ApiError(
-                StatusCode::TOO_MANY_REQUESTS,
-                format!("at most {} sandboxes may run at a time", s.max_sandboxes),
-            ));
-        }
-        *creating += 1;
-        Ok(Slot(s))
-    }
-}
-
-impl Drop for Slot<'_> {
-    fn drop(&mut self) {
-        *self.0.creating.lock().expect("creating") -= 1;
-    }
-}
-
-/// The `Sandbox` reply of create and connect.
-pub(super) fn created(s: &Sandbox) -> Value {
-    json!({
-        "templateID": s.template_id,
-        "sandboxID": s.id,
-        "clientID": CLIENT_ID,
-        "envdVersion": ENVD_VERSION,
-        "envdAccessToken": s.access_token,
-        "trafficAccessToken": null,
-        "domain": null,
-    })
-}
-
 async fn detail(
     State(s): State<Arc<Server>>,
     Path(id): Path<String>,
@@ -259,13 +197,6 @@ async fn set_timeout(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize, Default)]
-pub(super) struct ConnectBody {
-    pub timeout: Option<i64>,
-    /// false: resume a paused sandbox by a cold boot from its disk (not supported).
-    pub memory: Option<bool>,
-}
-
 /// Connect to a sandbox: a running one has its timeout extended (never shortened) to
 /// `timeout` (200); a paused one is resumed with it (201).
 async fn connect(
@@ -295,14 +226,6 @@ async fn connect(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn timeouts_are_checked() {
-        assert_eq!(timeout_of(None).unwrap(), DEFAULT_TIMEOUT);
-        assert_eq!(timeout_of(Some(5)).unwrap(), Duration::from_secs(5));
-        assert!(timeout_of(Some(-1)).is_err());
-        assert!(timeout_of(Some(86_401)).is_err());
-    }
 
     #[test]
     fn keys_compare_whole() {

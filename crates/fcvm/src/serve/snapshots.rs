@@ -21,8 +21,8 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::body::{created, new_token, parse_body, timeout_of};
 use super::lifecycle;
-use super::rest::{created, new_token, parse_body, timeout_of};
 use super::sandbox::{CreateParams, SnapshotTemplate};
 use super::{ApiError, Server};
 
@@ -70,7 +70,7 @@ pub(super) async fn resume(
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    let b: super::rest::ConnectBody = body_or_default(&body)?;
+    let b: super::body::ConnectBody = body_or_default(&body)?;
     check_memory(b.memory)?;
     let t = timeout_of(b.timeout)?;
     if s.get(&id).is_some() {

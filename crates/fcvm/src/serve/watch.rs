@@ -18,9 +18,9 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use fcvm_proto::{FsEvent, FsEventKind, FsOp, FsReply};
 
+use super::connect::rpc_fs_error;
 use super::connect::{self, Code, RpcError};
 use super::envd::{async_stream, keepalive, sandbox, unary, user};
-use super::files::rpc_fs_error;
 use super::fspb::{self, FilesystemEvent, WatchDirEvent};
 use super::sandbox::Sandbox;
 use super::Server;
@@ -55,7 +55,7 @@ fn unexpected() -> RpcError {
 
 /// Starts an agent watch of `r` as `who`: its id.
 async fn start(sbx: &Sandbox, who: &str, r: fspb::WatchRequest) -> Result<u64, RpcError> {
-    let who = &super::files::file_user(sbx, who).await;
+    let who = &super::defaults::file_user(sbx, who).await;
     let op = FsOp::Watch {
         path: r.path,
         recursive: r.recursive,
