@@ -921,7 +921,7 @@ def until(what, cond, limit=120):
 
 sbx = Sandbox.create(metadata={"suite": "pause"})
 sid = sbx.sandbox_id
-sbx.files.write("/root/kept.txt", "before pause")
+sbx.files.write("/home/user/kept.txt", "before pause")
 sleeper = sbx.commands.run("sleep 1000", background=True)
 loop = sbx.commands.run(
     "i=0; while :; do i=$((i+1)); echo $i > /tmp/count; echo tick $i; sleep 0.2; done",
@@ -943,7 +943,7 @@ ok("listed-paused")
 again = Sandbox.connect(sid)
 assert again.sandbox_id == sid and again.is_running()
 assert Sandbox.get_info(sid).state == SandboxState.RUNNING
-assert again.files.read("/root/kept.txt") == "before pause"
+assert again.files.read("/home/user/kept.txt") == "before pause"
 ok("resume-file")
 
 pids = sorted(p.pid for p in again.commands.list())
@@ -974,20 +974,20 @@ assert r.stdout == "after\n", r
 ok("resume-kill")
 
 auto = Sandbox.create(timeout=5, lifecycle={"on_timeout": "pause"})
-auto.files.write("/root/auto.txt", "auto")
+auto.files.write("/home/user/auto.txt", "auto")
 assert auto.get_info().lifecycle["on_timeout"] == "pause", auto.get_info().lifecycle
 until("the timeout pauses it", lambda: Sandbox.get_info(auto.sandbox_id).state == SandboxState.PAUSED)
 auto = Sandbox.connect(auto.sandbox_id, timeout=60)
-assert auto.files.read("/root/auto.txt") == "auto"
+assert auto.files.read("/home/user/auto.txt") == "auto"
 auto.kill()
 ok("auto-pause")
 
-again.commands.run("hostname > /root/host")
+again.commands.run("hostname > /home/user/host")
 forks = again.fork(count=1, timeout=60)
 assert len(forks) == 1 and isinstance(forks[0], Sandbox), forks
 fork = forks[0]
 assert fork.sandbox_id != sid
-assert fork.files.read("/root/kept.txt") == "before pause"
+assert fork.files.read("/home/user/kept.txt") == "before pause"
 assert fork.commands.run("hostname").stdout != again.commands.run("hostname").stdout
 assert again.is_running(), "the source runs on"
 fork.kill()
@@ -996,7 +996,7 @@ ok("fork")
 snap = again.create_snapshot()
 made = Sandbox.create(snap.snapshot_id)
 assert made.sandbox_id != sid
-assert made.files.read("/root/kept.txt") == "before pause"
+assert made.files.read("/home/user/kept.txt") == "before pause"
 made.kill()
 listed = [x.snapshot_id for x in again.list_snapshots().next_items()]
 assert listed == [snap.snapshot_id], listed
@@ -1010,6 +1010,6 @@ assert sid not in ids(SandboxState.PAUSED)
 ok("kill-paused")
 
 left = Sandbox.create()
-left.files.write("/root/left.txt", "x")
+left.files.write("/home/user/left.txt", "x")
 assert left.pause()
 "#;
