@@ -13,62 +13,12 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use common::*;
 
 const IMG: &str = "builtin:busybox";
 const LIMIT: Duration = Duration::from_secs(120);
-
-/// A running VM (`sleep` as its container) removed on drop.
-struct Running {
-    name: String,
-    owner: Option<Child>,
-}
-
-impl Running {
-    fn start(tag: &str, flags: &[&str]) -> Running {
-        let name = name(tag);
-        let mut owner = fcvm()
-            .args(["podman", "run", "--name", &name])
-            .args(flags)
-            .args([IMG, "--", "sleep", "100000"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn fcvm podman run");
-        wait_running(&mut owner, &name);
-        Running {
-            name,
-            owner: Some(owner),
-        }
-    }
-
-    /// `fcvm exec --name NAME -- sh -c CMD`: (code, stdout, stderr).
-    fn sh(&self, cmd: &str) -> (i32, String, String) {
-        let out = run(
-            &["exec", "--name", &self.name, "--", "sh", "-c", cmd],
-            LIMIT,
-        );
-        (
-            out.status.code().unwrap_or(-1),
-            text(&out.stdout),
-            text(&out.stderr),
-        )
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.owner.take() {
-            let _ = run(&["rm", "--force", &self.name], Duration::from_secs(60));
-            let _ = c.kill();
-            let _ = c.wait();
-            let _ = run(&["rm", &self.name], Duration::from_secs(60));
-        }
-    }
-}
 
 fn share() -> tempfile::TempDir {
     tempfile::Builder::new()

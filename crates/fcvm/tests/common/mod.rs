@@ -188,3 +188,57 @@ impl Drop for OwnedVm {
         }
     }
 }
+
+/// A running VM of the built-in busybox (`sleep` as its container), started by `fcvm podman
+/// run NAME FLAGS…` and removed on drop.
+pub struct Running {
+    pub name: String,
+    owner: Option<Child>,
+}
+
+impl Running {
+    pub fn start(tag: &str, flags: &[&str]) -> Running {
+        let name = name(tag);
+        let mut owner = fcvm()
+            .args(["podman", "run", "--name", &name])
+            .args(flags)
+            .args(["builtin:busybox", "--", "sleep", "100000"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn fcvm podman run");
+        wait_running(&mut owner, &name);
+        Running {
+            name,
+            owner: Some(owner),
+        }
+    }
+
+    /// `fcvm exec --name NAME ARGS…`: (code, stdout, stderr).
+    pub fn exec(&self, args: &[&str]) -> (i32, String, String) {
+        let mut all = vec!["exec", "--name", &self.name];
+        all.extend_from_slice(args);
+        let out = run(&all, Duration::from_secs(120));
+        (
+            out.status.code().unwrap_or(-1),
+            text(&out.stdout),
+            text(&out.stderr),
+        )
+    }
+
+    /// `fcvm exec --name NAME -- sh -c CMD`: (code, stdout, stderr).
+    pub fn sh(&self, cmd: &str) -> (i32, String, String) {
+        self.exec(&["--", "sh", "-c", cmd])
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.owner.take() {
+            let _ = run(&["rm", "--force", &self.name], Duration::from_secs(60));
+            let _ = c.kill();
+            let _ = c.wait();
+            let _ = run(&["rm", &self.name], Duration::from_secs(60));
+        }
+    }
+}
