@@ -58,7 +58,7 @@ impl Shim for FcvmShim {
         let dirs = fcvm::paths::Dirs::from_env();
         if let Ok((dir, st)) = fcvm::vm::find(&dirs, &container::vm_name(&self.namespace, &self.id))
         {
-            let _ = fcvm::vm::remove(&dir, &st, Some(std::time::Duration::ZERO));
+            let _ = fcvm::vm::remove(&dirs, &dir, &st, Some(std::time::Duration::ZERO));
         }
         // And its socket, which only a daemon that ends by itself removes.
         if let Ok(address) = std::fs::read_to_string("address") {

@@ -28,6 +28,16 @@ pub enum VmError {
     WriteState(String, #[source] std::io::Error),
     #[error("VM {0:?} is running; stop it first or use --force")]
     Running(String),
+    #[error(
+        "VM {name:?} is one of {} VMs of one process (pid {pid}, e.g. fcvm serve): stop it \
+         through that process (DELETE /sandboxes/{{id}}), or stop the process",
+        others + 1
+    )]
+    SharedOwner {
+        name: String,
+        pid: u32,
+        others: usize,
+    },
     #[error("Cannot remove VM directory {0}")]
     Remove(PathBuf, #[source] std::io::Error),
 }
@@ -102,12 +112,31 @@ pub fn find(dirs: &Dirs, name: &str) -> Result<(VmDir, VmState), VmError> {
 /// grace period, in which case it is stopped first as podman's `rm -f --time` does: SIGTERM to
 /// its owner, which stops the container as Ctrl-C does (its process gets SIGTERM, then SIGKILL;
 /// the agent flushes `--disk`s before it reports the exit), and SIGKILL to the owner (and with
-/// it, through the parent-death signal, its VMM) if it has not ended within `grace`.
-pub fn remove(dir: &VmDir, st: &VmState, force: Option<Duration>) -> Result<(), VmError> {
+/// it, through the parent-death signal, its VMM) if it has not ended within `grace`. A VM
+/// whose owner also owns other live VMs (an `fcvm serve`'s sandboxes) is refused: stopping
+/// the owner would stop them all.
+pub fn remove(
+    dirs: &Dirs,
+    dir: &VmDir,
+    st: &VmState,
+    force: Option<Duration>,
+) -> Result<(), VmError> {
     if st.observed().is_alive() {
         let Some(grace) = force else {
             return Err(VmError::Running(st.name.clone()));
         };
+        let others = list(dirs)
+            .into_iter()
+            .filter(|(_, o)| o.id != st.id && (o.pid, o.pid_start) == (st.pid, st.pid_start))
+            .filter(|(_, o)| o.observed().is_alive())
+            .count();
+        if others > 0 {
+            return Err(VmError::SharedOwner {
+                name: st.name.clone(),
+                pid: st.pid,
+                others,
+            });
+        }
         stop_owner(st, grace);
     }
     // A dead VMM whose owner was SIGKILLed already died with it (PR_SET_PDEATHSIG); one that
@@ -236,7 +265,25 @@ mod tests {
         let dirs = Dirs::new(t.path());
         let d = record(&dirs, "live", std::process::id());
         let (_, st) = find(&dirs, "live").unwrap();
-        assert!(matches!(remove(&d, &st, None), Err(VmError::Running(_))));
+        assert!(matches!(
+            remove(&dirs, &d, &st, None),
+            Err(VmError::Running(_))
+        ));
+        assert!(d.path.exists());
+    }
+
+    /// One owner of several live VMs (`fcvm serve`) is never stopped for one of them: the
+    /// force is refused before any signal (here the owner is this test process).
+    #[test]
+    fn force_is_refused_for_a_vm_whose_owner_owns_others() {
+        let t = tempfile::tempdir().unwrap();
+        let dirs = Dirs::new(t.path());
+        let d = record(&dirs, "sbx-a", std::process::id());
+        record(&dirs, "sbx-b", std::process::id());
+        let (_, st) = find(&dirs, "sbx-a").unwrap();
+        let e = remove(&dirs, &d, &st, Some(Duration::ZERO)).unwrap_err();
+        assert!(matches!(e, VmError::SharedOwner { others: 1, .. }), "{e}");
+        assert!(e.to_string().contains("one of 2 VMs"), "{e}");
         assert!(d.path.exists());
     }
 
@@ -272,7 +319,7 @@ mod tests {
                     std::thread::yield_now();
                 }
             }
-            remove(&d, &st, Some(Duration::from_millis(300))).unwrap();
+            remove(&dirs, &d, &st, Some(Duration::from_millis(300))).unwrap();
             let status = child.wait().unwrap();
             assert_eq!(
                 std::os::unix::process::ExitStatusExt::signal(&status),

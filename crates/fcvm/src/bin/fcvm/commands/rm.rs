@@ -23,7 +23,8 @@ pub fn run(dirs: &Dirs, a: RmArgs) -> Result<i32> {
     let mut code = 0;
     let force = a.force.then(|| std::time::Duration::from_secs(a.time));
     for name in &a.names {
-        match fcvm::vm::find(dirs, name).and_then(|(d, st)| fcvm::vm::remove(&d, &st, force)) {
+        match fcvm::vm::find(dirs, name).and_then(|(d, st)| fcvm::vm::remove(dirs, &d, &st, force))
+        {
             Ok(()) => println!("{name}"),
             Err(e) => {
                 eprintln!("Error: {e}");
