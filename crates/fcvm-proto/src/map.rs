@@ -19,8 +19,13 @@ use serde::{Deserialize, Serialize};
 /// queue of map requests holds as many.
 pub const MAP_IN_FLIGHT: usize = 16;
 
-/// Largest `Read` or `Write` payload (one frame, well under the codec's limit).
-pub const MAP_MAX_IO: usize = 64 * 1024;
+/// Largest `Read` or `Write` payload: one frame, with a path of [`MAP_MAX_PATH`] and COBS's
+/// overhead, under the codec's limit (`codec::MAX_ENCODED`, 128 KiB). Each request costs a
+/// round trip, so the largest that fits (docs/design.md §20).
+pub const MAP_MAX_IO: usize = 120 * 1024;
+
+/// Longest path a request names (the agent answers `ENAMETOOLONG` beyond).
+pub const MAP_MAX_PATH: usize = 4096;
 
 /// Largest encoded size of the entries of one `MapData::Entries`.
 pub const MAP_MAX_LIST_BYTES: usize = 32 * 1024;
@@ -288,5 +293,37 @@ mod tests {
         let bytes = postcard::to_stdvec(&op).unwrap();
         assert!(bytes.ends_with(&plain));
         assert_eq!(postcard::from_bytes::<MapOp>(&bytes).unwrap(), op);
+    }
+
+    /// The largest request and reply fit one frame, whatever their bytes.
+    #[test]
+    fn the_largest_requests_fit_a_frame() {
+        use crate::{codec, Frame, MapReply, MapRequest, Msg};
+        let path = "p".repeat(MAP_MAX_PATH);
+        let request = |op| {
+            let r = MapRequest {
+                id: u64::MAX,
+                map: u32::MAX,
+                op,
+            };
+            Frame::control(Msg::MapRequest(r))
+        };
+        for byte in [0u8, 1, 0xFF] {
+            let data = vec![byte; MAP_MAX_IO];
+            let frames = [
+                request(MapOp::Write {
+                    path: path.clone(),
+                    offset: u64::MAX,
+                    data: data.clone(),
+                }),
+                Frame::control(Msg::MapReply(MapReply {
+                    id: u64::MAX,
+                    result: Ok(MapData::Data(data)),
+                })),
+            ];
+            for f in frames {
+                codec::encode(&f).expect("fits");
+            }
+        }
     }
 }
