@@ -120,7 +120,7 @@ mod tests {
                         seed ^= seed << 13;
                         seed ^= seed >> 7;
                         seed ^= seed << 17;
-                        if seed % density as u64 == 0 {
+                        if seed.is_multiple_of(density as u64) {
                             0
                         } else {
                             (seed >> 8) as u8 | 1
