@@ -40,12 +40,11 @@ pub fn encode(frame: &Frame) -> Result<Vec<u8>, CodecError> {
     let mut body = postcard::to_stdvec(frame).map_err(CodecError::Encode)?;
     let crc = crc32fast::hash(&body);
     body.extend_from_slice(&crc.to_le_bytes());
-    let mut out = vec![0u8; cobs::max_encoding_length(body.len()) + 1];
-    let n = cobs::encode(&body, &mut out);
-    if n > MAX_ENCODED {
-        return Err(CodecError::Oversize(n));
+    let mut out = Vec::new();
+    crate::cobs_bulk::encode(&body, &mut out);
+    if out.len() > MAX_ENCODED {
+        return Err(CodecError::Oversize(out.len()));
     }
-    out.truncate(n);
     out.push(0);
     Ok(out)
 }
@@ -100,7 +99,7 @@ impl Decoder {
     /// Returns the next complete frame, an error for a bad one, or `None` if more bytes are needed.
     pub fn next_frame(&mut self) -> Option<Result<Frame, CodecError>> {
         loop {
-            let found = self.buf[self.scanned..].iter().position(|&b| b == 0);
+            let found = memchr::memchr(0, &self.buf[self.scanned..]);
             let Some(end) = found.map(|i| i + self.scanned) else {
                 self.scanned = self.buf.len();
                 let pending = self.buf.len() - self.start;
@@ -148,7 +147,7 @@ fn decode_body(raw: &mut [u8]) -> Result<Frame, CodecError> {
     if raw.len() > MAX_ENCODED {
         return Err(CodecError::Oversize(raw.len()));
     }
-    let n = cobs::decode_in_place(raw).map_err(|_| CodecError::Cobs)?;
+    let n = crate::cobs_bulk::decode_in_place(raw).map_err(|_| CodecError::Cobs)?;
     if n < 5 {
         return Err(CodecError::Short);
     }

@@ -57,6 +57,7 @@
 //! - `Credit` for a stream the agent no longer has (the host granted after the `Exit`) is
 //!   dropped quietly.
 
+mod cobs_bulk;
 pub mod codec;
 pub mod map;
 

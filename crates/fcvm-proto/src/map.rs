@@ -19,8 +19,13 @@ use serde::{Deserialize, Serialize};
 /// queue of map requests holds as many.
 pub const MAP_IN_FLIGHT: usize = 16;
 
-/// Largest `Read` or `Write` payload (one frame, well under the codec's limit).
-pub const MAP_MAX_IO: usize = 64 * 1024;
+/// Largest `Read` or `Write` payload: one frame, with a path of [`MAP_MAX_PATH`] and COBS's
+/// overhead, under the codec's limit (`codec::MAX_ENCODED`, 128 KiB). Each request costs a
+/// round trip, so the largest that fits (docs/design.md §20).
+pub const MAP_MAX_IO: usize = 120 * 1024;
+
+/// Longest path a request names (the agent answers `ENAMETOOLONG` beyond).
+pub const MAP_MAX_PATH: usize = 4096;
 
 /// Largest encoded size of the entries of one `MapData::Entries`.
 pub const MAP_MAX_LIST_BYTES: usize = 32 * 1024;
@@ -112,6 +117,7 @@ pub enum MapOp {
     Write {
         path: String,
         offset: u64,
+        #[serde(with = "bytes")]
         data: Vec<u8>,
     },
     /// Directory entries (`.` and `..` included) after the host's position cookie `offset`
@@ -191,7 +197,7 @@ pub struct MapStatFs {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum MapData {
     Attr(MapAttr),
-    Data(Vec<u8>),
+    Data(#[serde(with = "bytes")] Vec<u8>),
     Written(u32),
     Entries(Vec<MapDirEntry>),
     StatFs(MapStatFs),
@@ -213,4 +219,111 @@ pub struct MapRequest {
 pub struct MapReply {
     pub id: u64,
     pub result: Result<MapData, i32>,
+}
+
+/// File data as one byte string rather than a sequence of `u8`s. In postcard both are the
+/// same bytes on the wire (a varint length, then the bytes), so this changes no format; but a
+/// sequence is (de)serialised one element at a time, which with COBS was most of the per-byte
+/// cost of map I/O in the guest's emulated CPU, and a byte string is one copy.
+mod bytes {
+    use serde::de::{Deserializer, Error, SeqAccess, Visitor};
+    use serde::Serializer;
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        d.deserialize_byte_buf(Bytes)
+    }
+
+    struct Bytes;
+
+    impl<'de> Visitor<'de> for Bytes {
+        type Value = Vec<u8>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("bytes")
+        }
+
+        fn visit_bytes<E: Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+            Ok(v.to_vec())
+        }
+
+        fn visit_byte_buf<E: Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+            Ok(v)
+        }
+
+        /// Formats that write bytes as a sequence (JSON) read back the same way.
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+            let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+            while let Some(b) = seq.next_element()? {
+                v.push(b);
+            }
+            Ok(v)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// File data is the same bytes on the wire as a plain `Vec<u8>` (what agents built before
+    /// `bytes`, e.g. in a snapshot, send and expect), and reads back whole.
+    #[test]
+    fn data_is_wire_compatible_with_a_sequence() {
+        let data: Vec<u8> = (0..300u32).map(|i| i as u8).collect();
+        let plain = postcard::to_stdvec(&data).unwrap();
+        let reply = postcard::to_stdvec(&MapData::Data(data.clone())).unwrap();
+        assert_eq!(
+            reply,
+            [&[1u8][..], &plain].concat(),
+            "variant 1, then as a Vec<u8>"
+        );
+        assert_eq!(
+            postcard::from_bytes::<MapData>(&reply).unwrap(),
+            MapData::Data(data.clone())
+        );
+        let op = MapOp::Write {
+            path: "f".into(),
+            offset: 7,
+            data: data.clone(),
+        };
+        let bytes = postcard::to_stdvec(&op).unwrap();
+        assert!(bytes.ends_with(&plain));
+        assert_eq!(postcard::from_bytes::<MapOp>(&bytes).unwrap(), op);
+    }
+
+    /// The largest request and reply fit one frame, whatever their bytes.
+    #[test]
+    fn the_largest_requests_fit_a_frame() {
+        use crate::{codec, Frame, MapReply, MapRequest, Msg};
+        let path = "p".repeat(MAP_MAX_PATH);
+        let request = |op| {
+            let r = MapRequest {
+                id: u64::MAX,
+                map: u32::MAX,
+                op,
+            };
+            Frame::control(Msg::MapRequest(r))
+        };
+        for byte in [0u8, 1, 0xFF] {
+            let data = vec![byte; MAP_MAX_IO];
+            let frames = [
+                request(MapOp::Write {
+                    path: path.clone(),
+                    offset: u64::MAX,
+                    data: data.clone(),
+                }),
+                Frame::control(Msg::MapReply(MapReply {
+                    id: u64::MAX,
+                    result: Ok(MapData::Data(data)),
+                })),
+            ];
+            for f in frames {
+                codec::encode(&f).expect("fits");
+            }
+        }
+    }
 }

@@ -391,6 +391,47 @@ fn a_paused_sandbox_resumes_with_its_files_and_processes() {
     );
 }
 
+/// `--map HOST:GUEST`: every sandbox sees the host directory; a file written on the host is
+/// read with `files.read` and `cat`, one written in the sandbox appears on the host, and a
+/// resumed sandbox (a restore, served anew) still reads and writes it.
+#[test]
+fn every_sandbox_sees_the_servers_maps() {
+    use std::os::unix::fs::PermissionsExt;
+    let share = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(share.path(), std::fs::Permissions::from_mode(0o777))
+        .expect("chmod share");
+    std::fs::write(share.path().join("hello.txt"), "from the host\n").expect("host file");
+    let map = format!("{}:/mnt/host", share.path().display());
+    run_checks(
+        MAP_SCRIPT,
+        &["--map", &map],
+        &["map-read", "map-write", "map-resumed"],
+    );
+    let read = |f: &str| std::fs::read_to_string(share.path().join(f)).unwrap_or_default();
+    assert_eq!(read("from-sandbox.txt"), "from the sandbox\n");
+    assert_eq!(read("after-resume.txt"), "resumed\n");
+}
+
+const MAP_SCRIPT: &str = r#"
+from e2b import Sandbox
+
+def ok(name):
+    print("ok", name, flush=True)
+
+sbx = Sandbox.create()
+assert sbx.files.read("/mnt/host/hello.txt") == "from the host\n"
+assert sbx.commands.run("cat /mnt/host/hello.txt").stdout == "from the host\n"
+ok("map-read")
+sbx.commands.run("echo 'from the sandbox' > /mnt/host/from-sandbox.txt")
+ok("map-write")
+assert sbx.pause() is True
+again = Sandbox.connect(sbx.sandbox_id)
+assert again.commands.run("cat /mnt/host/hello.txt").stdout == "from the host\n"
+again.commands.run("echo resumed > /mnt/host/after-resume.txt")
+ok("map-resumed")
+again.kill()
+"#;
+
 #[test]
 fn a_public_address_needs_an_api_key() {
     let out = run(&["serve", "--listen", "0.0.0.0:0"], Duration::from_secs(30));

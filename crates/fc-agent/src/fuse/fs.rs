@@ -16,7 +16,9 @@ use std::ffi::OsStr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use fcvm_proto::map::{Caller, MapAttr, MapData, MapDirEntry, MapOp, SetTime, MAP_MAX_IO};
+use fcvm_proto::map::{
+    Caller, MapAttr, MapData, MapDirEntry, MapOp, SetTime, MAP_MAX_IO, MAP_MAX_PATH,
+};
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
     KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
@@ -114,6 +116,10 @@ fn join(dir: &str, name: &OsStr) -> Result<String, Errno> {
     let name = name.to_str().ok_or(Errno::EINVAL)?;
     if name.is_empty() || name == "." || name == ".." || name.contains('/') {
         return Err(Errno::EINVAL);
+    }
+    // A request must fit one frame (`MAP_MAX_IO` leaves room for this much path).
+    if dir.len() + 1 + name.len() > MAP_MAX_PATH {
+        return Err(Errno::ENAMETOOLONG);
     }
     Ok(if dir.is_empty() {
         name.to_string()
@@ -271,7 +277,7 @@ macro_rules! or_reply {
 
 impl Filesystem for MapFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        // One host request per 64 KiB (the mount says max_read=65536 as well).
+        // One host request per MAP_MAX_IO bytes (the mount's max_read says it as well).
         let _ = config.set_max_write(MAP_MAX_IO as u32);
         // A listing carries attributes: a directory walk needs no lookup per file.
         let _ = config.add_capabilities(fuser::InitFlags::FUSE_DO_READDIRPLUS);

@@ -105,6 +105,8 @@ pub struct ServeOptions {
     pub max_sandboxes: usize,
     /// VMs kept launched and waiting per template (the warm pool; 0: none).
     pub pool: usize,
+    /// `--map`: host directories every sandbox's container sees (docs/volumes.md).
+    pub maps: Vec<crate::map::Map>,
 }
 
 pub struct Server {
@@ -237,6 +239,7 @@ pub async fn serve(dirs: &Dirs, opts: ServeOptions, ready: impl FnOnce(SocketAdd
         );
     }
     let accel = crate::run::check_machine(crate::vmm::VmmKind::Qemu, opts.cpus, opts.mem_mib)?;
+    crate::map::Map::check_unique(&opts.maps)?;
     let mut templates = opts.templates.clone();
     templates
         .entry(DEFAULT_TEMPLATE.0.into())
@@ -248,7 +251,8 @@ pub async fn serve(dirs: &Dirs, opts: ServeOptions, ready: impl FnOnce(SocketAdd
     .await??;
     let mut ready_templates = HashMap::new();
     for (id, image) in templates {
-        let t = Template::prepare(dirs, &id, &image, &assets, accel, (opts.cpus, opts.mem_mib))
+        let shape = (opts.cpus, opts.mem_mib, &opts.maps[..]);
+        let t = Template::prepare(dirs, &id, &image, &assets, accel, shape)
             .await
             .with_context(|| format!("Template {id} ({image})"))?;
         ready_templates.insert(id, t);

@@ -27,7 +27,7 @@ impl Template {
         image: &str,
         assets: &crate::assets::Assets,
         accel: crate::vmm::Accel,
-        (cpus, mem_mib): (u32, u32),
+        (cpus, mem_mib, maps): (u32, u32, &[crate::map::Map]),
     ) -> Result<Template> {
         let img = crate::image::prepare(dirs, image, &Default::default()).await?;
         let opts = crate::run::RunOptions {
@@ -56,7 +56,10 @@ impl Template {
             container_env: idle.env.clone(),
             // The idle process and the SDK's shell: what a restored sandbox runs first.
             prefetch: vec!["sleep".into(), "/bin/bash".into()],
-            shape: Default::default(),
+            shape: crate::run::Shape {
+                maps: maps.to_vec(),
+                ..Default::default()
+            },
         };
         let warm = ProcessSpec {
             args: ["/bin/bash", "-l", "-c", "true"].map(String::from).to_vec(),

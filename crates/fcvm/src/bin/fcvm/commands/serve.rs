@@ -1,6 +1,7 @@
-//! `fcvm serve [--listen ADDR] [--api-key-file F] [--template NAME=IMAGE]... [--pool N]`: the E2B sandbox
-//! API for the E2B SDKs (docs/serve.md). Prints `Listening on http://ADDR` once it accepts
-//! requests; SIGTERM or Ctrl-C stops every sandbox, then the server.
+//! `fcvm serve [--listen ADDR] [--api-key-file F] [--template NAME=IMAGE]... [--pool N]
+//! [--map HOST:GUEST[:ro]]...`: the E2B sandbox API for the E2B SDKs (docs/serve.md). Prints
+//! `Listening on http://ADDR` once it accepts requests; SIGTERM or Ctrl-C stops every sandbox,
+//! then the server.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -35,6 +36,11 @@ pub struct ServeArgs {
     /// VMs kept launched and warmed per template, so that a create is a hand-over.
     #[arg(long, default_value_t = 0)]
     pool: usize,
+    /// A host directory every sandbox sees at GUEST (repeatable; `:ro` read-only;
+    /// docs/volumes.md).
+    #[arg(long = "map", value_name = "HOST:GUEST[:ro]",
+          value_parser = fcvm::map::Map::parse)]
+    maps: Vec<fcvm::map::Map>,
 }
 
 fn parse_template(s: &str) -> Result<(String, String), String> {
@@ -73,6 +79,7 @@ pub async fn run(dirs: &Dirs, a: ServeArgs) -> Result<i32> {
         mem_mib: a.mem,
         max_sandboxes: a.max_sandboxes.max(1),
         pool: a.pool,
+        maps: a.maps,
     };
     fcvm::serve::serve(dirs, opts, |addr| {
         println!("Listening on http://{addr}");
