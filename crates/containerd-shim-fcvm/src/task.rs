@@ -4,7 +4,8 @@
 //! Create builds (or finds) the rootfs erofs and launches the VM — restored from the
 //! image-cache snapshot when there is one, booted cold and snapshotted otherwise — with no
 //! process yet; Start runs the spec's process in the container; Exec runs more in it; every
-//! end is published as `/tasks/exit` and handed to `Wait`. Delete of the init stops the VM.
+//! end is published as `/tasks/exit` and handed to `Wait`. The init's end stops the VM (Delete
+//! of the init waits for that, or stops it if the init never ran).
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -73,8 +74,10 @@ impl Service {
         Ok((p, c.vm.clone()))
     }
 
-    /// Starts `p` in the VM; its exit is published when it comes.
-    async fn start_proc(&self, cid: &str, p: &Arc<Proc>, vm: &BundleVm) -> TtrpcResult<u32> {
+    /// Starts `p` in the VM; its exit is published when it comes. The init's exit also
+    /// stops the VM at once: nothing runs in a container after its init (as in runc's, and
+    /// as `fcvm podman run` quits at its container's end), and Delete need not wait for it.
+    async fn start_proc(&self, cid: &str, p: &Arc<Proc>, vm: &Arc<BundleVm>) -> TtrpcResult<u32> {
         if p.status() != Status::Created {
             return Err(err(Code::FAILED_PRECONDITION, "process already started"));
         }
@@ -97,7 +100,11 @@ impl Service {
             }
         };
         let (events, cid2, me) = (self.events.clone(), cid.to_string(), p.clone());
+        let stop = p.exec_id.is_empty().then(|| vm.clone());
         p.running(stream, pid, early, move |_code| {
+            if let Some(vm) = stop {
+                tokio::task::spawn_blocking(move || vm.stop());
+            }
             tokio::spawn(async move {
                 let e = me.exit().expect("exited");
                 events
