@@ -145,6 +145,11 @@ impl BundleVm {
         })
     }
 
+    /// Whether the VM still runs (not stopped, nor stopping now).
+    pub fn running(&self) -> bool {
+        matches!(self.parts.try_lock(), Ok(p) if p.is_some())
+    }
+
     /// Stops the VM and removes everything it had; a second call does nothing, once the
     /// first one finished (it waits for that).
     pub fn stop(&self) {
