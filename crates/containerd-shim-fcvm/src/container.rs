@@ -34,6 +34,7 @@ impl Container {
         req: &api::CreateTaskRequest,
     ) -> anyhow::Result<Container> {
         use anyhow::Context as _;
+        let t0 = std::time::Instant::now();
         if !req.checkpoint.is_empty() {
             anyhow::bail!(
                 "fcvm cannot honour checkpoint: restoring a CRIU checkpoint is not supported"
@@ -83,10 +84,10 @@ impl Container {
         };
         match &vm.restored_from {
             Some(s) => {
-                tracing::info!(id = %req.id, vm = %vm.id, "restored from image-cache snapshot {s}")
+                tracing::info!(id = %req.id, vm = %vm.id, ms = t0.elapsed().as_millis(), "restored from image-cache snapshot {s}")
             }
             None => {
-                tracing::info!(id = %req.id, vm = %vm.id, "booted cold (image-cache snapshot saved for the next)")
+                tracing::info!(id = %req.id, vm = %vm.id, ms = t0.elapsed().as_millis(), "booted cold (image-cache snapshot saved for the next)")
             }
         }
         let stdio = Stdio {

@@ -1,5 +1,8 @@
 //! What the task service hands containerd besides its replies: task events (published
 //! through containerd's TTRPC events service), timestamps, statuses and ttrpc errors.
+//!
+//! Events go through [`Events`]: one bounded queue, forwarded in order by one task, so no
+//! reply waits for containerd to handle its event (runc's shim forwards them the same way).
 
 use std::time::SystemTime;
 
@@ -11,7 +14,58 @@ use containerd_shim::protos::ttrpc;
 use containerd_shim::protos::types::task::Status as PStatus;
 use containerd_shim::Context;
 
+use tokio::sync::{mpsc, oneshot};
+
 use crate::process::{Exited, Proc, Status};
+
+/// Events a slow containerd may leave queued before a publisher waits.
+const QUEUE: usize = 64;
+
+enum Queued {
+    Event {
+        topic: &'static str,
+        event: Box<dyn MessageDyn>,
+    },
+    /// Answered once every event queued before it went out.
+    Flush(oneshot::Sender<()>),
+}
+
+/// The ordered, bounded event queue to containerd.
+#[derive(Clone)]
+pub struct Events {
+    tx: mpsc::Sender<Queued>,
+}
+
+impl Events {
+    /// Starts the task forwarding events to containerd (in namespace `ns`).
+    pub fn spawn(publisher: RemotePublisher, ns: String) -> Events {
+        let (tx, mut rx) = mpsc::channel(QUEUE);
+        tokio::spawn(async move {
+            while let Some(q) = rx.recv().await {
+                match q {
+                    Queued::Event { topic, event } => publish(&publisher, &ns, topic, event).await,
+                    Queued::Flush(done) => {
+                        let _ = done.send(());
+                    }
+                }
+            }
+        });
+        Events { tx }
+    }
+
+    /// Queues `event`; waits only while the queue is full.
+    pub async fn publish(&self, topic: &'static str, event: Box<dyn MessageDyn>) {
+        let _ = self.tx.send(Queued::Event { topic, event }).await;
+    }
+
+    /// Waits until every event queued so far was handed to containerd.
+    pub async fn flush(&self) {
+        let (done, sent) = oneshot::channel();
+        if self.tx.send(Queued::Flush(done)).await.is_ok() {
+            let _ = sent.await;
+        }
+    }
+}
 
 pub fn err(code: ttrpc::Code, msg: impl Into<String>) -> ttrpc::Error {
     ttrpc::Error::RpcStatus(ttrpc::get_status(code, msg.into()))
@@ -58,12 +112,7 @@ pub fn exit_event(cid: &str, p: &Proc, pid: u32, e: Exited) -> TaskExit {
     }
 }
 
-pub async fn publish(
-    publisher: &RemotePublisher,
-    ns: &str,
-    topic: &str,
-    event: Box<dyn MessageDyn>,
-) {
+async fn publish(publisher: &RemotePublisher, ns: &str, topic: &str, event: Box<dyn MessageDyn>) {
     if let Err(e) = publisher
         .publish(Context::default(), topic, ns, event)
         .await

@@ -8,7 +8,13 @@ use containerd_shim::TtrpcResult;
 use fcvm::bundle::BundleVm;
 
 pub fn stats(vm: &BundleVm) -> TtrpcResult<api::StatsResponse> {
-    let rss = rss_bytes(vm.vmm_pid).unwrap_or(0);
+    // A stopped VM's pid may already be another process's.
+    let rss = if vm.running() {
+        rss_bytes(vm.vmm_pid)
+    } else {
+        None
+    }
+    .unwrap_or(0);
     let m = Metrics {
         memory: MessageField::some(MemoryStat {
             rss,

@@ -4,7 +4,8 @@
 //! Create builds (or finds) the rootfs erofs and launches the VM — restored from the
 //! image-cache snapshot when there is one, booted cold and snapshotted otherwise — with no
 //! process yet; Start runs the spec's process in the container; Exec runs more in it; every
-//! end is published as `/tasks/exit` and handed to `Wait`. Delete of the init stops the VM.
+//! end is published as `/tasks/exit` and handed to `Wait`. The init's end stops the VM (Delete
+//! of the init waits for that, or stops it if the init never ran).
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -28,13 +29,13 @@ use fcvm_proto::Target;
 use tokio::sync::Mutex;
 
 use crate::container::Container;
-use crate::events::{chain, err, exit_event, not_found, pstatus, publish, ts};
+use crate::events::{chain, err, exit_event, not_found, pstatus, ts, Events};
 use crate::process::{self, Exited, Proc, Status, Stdio};
 use crate::spec;
 
 pub struct Service {
     pub namespace: String,
-    pub publisher: Arc<RemotePublisher>,
+    pub events: Events,
     pub exit: Arc<ExitSignal>,
     pub dirs: Dirs,
     container: Mutex<Option<Container>>,
@@ -44,15 +45,15 @@ impl Service {
     pub fn new(namespace: &str, publisher: RemotePublisher, exit: Arc<ExitSignal>) -> Service {
         Service {
             namespace: namespace.into(),
-            publisher: Arc::new(publisher),
+            events: Events::spawn(publisher, namespace.into()),
             exit,
             dirs: Dirs::from_env(),
             container: Mutex::new(None),
         }
     }
 
-    async fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
-        publish(&self.publisher, &self.namespace, topic, event).await;
+    async fn publish(&self, topic: &'static str, event: Box<dyn MessageDyn>) {
+        self.events.publish(topic, event).await;
     }
 
     /// The process `exec_id` of the container (the init when empty).
@@ -73,8 +74,10 @@ impl Service {
         Ok((p, c.vm.clone()))
     }
 
-    /// Starts `p` in the VM; its exit is published when it comes.
-    async fn start_proc(&self, cid: &str, p: &Arc<Proc>, vm: &BundleVm) -> TtrpcResult<u32> {
+    /// Starts `p` in the VM; its exit is published when it comes. The init's exit also
+    /// stops the VM at once: nothing runs in a container after its init (as in runc's, and
+    /// as `fcvm podman run` quits at its container's end), and Delete need not wait for it.
+    async fn start_proc(&self, cid: &str, p: &Arc<Proc>, vm: &Arc<BundleVm>) -> TtrpcResult<u32> {
         if p.status() != Status::Created {
             return Err(err(Code::FAILED_PRECONDITION, "process already started"));
         }
@@ -96,22 +99,20 @@ impl Service {
                 ));
             }
         };
-        let (publisher, ns, cid2, me) = (
-            self.publisher.clone(),
-            self.namespace.clone(),
-            cid.to_string(),
-            p.clone(),
-        );
+        let (events, cid2, me) = (self.events.clone(), cid.to_string(), p.clone());
+        let stop = p.exec_id.is_empty().then(|| vm.clone());
         p.running(stream, pid, early, move |_code| {
+            if let Some(vm) = stop {
+                tokio::task::spawn_blocking(move || vm.stop());
+            }
             tokio::spawn(async move {
                 let e = me.exit().expect("exited");
-                publish(
-                    &publisher,
-                    &ns,
-                    topics::TASK_EXIT_EVENT_TOPIC,
-                    Box::new(exit_event(&cid2, &me, pid, e)),
-                )
-                .await;
+                events
+                    .publish(
+                        topics::TASK_EXIT_EVENT_TOPIC,
+                        Box::new(exit_event(&cid2, &me, pid, e)),
+                    )
+                    .await;
             });
         });
         Ok(pid)
@@ -326,11 +327,12 @@ impl Task for Service {
         let e = c.init.exit().expect("exited");
         let pid = c.init.pid();
         let vm = c.vm.clone();
+        let t0 = std::time::Instant::now();
         tokio::task::spawn_blocking(move || vm.stop()).await.ok();
         if let Some(d) = &c.one_off_rootfs {
             let _ = std::fs::remove_dir_all(d);
         }
-        tracing::info!(id = %req.id, "deleted: VM stopped and removed");
+        tracing::info!(id = %req.id, ms = t0.elapsed().as_millis(), "deleted: VM stopped and removed");
         self.publish(
             topics::TASK_DELETE_EVENT_TOPIC,
             Box::new(TaskDelete {
@@ -493,6 +495,8 @@ impl Task for Service {
         if self.container.lock().await.is_some() && !req.now {
             return Ok(api::Empty::new());
         }
+        // What the shim published (the last, its /tasks/delete) reaches containerd first.
+        self.events.flush().await;
         self.exit.signal();
         Ok(api::Empty::new())
     }

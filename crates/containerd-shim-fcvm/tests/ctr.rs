@@ -267,11 +267,30 @@ fn a_killed_shim_leaves_nothing() {
         .map(|(pid, _)| pid)
         .collect();
     assert_eq!(shims.len(), 1, "{shims:?}");
+    // `fcvm ls` (the library's list and observed status) shows the VM running, owned by the
+    // shim; once the shim is killed, never running again.
+    let dirs = fcvm::paths::Dirs::new(data_dir());
+    let listed = || -> Vec<fcvm::vm::VmState> {
+        fcvm::vm::list(&dirs)
+            .into_iter()
+            .map(|(_, s)| s)
+            .filter(|s| s.name == format!("ctrd-{NS}-t-k"))
+            .collect()
+    };
+    let before = listed();
+    assert_eq!(before.len(), 1, "{before:?}");
+    assert_eq!(before[0].observed(), fcvm::vm::Observed::Running);
+    assert_eq!(before[0].pid, shims[0]);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(shims[0] as i32),
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
+    wait_for(
+        "fcvm ls to stop showing t-k alive",
+        Duration::from_secs(10),
+        || listed().iter().all(|s| !s.observed().is_alive()),
+    );
     // containerd sees the shim go, publishes the exit and runs the shim's `delete`.
     wait_for("t-k to stop", Duration::from_secs(60), || {
         !text(&c.ctr(&["task", "ls"]).stdout)

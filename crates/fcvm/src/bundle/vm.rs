@@ -145,15 +145,23 @@ impl BundleVm {
         })
     }
 
-    /// Stops the VM and removes everything it had; a second call does nothing.
+    /// Whether the VM still runs (not stopped, nor stopping now).
+    pub fn running(&self) -> bool {
+        matches!(self.parts.try_lock(), Ok(p) if p.is_some())
+    }
+
+    /// Stops the VM and removes everything it had; a second call does nothing, once the
+    /// first one finished (it waits for that).
     pub fn stop(&self) {
-        let Some(mut parts) = self.parts.lock().expect("parts").take() else {
+        let mut slot = self.parts.lock().expect("parts");
+        let Some(mut parts) = slot.take() else {
             return;
         };
         parts.state.status = VmStatus::Stopping;
         let _ = parts.dir.write_state(&parts.state);
         self.vm.quit();
         drop(parts);
+        drop(slot);
     }
 }
 
