@@ -72,15 +72,27 @@ fn host_and_container_see_each_others_writes() {
     );
 
     // While the VM runs: each side sees the other's later writes at once.
+    // A program on the map runs as the container's own command and as an exec's.
+    let prog = dir.path().join("prog.sh");
+    std::fs::write(&prog, "#!/bin/sh\necho ran from the map \"$@\"\n").unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let data = spec(dir.path(), "/data");
+    let (code, out, err) = run_ok(&["podman", "run", "-v", &data, IMG, "/data/prog.sh", "1"]);
+    assert_eq!((code, out.as_str()), (0, "ran from the map 1\n"), "{err}");
     let vm = Running::start("map-live", &["--map", &spec(dir.path(), "/data")]);
     assert_eq!(vm.sh("cat /data/from-host").1, "hello from the host\n");
+    let (code, out, err) = vm.exec(&["-w", "/data", "--", "./prog.sh", "2"]);
+    assert_eq!((code, out.as_str()), (0, "ran from the map 2\n"), "{err}");
     std::fs::write(dir.path().join("from-host"), "changed on the host\n").unwrap();
     std::fs::write(dir.path().join("new"), "new on the host\n").unwrap();
     let (code, out, err) = vm.sh("cat /data/from-host /data/new; ls /data");
     assert_eq!(code, 0, "{err}");
     assert_eq!(
         out,
-        "changed on the host\nnew on the host\nfrom-host\nnew\nsub\n"
+        "changed on the host\nnew on the host\nfrom-host\nnew\nprog.sh\nsub\n"
     );
     let (code, _, err) = vm.sh("echo again > /data/new && mkdir /data/d && mv /data/new /data/d/");
     assert_eq!(code, 0, "{err}");

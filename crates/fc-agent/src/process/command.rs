@@ -54,6 +54,16 @@ pub fn check(spec: &ProcessSpec, target: Target) -> Result<Command> {
     let found = memo
         .and_then(|m| m.exe(name, &path, &cwd))
         .unwrap_or_else(|| find_executable(root, name, &path, &cwd));
+    let found = match found {
+        // The container's bind mounts (`--map`, `--disk`) exist only in its own mount
+        // namespace, not under the rootfs the agent looks in: a path below one is looked up
+        // in the bind's source instead.
+        Lookup::NotFound if target != Target::Vm => {
+            let binds = container_binds();
+            in_binds(&binds, name, &path, &cwd).unwrap_or(Lookup::NotFound)
+        }
+        found => found,
+    };
     let (inside, host) = match found {
         Lookup::Found { inside, host } => (inside, host),
         Lookup::NotExecutable => {
@@ -101,6 +111,44 @@ pub fn full_env(spec: &ProcessSpec, home: &str) -> Vec<String> {
     env
 }
 
+/// The container's bind mounts as (source in the VM, destination in the container).
+fn container_binds() -> Vec<(PathBuf, String)> {
+    let disks = crate::disks::binds()
+        .iter()
+        .map(|(at, dest)| (PathBuf::from(at), dest.clone()));
+    let maps = crate::fuse::binds()
+        .into_iter()
+        .map(|b| (PathBuf::from(b.source), b.guest));
+    disks.chain(maps).collect()
+}
+
+/// Looks `name` (a path: bare names are searched in `PATH` inside the rootfs only) up below
+/// the bind mount whose destination holds it. Symlinks are followed inside that bind's
+/// source, as if it were the root: a link leaving the bind is not followed to the rootfs.
+fn in_binds(binds: &[(PathBuf, String)], name: &str, path: &str, cwd: &str) -> Option<Lookup> {
+    if !name.contains('/') {
+        return None;
+    }
+    let full = if name.starts_with('/') {
+        name.to_string()
+    } else {
+        format!("{}/{name}", cwd.trim_end_matches('/'))
+    };
+    binds.iter().find_map(|(source, dest)| {
+        let rest = full.strip_prefix(dest.trim_end_matches('/'))?;
+        if !rest.starts_with('/') {
+            return None;
+        }
+        match find_executable(source, rest, path, "/") {
+            Lookup::Found { inside, host } => Some(Lookup::Found {
+                inside: format!("{}{inside}", dest.trim_end_matches('/')),
+                host,
+            }),
+            other => Some(other),
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,5 +170,40 @@ mod tests {
                 "TERM=xterm"
             ]
         );
+    }
+
+    #[test]
+    fn a_path_below_a_bind_is_looked_up_in_its_source() {
+        use std::os::unix::fs::PermissionsExt;
+        let src = std::env::temp_dir().join(format!("fc-agent-binds-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&src);
+        std::fs::create_dir_all(src.join("bin")).unwrap();
+        let exe = src.join("bin/prog");
+        std::fs::write(&exe, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(src.join("plain"), "").unwrap();
+        let binds = vec![(src.clone(), "/cb".to_string())];
+        let path = DEFAULT_PATH;
+        assert_eq!(
+            super::in_binds(&binds, "/cb/bin/prog", path, "/"),
+            Some(Lookup::Found {
+                inside: "/cb/bin/prog".into(),
+                host: exe.clone()
+            })
+        );
+        assert_eq!(
+            super::in_binds(&binds, "bin/prog", path, "/cb"),
+            Some(Lookup::Found {
+                inside: "/cb/bin/prog".into(),
+                host: exe
+            })
+        );
+        assert_eq!(
+            super::in_binds(&binds, "/cb/plain", path, "/"),
+            Some(Lookup::NotExecutable)
+        );
+        assert_eq!(super::in_binds(&binds, "/cbx/bin/prog", path, "/"), None);
+        assert_eq!(super::in_binds(&binds, "prog", path, "/cb/bin"), None);
+        std::fs::remove_dir_all(&src).unwrap();
     }
 }
