@@ -225,15 +225,22 @@ fn sandbox_vms() -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn the_e2b_sdk_drives_fcvm_serve() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+/// What every SDK test starts with: the serve tests run one at a time (each server's
+/// sandboxes are checked by name), the SDK's python, and no sandbox VM left by an earlier run.
+fn begin() -> (std::sync::MutexGuard<'static, ()>, PathBuf) {
+    let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let python = sdk_python();
     assert!(
         sandbox_vms().is_empty(),
         "sandbox VMs left by an earlier run: {:?}",
         sandbox_vms()
     );
+    (serial, python)
+}
+
+#[test]
+fn the_e2b_sdk_drives_fcvm_serve() {
+    let (_serial, python) = begin();
     let server = Server::start(&[]);
     let stdout = server.python(&python, SCRIPT);
     assert!(
@@ -276,13 +283,7 @@ fn the_e2b_sdk_drives_fcvm_serve() {
 /// id) and the pool refills; SIGTERM stops the sandbox and the waiting VM alike.
 #[test]
 fn a_pooled_vm_is_handed_over() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let python = sdk_python();
-    assert!(
-        sandbox_vms().is_empty(),
-        "sandbox VMs left by an earlier run: {:?}",
-        sandbox_vms()
-    );
+    let (_serial, python) = begin();
     let server = Server::start(&["--pool", "1"]);
     let running = || {
         ls().into_iter()
@@ -303,13 +304,7 @@ fn a_pooled_vm_is_handed_over() {
 /// requests; a symlink in the container never leads to the VM's files.
 #[test]
 fn the_sdks_files_api_acts_on_the_containers_files() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let python = sdk_python();
-    assert!(
-        sandbox_vms().is_empty(),
-        "sandbox VMs left by an earlier run: {:?}",
-        sandbox_vms()
-    );
+    let (_serial, python) = begin();
     let server = Server::start(&[]);
     let stdout = server.python(&python, FILES_SCRIPT);
     for check in [
@@ -347,13 +342,7 @@ fn sandbox_snapshots() -> Vec<String> {
 /// its holders are, and SIGTERM leaves none.
 #[test]
 fn a_paused_sandbox_resumes_with_its_files_and_processes() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let python = sdk_python();
-    assert!(
-        sandbox_vms().is_empty(),
-        "sandbox VMs left by an earlier run: {:?}",
-        sandbox_vms()
-    );
+    let (_serial, python) = begin();
     // A SIGKILLed server of an earlier run may have left some (`fcvm snapshot rm` removes them).
     let before = sandbox_snapshots();
     let new = || {
@@ -694,13 +683,7 @@ sbx.kill()
 
 /// Starts a server, runs `script` with the SDK, checks each `ok <check>` line, stops it.
 fn run_checks(script: &str, extra: &[&str], checks: &[&str]) {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let python = sdk_python();
-    assert!(
-        sandbox_vms().is_empty(),
-        "sandbox VMs left by an earlier run: {:?}",
-        sandbox_vms()
-    );
+    let (_serial, python) = begin();
     let server = Server::start(extra);
     let stdout = server.python(&python, script);
     for check in checks {
