@@ -13,14 +13,29 @@
 mod common;
 
 use std::process::Stdio;
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use common::*;
 
 const IMG: &str = "builtin:busybox";
 
+/// `fcvm ls` reaps a VM whose owner is dead (tests/dead_vms.rs), and the other tests here call
+/// it while they wait: the test that keeps a dead VM until its own `fcvm rm` holds this lock
+/// alone, every other test shares it.
+static LS: RwLock<()> = RwLock::new(());
+
+fn shared() -> RwLockReadGuard<'static, ()> {
+    LS.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn alone() -> RwLockWriteGuard<'static, ()> {
+    LS.write().unwrap_or_else(|e| e.into_inner())
+}
+
 #[test]
 fn output_and_exit_code_propagate_with_stderr_apart() {
+    let _ls = shared();
     let n = name("out");
     let (code, out, err) = run_ok(&[
         "podman",
@@ -42,6 +57,7 @@ fn output_and_exit_code_propagate_with_stderr_apart() {
 
 #[test]
 fn env_workdir_user_entrypoint_and_hostname_take_effect() {
+    let _ls = shared();
     let n = name("flags");
     let (code, out, err) = run_ok(&[
         "podman",
@@ -72,6 +88,7 @@ fn env_workdir_user_entrypoint_and_hostname_take_effect() {
 /// crun created ahead of time execs the command): nothing of the stand-in may show.
 #[test]
 fn the_container_process_is_the_command_itself_with_clean_signals_fds_and_caps() {
+    let _ls = shared();
     let n = name("warm");
     let script = "tr '\\0' ' ' < /proc/1/cmdline; echo; \
                   for f in /proc/1/fd/*; do readlink $f; done; cat /proc/1/personality";
@@ -118,6 +135,7 @@ fn the_container_process_is_the_command_itself_with_clean_signals_fds_and_caps()
 
 #[test]
 fn missing_command_is_127_and_non_executable_is_126() {
+    let _ls = shared();
     let (code, out, err) = run_ok(&["podman", "run", "--name", &name("nf"), IMG, "no-such-cmd"]);
     assert_eq!(code, 127, "out: {out} err: {err}");
     assert!(
@@ -131,6 +149,7 @@ fn missing_command_is_127_and_non_executable_is_126() {
 
 #[test]
 fn sigterm_stops_a_long_running_container_and_leaves_nothing() {
+    let _ls = shared();
     let n = name("term");
     let mut child = fcvm()
         .args([
@@ -178,6 +197,7 @@ fn sigterm_stops_a_long_running_container_and_leaves_nothing() {
 
 #[test]
 fn sigkill_of_qemu_is_reported_not_hung_on() {
+    let _ls = shared();
     let n = name("qkill");
     let mut child = fcvm()
         .args(["podman", "run", "--name", &n, IMG, "--", "sleep", "1000"])
@@ -202,6 +222,7 @@ fn sigkill_of_qemu_is_reported_not_hung_on() {
 
 #[test]
 fn sigkill_of_fcvm_leaves_a_dead_vm_that_rm_removes() {
+    let _ls = alone();
     let n = name("fkill");
     let mut child = fcvm()
         .args(["podman", "run", "--name", &n, IMG, "--", "sleep", "1000"])
@@ -232,6 +253,7 @@ fn sigkill_of_fcvm_leaves_a_dead_vm_that_rm_removes() {
 
 #[test]
 fn bad_input_exits_125_and_creates_nothing() {
+    let _ls = shared();
     let cases: &[(&[&str], &str)] = &[
         (&["-e", "=x", IMG, "true"], "--env"),
         (&["--mem", "64", IMG, "true"], "--mem"),
@@ -284,6 +306,7 @@ fn bad_input_exits_125_and_creates_nothing() {
 
 #[test]
 fn images_from_an_oci_layout_a_docker_archive_and_a_loopback_registry_run() {
+    let _ls = shared();
     // The built-in image's OCI layout is the source of the other two transports.
     let out = run(&["setup"], BOOT);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -339,6 +362,7 @@ fn images_from_an_oci_layout_a_docker_archive_and_a_loopback_registry_run() {
 
 #[test]
 fn detached_run_prints_its_id_keeps_its_output_and_stops_with_rm_force() {
+    let _ls = shared();
     let n = name("det");
     let script = "echo hello; echo oops >&2; exec sleep 1000";
     let (code, out, err) = run_ok(&[
