@@ -8,7 +8,6 @@
 //! is mounted and built under a one-off key, removed with the container. The bundle's own
 //! `rootfs/` is left alone: nothing on the host runs in it.
 
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -16,6 +15,7 @@ use containerd_shim::protos::types::mount::Mount;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use sha2::{Digest, Sha256};
 
+use fcvm::bundle::Source;
 use fcvm::paths::Dirs;
 
 /// The container's erofs and how it is kept.
@@ -36,10 +36,11 @@ pub fn prepare(dirs: &Dirs, mounts: &[Mount]) -> Result<Rootfs> {
         bail!("{} rootfs mounts: fcvm takes one", mounts.len());
     }
     let m = &mounts[0];
-    let (key, one_off) = match cache_key(m)? {
-        Some(k) => (k, false),
-        None => (hex::encode(rand_bytes()), true),
+    let (key, sources) = match cache_key(m)? {
+        Some(k) => k,
+        None => (hex::encode(rand_bytes()), vec![]),
     };
+    let one_off = sources.is_empty();
     let erofs = match fcvm::bundle::tree::cached(dirs, &key) {
         Some(p) => p,
         None => {
@@ -50,7 +51,7 @@ pub fn prepare(dirs: &Dirs, mounts: &[Mount]) -> Result<Rootfs> {
                 .context("Cannot create a mount point")?;
             let target = tmp.path().join("root");
             mount_one(m, &target)?;
-            let built = fcvm::bundle::erofs_of_tree(dirs, &key, &target);
+            let built = fcvm::bundle::erofs_of_tree(dirs, &key, &target, &sources);
             let _ = umount2(&target, MntFlags::MNT_DETACH);
             built.context("Cannot build the container's root filesystem")?
         }
@@ -62,8 +63,9 @@ pub fn prepare(dirs: &Dirs, mounts: &[Mount]) -> Result<Rootfs> {
     })
 }
 
-/// The key of an image's overlay (layers only, nothing written yet); None otherwise.
-fn cache_key(m: &Mount) -> Result<Option<String>> {
+/// The key of an image's overlay (layers only, nothing written yet) and the layers it was
+/// made of (for `fcvm snapshots prune`); None otherwise.
+fn cache_key(m: &Mount) -> Result<Option<(String, Vec<Source>)>> {
     if m.type_ != "overlay" {
         return Ok(None);
     }
@@ -87,19 +89,18 @@ fn cache_key(m: &Mount) -> Result<Option<String>> {
     };
     let mut h = Sha256::new();
     h.update(b"fcvm-overlay-lowerdirs-v1\0");
+    let mut sources = vec![];
     for dir in lower.split(':') {
         // A committed snapshot never changes; its directory's identity names its content.
-        let md = std::fs::metadata(dir).with_context(|| format!("Cannot read layer {dir}"))?;
+        let s = Source::of(Path::new(dir)).with_context(|| format!("Cannot read layer {dir}"))?;
         h.update(dir.as_bytes());
         h.update(format!(
             "\0{}:{}:{}.{}\0",
-            md.dev(),
-            md.ino(),
-            md.ctime(),
-            md.ctime_nsec()
+            s.dev, s.ino, s.ctime, s.ctime_nsec
         ));
+        sources.push(s);
     }
-    Ok(Some(hex::encode(h.finalize())))
+    Ok(Some((hex::encode(h.finalize()), sources)))
 }
 
 fn rand_bytes() -> [u8; 16] {

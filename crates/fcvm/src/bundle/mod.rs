@@ -7,9 +7,11 @@
 //! 2. [`vm`]: that erofs → a VM launched the way `fcvm podman run` launches one (the
 //!    image-cache snapshot of this erofs+shape restored when there is one, else a cold boot
 //!    that saves it), with its session open for the container's processes.
+//! 3. [`prune`]: the cached trees whose layers containerd removed, for `fcvm snapshots prune`.
 
+pub mod prune;
 pub mod tree;
 pub mod vm;
 
-pub use tree::{cached, erofs_of_tree, TreeError};
+pub use tree::{cached, erofs_of_tree, Source, TreeError};
 pub use vm::{BundleVm, VmRequest};

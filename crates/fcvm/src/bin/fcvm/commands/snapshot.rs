@@ -129,7 +129,8 @@ pub async fn run(dirs: &Dirs, cmd: SnapshotCommand) -> Result<i32> {
 
 /// Removes every image-cache and startup snapshot no running VM uses (they are rebuilt on
 /// demand); user snapshots stay. VMs whose fcvm was killed are reaped first: they run
-/// nothing, so they pin nothing.
+/// nothing, so they pin nothing. Then the containerd shim's cached root filesystems whose
+/// layers containerd removed (`fcvm::bundle::prune`), listed as `tree:<key>`.
 pub fn prune(dirs: &Dirs) -> Result<i32> {
     super::ls::reap(dirs);
     for m in snapshot::list(dirs) {
@@ -144,6 +145,9 @@ pub fn prune(dirs: &Dirs) -> Result<i32> {
             Ok(()) => println!("{}", m.name),
             Err(e) => eprintln!("kept {}: {e}", m.name),
         }
+    }
+    for key in fcvm::bundle::prune::prune(dirs) {
+        println!("tree:{key}");
     }
     Ok(0)
 }
