@@ -1,0 +1,142 @@
+//! Kubernetes' CRI against a real containerd (Debian's 1.6, its CRI plugin loaded) with the
+//! runtime handler `fcvm`: each pod is one real fcvm VM (QEMU, the agent, crun), its
+//! containers run in it. Driven by a CRI v1 client (`k8s-cri`), as a kubelet would.
+//!
+//! Needs: root, containerd, skopeo, protoc (to build the client), and `FCVM_AGENT`
+//! (scripts/lib.sh's build_all) so the shim finds the guest assets in the shared test data
+//! dir.
+
+mod common;
+use common::cri::*;
+use common::*;
+
+use std::path::Path;
+use std::time::Duration;
+
+use k8s_cri::v1::{ContainerState, Mount, PodSandboxState};
+
+fn start() -> (Containerd, Cri) {
+    let c = Containerd::start_cri();
+    let logs = c.dir.path().join("pod-logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let cri = Cri::connect(&c.sock(), &logs);
+    (c, cri)
+}
+
+/// The pod's sandbox alone: RunPodSandbox (the VM up, its pause container running),
+/// StopPodSandbox, RemovePodSandbox — and nothing is left: no shim, no VMM, no VM.
+#[test]
+fn a_pod_sandbox_runs_stops_and_is_removed() {
+    let (c, cri) = start();
+    let pc = cri.pod_config("p1");
+    let pod = cri
+        .run_pod(&pc)
+        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", c.log()));
+    assert_eq!(
+        cri.pod_state(&pod).unwrap(),
+        PodSandboxState::SandboxReady as i32
+    );
+    assert!(
+        vm_ids(&c.log(), &pod).len() == 1,
+        "the sandbox's VM is logged once"
+    );
+    cri.stop_pod(&pod).unwrap();
+    assert_eq!(
+        cri.pod_state(&pod).unwrap(),
+        PodSandboxState::SandboxNotready as i32
+    );
+    cri.remove_pod(&pod).unwrap();
+    assert_nothing_left(&c, &[&pod]);
+}
+
+/// A pod of two containers in one VM, sharing its localhost: one serves, the other
+/// connects; their exit codes through ContainerStatus, the client's output in its CRI log
+/// file, ExecSync in the server, a container the VM cannot honour refused clearly (the pod
+/// goes on), and StopPodSandbox + RemovePodSandbox leave nothing.
+#[test]
+fn a_pods_containers_share_its_vm() {
+    let (c, cri) = start();
+    let pc = cri.pod_config("web");
+    let pod = cri
+        .run_pod(&pc)
+        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", c.log()));
+
+    // Bad input: a host directory mounted into the container cannot reach the VM.
+    let mut bad = cri.container_config("bad", IMAGE, &["true"]);
+    bad.mounts = vec![Mount {
+        container_path: "/data".into(),
+        host_path: c.dir.path().display().to_string(),
+        ..Default::default()
+    }];
+    // CRI creates the task (and so asks the shim) at StartContainer.
+    let bad = cri.create_container(&pod, &pc, &bad).unwrap();
+    let e = cri.start_container(&bad).unwrap_err();
+    assert!(
+        e.message()
+            .contains("fcvm cannot honour mount /data (bind from "),
+        "{e}"
+    );
+    cri.remove_container(&bad).unwrap();
+
+    let server = cri
+        .create_container(
+            &pod,
+            &pc,
+            &cri.container_config(
+                "server",
+                IMAGE,
+                &["sh", "-c", "nc -l -p 8080 -e echo hi; echo served; exit 4"],
+            ),
+        )
+        .unwrap_or_else(|e| panic!("CreateContainer: {e}\n{}", c.log()));
+    cri.start_container(&server)
+        .unwrap_or_else(|e| panic!("StartContainer: {e}\n{}", c.log()));
+    assert_eq!(
+        cri.status(&server).unwrap().state,
+        ContainerState::ContainerRunning as i32
+    );
+
+    // ExecSync in the running server: both streams and the exit code.
+    let r = cri
+        .exec_sync(
+            &server,
+            &["sh", "-c", "echo exec out; echo exec err >&2; exit 6"],
+        )
+        .unwrap();
+    assert_eq!(
+        (text(&r.stdout), text(&r.stderr), r.exit_code),
+        ("exec out\n".into(), "exec err\n".into(), 6)
+    );
+
+    // The client reaches the server on the pod's localhost (retrying until it listens).
+    let client = cri
+        .create_container(
+            &pod,
+            &pc,
+            &cri.container_config(
+                "client",
+                IMAGE,
+                &[
+                    "sh",
+                    "-c",
+                    "for i in $(seq 300); do out=$(nc 127.0.0.1 8080 </dev/null) && \
+                     [ -n \"$out\" ] && { echo \"got: $out\"; exit 3; }; sleep 0.1; done; exit 9",
+                ],
+            ),
+        )
+        .unwrap();
+    cri.start_container(&client).unwrap();
+    let limit = Duration::from_secs(120);
+    let cs = cri.wait_exited(&client, limit);
+    assert_eq!(cs.exit_code, 3, "client: {cs:?}");
+    let ss = cri.wait_exited(&server, limit);
+    assert_eq!(ss.exit_code, 4, "server: {ss:?}");
+    // The CRI log files, written from the FIFOs the shim fed.
+    assert_eq!(log_text(Path::new(&cs.log_path)), "got: hi\n");
+    assert_eq!(log_text(Path::new(&ss.log_path)), "served\n");
+
+    cri.remove_container(&client).unwrap();
+    cri.stop_pod(&pod).unwrap();
+    cri.remove_pod(&pod).unwrap();
+    assert_nothing_left(&c, &[&pod, &server, &client]);
+}
