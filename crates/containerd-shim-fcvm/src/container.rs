@@ -15,7 +15,7 @@ use containerd_shim::protos::api;
 use fcvm::bundle::{BundleVm, VmRequest};
 use fcvm::paths::Dirs;
 
-use crate::pod::{self, PodVmStub as _, Role};
+use crate::pod::{self, Role};
 use crate::process::{Proc, Stdio};
 use crate::{rootfs, spec};
 

@@ -91,31 +91,3 @@ pub fn unmount_rootfs(target: &Path) {
         tracing::warn!("cannot unmount {}: {e}", target.display());
     }
 }
-
-// TEMPORARY: the `pods` branch's `BundleVm` API (/work/pods-api.md), until it is merged.
-#[allow(async_fn_in_trait)]
-pub trait PodVmStub {
-    async fn add_container(&self, _id: &str, _rootfs: &Path) -> std::io::Result<()> {
-        Err(std::io::Error::other(
-            "several containers per VM: not merged yet",
-        ))
-    }
-    async fn start_container(
-        &self,
-        _id: &str,
-        _spec: fcvm_proto::ProcessSpec,
-    ) -> std::io::Result<fcvm::session::Process> {
-        Err(std::io::Error::other("not merged yet"))
-    }
-    async fn exec_in(
-        &self,
-        _id: &str,
-        _spec: fcvm_proto::ProcessSpec,
-    ) -> std::io::Result<fcvm::session::Process> {
-        Err(std::io::Error::other("not merged yet"))
-    }
-    async fn remove_container(&self, _id: &str) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-impl PodVmStub for fcvm::bundle::BundleVm {}

@@ -34,7 +34,7 @@ use tokio::sync::Mutex;
 
 use crate::container::Container;
 use crate::events::{chain, err, exit_event, not_found, pstatus, ts, Events};
-use crate::pod::{PodVmStub as _, Role};
+use crate::pod::Role;
 use crate::process::{self, Exited, Proc, Status, Stdio};
 use crate::spec;
 

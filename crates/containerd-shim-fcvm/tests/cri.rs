@@ -140,3 +140,67 @@ fn a_pods_containers_share_its_vm() {
     cri.remove_pod(&pod).unwrap();
     assert_nothing_left(&c, &[&pod, &server, &client]);
 }
+
+/// One pod up: RunPodSandbox, then CreateContainer + StartContainer of a container that
+/// sleeps; its id on success.
+fn pod_up(cri: &Cri, name: &str) -> Result<String, String> {
+    let pc = cri.pod_config(name);
+    let pod = cri
+        .run_pod(&pc)
+        .map_err(|e| format!("RunPodSandbox: {e}"))?;
+    let cc = cri.container_config("main", IMAGE, &["sleep", "600"]);
+    let id = cri
+        .create_container(&pod, &pc, &cc)
+        .map_err(|e| format!("CreateContainer: {e}"))?;
+    cri.start_container(&id)
+        .map_err(|e| format!("StartContainer: {e}"))?;
+    Ok(pod)
+}
+
+/// bench/containerd.py's pods figure (not a test: `--ignored`): one pod up, then
+/// `FCVM_BENCH_PODS` (10) pods up at once from as many threads; wall times and failures,
+/// printed as `pods: ...` lines. Every pod is removed afterwards.
+#[test]
+#[ignore]
+fn pods_bench() {
+    let n: usize = std::env::var("FCVM_BENCH_PODS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let (c, cri) = start();
+    // Warm: the pause image's erofs and image-cache snapshot exist from here on.
+    let warm = pod_up(&cri, "warm").unwrap_or_else(|e| panic!("{e}\n{}", c.log()));
+    let down = |pod: &str| {
+        let _ = cri.stop_pod(pod);
+        let _ = cri.remove_pod(pod);
+    };
+    down(&warm);
+    let t0 = std::time::Instant::now();
+    let one = pod_up(&cri, "one").unwrap_or_else(|e| panic!("{e}\n{}", c.log()));
+    let one_ms = t0.elapsed().as_millis();
+    down(&one);
+    let t0 = std::time::Instant::now();
+    let results: Vec<Result<String, String>> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..n)
+            .map(|i| {
+                let cri = &cri;
+                s.spawn(move || pod_up(cri, &format!("p{i}")))
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let wall_ms = t0.elapsed().as_millis();
+    let failures: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    for pod in cri.pods() {
+        down(&pod);
+    }
+    println!("pods: one pod up {one_ms} ms");
+    println!(
+        "pods: {n} pods at once: wall {wall_ms} ms ({:.2} x one pod), failures {}",
+        wall_ms as f64 / one_ms as f64,
+        failures.len()
+    );
+    for f in failures {
+        println!("pods: failure: {f}");
+    }
+}
