@@ -162,6 +162,8 @@ fn pod_up(cri: &Cri, name: &str) -> Result<String, String> {
 /// printed as `pods: ...` lines. Every pod is removed afterwards.
 #[test]
 #[ignore]
+// Its figures are its output (bench/containerd.py reads them).
+#[allow(clippy::print_stdout)]
 fn pods_bench() {
     let n: usize = std::env::var("FCVM_BENCH_PODS")
         .ok()
@@ -175,11 +177,12 @@ fn pods_bench() {
         let _ = cri.remove_pod(pod);
     };
     down(&warm);
-    let t0 = std::time::Instant::now();
+    let (t0, busy0) = (std::time::Instant::now(), cpu_busy_ms());
     let one = pod_up(&cri, "one").unwrap_or_else(|e| panic!("{e}\n{}", c.log()));
     let one_ms = t0.elapsed().as_millis();
+    let one_busy_ms = cpu_busy_ms() - busy0;
     down(&one);
-    let t0 = std::time::Instant::now();
+    let (t0, busy0) = (std::time::Instant::now(), cpu_busy_ms());
     let results: Vec<Result<String, String>> = std::thread::scope(|s| {
         let hs: Vec<_> = (0..n)
             .map(|i| {
@@ -190,17 +193,46 @@ fn pods_bench() {
         hs.into_iter().map(|h| h.join().unwrap()).collect()
     });
     let wall_ms = t0.elapsed().as_millis();
+    let busy_ms = cpu_busy_ms() - busy0;
     let failures: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
     for pod in cri.pods() {
         down(&pod);
     }
-    println!("pods: one pod up {one_ms} ms");
+    println!("pods: one pod up {one_ms} ms (host CPU busy meanwhile {one_busy_ms} ms)");
     println!(
         "pods: {n} pods at once: wall {wall_ms} ms ({:.2} x one pod), failures {}",
         wall_ms as f64 / one_ms as f64,
         failures.len()
     );
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "pods: host CPU busy meanwhile {busy_ms} ms of {} ms ({cores} cores x wall)",
+        wall_ms as u64 * cores as u64
+    );
     for f in failures {
         println!("pods: failure: {f}");
     }
+}
+
+/// The host's CPU time spent busy (all cores, all processes) so far, from /proc/stat.
+fn cpu_busy_ms() -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let f: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal: busy = all but idle and iowait.
+    let busy: u64 = f
+        .iter()
+        .take(8)
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, v)| v)
+        .sum();
+    // USER_HZ is 100 on Linux.
+    busy * 10
 }
