@@ -30,6 +30,7 @@ use containerd_shim::{Config, Error, Flags, StartOpts};
 struct FcvmShim {
     namespace: String,
     id: String,
+    socket: String,
     exit: Arc<ExitSignal>,
 }
 
@@ -41,6 +42,7 @@ impl Shim for FcvmShim {
         FcvmShim {
             namespace: args.namespace.clone(),
             id: args.id.clone(),
+            socket: args.socket.clone(),
             exit: Arc::new(ExitSignal::default()),
         }
     }
@@ -99,7 +101,12 @@ impl Shim for FcvmShim {
     }
 
     async fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
-        init_logging();
+        // A pod's later container spawns a daemon that finds the pod's serving and exits
+        // (containerd-shim asks for the service before it knows): it logs nothing.
+        let path = self.socket.trim_start_matches("unix://");
+        if path.is_empty() || std::os::unix::net::UnixStream::connect(path).is_err() {
+            init_logging();
+        }
         task::Service::new(&self.namespace, publisher, self.exit.clone())
     }
 }

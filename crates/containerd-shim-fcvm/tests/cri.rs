@@ -126,6 +126,14 @@ fn a_pods_containers_share_its_vm() {
         )
         .unwrap();
     cri.start_container(&client).unwrap();
+    // One VM for the pod: the shim logged the same VM for the sandbox and its containers.
+    let log = c.log();
+    let vm = vm_ids(&log, &pod);
+    assert_eq!(vm.len(), 1, "{log}");
+    assert_eq!(
+        (vm_ids(&log, &server), vm_ids(&log, &client)),
+        (vm.clone(), vm)
+    );
     let limit = Duration::from_secs(120);
     let cs = cri.wait_exited(&client, limit);
     assert_eq!(cs.exit_code, 3, "client: {cs:?}");
