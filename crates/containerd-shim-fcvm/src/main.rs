@@ -69,6 +69,9 @@ impl Shim for FcvmShim {
         {
             let _ = fcvm::vm::remove(&dirs, &dir, &st, Some(std::time::Duration::ZERO));
         }
+        // A pod member's root, which its daemon mounted on the bundle (nothing else mounts
+        // there: containerd leaves that to the shim); the bundle is containerd's to remove.
+        let _ = nix::mount::umount2("rootfs", nix::mount::MntFlags::MNT_DETACH);
         // And its socket, which only a daemon that ends by itself removes — unless a daemon
         // still answers there: a pod's daemon serves its other containers, and containerd
         // runs this cleanup for one of them whose Create failed too.

@@ -52,7 +52,8 @@ fn a_pod_sandbox_runs_stops_and_is_removed() {
 /// A pod of two containers in one VM, sharing its localhost: one serves, the other
 /// connects; their exit codes through ContainerStatus, the client's output in its CRI log
 /// file, ExecSync in the server, a container the VM cannot honour refused clearly (the pod
-/// goes on), and StopPodSandbox + RemovePodSandbox leave nothing.
+/// goes on), and StopPodSandbox (killing a container still running) + RemovePodSandbox
+/// leave nothing.
 #[test]
 fn a_pods_containers_share_its_vm() {
     let (c, cri) = start();
@@ -143,10 +144,22 @@ fn a_pods_containers_share_its_vm() {
     assert_eq!(log_text(Path::new(&cs.log_path)), "got: hi\n");
     assert_eq!(log_text(Path::new(&ss.log_path)), "served\n");
 
+    // A container still running when the pod stops: StopPodSandbox kills it (SIGKILL,
+    // through the shim's Kill), then the sandbox, whose end stops the VM.
+    let sleeper = cri
+        .create_container(
+            &pod,
+            &pc,
+            &cri.container_config("sleeper", IMAGE, &["sleep", "600"]),
+        )
+        .unwrap();
+    cri.start_container(&sleeper).unwrap();
     cri.remove_container(&client).unwrap();
     cri.stop_pod(&pod).unwrap();
+    let st = cri.wait_exited(&sleeper, limit);
+    assert_eq!(st.exit_code, 137, "sleeper: {st:?}");
     cri.remove_pod(&pod).unwrap();
-    assert_nothing_left(&c, &[&pod, &server, &client]);
+    assert_nothing_left(&c, &[&pod, &server, &client, &sleeper]);
 }
 
 /// One pod up: RunPodSandbox, then CreateContainer + StartContainer of a container that
