@@ -3,7 +3,12 @@
 `fcvm podman run --network none IMG true` of the same image, cold (no image-cache snapshot:
 boot, prepare, save it) and cached (restored from it), median of N runs each.
 
-usage: bench/containerd.py [--runs 5] [--accel tcg|kvm|auto]
+Then (--pods N, default 10; 0 skips it) N pods started at once through CRI: the
+`pods_bench` test of crates/containerd-shim-fcvm/tests/cri.rs (its own containerd with the
+CRI plugin, a CRI v1 client; each pod = RunPodSandbox + CreateContainer + StartContainer),
+next to one pod alone. Goal (issue 14): 0 failures, wall <= 3 x one pod.
+
+usage: bench/containerd.py [--runs 5] [--accel tcg|kvm|auto] [--pods 10]
 Needs root, containerd (Debian), skopeo, and a release build (scripts/lib.sh build_all, then
 cargo build --release -p containerd-shim-fcvm). Starts its own containerd with a private
 config in a temp dir and stops it at the end. Prints figures; never asserts.
@@ -15,6 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ap = argparse.ArgumentParser()
 ap.add_argument("--runs", type=int, default=5)
 ap.add_argument("--accel", default="auto")
+ap.add_argument("--pods", type=int, default=10)
 a = ap.parse_args()
 
 rel = os.path.join(ROOT, "target/release")
@@ -90,6 +96,20 @@ try:
         s, p = med[f"shim {kind}"], med[f"podman {kind}"]
         print(f"{kind:>6}: ctr run --rm {s:6.0f}   fcvm podman run {p:6.0f}   "
               f"shim adds {s - p:5.0f} ms ({(s / p - 1) * 100:+.0f} %; goal <= 20 %)")
+
+    if a.pods > 0:
+        # The CRI client is a Rust test (k8s-cri); it prints its figures as `pods:` lines.
+        p = subprocess.run(
+            ["cargo", "test", "--release", "-q", "-p", "containerd-shim-fcvm", "--test", "cri",
+             "--", "--ignored", "--exact", "pods_bench", "--nocapture"],
+            cwd=ROOT, env=dict(env, FCVM_TEST_DATA_DIR=data, FCVM_BENCH_PODS=str(a.pods)),
+            capture_output=True, text=True)
+        lines = [l for l in p.stdout.splitlines() if l.startswith("pods:")]
+        if p.returncode != 0 or not lines:
+            sys.exit(f"pods_bench failed: {(p.stdout + p.stderr)[-1500:]}")
+        print(f"\nCRI pods (goal: 0 failures, wall <= 3 x one pod):")
+        for l in lines:
+            print("  " + l[len("pods: "):])
 finally:
     # This containerd's layer directories, hence the keys of its erofs files, end here.
     drop_cache_snapshots()

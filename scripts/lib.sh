@@ -8,8 +8,8 @@ AGENT_TARGET=x86_64-unknown-linux-gnu
 # command:package pairs needed to run VMs.
 RUN_DEPS="qemu-system-x86_64:qemu-system-x86 crun:crun mkfs.erofs:erofs-utils mkfs.ext4:e2fsprogs depmod:kmod cpio:cpio dpkg-deb:dpkg busybox:busybox-static passt:passt ip:iproute2 iptables:iptables"
 # extra pairs the test suite needs (a real registry on loopback, skopeo to push to it,
-# containerd and script(1) for the containerd shim's tests).
-TEST_DEPS="skopeo:skopeo docker-registry:docker-registry containerd:containerd script:bsdutils"
+# containerd and script(1) for the containerd shim's tests, protoc for its CRI client).
+TEST_DEPS="skopeo:skopeo docker-registry:docker-registry containerd:containerd script:bsdutils protoc:protobuf-compiler"
 
 have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]; }
 

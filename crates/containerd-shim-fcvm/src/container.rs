@@ -1,9 +1,11 @@
-//! The one container a shim runs: its VM, its init process and its execs.
+//! A container the shim runs: its VM, its init process and its execs.
 //!
 //! [`Container::create`] is containerd's Create: the bundle's spec is checked
 //! ([`crate::spec`]), its rootfs becomes an erofs ([`crate::rootfs`]) and the VM is launched
 //! (`fcvm::bundle`) — restored from the image-cache snapshot when there is one, booted cold
-//! and snapshotted otherwise — with no process yet.
+//! and snapshotted otherwise — with no process yet. A CRI pod's later container
+//! ([`Role::Member`]) launches nothing: its rootfs is mounted on its bundle and added to
+//! its sandbox's VM ([`crate::pod`]).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -13,25 +15,32 @@ use containerd_shim::protos::api;
 use fcvm::bundle::{BundleVm, VmRequest};
 use fcvm::paths::Dirs;
 
+use crate::pod::{self, Role};
 use crate::process::{Proc, Stdio};
 use crate::{rootfs, spec};
 
 pub struct Container {
     pub id: String,
     pub bundle: String,
+    pub role: Role,
+    /// Its own VM, or (a pod's member) its sandbox's.
     pub vm: Arc<BundleVm>,
     pub init: Arc<Proc>,
     pub execs: HashMap<String, Arc<Proc>>,
     /// An erofs built for this container alone (not an image's): removed at its Delete.
     pub one_off_rootfs: Option<PathBuf>,
+    /// A pod member's rootfs, mounted on its bundle: unmounted at its Delete.
+    pub mounted_rootfs: Option<PathBuf>,
 }
 
 impl Container {
-    /// Checks the bundle, builds (or finds) its rootfs erofs and launches the VM.
+    /// Checks the bundle, builds (or finds) its rootfs erofs and launches the VM; a pod's
+    /// member joins `sandbox`'s VM (the shim's containers by id) instead.
     pub async fn create(
         dirs: &Dirs,
         namespace: &str,
         req: &api::CreateTaskRequest,
+        sandbox: impl FnOnce(&str) -> Option<Arc<BundleVm>>,
     ) -> anyhow::Result<Container> {
         use anyhow::Context as _;
         let t0 = std::time::Instant::now();
@@ -50,8 +59,35 @@ impl Container {
         let bundle = PathBuf::from(&req.bundle);
         let oci = oci_spec::runtime::Spec::load(bundle.join("config.json"))
             .context("Cannot read the bundle's config.json")?;
-        let mut plan = spec::plan(&oci, !req.stdin.is_empty())?;
+        let role = pod::role(&oci);
+        let mut plan = spec::plan(&oci, !req.stdin.is_empty(), &role)?;
         plan.process.tty = plan.process.tty || req.terminal;
+        let stdio = Stdio {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+        };
+        if let Role::Member { sandbox: sid } = &role {
+            let vm = sandbox(sid)
+                .with_context(|| format!("the pod's sandbox {sid} does not run in this shim"))?;
+            let target = pod::mount_rootfs(&bundle, &req.rootfs)?;
+            if let Err(e) = vm.add_container(&req.id, &target).await {
+                pod::unmount_rootfs(&target);
+                return Err(e).context("Cannot add the container to its pod's VM");
+            }
+            tracing::info!(id = %req.id, vm = %vm.id, ms = t0.elapsed().as_millis(), "added to pod {sid}");
+            return Ok(Container {
+                id: req.id.clone(),
+                bundle: req.bundle.clone(),
+                role,
+                vm,
+                init: Proc::new("", plan.process, stdio),
+                execs: HashMap::new(),
+                one_off_rootfs: None,
+                mounted_rootfs: Some(target),
+            });
+        }
         let d2 = dirs.clone();
         let mounts = req.rootfs.clone();
         let root = tokio::task::spawn_blocking(move || rootfs::prepare(&d2, &mounts)).await??;
@@ -90,20 +126,23 @@ impl Container {
                 tracing::info!(id = %req.id, vm = %vm.id, ms = t0.elapsed().as_millis(), "booted cold (image-cache snapshot saved for the next)")
             }
         }
-        let stdio = Stdio {
-            stdin: req.stdin.clone(),
-            stdout: req.stdout.clone(),
-            stderr: req.stderr.clone(),
-            terminal: req.terminal,
-        };
         Ok(Container {
             id: req.id.clone(),
             bundle: req.bundle.clone(),
+            role,
             vm: Arc::new(vm),
             init: Proc::new("", plan.process, stdio),
             execs: HashMap::new(),
             one_off_rootfs: root.one_off,
+            mounted_rootfs: None,
         })
+    }
+}
+
+impl Container {
+    /// Whether the container runs in a VM of its sandbox's (not one of its own).
+    pub fn member(&self) -> bool {
+        matches!(self.role, Role::Member { .. })
     }
 }
 

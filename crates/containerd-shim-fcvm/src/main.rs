@@ -1,9 +1,10 @@
 //! `containerd-shim-fcvm-v2`: a containerd runtime v2 shim (`io.containerd.fcvm.v2`) that
-//! runs each container in an fcvm microVM (docs/containerd.md).
+//! runs each container in an fcvm microVM, a CRI pod's containers in one (docs/containerd.md).
 //!
 //! containerd-shim 0.11 (the last whose `start` prints the plain address containerd 1.6
-//! reads) runs the protocol: `start` spawns the shim daemon for a container, the daemon
-//! serves [`task::Service`], `delete` cleans up after a dead one.
+//! reads) runs the protocol: `start` spawns the shim daemon for a container (or, for a CRI
+//! pod's later container, returns the address of its pod's daemon), the daemon serves
+//! [`task::Service`], `delete` cleans up after a dead one.
 //!
 //! Its reaper is off: with it, a SIGCHLD handler calls `waitpid(-1)` and takes the exits of
 //! the children fcvm waits for itself (QEMU, mkfs.erofs), so they would never be seen. For
@@ -11,6 +12,7 @@
 
 mod container;
 mod events;
+mod pod;
 mod process;
 mod rootfs;
 mod spec;
@@ -28,6 +30,7 @@ use containerd_shim::{Config, Error, Flags, StartOpts};
 struct FcvmShim {
     namespace: String,
     id: String,
+    socket: String,
     exit: Arc<ExitSignal>,
 }
 
@@ -39,12 +42,18 @@ impl Shim for FcvmShim {
         FcvmShim {
             namespace: args.namespace.clone(),
             id: args.id.clone(),
+            socket: args.socket.clone(),
             exit: Arc::new(ExitSignal::default()),
         }
     }
 
     async fn start_shim(&mut self, opts: StartOpts) -> Result<String, Error> {
-        let grouping = opts.id.clone();
+        // A CRI pod's containers share one shim (and its VM): the socket is named after the
+        // sandbox, and a later container's `start` finds the daemon serving there and
+        // returns its address (containerd-shim's `spawn`: the new daemon sees the address
+        // in use and exits).
+        let grouping = pod::sandbox_of_bundle(std::path::Path::new("config.json"))
+            .unwrap_or_else(|| opts.id.clone());
         let address = spawn(opts, &grouping, Vec::new()).await?;
         // The daemon removes its socket at exit by this file (in the bundle, our cwd).
         std::fs::write("address", &address)
@@ -60,10 +69,17 @@ impl Shim for FcvmShim {
         {
             let _ = fcvm::vm::remove(&dirs, &dir, &st, Some(std::time::Duration::ZERO));
         }
-        // And its socket, which only a daemon that ends by itself removes.
+        // A pod member's root, which its daemon mounted on the bundle (nothing else mounts
+        // there: containerd leaves that to the shim); the bundle is containerd's to remove.
+        let _ = nix::mount::umount2("rootfs", nix::mount::MntFlags::MNT_DETACH);
+        // And its socket, which only a daemon that ends by itself removes — unless a daemon
+        // still answers there: a pod's daemon serves its other containers, and containerd
+        // runs this cleanup for one of them whose Create failed too.
         if let Ok(address) = std::fs::read_to_string("address") {
             let path = address.trim().trim_start_matches("unix://");
-            if std::path::Path::new(path).starts_with(containerd_shim::SOCKET_ROOT) {
+            if std::path::Path::new(path).starts_with(containerd_shim::SOCKET_ROOT)
+                && std::os::unix::net::UnixStream::connect(path).is_err()
+            {
                 let _ = std::fs::remove_file(path);
             }
         }
@@ -88,7 +104,12 @@ impl Shim for FcvmShim {
     }
 
     async fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
-        init_logging();
+        // A pod's later container spawns a daemon that finds the pod's serving and exits
+        // (containerd-shim asks for the service before it knows): it logs nothing.
+        let path = self.socket.trim_start_matches("unix://");
+        if path.is_empty() || std::os::unix::net::UnixStream::connect(path).is_err() {
+            init_logging();
+        }
         task::Service::new(&self.namespace, publisher, self.exit.clone())
     }
 }

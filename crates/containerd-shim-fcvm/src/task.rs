@@ -1,12 +1,16 @@
-//! The task service containerd calls (runtime v2, `containerd.task.v2.Task`): one container
-//! per shim, in one VM (docs/containerd.md).
+//! The task service containerd calls (runtime v2, `containerd.task.v2.Task`): the shim's
+//! containers by id — one (a `ctr run` container, in its VM), or a CRI pod's (its sandbox,
+//! whose VM it is, and the containers added to that VM) (docs/containerd.md).
 //!
 //! Create builds (or finds) the rootfs erofs and launches the VM — restored from the
 //! image-cache snapshot when there is one, booted cold and snapshotted otherwise — with no
-//! process yet; Start runs the spec's process in the container; Exec runs more in it; every
-//! end is published as `/tasks/exit` and handed to `Wait`. The init's end stops the VM (Delete
-//! of the init waits for that, or stops it if the init never ran).
+//! process yet (a pod's member is added to its sandbox's VM instead); Start runs the spec's
+//! process in the container; Exec runs more in it; every end is published as `/tasks/exit`
+//! and handed to `Wait`. The end of the init of the VM's first container (a lone container,
+//! a pod's sandbox) stops the VM (Delete of the init waits for that, or stops it if the init
+//! never ran); a member's end stops only it, its Delete removes it from the VM.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -30,6 +34,7 @@ use tokio::sync::Mutex;
 
 use crate::container::Container;
 use crate::events::{chain, err, exit_event, not_found, pstatus, ts, Events};
+use crate::pod::Role;
 use crate::process::{self, Exited, Proc, Status, Stdio};
 use crate::spec;
 
@@ -38,7 +43,15 @@ pub struct Service {
     pub events: Events,
     pub exit: Arc<ExitSignal>,
     pub dirs: Dirs,
-    container: Mutex<Option<Container>>,
+    containers: Mutex<HashMap<String, Container>>,
+}
+
+/// A process and where it runs: the VM, and the pod member it belongs to (None: the VM's
+/// first container).
+struct Found {
+    p: Arc<Proc>,
+    vm: Arc<BundleVm>,
+    member: Option<String>,
 }
 
 impl Service {
@@ -48,7 +61,7 @@ impl Service {
             events: Events::spawn(publisher, namespace.into()),
             exit,
             dirs: Dirs::from_env(),
-            container: Mutex::new(None),
+            containers: Mutex::new(HashMap::new()),
         }
     }
 
@@ -56,13 +69,10 @@ impl Service {
         self.events.publish(topic, event).await;
     }
 
-    /// The process `exec_id` of the container (the init when empty).
-    async fn proc(&self, id: &str, exec_id: &str) -> TtrpcResult<(Arc<Proc>, Arc<BundleVm>)> {
-        let c = self.container.lock().await;
-        let c = c
-            .as_ref()
-            .filter(|c| c.id == id)
-            .ok_or_else(|| not_found(id))?;
+    /// The process `exec_id` of container `id` (the init when empty).
+    async fn proc(&self, id: &str, exec_id: &str) -> TtrpcResult<Found> {
+        let cs = self.containers.lock().await;
+        let c = cs.get(id).ok_or_else(|| not_found(id))?;
         let p = if exec_id.is_empty() {
             c.init.clone()
         } else {
@@ -71,24 +81,36 @@ impl Service {
                 .cloned()
                 .ok_or_else(|| not_found(exec_id))?
         };
-        Ok((p, c.vm.clone()))
+        Ok(Found {
+            p,
+            vm: c.vm.clone(),
+            member: c.member().then(|| c.id.clone()),
+        })
     }
 
-    /// Starts `p` in the VM; its exit is published when it comes. The init's exit also
-    /// stops the VM at once: nothing runs in a container after its init (as in runc's, and
-    /// as `fcvm podman run` quits at its container's end), and Delete need not wait for it.
-    async fn start_proc(&self, cid: &str, p: &Arc<Proc>, vm: &Arc<BundleVm>) -> TtrpcResult<u32> {
+    /// Starts `p` in the VM; its exit is published when it comes. The exit of the init of
+    /// the VM's first container also stops the VM at once: nothing runs in a container after
+    /// its init (as in runc's, and as `fcvm podman run` quits at its container's end), nor
+    /// in a pod after its sandbox's, and Delete need not wait for it.
+    async fn start_proc(&self, cid: &str, f: &Found) -> TtrpcResult<u32> {
+        let (p, vm) = (&f.p, &f.vm);
         if p.status() != Status::Created {
             return Err(err(Code::FAILED_PRECONDITION, "process already started"));
         }
-        let target = if p.exec_id.is_empty() {
-            Target::Container
-        } else {
-            Target::ContainerExec
-        };
         let spec = p.spec.lock().expect("spec").clone();
-        let mut stream = vm.session.start(spec, target).await;
-        let (pid, early) = match process::started(&mut stream).await {
+        let opened = match (&f.member, p.exec_id.is_empty()) {
+            (None, true) => Ok(vm.session.start(spec, Target::Container).await),
+            (None, false) => Ok(vm.session.start(spec, Target::ContainerExec).await),
+            (Some(id), true) => vm.start_container(id, spec).await,
+            (Some(id), false) => vm.exec_in(id, spec).await,
+        };
+        let started = match opened {
+            Ok(mut stream) => process::started(&mut stream)
+                .await
+                .map(|(pid, early)| (pid, early, stream)),
+            Err(e) => Err(format!("{:#}", anyhow::Error::from(e))),
+        };
+        let (pid, early, stream) = match started {
             Ok(x) => x,
             Err(why) => {
                 p.set_exited(127);
@@ -100,7 +122,7 @@ impl Service {
             }
         };
         let (events, cid2, me) = (self.events.clone(), cid.to_string(), p.clone());
-        let stop = p.exec_id.is_empty().then(|| vm.clone());
+        let stop = (p.exec_id.is_empty() && f.member.is_none()).then(|| vm.clone());
         p.running(stream, pid, early, move |_code| {
             if let Some(vm) = stop {
                 tokio::task::spawn_blocking(move || vm.stop());
@@ -136,14 +158,23 @@ impl Task for Service {
         _ctx: &TtrpcContext,
         req: api::CreateTaskRequest,
     ) -> TtrpcResult<api::CreateTaskResponse> {
-        let mut slot = self.container.lock().await;
-        if slot.is_some() {
-            return Err(err(
-                Code::ALREADY_EXISTS,
-                "this shim already runs a container",
-            ));
-        }
-        let c = match Container::create(&self.dirs, &self.namespace, &req).await {
+        // The shim's containers are a pod's (a sandbox, then its members) or one alone; the
+        // lock is not held through the VM's launch.
+        let vms: HashMap<String, Arc<BundleVm>> = {
+            let cs = self.containers.lock().await;
+            if cs.contains_key(&req.id) {
+                return Err(err(
+                    Code::ALREADY_EXISTS,
+                    format!("container {} exists", req.id),
+                ));
+            }
+            cs.values()
+                .filter(|c| c.role == Role::Sandbox && c.vm.running())
+                .map(|c| (c.id.clone(), c.vm.clone()))
+                .collect()
+        };
+        let sandbox = |sid: &str| vms.get(sid).cloned();
+        let c = match Container::create(&self.dirs, &self.namespace, &req, sandbox).await {
             Ok(c) => c,
             Err(e) => {
                 let msg = chain(&e);
@@ -152,8 +183,7 @@ impl Task for Service {
             }
         };
         let pid = c.vm.vmm_pid;
-        *slot = Some(c);
-        drop(slot);
+        self.containers.lock().await.insert(req.id.clone(), c);
         self.publish(
             topics::TASK_CREATE_EVENT_TOPIC,
             Box::new(TaskCreate {
@@ -183,8 +213,8 @@ impl Task for Service {
         _ctx: &TtrpcContext,
         req: api::StartRequest,
     ) -> TtrpcResult<api::StartResponse> {
-        let (p, vm) = self.proc(&req.id, &req.exec_id).await?;
-        let pid = self.start_proc(&req.id, &p, &vm).await?;
+        let f = self.proc(&req.id, &req.exec_id).await?;
+        let pid = self.start_proc(&req.id, &f).await?;
         if req.exec_id.is_empty() {
             self.publish(
                 topics::TASK_START_EVENT_TOPIC,
@@ -218,12 +248,12 @@ impl Task for Service {
         _ctx: &TtrpcContext,
         req: api::StateRequest,
     ) -> TtrpcResult<api::StateResponse> {
-        let (p, _vm) = self.proc(&req.id, &req.exec_id).await?;
+        let p = self.proc(&req.id, &req.exec_id).await?.p;
         let bundle = self
-            .container
+            .containers
             .lock()
             .await
-            .as_ref()
+            .get(&req.id)
             .map(|c| c.bundle.clone())
             .unwrap_or_default();
         let exit = p.exit();
@@ -248,7 +278,7 @@ impl Task for Service {
         _ctx: &TtrpcContext,
         req: api::WaitRequest,
     ) -> TtrpcResult<api::WaitResponse> {
-        let (p, _vm) = self.proc(&req.id, &req.exec_id).await?;
+        let p = self.proc(&req.id, &req.exec_id).await?.p;
         let e = p.wait().await;
         Ok(api::WaitResponse {
             exit_status: e.code,
@@ -258,7 +288,7 @@ impl Task for Service {
     }
 
     async fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
-        let (p, _vm) = self.proc(&req.id, &req.exec_id).await?;
+        let p = self.proc(&req.id, &req.exec_id).await?.p;
         let sig = req.signal as i32;
         match p.status() {
             Status::Stopped => return Err(not_found("process already finished")),
@@ -279,9 +309,10 @@ impl Task for Service {
         }
         if req.all && req.exec_id.is_empty() {
             let execs: Vec<_> = self
-                .container
+                .containers
                 .lock()
                 .await
+                .get(&req.id)
                 .iter()
                 .flat_map(|c| c.execs.values().cloned())
                 .collect();
@@ -297,11 +328,8 @@ impl Task for Service {
         _ctx: &TtrpcContext,
         req: api::DeleteRequest,
     ) -> TtrpcResult<api::DeleteResponse> {
-        let mut slot = self.container.lock().await;
-        let c = slot
-            .as_mut()
-            .filter(|c| c.id == req.id)
-            .ok_or_else(|| not_found(&req.id))?;
+        let mut cs = self.containers.lock().await;
+        let c = cs.get_mut(&req.id).ok_or_else(|| not_found(&req.id))?;
         if !req.exec_id.is_empty() {
             let p = c
                 .execs
@@ -318,21 +346,35 @@ impl Task for Service {
                 ..Default::default()
             });
         }
-        let c = slot.take().expect("checked");
-        drop(slot);
+        let c = cs.remove(&req.id).expect("checked");
+        drop(cs);
         c.init.set_exited(137);
         for e in c.execs.values() {
             e.set_exited(137);
         }
         let e = c.init.exit().expect("exited");
         let pid = c.init.pid();
-        let vm = c.vm.clone();
         let t0 = std::time::Instant::now();
-        tokio::task::spawn_blocking(move || vm.stop()).await.ok();
-        if let Some(d) = &c.one_off_rootfs {
-            let _ = std::fs::remove_dir_all(d);
+        if c.member() {
+            // Out of its pod's VM (what still runs in it is killed); a VM already stopped
+            // took it along.
+            if c.vm.running() {
+                if let Err(e) = c.vm.remove_container(&c.id).await {
+                    tracing::warn!(id = %req.id, "cannot remove the container from its VM: {:#}", anyhow::Error::from(e));
+                }
+            }
+            if let Some(d) = &c.mounted_rootfs {
+                crate::pod::unmount_rootfs(d);
+            }
+            tracing::info!(id = %req.id, ms = t0.elapsed().as_millis(), "deleted: removed from its pod's VM");
+        } else {
+            let vm = c.vm.clone();
+            tokio::task::spawn_blocking(move || vm.stop()).await.ok();
+            if let Some(d) = &c.one_off_rootfs {
+                let _ = std::fs::remove_dir_all(d);
+            }
+            tracing::info!(id = %req.id, ms = t0.elapsed().as_millis(), "deleted: VM stopped and removed");
         }
-        tracing::info!(id = %req.id, ms = t0.elapsed().as_millis(), "deleted: VM stopped and removed");
         self.publish(
             topics::TASK_DELETE_EVENT_TOPIC,
             Box::new(TaskDelete {
@@ -358,11 +400,8 @@ impl Task for Service {
         _ctx: &TtrpcContext,
         req: api::PidsRequest,
     ) -> TtrpcResult<api::PidsResponse> {
-        let slot = self.container.lock().await;
-        let c = slot
-            .as_ref()
-            .filter(|c| c.id == req.id)
-            .ok_or_else(|| not_found(&req.id))?;
+        let cs = self.containers.lock().await;
+        let c = cs.get(&req.id).ok_or_else(|| not_found(&req.id))?;
         let processes = std::iter::once(&c.init)
             .chain(c.execs.values())
             .filter(|p| p.status() == Status::Running)
@@ -392,11 +431,8 @@ impl Task for Service {
         let mut pspec = spec::process_spec(&oci, !req.stdin.is_empty())
             .map_err(|e| err(Code::INVALID_ARGUMENT, e.to_string()))?;
         pspec.tty = pspec.tty || req.terminal;
-        let mut slot = self.container.lock().await;
-        let c = slot
-            .as_mut()
-            .filter(|c| c.id == req.id)
-            .ok_or_else(|| not_found(&req.id))?;
+        let mut cs = self.containers.lock().await;
+        let c = cs.get_mut(&req.id).ok_or_else(|| not_found(&req.id))?;
         if c.execs.contains_key(&req.exec_id) {
             return Err(err(
                 Code::ALREADY_EXISTS,
@@ -418,7 +454,7 @@ impl Task for Service {
         };
         c.execs
             .insert(req.exec_id.clone(), Proc::new(&req.exec_id, pspec, stdio));
-        drop(slot);
+        drop(cs);
         self.publish(
             topics::TASK_EXEC_ADDED_EVENT_TOPIC,
             Box::new(TaskExecAdded {
@@ -436,7 +472,7 @@ impl Task for Service {
         _ctx: &TtrpcContext,
         req: api::ResizePtyRequest,
     ) -> TtrpcResult<api::Empty> {
-        let (p, _vm) = self.proc(&req.id, &req.exec_id).await?;
+        let p = self.proc(&req.id, &req.exec_id).await?.p;
         p.resize(
             req.height.min(u16::MAX as u32) as u16,
             req.width.min(u16::MAX as u32) as u16,
@@ -449,7 +485,7 @@ impl Task for Service {
         _ctx: &TtrpcContext,
         req: api::CloseIORequest,
     ) -> TtrpcResult<api::Empty> {
-        let (p, _vm) = self.proc(&req.id, &req.exec_id).await?;
+        let p = self.proc(&req.id, &req.exec_id).await?.p;
         if req.stdin {
             p.close_stdin();
         }
@@ -461,8 +497,7 @@ impl Task for Service {
         _ctx: &TtrpcContext,
         req: api::StatsRequest,
     ) -> TtrpcResult<api::StatsResponse> {
-        let (_p, vm) = self.proc(&req.id, "").await?;
-        crate::stats::stats(&vm)
+        crate::stats::stats(&self.proc(&req.id, "").await?.vm)
     }
 
     async fn connect(
@@ -471,11 +506,10 @@ impl Task for Service {
         req: api::ConnectRequest,
     ) -> TtrpcResult<api::ConnectResponse> {
         let task_pid = self
-            .container
+            .containers
             .lock()
             .await
-            .as_ref()
-            .filter(|c| c.id == req.id)
+            .get(&req.id)
             .map(|c| c.vm.vmm_pid)
             .unwrap_or_default();
         Ok(api::ConnectResponse {
@@ -491,8 +525,11 @@ impl Task for Service {
         _ctx: &TtrpcContext,
         req: api::ShutdownRequest,
     ) -> TtrpcResult<api::Empty> {
-        // A shim with a container still to delete stays, unless told to go now.
-        if self.container.lock().await.is_some() && !req.now {
+        // A shim with a container still to delete stays, even told to go now (as runc's):
+        // containerd asks that after one container of a pod failed to be created, while
+        // the others still run here.
+        let _ = req.now;
+        if !self.containers.lock().await.is_empty() {
             return Ok(api::Empty::new());
         }
         // What the shim published (the last, its /tasks/delete) reaches containerd first.

@@ -12,55 +12,6 @@ use std::io::Write;
 use std::process::Stdio;
 use std::time::Duration;
 
-/// No shim of this test's namespace and no VM of its containers is left.
-fn assert_nothing_left(c: &Containerd, ids: &[&str]) {
-    wait_for("the shims to exit", Duration::from_secs(30), || {
-        processes_with("containerd-shim-fcvm-v2")
-            .iter()
-            .all(|(_, cmd)| !cmd.contains(&format!("-namespace {NS} ")))
-    });
-    let dirs = fcvm::paths::Dirs::new(data_dir());
-    for id in ids {
-        let name = format!("ctrd-{NS}-{id}");
-        assert!(
-            !fcvm::vm::list(&dirs).iter().any(|(_, s)| s.name == name),
-            "VM {name} still listed"
-        );
-    }
-    // The shim logs each container's VM id; no VMM may still run in that VM's directory.
-    let log = c.log();
-    for id in ids {
-        for vm in vm_ids(&log, id) {
-            let dir = data_dir().join("vms").join(&vm);
-            assert!(!dir.exists(), "VM directory {} left", dir.display());
-            assert!(
-                processes_with(&dir.display().to_string()).is_empty(),
-                "VMM of {id} still runs"
-            );
-        }
-    }
-    let o = c.ctr(&["task", "ls", "-q"]);
-    assert_eq!(text(&o.stdout).trim(), "", "tasks left");
-    for id in ids {
-        let addr = containerd_shim::socket_address(&c.sock().display().to_string(), NS, id);
-        let path = addr.trim_start_matches("unix://");
-        assert!(
-            !std::path::Path::new(path).exists(),
-            "shim socket {path} of {id} left"
-        );
-    }
-}
-
-/// The VM ids the shim logged for container `id`.
-fn vm_ids(log: &str, id: &str) -> Vec<String> {
-    log.lines()
-        .filter(|l| l.contains(&format!("id={id} ")))
-        .filter_map(|l| l.split("vm=").nth(1))
-        .filter_map(|v| v.split(|c: char| !c.is_ascii_alphanumeric()).next())
-        .map(String::from)
-        .collect()
-}
-
 fn host_kernel() -> String {
     text(
         &std::process::Command::new("uname")

@@ -116,10 +116,10 @@ pub enum Error {
     #[error("No command given")]
     NoCommand,
     /// The executable does not exist (podman's words; exit 127).
-    #[error("{}", not_found(.name, *.target))]
+    #[error("{}", not_found(.name, .target))]
     NotFound { name: String, target: Target },
     /// It exists but cannot be executed (podman's words; exit 126).
-    #[error("{}", not_executable(.name, *.target))]
+    #[error("{}", not_executable(.name, .target))]
     NotExecutable { name: String, target: Target },
     #[error("unable to find user {0}")]
     NoSuchUser(String),
@@ -139,6 +139,27 @@ pub enum Error {
     ContainerNotRunning,
     #[error("The container is not running (after {0:?})")]
     ContainerNotCreated(Duration),
+    // ---- pods: the VM's further containers (crate::pods) ---------------------------------
+    #[error("Invalid container id {0:?}")]
+    BadPodId(String),
+    #[error("Container {0} exists")]
+    PodExists(String),
+    #[error("No container {0}")]
+    NoSuchPod(String),
+    #[error("Too many containers in this VM (at most {0})")]
+    TooManyPods(usize),
+    #[error("Map {0} is not mounted")]
+    NoSuchMap(u32),
+    #[error("Map {0} is in use")]
+    MapInUse(u32),
+    #[error("Too many maps in this VM (at most {0})")]
+    TooManyMaps(usize),
+    #[error("The agent has no map channel")]
+    NoMapChannel,
+    #[error("Unmount {0}")]
+    Unmount(String, #[source] Errno),
+    #[error("crun delete {0} exited {1}")]
+    CrunDelete(String, i32),
     #[error("Signal {sig} to {pid}")]
     Kill {
         pid: i32,
@@ -209,8 +230,8 @@ impl Error {
     }
 }
 
-fn not_found(name: &str, target: Target) -> String {
-    if target == Target::Vm {
+fn not_found(name: &str, target: &Target) -> String {
+    if *target == Target::Vm {
         return format!("executable file `{name}` not found in $PATH");
     }
     let where_ = if name.contains('/') { "" } else { " in $PATH" };
@@ -220,8 +241,8 @@ fn not_found(name: &str, target: Target) -> String {
     )
 }
 
-fn not_executable(name: &str, target: Target) -> String {
-    if target == Target::Vm {
+fn not_executable(name: &str, target: &Target) -> String {
+    if *target == Target::Vm {
         return format!("{name}: permission denied");
     }
     "crun: open executable: Permission denied: OCI permission denied".into()

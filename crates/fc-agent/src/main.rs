@@ -25,6 +25,7 @@ mod oci;
 mod pathres;
 mod paths;
 mod pending;
+mod pods;
 mod pool;
 mod privileged;
 mod probe;

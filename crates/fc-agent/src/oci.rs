@@ -106,6 +106,53 @@ fn mnt(dest: &str, typ: &str, src: &str, opts: &[&str]) -> Result<Mount> {
 
 /// The container's runtime config.
 pub fn spec(p: &ProcConfig) -> Result<Spec> {
+    let own = [
+        LinuxNamespaceType::Pid,
+        LinuxNamespaceType::Ipc,
+        LinuxNamespaceType::Mount,
+    ]
+    .into_iter()
+    .map(|t| LinuxNamespaceBuilder::default().typ(t).build())
+    .collect::<Result<Vec<_>, _>>()
+    .map_err(e("namespace"))?;
+    build(p, ROOTFS, true, own)
+}
+
+/// A pod container's runtime config (`crate::pods`): the first container's defaults, rooted
+/// at `root`, in the network, IPC and UTS namespaces of process `join` (the first
+/// container's), with pid and mount namespaces of its own; without the first container's
+/// disks and maps.
+pub fn pod_spec(p: &ProcConfig, root: &str, join: i32) -> Result<Spec> {
+    let own = [LinuxNamespaceType::Pid, LinuxNamespaceType::Mount]
+        .into_iter()
+        .map(|t| LinuxNamespaceBuilder::default().typ(t).build());
+    let joined = [
+        (LinuxNamespaceType::Network, "net"),
+        (LinuxNamespaceType::Ipc, "ipc"),
+        (LinuxNamespaceType::Uts, "uts"),
+    ]
+    .into_iter()
+    .map(|(t, name)| {
+        LinuxNamespaceBuilder::default()
+            .typ(t)
+            .path(format!("/proc/{join}/ns/{name}"))
+            .build()
+    });
+    let namespaces = own
+        .chain(joined)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(e("namespace"))?;
+    build(p, root, false, namespaces)
+}
+
+/// The config rooted at `root` with `namespaces`; `binds`: the first container's extra disks
+/// and maps bound in.
+fn build(
+    p: &ProcConfig,
+    root: &str,
+    binds: bool,
+    namespaces: Vec<oci_spec::runtime::LinuxNamespace>,
+) -> Result<Spec> {
     // Privileged: /sys and its cgroup tree writable (podman).
     let sys_ro: &[&str] = if p.privileged { &[] } else { &["ro"] };
     let mut mounts = vec![
@@ -163,23 +210,19 @@ pub fn spec(p: &ProcConfig) -> Result<Spec> {
             &["rbind", "rprivate"],
         )?);
     }
-    for (src, dest) in crate::disks::binds() {
+    let (disks, maps) = if binds {
+        (crate::disks::binds(), crate::fuse::binds())
+    } else {
+        Default::default()
+    };
+    for (src, dest) in disks {
         mounts.push(mnt(dest, "bind", src, &["rbind", "rprivate"])?);
     }
-    for b in crate::fuse::binds() {
+    for b in maps {
         let ro: &[&str] = if b.read_only { &["ro"] } else { &[] };
         let opts = [&["rbind", "rprivate", "nosuid", "nodev"], ro].concat();
         mounts.push(mnt(&b.guest, "bind", &b.source, &opts)?);
     }
-    let namespaces = [
-        LinuxNamespaceType::Pid,
-        LinuxNamespaceType::Ipc,
-        LinuxNamespaceType::Mount,
-    ]
-    .into_iter()
-    .map(|t| LinuxNamespaceBuilder::default().typ(t).build())
-    .collect::<Result<Vec<_>, _>>()
-    .map_err(e("namespace"))?;
     let devices_rule = LinuxDeviceCgroupBuilder::default()
         .allow(p.privileged)
         .access("rwm")
@@ -231,7 +274,7 @@ pub fn spec(p: &ProcConfig) -> Result<Spec> {
         .version("1.0.0")
         .root(
             RootBuilder::default()
-                .path(ROOTFS)
+                .path(root)
                 .readonly(false)
                 .build()
                 .map_err(e("root"))?,

@@ -11,6 +11,8 @@
 //! /run/fcvm/container.pid the container's process, from crun    CONTAINER_PIDFILE
 //! /run/fcvm/exec-N.*      process JSON and pid file of exec N   exec_json, exec_pidfile
 //! /run/crun/fcvm          crun's state of the container         crun_state
+//! /run/fcvm/pods/<id>/    a pod container's bundle (config.json, pid)   pod_dir
+//! /run/crun/pod-<id>      crun's state of pod container <id>    pod_crun_id
 //! ```
 
 use std::path::PathBuf;
@@ -43,4 +45,22 @@ pub fn exec_json(id: u32) -> String {
 /// Where crun writes the pid of exec stream `id`'s process.
 pub fn exec_pidfile(id: u32) -> String {
     format!("{RUN_DIR}/exec-{id}.pid")
+}
+
+/// Where pod containers' bundles live ([`crate::pods`]).
+pub const PODS_DIR: &str = "/run/fcvm/pods";
+
+/// The bundle directory of pod container `id` (its config.json and pid file).
+pub fn pod_dir(id: &str) -> PathBuf {
+    PathBuf::from(PODS_DIR).join(id)
+}
+
+/// crun's id of pod container `id` (never the first container's [`ID`]).
+pub fn pod_crun_id(id: &str) -> String {
+    format!("pod-{id}")
+}
+
+/// crun's state directory of container `crun_id`: it exists once crun has created it.
+pub fn crun_state_of(crun_id: &str) -> PathBuf {
+    PathBuf::from("/run/crun").join(crun_id)
 }

@@ -52,7 +52,7 @@ impl Pending {
             }),
         });
         let (pw, wout) = (p.clone(), out.clone());
-        let spawned = crate::pool::run(Box::new(move || pw.run(id, &spec, target, &wout, t0)));
+        let spawned = crate::pool::run(Box::new(move || pw.run(id, &spec, &target, &wout, t0)));
         if let Err(e) = spawned {
             p.finish(None);
             out.send(Frame {
@@ -63,7 +63,7 @@ impl Pending {
         p
     }
 
-    fn run(&self, id: u32, spec: &ProcessSpec, target: Target, out: &Outbox, t0: Instant) {
+    fn run(&self, id: u32, spec: &ProcessSpec, target: &Target, out: &Outbox, t0: Instant) {
         match process::start(id, spec, target, out, t0) {
             Ok(s) => {
                 self.finish(Some(s));

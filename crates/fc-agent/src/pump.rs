@@ -158,7 +158,7 @@ pub fn pump(stream: &Stream, mut fds: Vec<(OwnedFd, bool)>, status_rx: Receiver<
     stream.send(Msg::Exit { code, run_us });
     stream.finish();
     if let Some(p) = &stream.pidfile {
-        if stream.target == Target::ContainerExec {
+        if stream.is_exec() {
             let _ = std::fs::remove_file(p);
             let _ = std::fs::remove_file(crate::paths::exec_json(stream.id));
         }

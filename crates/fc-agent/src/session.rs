@@ -14,6 +14,9 @@
 //!    Execs start on worker threads ([`crate::pending`]); frames for them queue until then.
 //! 5. `HttpGet` and `FsRequest` open a stream of their own, answered once from a worker
 //!    thread ([`crate::probe`], [`crate::fs`]); a new epoch silences the old answers.
+//! 6. A pod's further containers ([`crate::pods`]): `PodRequest`s run here and are answered
+//!    `PodReply{seq}`; `Start{PodContainer}` claims its id here (before the worker thread
+//!    starts it) and needs the first container running, whose namespaces it joins.
 
 use crate::channel::Outbox;
 use crate::error::{Error, Report};
@@ -103,6 +106,7 @@ impl Session {
             )),
             Msg::Prepare(plan) if frame.stream == CONTROL => self.prepare(plan),
             Msg::Shutdown if frame.stream == CONTROL => self.shutdown(),
+            Msg::PodRequest { seq, op } if frame.stream == CONTROL => self.pod_request(seq, &op),
             Msg::Start { spec, target } => self.start(frame.stream, &spec, target),
             Msg::HttpGet { url, timeout_ms } if frame.stream != CONTROL => {
                 crate::probe::start(frame.stream, url, timeout_ms, &self.out)
@@ -277,12 +281,16 @@ impl Session {
             error!("Start on stream {id}, which is in use");
             return;
         }
-        let check = match target {
+        let check = match &target {
             Target::Container if self.container_running() => Err(Error::ContainerRunning),
-            Target::Container | Target::ContainerExec if !crate::container::prepared() => {
-                Err(Error::NotPrepared)
-            }
+            Target::Vm => Ok(()),
+            _ if !crate::container::prepared() => Err(Error::NotPrepared),
             Target::ContainerExec if !self.container_running() => Err(Error::ContainerNotRunning),
+            // Its namespaces are the first container's.
+            Target::PodContainer { .. } if !self.container_running() => {
+                Err(Error::ContainerNotRunning)
+            }
+            Target::PodContainer { id, root } => crate::pods::claim(id, *root).map(drop),
             _ => Ok(()),
         };
         if let Err(e) = check {
@@ -293,7 +301,7 @@ impl Session {
             self.pending.insert(id, p);
             return;
         }
-        match process::start(id, spec, target, &self.out, t0) {
+        match process::start(id, spec, &target, &self.out, t0) {
             Ok(s) => {
                 self.streams.insert(id, s);
             }
@@ -304,6 +312,18 @@ impl Session {
                 self.reply(id, e.to_msg());
             }
         }
+    }
+
+    /// Runs one pod operation ([`crate::pods`]) and answers it.
+    fn pod_request(&mut self, seq: u64, op: &fcvm_proto::PodOp) {
+        let error = match crate::pods::handle(op) {
+            Ok(()) => None,
+            Err(e) => {
+                warn!("{op:?}: {}", e.report());
+                Some(e.wire())
+            }
+        };
+        self.reply(CONTROL, Msg::PodReply { seq, error });
     }
 
     /// Moves execs whose start is over from `pending` to `streams`.

@@ -162,7 +162,7 @@ impl Stream {
     pub fn kill(&self) {
         let inner = self.inner_pid();
         let sessions = match self.target {
-            Target::Container => vec![],
+            Target::Container | Target::PodContainer { .. } => vec![],
             _ => vec![session_of(inner), Some(self.pid)],
         };
         // SAFETY: kill(2) on pids we spawned; errors (already gone) are irrelevant.
@@ -170,13 +170,18 @@ impl Stream {
             libc::kill(inner, libc::SIGKILL);
             if self.target == Target::Vm {
                 libc::kill(-self.pid, libc::SIGKILL);
-            } else if self.target == Target::ContainerExec || inner == self.pid {
+            } else if self.is_exec() || inner == self.pid {
                 libc::kill(self.pid, libc::SIGKILL);
             }
         }
         for sid in sessions.into_iter().flatten() {
             kill_session(sid);
         }
+    }
+
+    /// Whether this is a `crun exec` (into the first container or a pod's).
+    pub fn is_exec(&self) -> bool {
+        matches!(self.target, Target::ContainerExec | Target::PodExec { .. })
     }
 
     pub fn resize(&self, rows: u16, cols: u16) {

@@ -266,6 +266,18 @@ pub enum Msg {
     MapRequest(MapRequest),
     /// host → agent: the answer to a `MapRequest`.
     MapReply(MapReply),
+
+    // ---- pods: more containers in the VM (protocol 7, control stream; see [`PodOp`]) -----
+    /// host → agent: one pod operation, answered by `PodReply` with its `seq`.
+    PodRequest {
+        seq: u64,
+        op: PodOp,
+    },
+    /// agent → host: the operation of `seq` is done (`error`: None) or failed.
+    PodReply {
+        seq: u64,
+        error: Option<String>,
+    },
 }
 
 impl Msg {
@@ -304,6 +316,8 @@ impl Msg {
             Msg::FsError { .. } => "FsError",
             Msg::MapRequest(_) => "MapRequest",
             Msg::MapReply(_) => "MapReply",
+            Msg::PodRequest { .. } => "PodRequest",
+            Msg::PodReply { .. } => "PodReply",
         }
     }
 }
@@ -398,7 +412,7 @@ pub struct ProcessSpec {
 }
 
 /// Where a process runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Target {
     /// The container's main process (`crun run`); only one per VM.
     Container,
@@ -406,6 +420,48 @@ pub enum Target {
     ContainerExec,
     /// In the VM itself, outside the container.
     Vm,
+    /// A further container of the VM (a pod's, protocol 7): `crun run` of container `id`
+    /// ([`valid_pod_id`]) rooted at map `root` (mounted by [`PodOp::AddMap`]), in the
+    /// network, IPC and UTS namespaces of the VM's first container (`Container`, which must
+    /// be running), with mount and pid namespaces of its own. Once per id.
+    PodContainer { id: String, root: u32 },
+    /// Joins pod container `id` (`crun exec`).
+    PodExec { id: String },
+}
+
+/// Longest pod container id ([`valid_pod_id`]).
+pub const MAX_POD_ID: usize = 64;
+
+/// Containers a VM runs beside its first one (`Target::PodContainer`s not yet removed).
+pub const MAX_POD_CONTAINERS: usize = 64;
+
+/// Maps a VM has mounted at once: the plan's and those added by [`PodOp::AddMap`].
+pub const MAX_MAPS: usize = 128;
+
+/// Whether `id` may name a pod container: 1 to [`MAX_POD_ID`] bytes of ASCII letters, digits,
+/// `_`, `.` and `-`, not starting with `.` or `-` (ids come from the host's clients, and
+/// name files and crun state in the guest). Both sides check it.
+pub fn valid_pod_id(id: &str) -> bool {
+    (1..=MAX_POD_ID).contains(&id.len())
+        && !id.starts_with(['.', '-'])
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// What a `PodRequest` asks of the agent (protocol 7; docs/design.md §21).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PodOp {
+    /// Mount map `map` (a number the host chose, not in use: the plan's maps are 0..n) in
+    /// the VM, served by the host through `MapRequest`s like the plan's maps; the root of a
+    /// `Target::PodContainer` to come. At most [`MAX_MAPS`] maps at once.
+    AddMap { map: u32, read_only: bool },
+    /// Unmount map `map` (the host stops serving it after the reply). Refused while a pod
+    /// container not yet removed has it as its root; unknown maps are fine (nothing to do).
+    RemoveMap { map: u32 },
+    /// `crun delete --force` pod container `id` (kills what still runs in it) and forget it;
+    /// its root map stays mounted until `RemoveMap`. An unknown id is fine.
+    RemoveContainer { id: String },
 }
 
 /// Why a process could not run; the host maps these to podman's exit codes.
@@ -753,6 +809,65 @@ mod tests {
         };
         assert!(encode(&f).unwrap().len() <= MAX_ENCODED);
         round_trip(&[f]);
+    }
+
+    /// The pod messages round-trip and come after every older message; pod ids are checked.
+    #[test]
+    fn pod_messages_round_trip() {
+        let frames = [
+            Frame::control(Msg::PodRequest {
+                seq: 1,
+                op: PodOp::AddMap {
+                    map: 3,
+                    read_only: false,
+                },
+            }),
+            Frame::control(Msg::PodRequest {
+                seq: 2,
+                op: PodOp::RemoveMap { map: 3 },
+            }),
+            Frame::control(Msg::PodRequest {
+                seq: 3,
+                op: PodOp::RemoveContainer { id: "app".into() },
+            }),
+            Frame::control(Msg::PodReply {
+                seq: 3,
+                error: Some("no".into()),
+            }),
+            Frame {
+                stream: 5,
+                msg: Msg::Start {
+                    spec: ProcessSpec::default(),
+                    target: Target::PodContainer {
+                        id: "a".repeat(MAX_POD_ID),
+                        root: 7,
+                    },
+                },
+            },
+            Frame {
+                stream: 6,
+                msg: Msg::Start {
+                    spec: ProcessSpec::default(),
+                    target: Target::PodExec { id: "b".into() },
+                },
+            },
+        ];
+        round_trip(&frames);
+        let body = |msg| postcard::to_allocvec(&msg).unwrap()[0];
+        assert_eq!(
+            body(Msg::PodReply {
+                seq: 0,
+                error: None
+            }),
+            33
+        );
+        for good in ["a", "app-1", "A_b.c", &"x".repeat(MAX_POD_ID)] {
+            assert!(valid_pod_id(good), "{good}");
+        }
+        let long = "x".repeat(MAX_POD_ID + 1);
+        for bad in ["", ".", "..", "-x", "a/b", "a b", "é", "a\0", &long] {
+            assert!(!valid_pod_id(bad), "{bad}");
+        }
     }
 
     /// postcard encodes the variant's index: the file messages come after every older one,

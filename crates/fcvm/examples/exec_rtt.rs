@@ -60,16 +60,16 @@ async fn main() {
         .await
         .expect("connect exec.sock");
     let session = Session::client(conn);
-    one(&session, target, argv).await; // warm-up
+    one(&session, target.clone(), argv).await; // warm-up
     for _ in 0..runs {
-        let (started, spawn, run, exit) = one(&session, target, argv).await;
+        let (started, spawn, run, exit) = one(&session, target.clone(), argv).await;
         println!("started_us={started} spawn_us={spawn} run_us={run} exit_us={exit}");
     }
     let t = Instant::now();
-    one(&session, target, argv).await;
+    one(&session, target.clone(), argv).await;
     let single = t.elapsed().as_micros();
     let t = Instant::now();
-    let all = (0..10).map(|_| one(&session, target, argv));
+    let all = (0..10).map(|_| one(&session, target.clone(), argv));
     futures_join(all).await;
     println!(
         "parallel10_us={} single_us={single}",

@@ -1,10 +1,14 @@
 //! The bundle's OCI runtime spec → what fcvm runs: the container's process (args, env, cwd,
 //! user, terminal), the VM's size (memory limit → RAM, CPU quota → vCPUs) and whether it is
 //! privileged. What fcvm cannot honour is refused here, before anything starts, with one line
-//! naming the field (docs/containerd.md lists both).
+//! naming the field (docs/containerd.md lists both). A CRI pod's containers ([`Role`]) have
+//! rules of their own: the pod's namespaces are the VM's, the CRI's per-pod files are the
+//! VM's own, and a later container cannot resize the VM its sandbox sized.
 
 use fcvm_proto::ProcessSpec;
 use oci_spec::runtime::{Capability, LinuxNamespaceType, Process, Spec};
+
+use crate::pod::Role;
 
 /// VM size when the spec sets no limits (as `fcvm podman run`'s defaults).
 pub const DEFAULT_CPUS: u32 = 1;
@@ -23,6 +27,18 @@ const STANDARD_MOUNTS: &[(&str, &[&str])] = &[
     ("/sys", &["sysfs"]),
     ("/sys/fs/cgroup", &["cgroup", "cgroup2"]),
     ("/run", &["tmpfs"]),
+];
+
+/// Bind mounts containerd's CRI plugin adds to a pod's containers (the pod's shared
+/// `/dev/shm` and its name and DNS files, the kubelet's termination-message file): in fcvm
+/// the VM's own serve the pod (the same files for all its containers), so these are
+/// accepted and not applied.
+const CRI_MOUNTS: &[&str] = &[
+    "/dev/shm",
+    "/etc/hosts",
+    "/etc/hostname",
+    "/etc/resolv.conf",
+    "/dev/termination-log",
 ];
 
 /// What the container asks for, checked.
@@ -50,7 +66,7 @@ fn refuse(field: impl Into<String>, why: impl Into<String>) -> Refused {
 }
 
 /// Checks `spec` and turns it into a [`Plan`]; `stdin` says whether containerd gave stdin.
-pub fn plan(spec: &Spec, stdin: bool) -> Result<Plan, Refused> {
+pub fn plan(spec: &Spec, stdin: bool, role: &Role) -> Result<Plan, Refused> {
     let process = spec
         .process()
         .as_ref()
@@ -65,10 +81,13 @@ pub fn plan(spec: &Spec, stdin: bool) -> Result<Plan, Refused> {
     if spec.hooks().is_some() {
         return Err(refuse("hooks", "they would run on the host, not in the VM"));
     }
-    if spec
-        .root()
-        .as_ref()
-        .is_some_and(|r| r.readonly() == Some(true))
+    // A pod's sandbox (pause) container gets a read-only root from containerd, not from the
+    // user: its process writes nothing, and its root is the VM's first container's.
+    if *role != Role::Sandbox
+        && spec
+            .root()
+            .as_ref()
+            .is_some_and(|r| r.readonly() == Some(true))
     {
         return Err(refuse(
             "root.readonly",
@@ -81,7 +100,8 @@ pub fn plan(spec: &Spec, stdin: bool) -> Result<Plan, Refused> {
         let standard = STANDARD_MOUNTS
             .iter()
             .any(|(d, types)| *d == dest && types.contains(&typ.as_str()));
-        if !standard {
+        let cri = *role != Role::Alone && typ == "bind" && CRI_MOUNTS.contains(&&*dest);
+        if !standard && !cri {
             let src = m
                 .source()
                 .as_ref()
@@ -97,19 +117,47 @@ pub fn plan(spec: &Spec, stdin: bool) -> Result<Plan, Refused> {
     if let Some(linux) = spec.linux() {
         let namespaces = linux.namespaces().clone().unwrap_or_default();
         for ns in &namespaces {
-            if let Some(p) = ns.path() {
-                return Err(refuse(
-                    format!("linux.namespaces {:?} path {}", ns.typ(), p.display()),
-                    "a VM cannot join another process's namespace",
-                ));
-            }
             if ns.typ() == LinuxNamespaceType::User {
                 return Err(refuse("user namespace", "not supported in the VM"));
             }
+            let Some(p) = ns.path() else { continue };
+            let field = format!("linux.namespaces {:?} path {}", ns.typ(), p.display());
+            match (role, ns.typ()) {
+                // A later container of a pod joins its sandbox's network, IPC and UTS
+                // namespaces: in the VM, the first container's (fcvm::bundle's pods).
+                (
+                    Role::Member { .. },
+                    LinuxNamespaceType::Network
+                    | LinuxNamespaceType::Ipc
+                    | LinuxNamespaceType::Uts,
+                ) => {}
+                (Role::Member { .. }, LinuxNamespaceType::Pid) => {
+                    return Err(refuse(
+                        field,
+                        "a pod's shared PID namespace is not supported (each container has its own)",
+                    ))
+                }
+                (Role::Sandbox, LinuxNamespaceType::Network) => {
+                    return Err(refuse(
+                        field,
+                        "a pod's network is its VM's; a CNI network namespace is not carried into the VM (use the node network option)",
+                    ))
+                }
+                _ => {
+                    return Err(refuse(
+                        field,
+                        "a VM cannot join another process's namespace",
+                    ))
+                }
+            }
         }
-        if !namespaces
-            .iter()
-            .any(|ns| ns.typ() == LinuxNamespaceType::Network)
+        // A pod without a network namespace of its own (the node's network option) gets
+        // its VM's network, the one its containers share; for a lone container, asking for
+        // the host's network is refused.
+        if *role == Role::Alone
+            && !namespaces
+                .iter()
+                .any(|ns| ns.typ() == LinuxNamespaceType::Network)
         {
             return Err(refuse(
                 "host network (no network namespace)",
@@ -135,6 +183,12 @@ pub fn plan(spec: &Spec, stdin: bool) -> Result<Plan, Refused> {
         }
         if let Some(r) = linux.resources() {
             if let Some(limit) = r.memory().as_ref().and_then(|m| m.limit()) {
+                if limit > 0 && matches!(role, Role::Member { .. }) {
+                    return Err(refuse(
+                        "linux.resources.memory.limit",
+                        "a pod's containers share the VM its sandbox sized; one container's limit cannot be applied in it",
+                    ));
+                }
                 if limit > 0 {
                     let mib = (limit as u64).div_ceil(1 << 20);
                     if mib < MIN_MEM_MIB as u64 {
@@ -148,6 +202,12 @@ pub fn plan(spec: &Spec, stdin: bool) -> Result<Plan, Refused> {
             }
             if let Some(cpu) = r.cpu() {
                 if let (Some(quota), Some(period)) = (cpu.quota(), cpu.period()) {
+                    if quota > 0 && period > 0 && matches!(role, Role::Member { .. }) {
+                        return Err(refuse(
+                            "linux.resources.cpu.quota",
+                            "a pod's containers share the VM its sandbox sized; one container's limit cannot be applied in it",
+                        ));
+                    }
                     if quota > 0 && period > 0 {
                         cpus = (quota as u64).div_ceil(period).clamp(1, 64) as u32;
                     }

@@ -1,4 +1,5 @@
 use super::*;
+use crate::pod::Role;
 
 /// The spec `ctr run` writes for a plain container (trimmed to what matters here).
 fn ctr_spec(extra: serde_json::Value) -> Spec {
@@ -48,7 +49,7 @@ fn merge(a: &mut serde_json::Value, b: serde_json::Value) {
 
 #[test]
 fn a_plain_ctr_spec_is_honoured() {
-    let p = plan(&ctr_spec(serde_json::json!({})), true).unwrap();
+    let p = plan(&ctr_spec(serde_json::json!({})), true, &Role::Alone).unwrap();
     assert_eq!(p.process.args, ["sh", "-c", "echo hi"]);
     assert_eq!(p.process.env, ["PATH=/bin", "A=b"]);
     assert_eq!(p.process.cwd, "/tmp");
@@ -64,10 +65,10 @@ fn limits_size_the_vm() {
         "memory": {"limit": 300u64 << 20},
         "cpu": {"quota": 150000, "period": 100000}
     }}}));
-    let p = plan(&s, false).unwrap();
+    let p = plan(&s, false, &Role::Alone).unwrap();
     assert_eq!((p.cpus, p.mem_mib), (2, 300));
     let s = ctr_spec(serde_json::json!({"linux": {"resources": {"memory": {"limit": 1 << 20}}}}));
-    let e = plan(&s, false).unwrap_err().to_string();
+    let e = plan(&s, false, &Role::Alone).unwrap_err().to_string();
     assert!(e.contains("memory.limit"), "{e}");
 }
 
@@ -107,7 +108,7 @@ fn what_fcvm_cannot_honour_is_refused() {
         ),
     ];
     for (extra, want) in cases {
-        let e = plan(&ctr_spec(extra), false).unwrap_err();
+        let e = plan(&ctr_spec(extra), false, &Role::Alone).unwrap_err();
         assert_eq!(e.to_string(), want);
     }
 }
@@ -119,7 +120,128 @@ fn privileged_and_terminal() {
         "consoleSize": {"height": 40, "width": 120},
         "capabilities": {"bounding": ["CAP_SYS_ADMIN"]}
     }}));
-    let p = plan(&s, true).unwrap();
+    let p = plan(&s, true, &Role::Alone).unwrap();
     assert!(p.privileged && p.process.privileged && p.process.tty);
     assert_eq!((p.process.rows, p.process.cols), (40, 120));
+}
+
+/// What containerd's CRI plugin adds to a pod's containers: its shared /dev/shm and its DNS
+/// and name files as bind mounts, and (members) the sandbox's namespaces by path.
+fn cri_spec(member: bool, extra: serde_json::Value) -> Spec {
+    let ns = if member {
+        serde_json::json!([{"type": "pid"}, {"type": "mount"},
+            {"type": "ipc", "path": "/proc/42/ns/ipc"},
+            {"type": "uts", "path": "/proc/42/ns/uts"},
+            {"type": "network", "path": "/proc/42/ns/net"}])
+    } else {
+        // The node's network option: no network namespace of its own.
+        serde_json::json!([{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}])
+    };
+    let mut v = serde_json::json!({
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev/shm", "type": "bind", "source": "/run/x/shm",
+             "options": ["rbind", "ro"]},
+            {"destination": "/etc/resolv.conf", "type": "bind", "source": "/var/x/resolv.conf",
+             "options": ["rbind", "ro"]},
+            {"destination": "/etc/hosts", "type": "bind", "source": "/var/x/hosts",
+             "options": ["rbind", "rw"]}
+        ],
+        "linux": {"namespaces": ns, "resources": {"cpu": {"shares": 2}}}
+    });
+    merge(&mut v, extra);
+    ctr_spec(v)
+}
+
+#[test]
+fn a_pods_cri_specs_are_honoured() {
+    let sandbox = plan(
+        &cri_spec(false, serde_json::json!({})),
+        false,
+        &Role::Sandbox,
+    )
+    .unwrap();
+    assert_eq!(sandbox.mem_mib, DEFAULT_MEM_MIB);
+    let member = Role::Member {
+        sandbox: "s1".into(),
+    };
+    let p = plan(&cri_spec(true, serde_json::json!({})), false, &member).unwrap();
+    assert_eq!(p.process.args, ["sh", "-c", "echo hi"]);
+    // A lone container with the same spec asks for what a VM cannot do.
+    let e = plan(&cri_spec(true, serde_json::json!({})), false, &Role::Alone).unwrap_err();
+    assert!(e.to_string().contains("mount /dev/shm"), "{e}");
+}
+
+#[test]
+fn what_a_pod_cannot_have_is_refused() {
+    let member = Role::Member {
+        sandbox: "s1".into(),
+    };
+    let cases = [
+        (
+            Role::Sandbox,
+            cri_spec(
+                false,
+                serde_json::json!({"linux": {"namespaces": [
+                    {"type": "network", "path": "/var/run/netns/cni-1"}]}}),
+            ),
+            "fcvm cannot honour linux.namespaces Network path /var/run/netns/cni-1: a pod's \
+             network is its VM's; a CNI network namespace is not carried into the VM \
+             (use the node network option)",
+        ),
+        (
+            member.clone(),
+            cri_spec(
+                true,
+                serde_json::json!({"linux": {"namespaces": [
+                    {"type": "pid", "path": "/proc/42/ns/pid"}]}}),
+            ),
+            "fcvm cannot honour linux.namespaces Pid path /proc/42/ns/pid: a pod's shared \
+             PID namespace is not supported (each container has its own)",
+        ),
+        (
+            member.clone(),
+            cri_spec(
+                true,
+                serde_json::json!({"linux": {"resources": {"memory": {"limit": 300u64 << 20}}}}),
+            ),
+            "fcvm cannot honour linux.resources.memory.limit: a pod's containers share the VM \
+             its sandbox sized; one container's limit cannot be applied in it",
+        ),
+        (
+            member,
+            cri_spec(
+                true,
+                serde_json::json!({"mounts": [{"destination": "/data", "type": "bind",
+                    "source": "/srv/data", "options": ["rbind"]}]}),
+            ),
+            "fcvm cannot honour mount /data (bind from /srv/data): \
+             host paths and extra file systems cannot reach the VM",
+        ),
+    ];
+    for (role, spec, want) in cases {
+        assert_eq!(plan(&spec, false, &role).unwrap_err().to_string(), want);
+    }
+}
+
+#[test]
+fn roles_come_from_the_cri_annotations() {
+    let with = |a: serde_json::Value| ctr_spec(serde_json::json!({ "annotations": a }));
+    assert_eq!(
+        crate::pod::role(&ctr_spec(serde_json::json!({}))),
+        Role::Alone
+    );
+    let s = with(serde_json::json!({
+        "io.kubernetes.cri.container-type": "sandbox",
+        "io.kubernetes.cri.sandbox-id": "abc"}));
+    assert_eq!(crate::pod::role(&s), Role::Sandbox);
+    let s = with(serde_json::json!({
+        "io.kubernetes.cri.container-type": "container",
+        "io.kubernetes.cri.sandbox-id": "abc"}));
+    assert_eq!(
+        crate::pod::role(&s),
+        Role::Member {
+            sandbox: "abc".into()
+        }
+    );
 }

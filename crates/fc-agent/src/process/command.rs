@@ -8,7 +8,7 @@ use crate::pathres::{find_executable, path_of, Lookup, DEFAULT_PATH};
 use crate::paths::ROOTFS;
 use crate::users::Ids;
 use fcvm_proto::{ProcessSpec, Target};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// A command whose user and executable exist.
 pub struct Command {
@@ -28,9 +28,14 @@ pub struct Command {
 }
 
 /// Checks `spec` for `target` (see the module docs).
-pub fn check(spec: &ProcessSpec, target: Target) -> Result<Command> {
+pub fn check(spec: &ProcessSpec, target: &Target) -> Result<Command> {
     let name = spec.args.first().ok_or(Error::NoCommand)?;
-    let root = Path::new(if target == Target::Vm { "/" } else { ROOTFS });
+    let root = PathBuf::from(match target {
+        Target::Vm => "/".to_string(),
+        Target::Container | Target::ContainerExec => ROOTFS.to_string(),
+        Target::PodContainer { id, .. } | Target::PodExec { id } => crate::pods::root_of(id)?,
+    });
+    let root = root.as_path();
     // Before the first Start after an image-cache restore, what the agent looked up before
     // the snapshot still holds (see crate::warm::Lookups); a --vm process could change it.
     let memo = match target {
@@ -58,7 +63,7 @@ pub fn check(spec: &ProcessSpec, target: Target) -> Result<Command> {
         // The container's bind mounts (`--map`, `--disk`) exist only in its own mount
         // namespace, not under the rootfs the agent looks in: a path below one is looked up
         // in the bind's source instead.
-        Lookup::NotFound if target != Target::Vm => {
+        Lookup::NotFound if matches!(target, Target::Container | Target::ContainerExec) => {
             let binds = container_binds();
             in_binds(&binds, name, &path, &cwd).unwrap_or(Lookup::NotFound)
         }
@@ -68,10 +73,12 @@ pub fn check(spec: &ProcessSpec, target: Target) -> Result<Command> {
         Lookup::Found { inside, host } => (inside, host),
         Lookup::NotExecutable => {
             let name = name.clone();
+            let target = target.clone();
             return Err(Error::NotExecutable { name, target });
         }
         Lookup::NotFound => {
             let name = name.clone();
+            let target = target.clone();
             return Err(Error::NotFound { name, target });
         }
     };

@@ -4,13 +4,16 @@
 //!    gets podman's error kinds before anything runs;
 //! 2. by target, stdio wired (pipes, or a pty whose slave is all three) and the process
 //!    spawned: [`container::run`] (the warm container's stand-in, or `crun run`),
-//!    [`exec::start`] (`crun exec --process`), [`vm::start`] (the command itself);
+//!    [`exec::start`] (`crun exec --process`), [`vm::start`] (the command itself),
+//!    [`pod::run`] (`crun run` of a pod's further container, `crate::pods`) and
+//!    [`exec::start_in`] for its execs;
 //! 3. the [`Stream`] made, `Started{pid, spawn_us}` sent (for `crun run`: once the container
 //!    exists) and its output and stdin threads ([`crate::pump`]) started on the pool.
 
 mod command;
 mod container;
 mod exec;
+mod pod;
 mod spawn;
 mod vm;
 
@@ -28,7 +31,7 @@ use std::time::Instant;
 pub fn start(
     id: u32,
     spec: &ProcessSpec,
-    target: Target,
+    target: &Target,
     out: &Outbox,
     t0: Instant,
 ) -> Result<Arc<Stream>> {
@@ -37,6 +40,8 @@ pub fn start(
         Target::Container => container::run(spec, &cmd)?,
         Target::ContainerExec => exec::start(id, spec, &cmd)?,
         Target::Vm => vm::start(spec, &cmd)?,
+        Target::PodContainer { id: pod, .. } => pod::run(pod, spec, &cmd, target)?,
+        Target::PodExec { id: pod } => exec::start_in(id, spec, &cmd, pod)?,
     };
     attach(id, spec, target, out, t0, spawned)
 }
@@ -45,7 +50,7 @@ pub fn start(
 fn attach(
     id: u32,
     spec: &ProcessSpec,
-    target: Target,
+    target: &Target,
     out: &Outbox,
     t0: Instant,
     p: Spawned,
@@ -59,7 +64,7 @@ fn attach(
         stdin: stdin_tx,
         tty: p.tty,
     };
-    let stream = Arc::new(Stream::new(id, target, handles, out, t0));
+    let stream = Arc::new(Stream::new(id, target.clone(), handles, out, t0));
     match p.started {
         Announce::Now => stream.send(Msg::Started {
             pid: p.pid as u32,
@@ -136,7 +141,7 @@ mod tests {
     }
 
     fn start_vm(id: u32, args: &[&str], out: &Outbox) -> Arc<Stream> {
-        start(id, &vm(args), Target::Vm, out, Instant::now()).expect("starts")
+        start(id, &vm(args), &Target::Vm, out, Instant::now()).expect("starts")
     }
 
     /// The output pump sends no more than its credit, stops reading while it has none (the

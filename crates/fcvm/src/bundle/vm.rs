@@ -3,7 +3,8 @@
 //! is one (else booted cold, prepared and snapshotted before any process starts), the
 //! session open for the caller to start the container's main process and its execs.
 //!
-//! The VM shows in `fcvm ls` under the caller's name and serves `fcvm exec`.
+//! The VM shows in `fcvm ls` under the caller's name and serves `fcvm exec`. A pod's
+//! further containers are added to it while it runs ([`super::pod`]).
 //! [`BundleVm::stop`] (or dropping it) quits it and removes its directory and name.
 
 use std::path::PathBuf;
@@ -52,6 +53,8 @@ pub struct BundleVm {
     pub mem_mib: u32,
     vm: Arc<dyn Vmm>,
     parts: Mutex<Option<Parts>>,
+    /// The pod's further containers and the maps that are their roots ([`super::pod`]).
+    pub(super) pod: super::pod::PodState,
 }
 
 /// What [`BundleVm::stop`] tears down, in order.
@@ -117,6 +120,8 @@ impl BundleVm {
         .await?;
         let vm = launched.vm.clone();
         let session = Arc::new(launched.session);
+        // Served from the start (the VM has no maps of its own): the pod's containers' roots.
+        let pod = super::pod::PodState::serve(&session);
         let exec = crate::exec::server::serve(
             &vmdir.path.join(crate::exec::server::EXEC_SOCK),
             session.clone(),
@@ -142,6 +147,7 @@ impl BundleVm {
                 _guard: guard,
                 _name: name_lock,
             })),
+            pod,
         })
     }
 

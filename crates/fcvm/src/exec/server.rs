@@ -222,6 +222,9 @@ async fn handle(conn: UnixStream, ctx: &Ctx) {
                     Some("a process cannot run on the control stream")
                 } else if target == Target::Container {
                     Some("the container's main process cannot be started by exec")
+                } else if matches!(target, Target::PodContainer { .. }) {
+                    // Its root map is the owner's to add and serve (fcvm::bundle).
+                    Some("a pod container cannot be started by exec")
                 } else if relays.contains_key(&stream) {
                     Some("this stream already runs a process")
                 } else if relays.len() >= MAX_STREAMS {
@@ -322,7 +325,10 @@ async fn detach(
             .await;
         return;
     };
-    let mut proc = ctx.session.start(with_env(ctx, spec, target), target).await;
+    let mut proc = ctx
+        .session
+        .start(with_env(ctx, spec, &target), target)
+        .await;
     loop {
         match proc.recv().await {
             Some(msg @ Msg::Started { .. }) => {
@@ -356,9 +362,9 @@ async fn detach(
 fn with_env(
     ctx: &Ctx,
     mut spec: fcvm_proto::ProcessSpec,
-    target: Target,
+    target: &Target,
 ) -> fcvm_proto::ProcessSpec {
-    if target == Target::ContainerExec {
+    if *target == Target::ContainerExec {
         let mut merged = ctx.env.clone();
         for kv in spec.env.drain(..) {
             let key = kv.split('=').next().unwrap_or("");
@@ -378,7 +384,7 @@ async fn start(
     target: Target,
     out: &Outbox,
 ) -> Relay {
-    let spec = with_env(ctx, spec, target);
+    let spec = with_env(ctx, spec, &target);
     let proc = ctx.session.start(spec, target).await;
     let (to_client, stdin) = (
         Window::new(INITIAL_OUTPUT_CREDIT),

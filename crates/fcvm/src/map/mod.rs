@@ -10,10 +10,13 @@
 //!    absolute, the host directory there.
 //! 2. [`Map::mounts`] is what the guest is told (guest path, read-only): part of the container
 //!    prepared before an image-cache snapshot, so part of its key. The host path is not.
-//! 3. [`serve`] answers the session's map requests until the session ends.
+//! 3. [`serve`] answers the session's map requests until the session ends, from a
+//!    [`MapTable`]: the maps by the guest's number. A pod's VM (`crate::bundle`) adds and
+//!    removes maps in its table while it runs ([`serve_table`]).
 
 pub mod host;
 
+use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
@@ -184,39 +187,73 @@ fn clean_guest(p: &str) -> Option<String> {
     Some(format!("/{}", out.join("/")))
 }
 
+/// The maps a session serves, by the guest's number: each host directory held open.
+/// Cloning shares the table (the server reads it, a pod's VM adds to it).
+#[derive(Clone, Default)]
+pub struct MapTable(Arc<std::sync::RwLock<HashMap<u32, Arc<host::Root>>>>);
+
+impl MapTable {
+    /// Serves map `map` from host directory `host` (replacing what served that number).
+    pub fn add(&self, map: u32, host: &Path, read_only: bool) -> Result<(), host::OpenRootError> {
+        let root = Arc::new(host::Root::open(host, read_only)?);
+        self.0
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(map, root);
+        Ok(())
+    }
+
+    /// Stops serving map `map`: its requests are answered `EIO` from now on.
+    pub fn remove(&self, map: u32) {
+        self.0
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&map);
+    }
+
+    fn get(&self, map: u32) -> Option<Arc<host::Root>> {
+        let roots = self.0.read().unwrap_or_else(|e| e.into_inner());
+        roots.get(&map).cloned()
+    }
+}
+
 /// Serves the map requests of `session` from `maps` (indexed as the guest knows them) until
-/// the session ends; at most [`MAP_IN_FLIGHT`] at once, each on a blocking thread. A map
-/// whose directory cannot be opened answers `EIO`. Does nothing if the requests were taken.
+/// the session ends (see [`serve_table`]). A map whose directory cannot be opened answers
+/// `EIO`. Without maps it leaves the requests for a later server (a pod's VM, which adds
+/// maps while it runs).
 pub fn serve(session: &Session, maps: &[Map]) {
-    let Some((mut rx, out)) = session.map_channel() else {
+    if maps.is_empty() {
         return;
+    }
+    let table = MapTable::default();
+    for (i, m) in maps.iter().enumerate() {
+        if let Err(e) = table.add(i as u32, &m.host, m.read_only) {
+            let e = crate::util::chain(&e);
+            tracing::warn!("map {}: {e}", m.host.display());
+        }
+    }
+    serve_table(session, table);
+}
+
+/// Serves the map requests of `session` from `table` until the session ends; at most
+/// [`MAP_IN_FLIGHT`] at once, each on a blocking thread; a map not in the table answers
+/// `EIO`. Returns false (and does nothing) if the requests were taken already.
+pub fn serve_table(session: &Session, table: MapTable) -> bool {
+    let Some((mut rx, out)) = session.map_channel() else {
+        return false;
     };
-    let roots: Arc<Vec<Option<host::Root>>> = Arc::new(
-        maps.iter()
-            .map(|m| match host::Root::open(&m.host, m.read_only) {
-                Ok(r) => Some(r),
-                Err(e) => {
-                    let e = crate::util::chain(&e);
-                    tracing::warn!("map {}: {e}", m.host.display());
-                    None
-                }
-            })
-            .collect(),
-    );
     let slots = Arc::new(tokio::sync::Semaphore::new(MAP_IN_FLIGHT));
     tokio::spawn(async move {
         while let Some(req) = rx.recv().await {
             let Ok(slot) = slots.clone().acquire_owned().await else {
                 return;
             };
-            let (roots, out) = (roots.clone(), out.clone());
+            let (table, out) = (table.clone(), out.clone());
             tokio::spawn(async move {
                 let id = req.id;
-                let result = tokio::task::spawn_blocking(move || {
-                    match roots.get(req.map as usize).and_then(|r| r.as_ref()) {
-                        Some(root) => root.handle(req.op).map_err(|e| e as i32),
-                        None => Err(libc::EIO),
-                    }
+                let result = tokio::task::spawn_blocking(move || match table.get(req.map) {
+                    Some(root) => root.handle(req.op).map_err(|e| e as i32),
+                    None => Err(libc::EIO),
                 })
                 .await
                 .unwrap_or(Err(libc::EIO));
@@ -226,6 +263,7 @@ pub fn serve(session: &Session, maps: &[Map]) {
             });
         }
     });
+    true
 }
 
 #[cfg(test)]
