@@ -6,7 +6,8 @@
 //! `--privileged` ([`ProcConfig::privileged`]) gives every capability, the VM's devices, no
 //! masked or read-only paths and a writable /sys, as podman does ([`crate::privileged`]).
 //! `crun run` reads [`spec`] from /run/fcvm/bundle/config.json; `crun exec --process` reads a
-//! [`process`] alone.
+//! [`process`] alone. A pod's further containers get [`pod_spec`]: the same, rooted at their
+//! map, joining the first container's network, IPC and UTS namespaces (`crate::pods`).
 
 use crate::error::{Error, Result};
 use crate::paths::{ETC, ETC_FILES, ROOTFS};
@@ -301,6 +302,48 @@ pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A pod container's config: its own root, pid and mount namespaces of its own, the
+    /// first container's network, IPC and UTS by path; the same defaults otherwise.
+    #[test]
+    fn a_pod_container_joins_the_first_ones_namespaces() {
+        let p = ProcConfig {
+            args: vec!["sh".into()],
+            ..Default::default()
+        };
+        let v = serde_json::to_value(pod_spec(&p, "/run/fcvm-maps/3", 42).unwrap()).unwrap();
+        assert_eq!(v["root"]["path"], "/run/fcvm-maps/3");
+        assert!(v.get("hostname").is_none(), "the UTS namespace is joined");
+        let ns: Vec<(String, Option<String>)> = v["linux"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| {
+                let path = n.get("path").and_then(|p| p.as_str()).map(String::from);
+                (n["type"].as_str().unwrap().to_string(), path)
+            })
+            .collect();
+        let own = |t: &str| (t.to_string(), None);
+        let joined = |t: &str, f: &str| (t.to_string(), Some(format!("/proc/42/ns/{f}")));
+        assert_eq!(
+            ns,
+            [
+                own("pid"),
+                own("mount"),
+                joined("network", "net"),
+                joined("ipc", "ipc"),
+                joined("uts", "uts"),
+            ]
+        );
+        let dests: Vec<&str> = v["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["destination"].as_str().unwrap())
+            .collect();
+        assert!(dests.contains(&"/proc") && dests.contains(&"/etc/hostname"));
+        assert_eq!(v["linux"]["maskedPaths"][0], "/proc/acpi");
+    }
 
     #[test]
     fn config_has_what_podman_would_generate() {
