@@ -230,7 +230,18 @@ async fn cold_boot(
         Some(vmdir.path.join("agent.log")),
     )
     .await
-    .with_context(|| format!("VM {name} did not boot{}", super::console_tail(&vmdir.path)))?;
+    .with_context(|| {
+        // QEMU's own last word (a disk it could not open, a lock it could not take) says why
+        // a VM that never ran its kernel died; the console says why a kernel died.
+        let qemu = vm
+            .last_message()
+            .map(|m| format!(" (QEMU: {m})"))
+            .unwrap_or_default();
+        format!(
+            "VM {name} did not boot{qemu}{}",
+            super::console_tail(&vmdir.path)
+        )
+    })?;
     crate::map::serve(&session, &facts.shape.maps);
     let t_hello = t0.elapsed();
     let plan = ContainerPlan {
