@@ -277,8 +277,9 @@ impl Drop for Containerd {
         );
         let _ = self.child.wait();
         // This containerd's layer directories die with it, and with them the keys of the
-        // erofs and image-cache snapshots its containers made: remove those.
-        remove_cache_of(&format!("containerd:{}/", self.ns));
+        // erofs and image-cache snapshots its containers made: remove those (only those:
+        // the other tests' containerds, running meanwhile, share the namespace name).
+        remove_cache_of(&format!("containerd:{}/", self.ns), self.dir.path());
         // Snapshots are overlay mounts under root, the CRI's sandbox /dev/shm tmpfs under
         // state: unmounted (deepest first) so the temp dir goes with them.
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
@@ -299,11 +300,22 @@ impl Drop for Containerd {
     }
 }
 
-/// Removes the image-cache snapshots (and their erofs) of VMs whose image starts with `prefix`.
-pub fn remove_cache_of(prefix: &str) {
+/// Removes the image-cache snapshots (and their erofs) of VMs whose image starts with `prefix`
+/// and whose erofs was made of layers under `root` (its `sources.json` says so).
+pub fn remove_cache_of(prefix: &str, root: &Path) {
     let dirs = fcvm::paths::Dirs::new(data_dir());
+    let ours = |digest: &str| {
+        let Some(key) = digest.strip_prefix("sha256:") else {
+            return false;
+        };
+        let sources = dirs.images().join("trees").join(key).join("sources.json");
+        std::fs::read(sources)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Vec<fcvm::bundle::Source>>(&b).ok())
+            .is_some_and(|s| s.iter().any(|s| s.path.starts_with(root)))
+    };
     for m in fcvm::snapshot::list(&dirs) {
-        if !m.image.starts_with(prefix) {
+        if !m.image.starts_with(prefix) || !ours(&m.image_digest) {
             continue;
         }
         if let Ok(name) = fcvm::vm::names::Name::new(m.name.clone()) {
