@@ -27,6 +27,7 @@ use fuser::{
 };
 
 use super::client::Client;
+use super::pages::Pages;
 
 /// How long the kernel may trust a name or attributes it got from the host.
 pub const TTL: Duration = Duration::from_secs(1);
@@ -213,6 +214,8 @@ pub struct MapFs {
     inodes: Arc<Mutex<Inodes>>,
     listings: Arc<Mutex<HashMap<u64, Listing>>>,
     next_fh: Mutex<u64>,
+    /// Where the host writes read data, when it can (shared by every map of the VM).
+    pages: Option<Arc<Pages>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -220,8 +223,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl MapFs {
-    pub fn new(map: u32, client: Arc<Client>) -> MapFs {
+    pub fn new(map: u32, client: Arc<Client>, pages: Option<Arc<Pages>>) -> MapFs {
         MapFs {
+            pages,
             map,
             client,
             inodes: Arc::new(Mutex::new(Inodes::new())),
@@ -263,6 +267,15 @@ impl MapFs {
             }
             Err(e) => reply.error(Errno::from_i32(e)),
         });
+    }
+}
+
+/// Answers a `Read`: the data, or the errno.
+fn read_done(reply: ReplyData) -> impl FnOnce(Result<MapData, i32>) + Send + 'static {
+    move |r| match r {
+        Ok(MapData::Data(d)) => reply.data(&d),
+        Ok(_) => reply.error(Errno::EIO),
+        Err(e) => reply.error(Errno::from_i32(e)),
     }
 }
 
@@ -475,10 +488,32 @@ impl Filesystem for MapFs {
     ) {
         let path = or_reply!(self.path(ino), reply);
         let len = size.min(MAP_MAX_IO as u32);
-        self.call(MapOp::Read { path, offset, len }, move |r| match r {
-            Ok(MapData::Data(d)) => reply.data(&d),
-            Ok(_) => reply.error(Errno::EIO),
-            Err(e) => reply.error(Errno::from_i32(e)),
+        let Some((pages, (slot, addrs))) = self.pages.as_ref().and_then(|p| Some((p, p.take()?)))
+        else {
+            return self.call(MapOp::Read { path, offset, len }, read_done(reply));
+        };
+        // The host writes the data into the slot's pages; only the count crosses the channel.
+        let (pages, client, map) = (pages.clone(), self.client.clone(), self.map);
+        let op = MapOp::ReadPages {
+            path: path.clone(),
+            offset,
+            len,
+            pages: addrs,
+        };
+        self.call(op, move |r| {
+            match r {
+                Ok(MapData::Placed(n)) => reply.data(pages.data(slot, n as usize)),
+                Err(libc::EOPNOTSUPP) => {
+                    pages.disable();
+                    // Asked again through the channel. Not from this thread: it is the
+                    // channel's reader, which a full client would wait on forever.
+                    let op = MapOp::Read { path, offset, len };
+                    std::thread::spawn(move || client.call(map, op, Box::new(read_done(reply))));
+                }
+                Ok(_) => reply.error(Errno::EIO),
+                Err(e) => reply.error(Errno::from_i32(e)),
+            }
+            pages.put(slot);
         });
     }
 

@@ -14,6 +14,7 @@
 
 mod client;
 mod fs;
+mod pages;
 
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -67,6 +68,14 @@ pub fn mount_all(maps: &[MapMount]) -> Result<()> {
         return Ok(());
     };
     let mut mounted = MOUNTED.lock().unwrap_or_else(|e| e.into_inner());
+    // One pinned buffer for every map's reads, made with the first map (docs/volumes.md).
+    static PAGES: OnceLock<Option<Arc<pages::Pages>>> = OnceLock::new();
+    let pages = match maps.len() > mounted.len() {
+        true => PAGES
+            .get_or_init(|| pages::Pages::new().map(Arc::new))
+            .clone(),
+        false => None,
+    };
     for (i, m) in maps.iter().enumerate().skip(mounted.len()) {
         let dir = format!("{MAPS_DIR}/{i}");
         std::fs::create_dir_all(&dir).map_err(|e| Error::Mkdir(dir.clone().into(), e))?;
@@ -86,7 +95,7 @@ pub fn mount_all(maps: &[MapMount]) -> Result<()> {
         config.mount_options = options;
         config.acl = fuser::SessionACL::All;
         config.n_threads = Some(1);
-        let fs = fs::MapFs::new(i as u32, client.clone());
+        let fs = fs::MapFs::new(i as u32, client.clone(), pages.clone());
         let failed = |e: std::io::Error| Error::Mount {
             src: format!("fcvm-map{i}"),
             dst: dir.clone(),

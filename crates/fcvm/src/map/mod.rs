@@ -10,14 +10,16 @@
 //!    absolute, the host directory there.
 //! 2. [`Map::mounts`] is what the guest is told (guest path, read-only): part of the container
 //!    prepared before an image-cache snapshot, so part of its key. The host path is not.
-//! 3. [`serve`] answers the session's map requests until the session ends.
+//! 3. [`serve`] answers the session's map requests until the session ends; a `ReadPages`
+//!    writes its data into the VM's memory ([`guest`]).
 
+pub mod guest;
 pub mod host;
 
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
-use fcvm_proto::map::{MapReply, MAP_IN_FLIGHT};
+use fcvm_proto::map::{MapOp, MapReply, MAP_IN_FLIGHT};
 use fcvm_proto::{Frame, MapMount, Msg};
 
 use crate::session::Session;
@@ -187,10 +189,22 @@ fn clean_guest(p: &str) -> Option<String> {
 /// Serves the map requests of `session` from `maps` (indexed as the guest knows them) until
 /// the session ends; at most [`MAP_IN_FLIGHT`] at once, each on a blocking thread. A map
 /// whose directory cannot be opened answers `EIO`. Does nothing if the requests were taken.
-pub fn serve(session: &Session, maps: &[Map]) {
+/// `qemu_pid`: the VM's QEMU, whose memory `ReadPages` writes (answered `EOPNOTSUPP` when it
+/// cannot be reached: the agent then reads through the channel).
+pub fn serve(session: &Session, maps: &[Map], qemu_pid: u32) {
     let Some((mut rx, out)) = session.map_channel() else {
         return;
     };
+    let guest = match maps.is_empty() {
+        true => None,
+        false => guest::GuestMem::open(qemu_pid)
+            .map_err(|e| {
+                let e = crate::util::chain(&e);
+                tracing::info!("map reads go through the channel: {e}");
+            })
+            .ok(),
+    };
+    let guest = Arc::new(guest);
     let roots: Arc<Vec<Option<host::Root>>> = Arc::new(
         maps.iter()
             .map(|m| match host::Root::open(&m.host, m.read_only) {
@@ -209,14 +223,26 @@ pub fn serve(session: &Session, maps: &[Map]) {
             let Ok(slot) = slots.clone().acquire_owned().await else {
                 return;
             };
-            let (roots, out) = (roots.clone(), out.clone());
+            let (roots, out, guest) = (roots.clone(), out.clone(), guest.clone());
             tokio::spawn(async move {
                 let id = req.id;
                 let result = tokio::task::spawn_blocking(move || {
-                    match roots.get(req.map as usize).and_then(|r| r.as_ref()) {
-                        Some(root) => root.handle(req.op).map_err(|e| e as i32),
-                        None => Err(libc::EIO),
+                    let Some(root) = roots.get(req.map as usize).and_then(|r| r.as_ref()) else {
+                        return Err(libc::EIO);
+                    };
+                    match (req.op, guest.as_ref()) {
+                        (
+                            MapOp::ReadPages {
+                                path,
+                                offset,
+                                len,
+                                pages,
+                            },
+                            Some(g),
+                        ) => guest::read_pages(root, g, &path, offset, len, &pages),
+                        (op, _) => root.handle(op),
                     }
+                    .map_err(|e| e as i32)
                 })
                 .await
                 .unwrap_or(Err(libc::EIO));
