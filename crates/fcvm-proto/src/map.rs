@@ -27,6 +27,10 @@ pub const MAP_MAX_IO: usize = 120 * 1024;
 /// The page size of guest-physical addresses in `MapOp::ReadPages`.
 pub const MAP_PAGE: usize = 4096;
 
+/// Largest `MapOp::ReadPages` (its data is not in a frame): the FUSE kernel's largest
+/// request, so a large read costs one round trip.
+pub const MAP_MAX_PLACED: usize = 1 << 20;
+
 /// `MapOp::ReadPages` names only pages below this guest-physical address (low RAM, where
 /// QEMU's RAM file offset is the address); a host refuses others with `EOPNOTSUPP`.
 pub const MAP_PAGES_BELOW: u64 = 2 << 30;
@@ -145,7 +149,8 @@ pub enum MapOp {
     },
     /// `Read` whose data the host writes straight into guest memory instead of the reply:
     /// into the guest-physical pages `pages` (each [`MAP_PAGE`] bytes, page-aligned, below
-    /// [`MAP_PAGES_BELOW`], in order; enough for `len`), answered `MapData::Placed(n)`. The agent's buffer is pinned;
+    /// [`MAP_PAGES_BELOW`], in order; enough for `len`, at most [`MAP_MAX_PLACED`]),
+    /// answered `MapData::Placed(n)`. The agent's buffer is pinned;
     /// the channel then carries no file data, which under TCG costs the guest's CPU per byte
     /// (docs/design.md §20). A host that cannot reach the VM's memory (or a page) answers
     /// `EOPNOTSUPP` and the agent sends `Read`s instead. The host checks every page lies in

@@ -16,9 +16,7 @@ use std::ffi::OsStr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use fcvm_proto::map::{
-    Caller, MapAttr, MapData, MapDirEntry, MapOp, SetTime, MAP_MAX_IO, MAP_MAX_PATH,
-};
+use fcvm_proto::map::{Caller, MapAttr, MapData, MapDirEntry, MapOp, SetTime, MAP_MAX_PATH};
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
     KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
@@ -28,6 +26,7 @@ use fuser::{
 
 use super::client::Client;
 use super::pages::Pages;
+use super::split::{self, KERNEL_IO};
 
 /// How long the kernel may trust a name or attributes it got from the host.
 pub const TTL: Duration = Duration::from_secs(1);
@@ -270,15 +269,6 @@ impl MapFs {
     }
 }
 
-/// Answers a `Read`: the data, or the errno.
-fn read_done(reply: ReplyData) -> impl FnOnce(Result<MapData, i32>) + Send + 'static {
-    move |r| match r {
-        Ok(MapData::Data(d)) => reply.data(&d),
-        Ok(_) => reply.error(Errno::EIO),
-        Err(e) => reply.error(Errno::from_i32(e)),
-    }
-}
-
 macro_rules! or_reply {
     ($e:expr, $reply:ident) => {
         match $e {
@@ -290,8 +280,10 @@ macro_rules! or_reply {
 
 impl Filesystem for MapFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        // One host request per MAP_MAX_IO bytes (the mount's max_read says it as well).
-        let _ = config.set_max_write(MAP_MAX_IO as u32);
+        // Requests of up to 1 MiB (the mount's max_read says it as well; fuser derives the
+        // kernel's max_pages from this): one round trip per large read (`ReadPages`), one
+        // batch of parallel frame-sized requests otherwise (`split`).
+        let _ = config.set_max_write(KERNEL_IO as u32);
         // A listing carries attributes: a directory walk needs no lookup per file.
         let _ = config.add_capabilities(fuser::InitFlags::FUSE_DO_READDIRPLUS);
         Ok(())
@@ -487,17 +479,18 @@ impl Filesystem for MapFs {
         reply: ReplyData,
     ) {
         let path = or_reply!(self.path(ino), reply);
-        let len = size.min(MAP_MAX_IO as u32);
-        let Some((pages, (slot, addrs))) = self.pages.as_ref().and_then(|p| Some((p, p.take()?)))
+        let len = (size as usize).min(KERNEL_IO);
+        let Some((pages, (slot, addrs))) =
+            (self.pages.as_ref()).and_then(|p| Some((p, p.take(len)?)))
         else {
-            return self.call(MapOp::Read { path, offset, len }, read_done(reply));
+            return split::read(&self.client, self.map, path, offset, len, reply);
         };
         // The host writes the data into the slot's pages; only the count crosses the channel.
         let (pages, client, map) = (pages.clone(), self.client.clone(), self.map);
         let op = MapOp::ReadPages {
             path: path.clone(),
             offset,
-            len,
+            len: len as u32,
             pages: addrs,
         };
         self.call(op, move |r| {
@@ -507,8 +500,7 @@ impl Filesystem for MapFs {
                     pages.disable();
                     // Asked again through the channel. Not from this thread: it is the
                     // channel's reader, which a full client would wait on forever.
-                    let op = MapOp::Read { path, offset, len };
-                    std::thread::spawn(move || client.call(map, op, Box::new(read_done(reply))));
+                    std::thread::spawn(move || split::read(&client, map, path, offset, len, reply));
                 }
                 Ok(_) => reply.error(Errno::EIO),
                 Err(e) => reply.error(Errno::from_i32(e)),
@@ -530,12 +522,8 @@ impl Filesystem for MapFs {
         reply: ReplyWrite,
     ) {
         let path = or_reply!(self.path(ino), reply);
-        let data = data[..data.len().min(MAP_MAX_IO)].to_vec();
-        self.call(MapOp::Write { path, offset, data }, move |r| match r {
-            Ok(MapData::Written(n)) => reply.written(n),
-            Ok(_) => reply.error(Errno::EIO),
-            Err(e) => reply.error(Errno::from_i32(e)),
-        });
+        let data = &data[..data.len().min(KERNEL_IO)];
+        split::write(&self.client, self.map, path, offset, data, reply);
     }
 
     fn flush(

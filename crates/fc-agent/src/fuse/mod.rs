@@ -15,6 +15,7 @@
 mod client;
 mod fs;
 mod pages;
+mod split;
 
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -86,7 +87,7 @@ pub fn mount_all(maps: &[MapMount]) -> Result<()> {
             O::DefaultPermissions,
             O::NoDev,
             O::NoSuid,
-            O::CUSTOM(format!("max_read={}", fcvm_proto::map::MAP_MAX_IO)),
+            O::CUSTOM(format!("max_read={}", split::KERNEL_IO)),
         ];
         if m.read_only {
             options.push(O::RO);

@@ -2,7 +2,7 @@
 //! docs/volumes.md): the file data of a read never crosses the agent channel, whose every
 //! byte costs the guest's emulated CPU under TCG (docs/design.md §20).
 //!
-//! 1. [`Pages::new`] maps [`SLOTS`] slots of [`MAP_MAX_IO`] bytes, locks them in memory (no
+//! 1. [`Pages::new`] maps [`SLOTS`] slots of `MAP_MAX_PLACED` (1 MiB) bytes, locks them in memory (no
 //!    huge page; compaction told to leave locked pages where they are), and reads each page's
 //!    guest-physical address from `/proc/self/pagemap` (the agent runs as root).
 //! 2. A read [`Pages::take`]s a slot and names its pages in the request; the host writes the
@@ -16,12 +16,13 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
-use fcvm_proto::map::{MAP_IN_FLIGHT, MAP_MAX_IO, MAP_PAGE, MAP_PAGES_BELOW};
+use fcvm_proto::map::{MAP_MAX_PLACED, MAP_PAGE, MAP_PAGES_BELOW};
 
-/// Slots: one per request that can be in flight, and one for the FUSE thread waiting for room.
-const SLOTS: usize = MAP_IN_FLIGHT + 1;
-/// Pages per slot.
-const SLOT_PAGES: usize = MAP_MAX_IO / MAP_PAGE;
+/// Slots: reads in flight at once that go this way (more go through the channel). A single
+/// reader has one at a time (the kernel's direct I/O), so a few serve several readers.
+const SLOTS: usize = 4;
+/// Pages per slot: the largest read the kernel sends (4 MiB locked in all).
+const SLOT_PAGES: usize = MAP_MAX_PLACED / MAP_PAGE;
 
 pub struct Pages {
     base: *mut u8,
@@ -85,13 +86,15 @@ impl Pages {
         })
     }
 
-    /// A free slot and its pages' guest-physical addresses, unless the host cannot use them.
-    pub fn take(&self) -> Option<(usize, Vec<u64>)> {
-        if self.off.load(Ordering::Relaxed) {
+    /// A free slot and the guest-physical addresses of the pages that hold `len` bytes,
+    /// unless the host cannot use them.
+    pub fn take(&self, len: usize) -> Option<(usize, Vec<u64>)> {
+        if self.off.load(Ordering::Relaxed) || len > SLOT_PAGES * MAP_PAGE {
             return None;
         }
         let slot = self.free.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
-        let pages = self.addrs[slot * SLOT_PAGES..(slot + 1) * SLOT_PAGES].to_vec();
+        let first = slot * SLOT_PAGES;
+        let pages = self.addrs[first..first + len.div_ceil(MAP_PAGE).max(1)].to_vec();
         Some((slot, pages))
     }
 

@@ -19,7 +19,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
-use fcvm_proto::map::{MapData, MAP_MAX_IO, MAP_PAGE};
+use fcvm_proto::map::{MapData, MAP_MAX_PLACED, MAP_PAGE};
 use nix::errno::Errno;
 
 use super::host::Root;
@@ -72,14 +72,27 @@ impl GuestMem {
         if data.len().div_ceil(MAP_PAGE) > pages.len() {
             return Err(Errno::EINVAL);
         }
-        for (chunk, &gpa) in data.chunks(MAP_PAGE).zip(pages) {
-            // A page this host cannot place: the agent reads through the channel instead.
-            if gpa % MAP_PAGE as u64 != 0 || gpa.saturating_add(MAP_PAGE as u64) > self.len {
-                return Err(Errno::EOPNOTSUPP);
+        let pages = &pages[..data.len().div_ceil(MAP_PAGE)];
+        // A page this host cannot place: the agent reads through the channel instead.
+        if pages
+            .iter()
+            .any(|&a| a % MAP_PAGE as u64 != 0 || a.saturating_add(MAP_PAGE as u64) > self.len)
+        {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        // One write per run of consecutive pages.
+        let mut i = 0;
+        while i < pages.len() {
+            let mut run = 1;
+            while i + run < pages.len() && pages[i + run] == pages[i] + (run * MAP_PAGE) as u64 {
+                run += 1;
             }
+            let from = i * MAP_PAGE;
+            let to = ((i + run) * MAP_PAGE).min(data.len());
             self.mem
-                .write_all_at(chunk, self.base + gpa)
+                .write_all_at(&data[from..to], self.base + pages[i])
                 .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
+            i += run;
         }
         Ok(())
     }
@@ -94,9 +107,10 @@ pub fn read_pages(
     len: u32,
     pages: &[u64],
 ) -> Result<MapData, Errno> {
-    if pages.len() > MAP_MAX_IO / MAP_PAGE + 1 {
+    if pages.len() > MAP_MAX_PLACED / MAP_PAGE {
         return Err(Errno::EINVAL);
     }
+    let len = (len as usize).min(pages.len() * MAP_PAGE);
     let data = root.read(path, offset, len)?;
     guest.write_pages(&data, pages)?;
     Ok(MapData::Placed(data.len() as u32))
@@ -162,12 +176,15 @@ mod tests {
         };
         let data: Vec<u8> = (0..MAP_PAGE + 10).map(|i| (i % 251) as u8).collect();
         g.write_pages(&data, &[2 * MAP_PAGE as u64, 0]).unwrap();
+        // A run of consecutive pages (one write).
+        let page = MAP_PAGE as u64;
+        g.write_pages(&data, &[0, page, 3 * page]).unwrap();
         // SAFETY: in bounds of `ram`, which lives on; volatile, as the write bypassed Rust.
         let got: Vec<u8> = (0..ram.len())
             .map(|i| unsafe { std::ptr::read_volatile(ptr.add(i)) })
             .collect();
         assert_eq!(&got[2 * MAP_PAGE..3 * MAP_PAGE], &data[..MAP_PAGE]);
-        assert_eq!(&got[..10], &data[MAP_PAGE..]);
+        assert_eq!(&got[..MAP_PAGE + 10], &data[..]);
         for bad in [4 * MAP_PAGE as u64, 1, !4095] {
             assert_eq!(g.write_pages(&data[..1], &[bad]), Err(Errno::EOPNOTSUPP));
         }

@@ -134,10 +134,10 @@ impl Root {
         Ok((fd, cstr(name)?, name))
     }
 
-    /// Up to `len` (at most `MAP_MAX_IO`) bytes of the regular file `path` from `offset`.
-    pub fn read(&self, path: &str, offset: u64, len: u32) -> Result<Vec<u8>> {
+    /// Up to `len` bytes of the regular file `path` from `offset` (the caller bounds `len`).
+    pub fn read(&self, path: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
         let fd = self.open_file(path, libc::O_RDONLY)?;
-        let mut buf = vec![0u8; (len as usize).min(MAP_MAX_IO)];
+        let mut buf = vec![0u8; len];
         let mut got = 0;
         while got < buf.len() {
             let n = nix::sys::uio::pread(&fd, &mut buf[got..], (offset + got as u64) as i64)?;
@@ -245,7 +245,10 @@ impl Root {
                 })?;
                 Ok(MapData::Done)
             }
-            MapOp::Read { path, offset, len } => self.read(&path, offset, len).map(MapData::Data),
+            MapOp::Read { path, offset, len } => {
+                let len = (len as usize).min(MAP_MAX_IO);
+                self.read(&path, offset, len).map(MapData::Data)
+            }
             // Needs the VM's memory, which `super::guest` has (`super::serve` routes it there).
             MapOp::ReadPages { .. } => Err(Errno::EOPNOTSUPP),
             MapOp::Write { path, offset, data } => {
