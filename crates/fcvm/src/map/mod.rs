@@ -195,15 +195,14 @@ pub fn serve(session: &Session, maps: &[Map], qemu_pid: u32) {
     let Some((mut rx, out)) = session.map_channel() else {
         return;
     };
-    let guest = match maps.is_empty() {
-        true => None,
-        false => guest::GuestMem::open(qemu_pid)
-            .map_err(|e| {
-                let e = crate::util::chain(&e);
-                tracing::info!("map reads go through the channel: {e}");
-            })
-            .ok(),
-    };
+    // Opened now, while this QEMU surely runs (the session just connected to it); for every
+    // VM, so a map added later is served the same way.
+    let guest = guest::GuestMem::open(qemu_pid)
+        .map_err(|e| {
+            let e = crate::util::chain(&e);
+            tracing::info!("map reads go through the channel: {e}");
+        })
+        .ok();
     let guest = Arc::new(guest);
     let roots: Arc<Vec<Option<host::Root>>> = Arc::new(
         maps.iter()
