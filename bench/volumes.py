@@ -10,7 +10,11 @@ overlay on the VM's own ext4 disk):
 1. sequential write of a --mib MiB file (`dd bs=1M conv=fsync`), then its sequential read
    after dropping the guest's page cache (the VM is privileged for that);
 2. `find DIR -type f | xargs stat` over --files small files (made beforehand);
-and the same two on the host in a temp dir. Times of the guest steps are the `fcvm exec` wall
+and the same two on the host in a temp dir. Both guest reads are like for like: neither is a
+guest page-cache hit (dropped first), and both files are in the host's page cache (the own
+disk's image is written through QEMU's `cache=unsafe`, the map's file by the host side), so
+the own disk's figure is virtio-blk (QEMU copying natively) and the map's is FUSE + the
+agent channel (+ `ReadPages`: the host writing guest memory). Times of the guest steps are the `fcvm exec` wall
 time minus that of an empty exec (its own cost, measured here).
 Goals (issue 15): large-file throughput through the map >= 50 % of the own disk's; metadata
 walk <= 3 x the own disk's.

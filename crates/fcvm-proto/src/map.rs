@@ -24,6 +24,17 @@ pub const MAP_IN_FLIGHT: usize = 16;
 /// round trip, so the largest that fits (docs/design.md §20).
 pub const MAP_MAX_IO: usize = 120 * 1024;
 
+/// The page size of guest-physical addresses in `MapOp::ReadPages`.
+pub const MAP_PAGE: usize = 4096;
+
+/// Largest `MapOp::ReadPages` (its data is not in a frame): the FUSE kernel's largest
+/// request, so a large read costs one round trip.
+pub const MAP_MAX_PLACED: usize = 1 << 20;
+
+/// `MapOp::ReadPages` names only pages below this guest-physical address (low RAM, where
+/// QEMU's RAM file offset is the address); a host refuses others with `EOPNOTSUPP`.
+pub const MAP_PAGES_BELOW: u64 = 2 << 30;
+
 /// Longest path a request names (the agent answers `ENAMETOOLONG` beyond).
 pub const MAP_MAX_PATH: usize = 4096;
 
@@ -136,6 +147,20 @@ pub enum MapOp {
         path: String,
         offset: u64,
     },
+    /// `Read` whose data the host writes straight into guest memory instead of the reply:
+    /// into the guest-physical pages `pages` (each [`MAP_PAGE`] bytes, page-aligned, below
+    /// [`MAP_PAGES_BELOW`], in order; enough for `len`, at most [`MAP_MAX_PLACED`]),
+    /// answered `MapData::Placed(n)`. The agent's buffer is pinned;
+    /// the channel then carries no file data, which under TCG costs the guest's CPU per byte
+    /// (docs/design.md §20). A host that cannot reach the VM's memory (or a page) answers
+    /// `EOPNOTSUPP` and the agent sends `Read`s instead. The host checks every page lies in
+    /// guest RAM.
+    ReadPages {
+        path: String,
+        offset: u64,
+        len: u32,
+        pages: Vec<u64>,
+    },
 }
 
 impl MapOp {
@@ -148,6 +173,7 @@ impl MapOp {
                 | MapOp::Read { .. }
                 | MapOp::ReadDir { .. }
                 | MapOp::ReadDirPlus { .. }
+                | MapOp::ReadPages { .. }
                 | MapOp::StatFs
         )
     }
@@ -203,6 +229,9 @@ pub enum MapData {
     StatFs(MapStatFs),
     Done,
     EntriesPlus(Vec<(MapDirEntry, MapAttr)>),
+    /// `ReadPages`: this many bytes were written into the pages (shorter at the end of the
+    /// file).
+    Placed(u32),
 }
 
 /// agent → host: one request of map number `map` (an index into the plan's maps).

@@ -8,7 +8,8 @@
 //! host file, for reading or writing; a snapshot of a VM with a map gives clones that read and
 //! write the map — the snapshot's host directory, or another one given to the clone; bad
 //! specs exit 125 with one line and leave nothing behind; the image-cache snapshot of a run
-//! with a map serves the next run (same guest path) from that run's own host directory.
+//! with a map serves the next run (same guest path) from that run's own host directory; files
+//! of several MiB read and write whole (reads land in guest memory, writes go in parts).
 
 mod common;
 
@@ -257,6 +258,44 @@ fn snapshot_clones_read_and_write_the_map() {
     assert!(err.contains("/elsewhere"), "{err}");
     drop(vm);
     let _ = run(&["snapshot", "rm", &snap], LIMIT);
+}
+
+/// Large files cross whole both ways: a read of 1 MiB is one request whose data the host
+/// writes into the guest's memory, a read through a 7,777-byte buffer ends short at the
+/// end of the file, and a 1 MiB write goes as several requests at once.
+#[test]
+fn large_files_are_read_and_written_whole() {
+    let dir = share();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let data: Vec<u8> = (0..3 * 1024 * 1024 + 12345)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(dir.path().join("big"), &data).unwrap();
+    let md5 = std::process::Command::new("md5sum")
+        .arg(dir.path().join("big"))
+        .output()
+        .unwrap();
+    let md5 = String::from_utf8(md5.stdout).unwrap();
+    let md5 = md5.split_whitespace().next().unwrap();
+    let (code, out, err) = run_ok(&[
+        "podman",
+        "run",
+        "-v",
+        &spec(dir.path(), "/data"),
+        IMG,
+        "sh",
+        "-c",
+        "dd if=/data/big bs=1M 2>/dev/null | md5sum && dd if=/data/big bs=7777 2>/dev/null | \
+         md5sum && dd if=/data/big of=/data/copy bs=1M 2>/dev/null && wc -c < /data/copy",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, format!("{md5}  -\n{md5}  -\n{}\n", data.len()));
+    assert!(std::fs::read(dir.path().join("copy")).unwrap() == data);
 }
 
 #[test]

@@ -16,9 +16,7 @@ use std::ffi::OsStr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use fcvm_proto::map::{
-    Caller, MapAttr, MapData, MapDirEntry, MapOp, SetTime, MAP_MAX_IO, MAP_MAX_PATH,
-};
+use fcvm_proto::map::{Caller, MapAttr, MapData, MapDirEntry, MapOp, SetTime, MAP_MAX_PATH};
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
     KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
@@ -27,6 +25,8 @@ use fuser::{
 };
 
 use super::client::Client;
+use super::pages::Pages;
+use super::split::{self, KERNEL_IO};
 
 /// How long the kernel may trust a name or attributes it got from the host.
 pub const TTL: Duration = Duration::from_secs(1);
@@ -213,6 +213,8 @@ pub struct MapFs {
     inodes: Arc<Mutex<Inodes>>,
     listings: Arc<Mutex<HashMap<u64, Listing>>>,
     next_fh: Mutex<u64>,
+    /// Where the host writes read data, when it can (shared by every map of the VM).
+    pages: Option<Arc<Pages>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -220,8 +222,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl MapFs {
-    pub fn new(map: u32, client: Arc<Client>) -> MapFs {
+    pub fn new(map: u32, client: Arc<Client>, pages: Option<Arc<Pages>>) -> MapFs {
         MapFs {
+            pages,
             map,
             client,
             inodes: Arc::new(Mutex::new(Inodes::new())),
@@ -277,8 +280,10 @@ macro_rules! or_reply {
 
 impl Filesystem for MapFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        // One host request per MAP_MAX_IO bytes (the mount's max_read says it as well).
-        let _ = config.set_max_write(MAP_MAX_IO as u32);
+        // Requests of up to 1 MiB (the mount's max_read says it as well; fuser derives the
+        // kernel's max_pages from this): one round trip per large read (`ReadPages`), one
+        // batch of parallel frame-sized requests otherwise (`split`).
+        let _ = config.set_max_write(KERNEL_IO as u32);
         // A listing carries attributes: a directory walk needs no lookup per file.
         let _ = config.add_capabilities(fuser::InitFlags::FUSE_DO_READDIRPLUS);
         Ok(())
@@ -474,11 +479,33 @@ impl Filesystem for MapFs {
         reply: ReplyData,
     ) {
         let path = or_reply!(self.path(ino), reply);
-        let len = size.min(MAP_MAX_IO as u32);
-        self.call(MapOp::Read { path, offset, len }, move |r| match r {
-            Ok(MapData::Data(d)) => reply.data(&d),
-            Ok(_) => reply.error(Errno::EIO),
-            Err(e) => reply.error(Errno::from_i32(e)),
+        let len = (size as usize).min(KERNEL_IO);
+        let Some((pages, (slot, addrs))) =
+            (self.pages.as_ref()).and_then(|p| Some((p, p.take(len)?)))
+        else {
+            return split::read(&self.client, self.map, path, offset, len, reply);
+        };
+        // The host writes the data into the slot's pages; only the count crosses the channel.
+        let (pages, client, map) = (pages.clone(), self.client.clone(), self.map);
+        let op = MapOp::ReadPages {
+            path: path.clone(),
+            offset,
+            len: len as u32,
+            pages: addrs,
+        };
+        self.call(op, move |r| {
+            match r {
+                Ok(MapData::Placed(n)) => reply.data(pages.data(slot, n as usize)),
+                Err(libc::EOPNOTSUPP) => {
+                    pages.disable();
+                    // Asked again through the channel. Not from this thread: it is the
+                    // channel's reader, which a full client would wait on forever.
+                    std::thread::spawn(move || split::read(&client, map, path, offset, len, reply));
+                }
+                Ok(_) => reply.error(Errno::EIO),
+                Err(e) => reply.error(Errno::from_i32(e)),
+            }
+            pages.put(slot);
         });
     }
 
@@ -495,12 +522,8 @@ impl Filesystem for MapFs {
         reply: ReplyWrite,
     ) {
         let path = or_reply!(self.path(ino), reply);
-        let data = data[..data.len().min(MAP_MAX_IO)].to_vec();
-        self.call(MapOp::Write { path, offset, data }, move |r| match r {
-            Ok(MapData::Written(n)) => reply.written(n),
-            Ok(_) => reply.error(Errno::EIO),
-            Err(e) => reply.error(Errno::from_i32(e)),
-        });
+        let data = &data[..data.len().min(KERNEL_IO)];
+        split::write(&self.client, self.map, path, offset, data, reply);
     }
 
     fn flush(

@@ -17,6 +17,8 @@
 
 mod client;
 mod fs;
+mod pages;
+mod split;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -107,7 +109,7 @@ fn mount(
         O::DefaultPermissions,
         O::NoDev,
         O::NoSuid,
-        O::CUSTOM(format!("max_read={}", fcvm_proto::map::MAP_MAX_IO)),
+        O::CUSTOM(format!("max_read={}", split::KERNEL_IO)),
     ];
     if read_only {
         options.push(O::RO);
@@ -116,7 +118,7 @@ fn mount(
     config.mount_options = options;
     config.acl = fuser::SessionACL::All;
     config.n_threads = Some(1);
-    let fs = fs::MapFs::new(map, client.clone());
+    let fs = fs::MapFs::new(map, client.clone(), pages());
     let failed = |e: std::io::Error| Error::Mount {
         src: format!("fcvm-map{map}"),
         dst: dir.clone(),
@@ -126,6 +128,15 @@ fn mount(
     let session = fuser::Session::new(fs, &dir, &config).map_err(failed)?;
     let bg = session.spawn().map_err(failed)?;
     Ok((dir, bg))
+}
+
+/// The one pinned buffer every map's reads land in (docs/volumes.md), made with the first
+/// mount; None where it cannot be pinned (reads then go through the channel).
+fn pages() -> Option<Arc<pages::Pages>> {
+    static PAGES: OnceLock<Option<Arc<pages::Pages>>> = OnceLock::new();
+    PAGES
+        .get_or_init(|| pages::Pages::new().map(Arc::new))
+        .clone()
 }
 
 /// Where map `map` is mounted in the VM.

@@ -67,10 +67,11 @@ pub(super) struct PodState {
 }
 
 impl PodState {
-    /// Starts serving `session`'s map requests from an empty table.
-    pub(super) fn serve(session: &Session) -> PodState {
+    /// Starts serving `session`'s map requests from an empty table (`qemu_pid`: the VM's
+    /// QEMU, into whose memory map reads are written).
+    pub(super) fn serve(session: &Session, qemu_pid: u32) -> PodState {
         let table = MapTable::default();
-        let maps = crate::map::serve_table(session, table.clone()).then_some(table);
+        let maps = crate::map::serve_table(session, table.clone(), qemu_pid).then_some(table);
         PodState {
             maps,
             containers: Default::default(),

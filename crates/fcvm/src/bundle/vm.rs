@@ -121,7 +121,7 @@ impl BundleVm {
         let vm = launched.vm.clone();
         let session = Arc::new(launched.session);
         // Served from the start (the VM has no maps of its own): the pod's containers' roots.
-        let pod = super::pod::PodState::serve(&session);
+        let pod = super::pod::PodState::serve(&session, vm.pid());
         let exec = crate::exec::server::serve(
             &vmdir.path.join(crate::exec::server::EXEC_SOCK),
             session.clone(),

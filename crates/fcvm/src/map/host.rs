@@ -134,6 +134,22 @@ impl Root {
         Ok((fd, cstr(name)?, name))
     }
 
+    /// Up to `len` bytes of the regular file `path` from `offset` (the caller bounds `len`).
+    pub fn read(&self, path: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let fd = self.open_file(path, libc::O_RDONLY)?;
+        let mut buf = vec![0u8; len];
+        let mut got = 0;
+        while got < buf.len() {
+            let n = nix::sys::uio::pread(&fd, &mut buf[got..], (offset + got as u64) as i64)?;
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+        buf.truncate(got);
+        Ok(buf)
+    }
+
     /// Carries out one request.
     pub fn handle(&self, op: MapOp) -> Result<MapData> {
         if self.read_only && op.writes() {
@@ -230,20 +246,11 @@ impl Root {
                 Ok(MapData::Done)
             }
             MapOp::Read { path, offset, len } => {
-                let fd = self.open_file(&path, libc::O_RDONLY)?;
-                let mut buf = vec![0u8; (len as usize).min(MAP_MAX_IO)];
-                let mut got = 0;
-                while got < buf.len() {
-                    let n =
-                        nix::sys::uio::pread(&fd, &mut buf[got..], (offset + got as u64) as i64)?;
-                    if n == 0 {
-                        break;
-                    }
-                    got += n;
-                }
-                buf.truncate(got);
-                Ok(MapData::Data(buf))
+                let len = (len as usize).min(MAP_MAX_IO);
+                self.read(&path, offset, len).map(MapData::Data)
             }
+            // Needs the VM's memory, which `super::guest` has (`super::serve` routes it there).
+            MapOp::ReadPages { .. } => Err(Errno::EOPNOTSUPP),
             MapOp::Write { path, offset, data } => {
                 if data.len() > MAP_MAX_IO {
                     return Err(Errno::EINVAL);

@@ -12,15 +12,17 @@
 //!    prepared before an image-cache snapshot, so part of its key. The host path is not.
 //! 3. [`serve`] answers the session's map requests until the session ends, from a
 //!    [`MapTable`]: the maps by the guest's number. A pod's VM (`crate::bundle`) adds and
-//!    removes maps in its table while it runs ([`serve_table`]).
+//!    removes maps in its table while it runs ([`serve_table`]). A `ReadPages` writes its data
+//!    into the VM's memory ([`guest`]).
 
+pub mod guest;
 pub mod host;
 
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
-use fcvm_proto::map::{MapReply, MAP_IN_FLIGHT};
+use fcvm_proto::map::{MapOp, MapReply, MAP_IN_FLIGHT};
 use fcvm_proto::{Frame, MapMount, Msg};
 
 use crate::session::Session;
@@ -220,8 +222,8 @@ impl MapTable {
 /// Serves the map requests of `session` from `maps` (indexed as the guest knows them) until
 /// the session ends (see [`serve_table`]). A map whose directory cannot be opened answers
 /// `EIO`. Without maps it leaves the requests for a later server (a pod's VM, which adds
-/// maps while it runs).
-pub fn serve(session: &Session, maps: &[Map]) {
+/// maps while it runs). `qemu_pid`: the VM's QEMU, whose memory `ReadPages` writes.
+pub fn serve(session: &Session, maps: &[Map], qemu_pid: u32) {
     if maps.is_empty() {
         return;
     }
@@ -232,28 +234,52 @@ pub fn serve(session: &Session, maps: &[Map]) {
             tracing::warn!("map {}: {e}", m.host.display());
         }
     }
-    serve_table(session, table);
+    serve_table(session, table, qemu_pid);
 }
 
 /// Serves the map requests of `session` from `table` until the session ends; at most
 /// [`MAP_IN_FLIGHT`] at once, each on a blocking thread; a map not in the table answers
-/// `EIO`. Returns false (and does nothing) if the requests were taken already.
-pub fn serve_table(session: &Session, table: MapTable) -> bool {
+/// `EIO`. Returns false (and does nothing) if the requests were taken already. `qemu_pid`:
+/// the VM's QEMU, whose memory `ReadPages` writes (answered `EOPNOTSUPP` when it cannot be
+/// reached: the agent then reads through the channel).
+pub fn serve_table(session: &Session, table: MapTable, qemu_pid: u32) -> bool {
     let Some((mut rx, out)) = session.map_channel() else {
         return false;
     };
+    // Opened now, while this QEMU surely runs (the session just connected to it).
+    let guest = guest::GuestMem::open(qemu_pid)
+        .map_err(|e| {
+            let e = crate::util::chain(&e);
+            tracing::info!("map reads go through the channel: {e}");
+        })
+        .ok();
+    let guest = Arc::new(guest);
     let slots = Arc::new(tokio::sync::Semaphore::new(MAP_IN_FLIGHT));
     tokio::spawn(async move {
         while let Some(req) = rx.recv().await {
             let Ok(slot) = slots.clone().acquire_owned().await else {
                 return;
             };
-            let (table, out) = (table.clone(), out.clone());
+            let (table, out, guest) = (table.clone(), out.clone(), guest.clone());
             tokio::spawn(async move {
                 let id = req.id;
-                let result = tokio::task::spawn_blocking(move || match table.get(req.map) {
-                    Some(root) => root.handle(req.op).map_err(|e| e as i32),
-                    None => Err(libc::EIO),
+                let result = tokio::task::spawn_blocking(move || {
+                    let Some(root) = table.get(req.map) else {
+                        return Err(libc::EIO);
+                    };
+                    match (req.op, guest.as_ref()) {
+                        (
+                            MapOp::ReadPages {
+                                path,
+                                offset,
+                                len,
+                                pages,
+                            },
+                            Some(g),
+                        ) => guest::read_pages(&root, g, &path, offset, len, &pages),
+                        (op, _) => root.handle(op),
+                    }
+                    .map_err(|e| e as i32)
                 })
                 .await
                 .unwrap_or(Err(libc::EIO));

@@ -142,7 +142,7 @@ pub async fn restore_as(
     )
     .await?;
     // Requests the agent resent for the new epoch wait in the session's queue until now.
-    crate::map::serve(&r.session, maps);
+    crate::map::serve(&r.session, maps, r.vm.pid());
     state.snapshot = Some(m.name.clone());
     record_vmm(vmdir, state, &*r.vm).map_err(SnapshotError::Record)?;
     let t = t0.elapsed();
@@ -242,7 +242,7 @@ async fn cold_boot(
             super::console_tail(&vmdir.path)
         )
     })?;
-    crate::map::serve(&session, &facts.shape.maps);
+    crate::map::serve(&session, &facts.shape.maps, vm.pid());
     let t_hello = t0.elapsed();
     let plan = ContainerPlan {
         image_fstype: facts.fstype.clone(),

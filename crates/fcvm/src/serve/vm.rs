@@ -121,7 +121,7 @@ impl SandboxVm {
         .await
         .with_context(|| format!("Sandbox {id}"))?;
         // Requests the agent resent for the new epoch wait in the session's queue until now.
-        crate::map::serve(&r.session, &from.facts.shape.maps);
+        crate::map::serve(&r.session, &from.facts.shape.maps, r.vm.pid());
         up.state.snapshot = Some(from.manifest.name.clone());
         if let Err(e) = launch::record_vmm(&up.vmdir, &mut up.state, &*r.vm) {
             r.vm.quit();

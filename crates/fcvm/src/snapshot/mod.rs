@@ -34,7 +34,7 @@ use crate::vmm::{Accel, VmmKind};
 pub const MANIFEST_VERSION: u32 = 1;
 pub const MANIFEST: &str = "manifest.json";
 pub const DEVSTATE: &str = "devstate";
-pub const RAM_FILE: &str = "ram";
+pub use crate::vmm::RAM_FILE;
 pub const RW_DISK: &str = "rw.ext4";
 
 #[derive(Debug, thiserror::Error)]

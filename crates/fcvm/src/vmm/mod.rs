@@ -97,6 +97,8 @@ pub const KERNEL_ARGS: &str = "console=ttyS0 quiet panic=-1 reboot=t \
 
 /// The file in a VM's directory that every backend writes the guest's serial console to.
 pub const CONSOLE_LOG: &str = "console.log";
+/// The guest RAM file of a VM (its directory's) or of a snapshot: `memory-backend-file`.
+pub const RAM_FILE: &str = "ram";
 
 /// A block device handed to the guest.
 #[derive(Debug, Clone, PartialEq, Eq)]
