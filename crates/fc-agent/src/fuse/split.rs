@@ -85,29 +85,19 @@ pub fn read(client: &Client, map: u32, path: String, offset: u64, size: usize, r
         }),
     );
     let mut at = offset;
-    for (i, len) in lens.into_iter().enumerate() {
-        let g = g.clone();
+    let ops = lens.into_iter().map(|len| {
         let op = MapOp::Read {
             path: path.clone(),
             offset: at,
             len: len as u32,
         };
-        client.call(
-            map,
-            op,
-            Box::new(move |r| {
-                g.part(
-                    i,
-                    match r {
-                        Ok(MapData::Data(d)) => Ok(d),
-                        Ok(_) => Err(libc::EIO),
-                        Err(e) => Err(e),
-                    },
-                )
-            }),
-        );
         at += len as u64;
-    }
+        op
+    });
+    send(client, map, &g, ops, |d| match d {
+        MapData::Data(d) => Some(d),
+        _ => None,
+    });
 }
 
 /// Writes `data` to `path` at `offset` with `Write`s of at most `MAP_MAX_IO`.
@@ -134,28 +124,37 @@ pub fn write(client: &Client, map: u32, path: String, offset: u64, data: &[u8], 
         }),
     );
     let mut at = 0;
-    for (i, len) in lens.into_iter().enumerate() {
-        let g = g.clone();
+    let ops = lens.into_iter().map(|len| {
         let op = MapOp::Write {
             path: path.clone(),
             offset: offset + at as u64,
             data: data[at..at + len].to_vec(),
         };
+        at += len;
+        op
+    });
+    send(client, map, &g, ops, |d| match d {
+        MapData::Written(n) => Some(n),
+        _ => None,
+    });
+}
+
+/// Sends part `i` of `g` as the `i`th of `ops`; `take` picks the part's answer out of its
+/// reply (any other reply is `EIO`).
+fn send<T: Send + 'static>(
+    client: &Client,
+    map: u32,
+    g: &Arc<Gather<T>>,
+    ops: impl Iterator<Item = MapOp>,
+    take: fn(MapData) -> Option<T>,
+) {
+    for (i, op) in ops.enumerate() {
+        let g = g.clone();
         client.call(
             map,
             op,
-            Box::new(move |r| {
-                g.part(
-                    i,
-                    match r {
-                        Ok(MapData::Written(n)) => Ok(n),
-                        Ok(_) => Err(libc::EIO),
-                        Err(e) => Err(e),
-                    },
-                )
-            }),
+            Box::new(move |r| g.part(i, r.and_then(|d| take(d).ok_or(libc::EIO)))),
         );
-        at += len;
     }
 }
 
