@@ -50,7 +50,6 @@ pub fn sandbox_of_bundle(config: &Path) -> Option<String> {
 /// Mounts a member's rootfs (the overlay containerd passes) on `bundle/rootfs`, read-write,
 /// nosuid and nodev: the VM reaches it as a map; on the host nothing runs from it.
 pub fn mount_rootfs(bundle: &Path, mounts: &[api::Mount]) -> anyhow::Result<std::path::PathBuf> {
-    use nix::mount::MsFlags;
     let [m] = mounts else {
         anyhow::bail!(
             "fcvm cannot honour a rootfs of {} mounts: one overlay or bind is expected",
@@ -62,26 +61,7 @@ pub fn mount_rootfs(bundle: &Path, mounts: &[api::Mount]) -> anyhow::Result<std:
         fcvm::owner_only::create_dir(&target)
             .context("Cannot create the bundle's rootfs directory")?;
     }
-    let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
-    let mut data = Vec::new();
-    for o in &m.options {
-        match o.as_str() {
-            "rbind" => flags |= MsFlags::MS_BIND | MsFlags::MS_REC,
-            "bind" => flags |= MsFlags::MS_BIND,
-            "ro" => flags |= MsFlags::MS_RDONLY,
-            "rw" => {}
-            o => data.push(o),
-        }
-    }
-    let data = data.join(",");
-    nix::mount::mount(
-        Some(m.source.as_str()),
-        &target,
-        Some(m.type_.as_str()),
-        flags,
-        (!data.is_empty()).then_some(data.as_str()),
-    )
-    .with_context(|| format!("Cannot mount the container's rootfs ({})", m.type_))?;
+    crate::rootfs::mount_one(m, &target, false)?;
     Ok(target)
 }
 

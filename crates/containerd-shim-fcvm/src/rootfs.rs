@@ -50,7 +50,9 @@ pub fn prepare(dirs: &Dirs, mounts: &[Mount]) -> Result<Rootfs> {
             let tmp = fcvm::util::temp_dir_in(&dirs.tmp(), "rootfs-")
                 .context("Cannot create a mount point")?;
             let target = tmp.path().join("root");
-            mount_one(m, &target)?;
+            fcvm::owner_only::create_dir(&target)
+                .with_context(|| format!("Cannot create {}", target.display()))?;
+            mount_one(m, &target, true)?;
             let built = fcvm::bundle::erofs_of_tree(dirs, &key, &target, &sources);
             let _ = umount2(&target, MntFlags::MNT_DETACH);
             built.context("Cannot build the container's root filesystem")?
@@ -111,13 +113,18 @@ fn rand_bytes() -> [u8; 16] {
     b
 }
 
-/// Mounts one containerd mount at `target` (as runc's shim does, without its fork).
-fn mount_one(m: &Mount, target: &Path) -> Result<()> {
-    let mut flags = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+/// Mounts one containerd mount at `target` (as runc's shim does, without its fork): nosuid
+/// and nodev always, read-only when `read_only` or the mount says `ro`.
+pub fn mount_one(m: &Mount, target: &Path, read_only: bool) -> Result<()> {
+    let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    if read_only {
+        flags |= MsFlags::MS_RDONLY;
+    }
     let mut data = Vec::new();
     for o in &m.options {
         match o.as_str() {
-            "ro" | "rw" => {}
+            "ro" => flags |= MsFlags::MS_RDONLY,
+            "rw" => {}
             "bind" => flags |= MsFlags::MS_BIND,
             "rbind" => flags |= MsFlags::MS_BIND | MsFlags::MS_REC,
             "nosuid" => flags |= MsFlags::MS_NOSUID,
@@ -127,8 +134,6 @@ fn mount_one(m: &Mount, target: &Path) -> Result<()> {
         }
     }
     let data = data.join(",");
-    fcvm::owner_only::create_dir(target)
-        .with_context(|| format!("Cannot create {}", target.display()))?;
     mount(
         Some(m.source.as_str()),
         target,
