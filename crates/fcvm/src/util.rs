@@ -48,6 +48,16 @@ pub fn publish_dir(tmp: tempfile::TempDir, dest: &Path) -> std::io::Result<()> {
     }
 }
 
+/// Removes a published directory whole, the reverse of [`publish_dir`]: first renamed into
+/// `tmp` (as `rm-<tag>-<pid>`), so a reader sees all of it or none of it, and of two removers
+/// one wins the rename — the other gets `NotFound` and removes nothing.
+pub fn unpublish_dir(dir: &Path, tmp: &Path, tag: &str) -> std::io::Result<()> {
+    crate::owner_only::create_dir(tmp)?;
+    let trash = tmp.join(format!("rm-{tag}-{}", std::process::id()));
+    std::fs::rename(dir, &trash)?;
+    std::fs::remove_dir_all(&trash)
+}
+
 /// Bytes of a size as people write it: a number with an optional binary suffix K, M, G, T
 /// (`KiB`, `MB`… too; none or `B` is bytes). None when malformed or past u64.
 pub fn parse_size(s: &str) -> Option<u64> {

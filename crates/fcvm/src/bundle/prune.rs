@@ -81,17 +81,11 @@ fn remove(dirs: &Dirs, key: &str, dir: &Path) -> std::io::Result<bool> {
     if lock.try_lock().is_err() {
         return Ok(false);
     }
-    crate::owner_only::create_dir(&dirs.tmp())?;
-    let trash = dirs
-        .tmp()
-        .join(format!("rm-tree-{key}-{}", std::process::id()));
-    match std::fs::rename(dir, &trash) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(e),
+    match crate::util::unpublish_dir(dir, &dirs.tmp(), &format!("tree-{key}")) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
     }
-    std::fs::remove_dir_all(&trash)?;
-    Ok(true)
 }
 
 #[cfg(test)]

@@ -300,11 +300,8 @@ pub fn remove(dirs: &Dirs, name: &Name) -> Result<(), SnapshotError> {
     if let Some((_, st)) = users {
         return Err(SnapshotError::InUse(name.into(), st.name));
     }
-    // Rename first: a reader sees the whole snapshot or none of it.
-    let trash = dirs.tmp().join(format!("rm-{name}-{}", std::process::id()));
-    crate::owner_only::create_dir(&dirs.tmp()).map_err(io_err(&trash))?;
-    std::fs::rename(&d, &trash).map_err(io_err(&d))?;
-    std::fs::remove_dir_all(&trash).map_err(io_err(&trash))
+    // A reader sees the whole snapshot or none of it.
+    crate::util::unpublish_dir(&d, &dirs.tmp(), name.as_str()).map_err(io_err(&d))
 }
 
 /// The content key of an image-cache snapshot: everything that shapes the VM before the
