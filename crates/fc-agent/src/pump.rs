@@ -1,8 +1,11 @@
 //! The threads of a process stream:
 //!
-//! 1. [`pump`] polls stdout/stderr (or the pty master), sends `Stdout`/`Stderr` chunks of at
-//!    most `MAX_CHUNK`, and sends the one final `Exit{code}` once the process has exited and
-//!    its output is drained (EOF, or quiet for 100 ms when a leftover child holds the pipe).
+//! 1. [`pump`] polls stdout/stderr (or the pty master) and the process's pidfd, sends
+//!    `Stdout`/`Stderr` chunks of at most `MAX_CHUNK`, and sends the one final `Exit{code}`
+//!    once the process has exited and its output is drained (EOF, or quiet for 100 ms when a
+//!    leftover child holds the pipe). While the process runs quietly the thread sleeps: no
+//!    timeout wakes it (under TCG each wakeup of an idle guest costs the host ~1 ms; a 50 ms
+//!    poll per process was most of an idle pod's CPU).
 //!    It reads no more than the stream's output credit allows ([`crate::credit`]) and stops
 //!    reading while there is none: the host's reader paces the process, and only it. (A full
 //!    channel queue makes its sends wait too: `crate::channel`.)
@@ -13,7 +16,7 @@
 use crate::reaper;
 use crate::stream::{StdinMsg, Stream};
 use fcvm_proto::{Msg, Target, MAX_CHUNK};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::{Duration, Instant};
 
@@ -63,7 +66,24 @@ pub fn stdin_loop(stream: &Stream, fd: OwnedFd, rx: Receiver<StdinMsg>, tty: boo
     }
 }
 
-pub fn pump(stream: &Stream, mut fds: Vec<(OwnedFd, bool)>, status_rx: Receiver<i32>) {
+/// A pollable handle on `pid`'s exit (readable once it has exited), if the kernel gives one.
+pub fn pidfd(pid: i32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open(2) with no flags; a returned fd is new and ours.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    // SAFETY: `fd` is a valid fd we own (checked non-negative).
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Pumps the output of the process whose wait status comes on `status_rx` and whose exit
+/// `exited` (its [`pidfd`]) signals. Without a pidfd (or should its pid have been reused
+/// between the exit and the open: a pidfd names whatever process has the pid) the status is
+/// looked for every 50 ms / 1 s instead.
+pub fn pump(
+    stream: &Stream,
+    mut fds: Vec<(OwnedFd, bool)>,
+    status_rx: Receiver<i32>,
+    mut exited: Option<OwnedFd>,
+) {
     let mut status = None;
     // When the status arrived: `Exit.run_us` ends there, not after the output drained.
     let mut reaped = None;
@@ -88,7 +108,11 @@ pub fn pump(stream: &Stream, mut fds: Vec<(OwnedFd, bool)>, status_rx: Receiver<
         if fds.is_empty() || (status.is_some() && last_data.elapsed() > DRAIN_QUIET) {
             break;
         }
-        let timeout = if status.is_some() { 20 } else { 50 };
+        let timeout = match (status.is_some(), &exited) {
+            (true, _) => 20,
+            (false, Some(_)) => 1000,
+            (false, None) => 50,
+        };
         let mut allowance = stream
             .credit
             .available(Duration::from_millis(timeout as u64));
@@ -98,10 +122,11 @@ pub fn pump(stream: &Stream, mut fds: Vec<(OwnedFd, bool)>, status_rx: Receiver<
             last_data = Instant::now();
             continue;
         }
-        let mut pfds: Vec<libc::pollfd> = fds
-            .iter()
-            .map(|(f, _)| libc::pollfd {
-                fd: f.as_raw_fd(),
+        let pidfd = exited.as_ref().filter(|_| status.is_none());
+        let mut pfds: Vec<libc::pollfd> = (fds.iter().map(|(f, _)| f.as_raw_fd()))
+            .chain(pidfd.map(|f| f.as_raw_fd()))
+            .map(|fd| libc::pollfd {
+                fd,
                 events: libc::POLLIN,
                 revents: 0,
             })
@@ -110,6 +135,12 @@ pub fn pump(stream: &Stream, mut fds: Vec<(OwnedFd, bool)>, status_rx: Receiver<
         let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as _, timeout) };
         if n <= 0 {
             continue;
+        }
+        if pidfd.is_some() && pfds.pop().is_some_and(|p| p.revents != 0) {
+            // Exited: the reaper has it or is about to (it waits on every child).
+            exited = None;
+            status = status_rx.recv().ok();
+            reaped = Some(Instant::now());
         }
         let mut closed = vec![];
         for (i, p) in pfds.iter().enumerate() {

@@ -74,8 +74,8 @@ fn attach(
     }
     // The pump first: after a restore it takes the thread started before the snapshot.
     let s = stream.clone();
-    let (outputs, status) = (p.outputs, p.status);
-    crate::pool::run(Box::new(move || pump(&s, outputs, status)))
+    let (outputs, status, exited) = (p.outputs, p.status, crate::pump::pidfd(p.pid));
+    crate::pool::run(Box::new(move || pump(&s, outputs, status, exited)))
         .map_err(|e| Error::Thread("output", e))?;
     if let Some(fd) = p.stdin {
         let s = stream.clone();
@@ -197,5 +197,49 @@ mod tests {
         assert!(seen.until(&rx, |_| true));
         assert_eq!(seen.len(13), initial, "nothing sent after the cancel");
         assert!(!seen.exit.contains_key(&13));
+    }
+
+    /// A process that exits while a child it left behind still holds its stdout: its exit
+    /// is seen (the pidfd wakes the pump, which no timeout does while the process runs),
+    /// its output sent, and `Exit` follows once the pipe stays quiet, long before the
+    /// leftover ends.
+    #[test]
+    fn an_exit_is_seen_while_a_leftover_child_holds_the_pipe() {
+        crate::reaper::start();
+        let (out, rx, _) = Outbox::new();
+        let t0 = Instant::now();
+        start_vm(14, &["sh", "-c", "sleep 30 & echo done; exit 4"], &out);
+        let mut seen = Seen::default();
+        assert!(
+            seen.until(&rx, |s| s.exit.contains_key(&14)),
+            "Exit arrives"
+        );
+        assert_eq!(seen.exit[&14], 4);
+        assert_eq!(seen.out[&14], b"done\n");
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "not after the leftover"
+        );
+    }
+
+    /// The pidfd of a running child is not readable; once the child exits it is.
+    #[test]
+    fn a_pidfd_becomes_readable_when_its_process_exits() {
+        use std::os::fd::AsRawFd;
+        crate::reaper::start();
+        let (out, _rx, _) = Outbox::new();
+        let s = start_vm(15, &["sleep", "0.3"], &out);
+        let fd = crate::pump::pidfd(s.pid).expect("pidfd_open");
+        let readable = |ms| {
+            let mut p = libc::pollfd {
+                fd: fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: poll of one valid pollfd.
+            unsafe { libc::poll(&mut p, 1, ms) == 1 }
+        };
+        assert!(!readable(0), "running");
+        assert!(readable(10_000), "exited");
     }
 }

@@ -145,10 +145,10 @@ impl Facts {
             &self.image_digest,
             &self.assets.kernel_id,
             &self.assets.initramfs_id,
-            vmm::KERNEL_ARGS,
+            &vmm::kernel_args(self.accel),
             &self.cpus.to_string(),
             &self.mem_mib.to_string(),
-            &format!("{:?}/{:?}", self.backend, self.accel),
+            &format!("{:?}/{:?}/{}", self.backend, self.accel, vmm::TCG_CPU),
             // Not just whether there is a network device: user-mode networking (slirp) puts
             // its own section into the device state, so each backend needs its own snapshot.
             vmm::NetKind::of(self.nic.as_ref()).as_str(),

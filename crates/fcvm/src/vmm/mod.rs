@@ -74,8 +74,9 @@ impl Accel {
     }
 }
 
-/// The guest kernel's fixed arguments, whatever the backend. Part of the image-cache key: a
-/// restored snapshot runs a kernel that booted with them.
+/// The guest kernel's fixed arguments, whatever the backend (see [`kernel_args`] for the
+/// whole line). Part of the image-cache key: a restored snapshot runs a kernel that booted
+/// with them.
 ///
 /// `lsm=`: Debian's kernel also enables AppArmor and TOMOYO, whose hooks run on every exec
 /// and open (TOMOYO computes the path of each executable). No policy is ever loaded in an
@@ -94,6 +95,27 @@ impl Accel {
 pub const KERNEL_ARGS: &str = "console=ttyS0 quiet panic=-1 reboot=t \
      lsm=landlock,lockdown,yama,bpf tsc=reliable nowatchdog psi=0 cgroup.memory=nokmem \
      sysctl.vm.compaction_proactiveness=0";
+
+/// The guest kernel's arguments under `accel`: [`KERNEL_ARGS`], and under TCG
+/// `mitigations=off`. An emulated CPU executes nothing speculatively, so Spectre/Meltdown
+/// mitigations protect against nothing there, and they cost the most where TCG is weakest:
+/// retpolines turn every indirect call and return-stack refill into extra translated blocks
+/// and hash-table lookups (QEMU's `qht_lookup` was the hottest host function of ten pods
+/// starting at once). Under KVM the guest runs on a real, speculating CPU: they stay.
+/// Part of the image-cache key (with the accelerator).
+pub fn kernel_args(accel: Accel) -> String {
+    match accel {
+        Accel::Kvm => KERNEL_ARGS.to_string(),
+        Accel::Tcg => format!("{KERNEL_ARGS} mitigations=off"),
+    }
+}
+
+/// The CPU QEMU emulates under TCG (part of the image-cache key): its default, plus `arat`
+/// (the APIC timer keeps running in idle states). Without it Linux gives the local APIC
+/// timer `C3STOP`, cannot run it one-shot without a broadcast timer (microvm has no HPET),
+/// and stays periodic: an idle guest took 250 timer interrupts a second, each a few hundred
+/// microseconds of emulation. With it the idle guest stops its tick.
+pub const TCG_CPU: &str = "qemu64,+arat";
 
 /// The file in a VM's directory that every backend writes the guest's serial console to.
 pub const CONSOLE_LOG: &str = "console.log";

@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use crate::vmm::{Accel, Memory, NetDev, Nic, UserNet, VmSpec, CONSOLE_LOG, KERNEL_ARGS};
+use crate::vmm::{kernel_args, Accel, Memory, NetDev, Nic, UserNet, VmSpec, CONSOLE_LOG, TCG_CPU};
 
 /// Files inside the VM directory that QEMU creates or uses.
 pub const AGENT_SOCK: &str = "agent.sock";
@@ -33,10 +33,10 @@ pub fn host_tsc_khz() -> Option<u64> {
     Some((mhz * 1000.0) as u64)
 }
 
-/// [`KERNEL_ARGS`] and the TSC frequency. The frequency is not part of the key: it is read
+/// [`kernel_args`] and the TSC frequency. The frequency is not part of the key: it is read
 /// from /proc/cpuinfo, which varies with frequency scaling, and would defeat the cache.
-fn kernel_cmdline(tsc_khz: Option<u64>) -> String {
-    let mut s = String::from(KERNEL_ARGS);
+fn kernel_cmdline(accel: Accel, tsc_khz: Option<u64>) -> String {
+    let mut s = kernel_args(accel);
     if let Some(k) = tsc_khz {
         s.push_str(&format!(" tsc_early_khz={k}"));
     }
@@ -51,7 +51,7 @@ pub fn args(spec: &VmSpec, tsc_khz: Option<u64>) -> Vec<String> {
     let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
     match spec.accel {
         Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
-        Accel::Tcg => push(&["-accel", "tcg"]),
+        Accel::Tcg => push(&["-accel", "tcg", "-cpu", TCG_CPU]),
     }
     match &spec.memory {
         Memory::Anonymous => push(&["-M", "microvm"]),
@@ -81,7 +81,7 @@ pub fn args(spec: &VmSpec, tsc_khz: Option<u64>) -> Vec<String> {
         "-initrd".into(),
         path_str(&spec.initramfs),
         "-append".into(),
-        kernel_cmdline(tsc_khz),
+        kernel_cmdline(spec.accel, tsc_khz),
         // QMP listens on a socket fcvm bound before starting QEMU (see `Qemu::start`).
         "-chardev".into(),
         format!("socket,id=qmp,fd={QMP_FD},server=on,wait=off"),
@@ -213,9 +213,12 @@ mod tests {
     #[test]
     fn tcg_microvm_with_agent_port_and_disks() {
         let a = args(&spec(Accel::Tcg), Some(2_500_000)).join(" ");
-        assert!(a.starts_with("-accel tcg -M microvm"), "{a}");
+        assert!(
+            a.starts_with("-accel tcg -cpu qemu64,+arat -M microvm"),
+            "{a}"
+        );
         assert!(a.contains("-smp 2 -m 512M"));
-        assert!(a.contains("tsc_early_khz=2500000"));
+        assert!(a.contains("mitigations=off tsc_early_khz=2500000"), "{a}");
         assert!(a.contains("virtserialport,chardev=agent,name=fcvm.agent"));
         assert!(
             a.contains("file=/i/rootfs.erofs,format=raw,if=none,id=disk0,cache=unsafe,readonly=on")
@@ -260,6 +263,10 @@ mod tests {
         let a = args(&spec(Accel::Kvm), None).join(" ");
         assert!(a.starts_with("-accel kvm -cpu host"));
         assert!(!a.contains("tsc_early_khz"));
+        assert!(
+            !a.contains("mitigations=off"),
+            "a real CPU keeps its mitigations"
+        );
     }
 
     #[test]

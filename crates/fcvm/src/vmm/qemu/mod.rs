@@ -8,10 +8,12 @@
 //! The QEMU process is owned by the fcvm process that started it (`util::owned_by_us`):
 //! `PR_SET_PDEATHSIG` (SIGKILL) so it dies with fcvm, and its own process group so a
 //! terminal's Ctrl-C reaches fcvm (which stops the container cleanly) and not QEMU directly.
+//! Under TCG it runs as batch work with a long time slice ([`sched`]).
 
 pub mod cmdline;
 mod persist;
 pub mod qmp;
+mod sched;
 
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -80,18 +82,22 @@ impl Qemu {
         let qmp_fd = high(qmp.as_fd()).map_err(|e| spawn_err("QMP socket", e))?;
         let agent_fd = high(agent.as_fd()).map_err(|e| spawn_err("agent socket", e))?;
         let (qmp_raw, agent_raw) = (qmp_fd.as_raw_fd(), agent_fd.as_raw_fd());
+        let tcg = spec.accel == super::Accel::Tcg;
         let mut cmd = Command::new(&bin);
         cmd.args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr);
         crate::util::owned_by_us(&mut cmd);
-        // SAFETY: only umask and dup2 (async-signal-safe) between fork and exec. dup2 clears
-        // close-on-exec on the copy. The umask is a second line behind the VM directory's
-        // 0700: whatever QEMU creates itself is private too.
+        // SAFETY: only umask, sched_setattr and dup2 (async-signal-safe) between fork and
+        // exec. dup2 clears close-on-exec on the copy. The umask is a second line behind the
+        // VM directory's 0700: whatever QEMU creates itself is private too.
         unsafe {
             cmd.pre_exec(move || {
                 libc::umask(0o077);
+                if tcg {
+                    sched::batch_with_long_slice();
+                }
                 for (from, to) in [(qmp_raw, cmdline::QMP_FD), (agent_raw, cmdline::AGENT_FD)] {
                     if libc::dup2(from, to) < 0 {
                         return Err(std::io::Error::last_os_error());
