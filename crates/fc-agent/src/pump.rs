@@ -3,9 +3,9 @@
 //! 1. [`pump`] polls stdout/stderr (or the pty master) and the process's pidfd, sends
 //!    `Stdout`/`Stderr` chunks of at most `MAX_CHUNK`, and sends the one final `Exit{code}`
 //!    once the process has exited and its output is drained (EOF, or quiet for 100 ms when a
-//!    leftover child holds the pipe). While the process runs quietly the thread sleeps: no
-//!    timeout wakes it (under TCG each wakeup of an idle guest costs the host ~1 ms; a 50 ms
-//!    poll per process was most of an idle pod's CPU).
+//!    leftover child holds the pipe). While the process runs quietly the thread sleeps, woken
+//!    at most once a second (under TCG each wakeup of an idle guest costs the host about a
+//!    millisecond; a 50 ms poll per process was most of a quiet VM's CPU).
 //!    It reads no more than the stream's output credit allows ([`crate::credit`]) and stops
 //!    reading while there is none: the host's reader paces the process, and only it. (A full
 //!    channel queue makes its sends wait too: `crate::channel`.)
