@@ -72,7 +72,7 @@ impl Container {
             let vm = sandbox(sid)
                 .with_context(|| format!("the pod's sandbox {sid} does not run in this shim"))?;
             let target = pod::mount_rootfs(&bundle, &req.rootfs)?;
-            if let Err(e) = vm.add_container(&req.id, &target).await {
+            if let Err(e) = vm.add_container_with(&req.id, &target, &plan.binds).await {
                 pod::unmount_rootfs(&target);
                 return Err(e).context("Cannot add the container to its pod's VM");
             }

@@ -3,12 +3,16 @@
 //! privileged. What fcvm cannot honour is refused here, before anything starts, with one line
 //! naming the field (docs/containerd.md lists both). A CRI pod's containers ([`Role`]) have
 //! rules of their own: the pod's namespaces are the VM's, the CRI's per-pod files are the
-//! VM's own, and a later container cannot resize the VM its sandbox sized.
+//! VM's own, and a later container cannot resize the VM its sandbox sized; a later
+//! container's binds of host directories reach it as maps ([`binds`]).
 
 use fcvm_proto::ProcessSpec;
 use oci_spec::runtime::{Capability, LinuxNamespaceType, Process, Spec};
 
 use crate::pod::Role;
+use fcvm::bundle::pod::HostBind;
+
+mod binds;
 
 /// VM size when the spec sets no limits (as `fcvm podman run`'s defaults).
 pub const DEFAULT_CPUS: u32 = 1;
@@ -49,6 +53,9 @@ pub struct Plan {
     pub mem_mib: u32,
     pub hostname: String,
     pub privileged: bool,
+    /// A pod member's binds of host directories, in the spec's order (never a sandbox's or
+    /// a lone container's: their VMs serve no maps added at run time).
+    pub binds: Vec<HostBind>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -94,6 +101,7 @@ pub fn plan(spec: &Spec, stdin: bool, role: &Role) -> Result<Plan, Refused> {
             "the container's root is always writable (an overlay in the VM)",
         ));
     }
+    let mut host_binds = vec![];
     for m in spec.mounts().iter().flatten() {
         let dest = m.destination().to_string_lossy();
         let typ = m.typ().clone().unwrap_or_default();
@@ -101,17 +109,47 @@ pub fn plan(spec: &Spec, stdin: bool, role: &Role) -> Result<Plan, Refused> {
             .iter()
             .any(|(d, types)| *d == dest && types.contains(&typ.as_str()));
         let cri = *role != Role::Alone && typ == "bind" && CRI_MOUNTS.contains(&&*dest);
-        if !standard && !cri {
-            let src = m
-                .source()
-                .as_ref()
-                .map(|s| format!(" from {}", s.display()))
-                .unwrap_or_default();
-            return Err(refuse(
-                format!("mount {dest} ({typ}{src})"),
-                "host paths and extra file systems cannot reach the VM",
-            ));
+        if standard || cri {
+            continue;
         }
+        let src = m
+            .source()
+            .as_ref()
+            .map(|s| format!(" from {}", s.display()))
+            .unwrap_or_default();
+        let field = format!("mount {dest} ({typ}{src})");
+        match role {
+            Role::Member { .. } if binds::is_bind(m) => {
+                host_binds.push(binds::host_bind(m, &field)?);
+            }
+            Role::Member { .. } => {
+                return Err(refuse(
+                    field,
+                    "only binds of host directories reach a pod's containers",
+                ))
+            }
+            Role::Sandbox => {
+                return Err(refuse(
+                    field,
+                    "a pod's sandbox container takes no host paths or extra file systems",
+                ))
+            }
+            Role::Alone => {
+                return Err(refuse(
+                    field,
+                    "host paths and extra file systems cannot reach the VM",
+                ))
+            }
+        }
+    }
+    if host_binds.len() >= fcvm_proto::MAX_MAPS {
+        return Err(refuse(
+            "mounts",
+            format!(
+                "at most {} binds of host directories",
+                fcvm_proto::MAX_MAPS - 1
+            ),
+        ));
     }
     let (mut cpus, mut mem_mib) = (DEFAULT_CPUS, DEFAULT_MEM_MIB);
     if let Some(linux) = spec.linux() {
@@ -248,6 +286,7 @@ pub fn plan(spec: &Spec, stdin: bool, role: &Role) -> Result<Plan, Refused> {
         mem_mib,
         hostname: spec.hostname().clone().unwrap_or_default(),
         privileged,
+        binds: host_binds,
     })
 }
 
