@@ -54,6 +54,8 @@ pub enum PodError {
     Root(#[source] OpenRootError),
     #[error("Too many binds for one container (at most {0})")]
     TooManyBinds(usize),
+    #[error("Cannot bind {} at {}: not a directory", .0.display(), .1)]
+    BindNotDir(PathBuf, String),
     #[error("Cannot serve {} for {dest}", .source_dir.display())]
     Bind {
         source_dir: PathBuf,
@@ -193,6 +195,11 @@ impl BundleVm {
         for b in binds {
             let map = u32::try_from(self.pod.next_map.fetch_add(1, Ordering::Relaxed))
                 .map_err(|_| PodError::TooManyBinds(MAX_MAPS - 1))?;
+            // A map serves a directory's tree (the map server would open a file as one).
+            if !std::fs::metadata(&b.source).is_ok_and(|m| m.is_dir()) {
+                let (src, dest) = (b.source.clone(), b.destination.clone());
+                return Err(PodError::BindNotDir(src, dest));
+            }
             let e = |source| PodError::Bind {
                 source_dir: b.source.clone(),
                 dest: b.destination.clone(),
