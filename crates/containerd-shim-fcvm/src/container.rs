@@ -5,7 +5,7 @@
 //! (`fcvm::bundle`) — restored from the image-cache snapshot when there is one, booted cold
 //! and snapshotted otherwise — with no process yet. A CRI pod's later container
 //! ([`Role::Member`]) launches nothing: its rootfs is mounted on its bundle and added to
-//! its sandbox's VM ([`crate::pod`]).
+//! its sandbox's VM ([`crate::pod`]) with the host directories its spec binds.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
