@@ -92,6 +92,14 @@ impl Container {
         let mounts = req.rootfs.clone();
         let root = tokio::task::spawn_blocking(move || rootfs::prepare(&d2, &mounts)).await??;
         let name = vm_name(namespace, &req.id);
+        let maps: Vec<fcvm::map::Map> = (plan.binds.iter())
+            .map(|b| fcvm::map::Map {
+                host: b.source.clone(),
+                guest: b.destination.clone(),
+                read_only: b.read_only,
+            })
+            .collect();
+        fcvm::map::Map::check_unique(&maps)?;
         let vreq = VmRequest {
             name,
             hostname: if plan.hostname.is_empty() {
@@ -108,6 +116,7 @@ impl Container {
             prefetch: plan.process.args.first().cloned().into_iter().collect(),
             privileged: plan.privileged,
             no_snapshot: root.one_off.is_some(),
+            maps,
         };
         let vm = match BundleVm::launch(dirs, &vreq).await {
             Ok(vm) => vm,

@@ -125,6 +125,7 @@ async fn a_pods_containers_share_localhost_and_keep_their_own_roots() {
         prefetch: vec![],
         privileged: false,
         no_snapshot: true,
+        maps: vec![],
     };
     let vm = BundleVm::launch(&dirs, &req).await.expect("launch");
     let mut first = vm

@@ -1,6 +1,7 @@
-//! A pod member's bind mounts of host directories (Kubernetes volumes: emptyDir, hostPath,
-//! configMap and secret directories all arrive so): each becomes one more map of its
-//! sandbox's VM (`fcvm::bundle::pod::HostBind`), bound at its destination by the guest.
+//! A container's bind mounts of host directories (Kubernetes volumes: emptyDir, hostPath,
+//! configMap and secret directories all arrive so; `ctr run --mount`): each becomes one
+//! more map of its VM (`fcvm::bundle::pod::HostBind`: a pod member's added to its sandbox's
+//! VM, a lone container's given at launch), bound at its destination by the guest.
 //! What a map cannot carry is refused: a file or a missing source, mount propagation
 //! to or from the host, options beyond read-only.
 

@@ -4,7 +4,8 @@
 //! naming the field (docs/containerd.md lists both). A CRI pod's containers ([`Role`]) have
 //! rules of their own: the pod's namespaces are the VM's, the CRI's per-pod files are the
 //! VM's own, and a later container cannot resize the VM its sandbox sized; a later
-//! container's binds of host directories reach it as maps ([`binds`]).
+//! container's binds of host directories reach it as maps ([`binds`]), as a lone
+//! container's do.
 
 use fcvm_proto::ProcessSpec;
 use oci_spec::runtime::{Capability, LinuxNamespaceType, Process, Spec};
@@ -53,8 +54,9 @@ pub struct Plan {
     pub mem_mib: u32,
     pub hostname: String,
     pub privileged: bool,
-    /// A pod member's binds of host directories, in the spec's order (never a sandbox's or
-    /// a lone container's: their VMs serve no maps added at run time).
+    /// The container's binds of host directories, in the spec's order: a pod member's are
+    /// added to its sandbox's VM, a lone container's VM is launched with them (never a
+    /// sandbox's: the pause container has no use for one).
     pub binds: Vec<HostBind>,
 }
 
@@ -119,25 +121,17 @@ pub fn plan(spec: &Spec, stdin: bool, role: &Role) -> Result<Plan, Refused> {
             .unwrap_or_default();
         let field = format!("mount {dest} ({typ}{src})");
         match role {
-            Role::Member { .. } if binds::is_bind(m) => {
-                host_binds.push(binds::host_bind(m, &field)?);
-            }
-            Role::Member { .. } => {
-                return Err(refuse(
-                    field,
-                    "only binds of host directories reach a pod's containers",
-                ))
-            }
             Role::Sandbox => {
                 return Err(refuse(
                     field,
                     "a pod's sandbox container takes no host paths or extra file systems",
                 ))
             }
-            Role::Alone => {
+            _ if binds::is_bind(m) => host_binds.push(binds::host_bind(m, &field)?),
+            _ => {
                 return Err(refuse(
                     field,
-                    "host paths and extra file systems cannot reach the VM",
+                    "only binds of host directories reach the VM (no other file system)",
                 ))
             }
         }

@@ -77,9 +77,15 @@ fn what_fcvm_cannot_honour_is_refused() {
     let cases = [
         (
             serde_json::json!({"mounts": [{"destination": "/data", "type": "bind",
-                "source": "/srv/data", "options": ["rbind"]}]}),
-            "fcvm cannot honour mount /data (bind from /srv/data): \
-             host paths and extra file systems cannot reach the VM",
+                "source": "/srv/no-such-data", "options": ["rbind"]}]}),
+            "fcvm cannot honour mount /data (bind from /srv/no-such-data): \
+             the source does not exist",
+        ),
+        (
+            serde_json::json!({"mounts": [{"destination": "/data", "type": "tmpfs",
+                "source": "tmpfs"}]}),
+            "fcvm cannot honour mount /data (tmpfs from tmpfs): \
+             only binds of host directories reach the VM (no other file system)",
         ),
         (
             serde_json::json!({"linux": {"namespaces": [{"type": "pid"}]}}),
@@ -226,7 +232,7 @@ fn what_a_pod_cannot_have_is_refused() {
                     "source": "tmpfs"}]}),
             ),
             "fcvm cannot honour mount /data (tmpfs from tmpfs): \
-             only binds of host directories reach a pod's containers",
+             only binds of host directories reach the VM (no other file system)",
         ),
         (
             Role::Sandbox,
@@ -268,7 +274,7 @@ fn roles_come_from_the_cri_annotations() {
 
 /// A pod member's binds of host directories become [`HostBind`]s (read-only when asked, in
 /// the spec's order); a file, a bad destination, propagation and unknown options are
-/// refused, and a lone container still gets no binds.
+/// refused; a lone container's are planned alike.
 #[test]
 fn a_members_binds_of_host_directories_are_honoured() {
     let dir = tempfile::tempdir().unwrap();
@@ -353,11 +359,8 @@ fn a_members_binds_of_host_directories_are_honoured() {
     }
     let s = ctr_spec(
         serde_json::json!({"mounts": [{"destination": "/data", "type": "bind",
-        "source": data, "options": ["rbind"]}]}),
+        "source": data, "options": ["rbind", "ro"]}]}),
     );
-    let e = plan(&s, false, &Role::Alone).unwrap_err().to_string();
-    assert!(
-        e.ends_with("host paths and extra file systems cannot reach the VM"),
-        "{e}"
-    );
+    let p = plan(&s, false, &Role::Alone).unwrap();
+    assert_eq!(p.binds, [bind(&data, "/data", true)]);
 }
