@@ -193,13 +193,13 @@ impl BundleVm {
         }
         let mut wire = Vec::with_capacity(binds.len());
         for b in binds {
-            let map = u32::try_from(self.pod.next_map.fetch_add(1, Ordering::Relaxed))
-                .map_err(|_| PodError::TooManyBinds(MAX_MAPS - 1))?;
             // A map serves a directory's tree (the map server would open a file as one).
             if !std::fs::metadata(&b.source).is_ok_and(|m| m.is_dir()) {
                 let (src, dest) = (b.source.clone(), b.destination.clone());
                 return Err(PodError::BindNotDir(src, dest));
             }
+            let map = u32::try_from(self.pod.next_map.fetch_add(1, Ordering::Relaxed))
+                .map_err(|_| PodError::TooManyBinds(MAX_MAPS - 1))?;
             let e = |source| PodError::Bind {
                 source_dir: b.source.clone(),
                 dest: b.destination.clone(),
