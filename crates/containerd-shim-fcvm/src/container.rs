@@ -5,7 +5,7 @@
 //! (`fcvm::bundle`) — restored from the image-cache snapshot when there is one, booted cold
 //! and snapshotted otherwise — with no process yet. A CRI pod's later container
 //! ([`Role::Member`]) launches nothing: its rootfs is mounted on its bundle and added to
-//! its sandbox's VM ([`crate::pod`]).
+//! its sandbox's VM ([`crate::pod`]) with the host directories its spec binds.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -72,7 +72,7 @@ impl Container {
             let vm = sandbox(sid)
                 .with_context(|| format!("the pod's sandbox {sid} does not run in this shim"))?;
             let target = pod::mount_rootfs(&bundle, &req.rootfs)?;
-            if let Err(e) = vm.add_container(&req.id, &target).await {
+            if let Err(e) = vm.add_container_with(&req.id, &target, &plan.binds).await {
                 pod::unmount_rootfs(&target);
                 return Err(e).context("Cannot add the container to its pod's VM");
             }
@@ -92,6 +92,14 @@ impl Container {
         let mounts = req.rootfs.clone();
         let root = tokio::task::spawn_blocking(move || rootfs::prepare(&d2, &mounts)).await??;
         let name = vm_name(namespace, &req.id);
+        let maps: Vec<fcvm::map::Map> = (plan.binds.iter())
+            .map(|b| fcvm::map::Map {
+                host: b.source.clone(),
+                guest: b.destination.clone(),
+                read_only: b.read_only,
+            })
+            .collect();
+        fcvm::map::Map::check_unique(&maps)?;
         let vreq = VmRequest {
             name,
             hostname: if plan.hostname.is_empty() {
@@ -108,6 +116,7 @@ impl Container {
             prefetch: plan.process.args.first().cloned().into_iter().collect(),
             privileged: plan.privileged,
             no_snapshot: root.one_off.is_some(),
+            maps,
         };
         let vm = match BundleVm::launch(dirs, &vreq).await {
             Ok(vm) => vm,

@@ -5,8 +5,9 @@
 //! `io.kubernetes.cri.container-type=sandbox`. The shim's socket is named after the sandbox
 //! id, so all of a pod's containers reach one shim ([`sandbox_of_bundle`]); in it the
 //! sandbox container launches the VM as any container does, and each later container
-//! ([`Role::Member`]) is added to that VM (`fcvm::bundle::BundleVm::add_container`), its root
-//! the overlay containerd prepared for it, mounted by the shim on the bundle's `rootfs/`.
+//! ([`Role::Member`]) is added to that VM (`fcvm::bundle::BundleVm::add_container_with`), its
+//! root the overlay containerd prepared for it, mounted by the shim on the bundle's
+//! `rootfs/`, with its volumes (binds of host directories, `crate::spec`'s plan) as maps.
 //! A container without these annotations (`ctr run`) has its own VM, as before.
 
 use std::path::Path;

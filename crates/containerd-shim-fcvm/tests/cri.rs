@@ -51,9 +51,8 @@ fn a_pod_sandbox_runs_stops_and_is_removed() {
 
 /// A pod of two containers in one VM, sharing its localhost: one serves, the other
 /// connects; their exit codes through ContainerStatus, the client's output in its CRI log
-/// file, ExecSync in the server, a container the VM cannot honour refused clearly (the pod
-/// goes on), and StopPodSandbox (killing a container still running) + RemovePodSandbox
-/// leave nothing.
+/// file, ExecSync in the server, and StopPodSandbox (killing a container still running) +
+/// RemovePodSandbox leave nothing.
 #[test]
 fn a_pods_containers_share_its_vm() {
     let (c, cri) = start();
@@ -61,23 +60,6 @@ fn a_pods_containers_share_its_vm() {
     let pod = cri
         .run_pod(&pc)
         .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", c.log()));
-
-    // Bad input: a host directory mounted into the container cannot reach the VM.
-    let mut bad = cri.container_config("bad", IMAGE, &["true"]);
-    bad.mounts = vec![Mount {
-        container_path: "/data".into(),
-        host_path: c.dir.path().display().to_string(),
-        ..Default::default()
-    }];
-    // CRI creates the task (and so asks the shim) at StartContainer.
-    let bad = cri.create_container(&pod, &pc, &bad).unwrap();
-    let e = cri.start_container(&bad).unwrap_err();
-    assert!(
-        e.message()
-            .contains("fcvm cannot honour mount /data (bind from "),
-        "{e}"
-    );
-    cri.remove_container(&bad).unwrap();
 
     let server = cri
         .create_container(
@@ -160,6 +142,102 @@ fn a_pods_containers_share_its_vm() {
     assert_eq!(st.exit_code, 137, "sleeper: {st:?}");
     cri.remove_pod(&pod).unwrap();
     assert_nothing_left(&c, &[&pod, &server, &client, &sleeper]);
+}
+
+/// A pod's containers with host directories mounted (as Kubernetes volumes arrive): one
+/// reads the host's file at /data and writes one the host then sees; one with the volume
+/// read-only reads it and cannot write (exit code and error checked); a host *file*
+/// mounted is refused clearly at StartContainer and the pod goes on. Removing them and the
+/// pod leaves nothing.
+#[test]
+fn a_pods_containers_bind_host_directories() {
+    let (c, cri) = start();
+    let pc = cri.pod_config("vols");
+    let pod = cri
+        .run_pod(&pc)
+        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", c.log()));
+    let vol = c.dir.path().join("vol");
+    std::fs::create_dir(&vol).unwrap();
+    std::fs::write(vol.join("in"), "from host\n").unwrap();
+    let mount = |host: &Path, readonly| Mount {
+        container_path: "/data".into(),
+        host_path: host.display().to_string(),
+        readonly,
+        ..Default::default()
+    };
+
+    // Bad input: a host file cannot be served as a map.
+    let file = c.dir.path().join("file");
+    std::fs::write(&file, "x").unwrap();
+    let mut bad = cri.container_config("bad", IMAGE, &["true"]);
+    bad.mounts = vec![mount(&file, false)];
+    // CRI creates the task (and so asks the shim) at StartContainer.
+    let bad = cri.create_container(&pod, &pc, &bad).unwrap();
+    let e = cri.start_container(&bad).unwrap_err();
+    let want = format!(
+        "fcvm cannot honour mount /data (bind from {}): only a host directory can be bound \
+         into the VM, not a file",
+        file.display()
+    );
+    assert!(e.message().contains(&want), "{e}");
+    cri.remove_container(&bad).unwrap();
+
+    let mut rw = cri.container_config(
+        "rw",
+        IMAGE,
+        &[
+            "sh",
+            "-c",
+            "cat /data/in && echo from guest > /data/out && exit 2",
+        ],
+    );
+    rw.mounts = vec![mount(&vol, false)];
+    let rw = cri
+        .create_container(&pod, &pc, &rw)
+        .unwrap_or_else(|e| panic!("CreateContainer: {e}\n{}", c.log()));
+    cri.start_container(&rw)
+        .unwrap_or_else(|e| panic!("StartContainer: {e}\n{}", c.log()));
+    let limit = Duration::from_secs(120);
+    let st = cri.wait_exited(&rw, limit);
+    assert_eq!(
+        st.exit_code,
+        2,
+        "rw: {st:?}\n{}",
+        log_text(Path::new(&st.log_path))
+    );
+    assert_eq!(log_text(Path::new(&st.log_path)), "from host\n");
+    assert_eq!(
+        std::fs::read_to_string(vol.join("out")).unwrap(),
+        "from guest\n"
+    );
+
+    let mut ro = cri.container_config(
+        "ro",
+        IMAGE,
+        &[
+            "sh",
+            "-c",
+            "cat /data/in; echo again > /data/again && exit 0; exit 5",
+        ],
+    );
+    ro.mounts = vec![mount(&vol, true)];
+    let ro = cri.create_container(&pod, &pc, &ro).unwrap();
+    cri.start_container(&ro)
+        .unwrap_or_else(|e| panic!("StartContainer: {e}\n{}", c.log()));
+    let st = cri.wait_exited(&ro, limit);
+    let out = log_text(Path::new(&st.log_path));
+    assert_eq!(st.exit_code, 5, "ro: {st:?}\n{out}");
+    assert!(
+        out.starts_with("from host\n") && out.contains("Read-only file system"),
+        "{out}"
+    );
+    assert!(!vol.join("again").exists());
+
+    cri.remove_container(&rw).unwrap();
+    cri.remove_container(&ro).unwrap();
+    cri.stop_pod(&pod).unwrap();
+    cri.remove_pod(&pod).unwrap();
+    assert_nothing_left(&c, &[&pod, &rw, &ro]);
 }
 
 /// One pod up: RunPodSandbox, then CreateContainer + StartContainer of a container that

@@ -174,26 +174,75 @@ fn detached_exec_kill_and_states() {
     assert_nothing_left(&c, &["t-d"]);
 }
 
+/// `ctr run --mount` of host directories: one read-write (the host's file read, a new one
+/// written that the host then sees), one read-only (read, and a write fails with the exit
+/// code the script gives it).
 #[test]
-fn an_unsupported_spec_field_is_refused_clearly() {
+fn a_lone_container_binds_host_directories() {
     let c = Containerd::start();
+    let vol = c.dir.path().join("vol");
+    std::fs::create_dir(&vol).unwrap();
+    std::fs::write(vol.join("in"), "from host\n").unwrap();
+    let (rw, ro) = (
+        format!("type=bind,src={},dst=/data,options=rbind:rw", vol.display()),
+        format!("type=bind,src={},dst=/conf,options=rbind:ro", vol.display()),
+    );
     let o = c.ctr(&[
         "run",
         "--runtime",
         RUNTIME,
         "--rm",
         "--mount",
-        "type=bind,src=/tmp,dst=/data,options=rbind:ro",
+        &rw,
+        "--mount",
+        &ro,
+        IMAGE,
+        "t-vol",
+        "sh",
+        "-c",
+        "cat /data/in /conf/in && echo from guest > /data/out && \
+         { echo no > /conf/no && exit 0; exit 5; }",
+    ]);
+    let (out, err) = (text(&o.stdout), text(&o.stderr));
+    assert_eq!(o.status.code(), Some(5), "{out}{err}");
+    assert_eq!(out, "from host\nfrom host\n", "{err}");
+    assert!(err.contains("Read-only file system"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(vol.join("out")).unwrap(),
+        "from guest\n"
+    );
+    assert!(!vol.join("no").exists());
+    assert_nothing_left(&c, &["t-vol"]);
+}
+
+#[test]
+fn an_unsupported_spec_field_is_refused_clearly() {
+    let c = Containerd::start();
+    let file = c.dir.path().join("file");
+    std::fs::write(&file, "x").unwrap();
+    let mount = format!(
+        "type=bind,src={},dst=/data,options=rbind:ro",
+        file.display()
+    );
+    let o = c.ctr(&[
+        "run",
+        "--runtime",
+        RUNTIME,
+        "--rm",
+        "--mount",
+        &mount,
         IMAGE,
         "t-bad",
         "true",
     ]);
     let err = text(&o.stderr);
     assert!(!o.status.success());
-    assert!(
-        err.contains("fcvm cannot honour mount /data (bind from /tmp)"),
-        "{err}"
+    let want = format!(
+        "fcvm cannot honour mount /data (bind from {}): only a host directory can be bound \
+         into the VM, not a file",
+        file.display()
     );
+    assert!(err.contains(&want), "{err}");
     let _ = c.ctr(&["container", "delete", "t-bad"]);
     assert_nothing_left(&c, &["t-bad"]);
 }

@@ -152,6 +152,8 @@ pub enum Error {
     NoSuchMap(u32),
     #[error("Map {0} is in use")]
     MapInUse(u32),
+    #[error("Invalid bind destination {0:?} (absolute, no '..')")]
+    BadBindDestination(String),
     #[error("Too many maps in this VM (at most {0})")]
     TooManyMaps(usize),
     #[error("The agent has no map channel")]

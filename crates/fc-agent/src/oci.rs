@@ -122,8 +122,13 @@ pub fn spec(p: &ProcConfig) -> Result<Spec> {
 /// A pod container's runtime config (`crate::pods`): the first container's defaults, rooted
 /// at `root`, in the network, IPC and UTS namespaces of process `join` (the first
 /// container's), with pid and mount namespaces of its own; without the first container's
-/// disks and maps.
-pub fn pod_spec(p: &ProcConfig, root: &str, join: i32) -> Result<Spec> {
+/// disks and maps, with `binds` (its own maps, `PodRequest{Binds}`) instead.
+pub fn pod_spec(
+    p: &ProcConfig,
+    root: &str,
+    join: i32,
+    binds: &[crate::fuse::Bind],
+) -> Result<Spec> {
     let own = [LinuxNamespaceType::Pid, LinuxNamespaceType::Mount]
         .into_iter()
         .map(|t| LinuxNamespaceBuilder::default().typ(t).build());
@@ -143,7 +148,16 @@ pub fn pod_spec(p: &ProcConfig, root: &str, join: i32) -> Result<Spec> {
         .chain(joined)
         .collect::<Result<Vec<_>, _>>()
         .map_err(e("namespace"))?;
-    build(p, root, false, namespaces)
+    let mut spec = build(p, root, false, namespaces)?;
+    let mut mounts = spec.mounts().clone().unwrap_or_default();
+    for b in binds {
+        // As the first container's maps: never a set-uid file or device node from the host.
+        let ro: &[&str] = if b.read_only { &["ro"] } else { &[] };
+        let opts = [&["rbind", "rprivate", "nosuid", "nodev"], ro].concat();
+        mounts.push(mnt(&b.guest, "bind", &b.source, &opts)?);
+    }
+    spec.set_mounts(Some(mounts));
+    Ok(spec)
 }
 
 /// The config rooted at `root` with `namespaces`; `binds`: the first container's extra disks
@@ -311,7 +325,20 @@ mod tests {
             args: vec!["sh".into()],
             ..Default::default()
         };
-        let v = serde_json::to_value(pod_spec(&p, "/run/fcvm-maps/3", 42).unwrap()).unwrap();
+        let binds = [
+            crate::fuse::Bind {
+                source: "/run/fcvm-maps/4".into(),
+                guest: "/data".into(),
+                read_only: false,
+            },
+            crate::fuse::Bind {
+                source: "/run/fcvm-maps/5".into(),
+                guest: "/conf".into(),
+                read_only: true,
+            },
+        ];
+        let spec = pod_spec(&p, "/run/fcvm-maps/3", 42, &binds).unwrap();
+        let v = serde_json::to_value(spec).unwrap();
         assert_eq!(v["root"]["path"], "/run/fcvm-maps/3");
         assert!(v.get("hostname").is_none(), "the UTS namespace is joined");
         let ns: Vec<(String, Option<String>)> = v["linux"]["namespaces"]
@@ -343,6 +370,19 @@ mod tests {
             .collect();
         assert!(dests.contains(&"/proc") && dests.contains(&"/etc/hostname"));
         assert_eq!(v["linux"]["maskedPaths"][0], "/proc/acpi");
+        // Its binds come last (over anything the defaults put there), read-only as asked.
+        let mounts = v["mounts"].as_array().unwrap();
+        let [.., data, conf] = &mounts[..] else {
+            panic!("{mounts:?}")
+        };
+        assert_eq!(
+            (&data["destination"], &data["source"], &data["type"]),
+            (&"/data".into(), &"/run/fcvm-maps/4".into(), &"bind".into())
+        );
+        let opts = |m: &serde_json::Value| m["options"].as_array().unwrap().clone();
+        assert!(!opts(data).contains(&"ro".into()));
+        assert_eq!(conf["destination"], "/conf");
+        assert!(opts(conf).contains(&"ro".into()) && opts(conf).contains(&"nosuid".into()));
     }
 
     #[test]

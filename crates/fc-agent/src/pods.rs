@@ -4,33 +4,49 @@
 //! ([`crate::fuse::add`]), in the network, IPC and UTS namespaces of the first container
 //! (so they share its localhost and hostname) and in mount and pid namespaces of their own.
 //!
-//! 1. `PodRequest{AddMap}` mounts the root-to-be ([`handle`] → [`crate::fuse::add`]);
+//! 1. `PodRequest{AddMap}` mounts the root-to-be ([`handle`] → [`crate::fuse::add`]), and
+//!    one more map per host directory bound into the container; `PodRequest{Binds}` says
+//!    where those go (kept until the start: destinations checked here, maps at the claim);
 //! 2. `Start{PodContainer{id, root}}` [`claim`]s the id for that map (checked: ids come from
-//!    the host's clients), then `crun run`s it (`crate::process`);
+//!    the host's clients) with its binds, then `crun run`s it (`crate::process`);
 //!    `Start{PodExec{id}}` joins it (`crun exec`);
 //! 3. `PodRequest{RemoveContainer}` deletes it (`crun delete --force`) and its bundle;
-//!    `PodRequest{RemoveMap}` unmounts its root once no container has it as root.
+//!    `PodRequest{RemoveMap}` unmounts its root and bound maps once no container uses them.
 //!
 //! Nothing here outlives a snapshot usefully: pod VMs are not snapshotted once a map was
 //! added (the host's map server would not know the maps).
 
 use crate::error::{Error, Result};
+use crate::fuse::Bind;
 use crate::paths::{crun_state_of, pod_crun_id, pod_dir, CONTAINER_PIDFILE, CRUN};
-use fcvm_proto::{valid_pod_id, PodOp, MAX_POD_CONTAINERS};
+use fcvm_proto::{valid_pod_id, PodBind, PodOp, MAX_MAPS, MAX_POD_CONTAINERS};
 use std::collections::BTreeMap;
+use std::path::{Component, Path};
 use std::sync::Mutex;
 
-/// A pod container: the map that is its root, and where that is mounted in the VM.
+/// Longest bind destination (PATH_MAX).
+const MAX_DESTINATION: usize = 4096;
+
+/// A pod container: the map that is its root, and where that is mounted in the VM; the
+/// maps bound into it, and their mounts.
 struct Pod {
     map: u32,
     root: String,
+    bound: Vec<u32>,
+    binds: Vec<Bind>,
 }
 
 /// The pod containers claimed and not yet removed, by id.
 static PODS: Mutex<BTreeMap<String, Pod>> = Mutex::new(BTreeMap::new());
+/// The binds of containers not claimed yet (`PodRequest{Binds}`), by id.
+static PENDING: Mutex<BTreeMap<String, Vec<PodBind>>> = Mutex::new(BTreeMap::new());
 
 fn pods() -> std::sync::MutexGuard<'static, BTreeMap<String, Pod>> {
     PODS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn pending() -> std::sync::MutexGuard<'static, BTreeMap<String, Vec<PodBind>>> {
+    PENDING.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn checked(id: &str) -> Result<&str> {
@@ -41,7 +57,42 @@ fn checked(id: &str) -> Result<&str> {
     }
 }
 
+/// Whether `dest` may be where a bind goes in a container: absolute, not `/`, no `..`, no
+/// NUL, at most [`MAX_DESTINATION`] bytes (it comes from the host's clients).
+fn valid_destination(dest: &str) -> bool {
+    let path = Path::new(dest);
+    dest.len() <= MAX_DESTINATION
+        && !dest.contains('\0')
+        && path.is_absolute()
+        && path.components().any(|c| matches!(c, Component::Normal(_)))
+        && !path.components().any(|c| c == Component::ParentDir)
+}
+
+/// Keeps `binds` for container `id`, not started yet, until its [`claim`] (replacing what
+/// an earlier `Binds` said).
+fn set_binds(id: &str, binds: &[PodBind]) -> Result<()> {
+    let id = checked(id)?;
+    if binds.len() > MAX_MAPS {
+        return Err(Error::TooManyMaps(MAX_MAPS));
+    }
+    if let Some(b) = binds.iter().find(|b| !valid_destination(&b.destination)) {
+        return Err(Error::BadBindDestination(
+            b.destination.chars().take(80).collect(),
+        ));
+    }
+    if pods().contains_key(id) {
+        return Err(Error::PodExists(id.into()));
+    }
+    let mut pending = pending();
+    if !pending.contains_key(id) && pending.len() >= MAX_POD_CONTAINERS {
+        return Err(Error::TooManyPods(MAX_POD_CONTAINERS));
+    }
+    pending.insert(id.into(), binds.to_vec());
+    Ok(())
+}
+
 /// Records container `id` with map `map` as its root (mounted by `AddMap`, and no other
+/// container's root) and the binds `PodRequest{Binds}` gave it (each an added map, not a
 /// container's root); returns the root's directory in the VM.
 pub fn claim(id: &str, map: u32) -> Result<String> {
     let id = checked(id)?;
@@ -52,18 +103,47 @@ pub fn claim(id: &str, map: u32) -> Result<String> {
     if pods.len() >= MAX_POD_CONTAINERS {
         return Err(Error::TooManyPods(MAX_POD_CONTAINERS));
     }
-    if pods.values().any(|p| p.map == map) {
+    if pods
+        .values()
+        .any(|p| p.map == map || p.bound.contains(&map))
+    {
         return Err(Error::MapInUse(map));
     }
     let root = crate::fuse::added_dir(map).ok_or(Error::NoSuchMap(map))?;
-    pods.insert(
-        id.into(),
-        Pod {
-            map,
-            root: root.clone(),
-        },
-    );
-    Ok(root)
+    let mut pending = pending();
+    let asked = pending.get(id).map(Vec::as_slice).unwrap_or_default();
+    let mut binds = Vec::with_capacity(asked.len());
+    for b in asked {
+        if b.map == map || pods.values().any(|p| p.map == b.map) {
+            return Err(Error::MapInUse(b.map));
+        }
+        let source = crate::fuse::added_dir(b.map).ok_or(Error::NoSuchMap(b.map))?;
+        binds.push(Bind {
+            source,
+            guest: b.destination.clone(),
+            read_only: b.read_only,
+        });
+    }
+    let bound = asked.iter().map(|b| b.map).collect();
+    pending.remove(id);
+    let root_dir = root.clone();
+    let pod = Pod {
+        map,
+        root,
+        bound,
+        binds,
+    };
+    pods.insert(id.into(), pod);
+    Ok(root_dir)
+}
+
+/// The binds of claimed container `id`: map directories in the VM and where they go.
+pub fn binds_of(id: &str) -> Result<Vec<Bind>> {
+    let id = checked(id)?;
+    pods()
+        .get(id)
+        .map(|p| p.binds.clone())
+        .ok_or_else(|| Error::NoSuchPod(id.into()))
 }
 
 /// The root directory (in the VM) of claimed container `id`.
@@ -88,12 +168,16 @@ pub fn handle(op: &PodOp) -> Result<()> {
     match op {
         PodOp::AddMap { map, read_only } => crate::fuse::add(*map, *read_only),
         PodOp::RemoveMap { map } => {
-            if pods().values().any(|p| p.map == *map) {
+            if pods()
+                .values()
+                .any(|p| p.map == *map || p.bound.contains(map))
+            {
                 return Err(Error::MapInUse(*map));
             }
             crate::fuse::remove(*map)
         }
         PodOp::RemoveContainer { id } => remove(checked(id)?),
+        PodOp::Binds { id, binds } => set_binds(id, binds),
     }
 }
 
@@ -113,6 +197,7 @@ fn remove(id: &str) -> Result<()> {
         }
     }
     pods().remove(id);
+    pending().remove(id);
     Ok(())
 }
 
@@ -133,5 +218,44 @@ mod tests {
         assert!(matches!(root_of("app"), Err(Error::NoSuchPod(_))));
         // Removing an unknown map or container is not an error (nothing to do).
         assert!(handle(&PodOp::RemoveMap { map: 77 }).is_ok());
+    }
+
+    fn bind(map: u32, destination: &str) -> PodBind {
+        PodBind {
+            map,
+            destination: destination.into(),
+            read_only: false,
+        }
+    }
+
+    /// Binds are checked when they arrive: the id, each destination, their count; a claim
+    /// needs their maps mounted, and the pending binds go with the container.
+    #[test]
+    fn binds_are_checked() {
+        let binds = |id: &str, binds: Vec<PodBind>| {
+            handle(&PodOp::Binds {
+                id: id.into(),
+                binds,
+            })
+        };
+        assert!(matches!(binds("../x", vec![]), Err(Error::BadPodId(_))));
+        let long = format!("/{}", "x".repeat(MAX_DESTINATION));
+        for bad in [
+            "", "/", "//", "data", "./data", "/a/../b", "/..", "/a\0b", &long,
+        ] {
+            let r = binds("b1", vec![bind(1, "/ok"), bind(2, bad)]);
+            assert!(matches!(r, Err(Error::BadBindDestination(_))), "{bad:?}");
+        }
+        let many = (0..=MAX_MAPS as u32).map(|m| bind(m, "/d")).collect();
+        assert!(matches!(binds("b1", many), Err(Error::TooManyMaps(_))));
+        for good in ["/data", "/var/lib/x", "/a/./b", "/..x/y"] {
+            assert!(binds("b1", vec![bind(1, good)]).is_ok(), "{good}");
+        }
+        // No map is mounted in a unit test: the claim fails, the binds stay pending.
+        assert!(matches!(claim("b1", 91), Err(Error::NoSuchMap(91))));
+        assert!(pending().contains_key("b1"));
+        handle(&PodOp::RemoveContainer { id: "b1".into() }).unwrap();
+        assert!(!pending().contains_key("b1"));
+        assert!(matches!(binds_of("b1"), Err(Error::NoSuchPod(_))));
     }
 }

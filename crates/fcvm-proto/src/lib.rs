@@ -462,6 +462,22 @@ pub enum PodOp {
     /// `crun delete --force` pod container `id` (kills what still runs in it) and forget it;
     /// its root map stays mounted until `RemoveMap`. An unknown id is fine.
     RemoveContainer { id: String },
+    /// Bind mounts for pod container `id`, to be made when its `Target::PodContainer` starts
+    /// (sent after their maps' `AddMap`, before that `Start`): each map's directory at its
+    /// `destination` in the container. Replaces what an earlier `Binds` for `id` said; refused
+    /// once `id` started, for a destination that is not absolute or has a `..`, and beyond
+    /// [`MAX_MAPS`] binds. Appended in protocol 7 (branch `binds`).
+    Binds { id: String, binds: Vec<PodBind> },
+}
+
+/// One bind mount of a pod container ([`PodOp::Binds`]): added map `map` (mounted by
+/// [`PodOp::AddMap`]) at `destination` (absolute, no `..`) in the container, read-only if
+/// `read_only` (whatever the map is).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodBind {
+    pub map: u32,
+    pub destination: String,
+    pub read_only: bool,
 }
 
 /// Why a process could not run; the host maps these to podman's exit codes.
@@ -830,6 +846,17 @@ mod tests {
                 seq: 3,
                 op: PodOp::RemoveContainer { id: "app".into() },
             }),
+            Frame::control(Msg::PodRequest {
+                seq: 4,
+                op: PodOp::Binds {
+                    id: "app".into(),
+                    binds: vec![PodBind {
+                        map: 4,
+                        destination: "/data".into(),
+                        read_only: true,
+                    }],
+                },
+            }),
             Frame::control(Msg::PodReply {
                 seq: 3,
                 error: Some("no".into()),
@@ -853,6 +880,15 @@ mod tests {
             },
         ];
         round_trip(&frames);
+        // Appended: the older operations keep their index (byte 2, after the message's
+        // variant and the one-byte seq).
+        let op = |op| postcard::to_allocvec(&Msg::PodRequest { seq: 1, op }).unwrap()[2];
+        assert_eq!(op(PodOp::RemoveContainer { id: "a".into() }), 2);
+        let binds = PodOp::Binds {
+            id: "a".into(),
+            binds: vec![],
+        };
+        assert_eq!(op(binds), 3);
         let body = |msg| postcard::to_allocvec(&msg).unwrap()[0];
         assert_eq!(
             body(Msg::PodReply {

@@ -8,7 +8,10 @@
 //!    container `cli` connects to it and reads "hi" (shared localhost), sees none of `srv`'s
 //!    files, and exits 7: its exit code comes back;
 //! 3. an exec into `srv` sees its own root (a file only in its directory), the pod's
-//!    hostname, and writes a file that lands in the host directory;
+//!    hostname, and writes a file that lands in the host directory; a host directory bound
+//!    into `srv` read-write and again read-only: read through both, written through the
+//!    first only; binds the agent refuses (a relative destination) or the library cannot
+//!    serve (a file) fail the add and leave nothing mounted;
 //! 4. removing both leaves no crun state, no map mount and no bundle in the guest, and no
 //!    container in the library's list; a second removal is refused.
 //!
@@ -20,6 +23,7 @@ use common::*;
 use std::path::Path;
 use std::time::Duration;
 
+use fcvm::bundle::pod::HostBind;
 use fcvm::bundle::{BundleVm, PodError, VmRequest};
 use fcvm::session::{Process, Session};
 use fcvm_proto::{Msg, ProcessSpec, Target};
@@ -99,6 +103,14 @@ async fn a_pods_containers_share_localhost_and_keep_their_own_roots() {
     unpack_busybox(&srv_root);
     unpack_busybox(&cli_root);
     std::fs::write(srv_root.join("only-in-srv"), "srv's own file\n").unwrap();
+    let vol = tmp.path().join("vol");
+    std::fs::create_dir(&vol).unwrap();
+    std::fs::write(vol.join("in"), "volume\n").unwrap();
+    let bind = |source: &Path, destination: &str, read_only| HostBind {
+        source: source.to_path_buf(),
+        destination: destination.into(),
+        read_only,
+    };
     let key = layer.trim_start_matches("sha256:").to_string();
     let rootfs = fcvm::bundle::erofs_of_tree(&dirs, &key, &sandbox, &[]).expect("erofs");
     let req = VmRequest {
@@ -113,6 +125,7 @@ async fn a_pods_containers_share_localhost_and_keep_their_own_roots() {
         prefetch: vec![],
         privileged: false,
         no_snapshot: true,
+        maps: vec![],
     };
     let vm = BundleVm::launch(&dirs, &req).await.expect("launch");
     let mut first = vm
@@ -139,7 +152,9 @@ async fn a_pods_containers_share_localhost_and_keep_their_own_roots() {
     assert!(out.contains("Map 99 is not mounted"), "{out}");
 
     // 2. Two containers from host directories, sharing the first one's localhost.
-    vm.add_container("srv", &srv_root).await.expect("add srv");
+    let binds = [bind(&vol, "/vol", false), bind(&vol, "/etc/vol-ro", true)];
+    let r = vm.add_container_with("srv", &srv_root, &binds).await;
+    r.expect("add srv");
     vm.add_container("cli", &cli_root).await.expect("add cli");
     let dup = vm.add_container("srv", &srv_root).await;
     assert!(matches!(dup, Err(PodError::Duplicate(_))), "{dup:?}");
@@ -172,16 +187,33 @@ async fn a_pods_containers_share_localhost_and_keep_their_own_roots() {
     let exec = vm
         .exec_in(
             "srv",
-            spec("cat /only-in-srv; hostname; echo from-guest > /written"),
+            spec(
+                "cat /only-in-srv; hostname; echo from-guest > /written; \
+                 cat /vol/in /etc/vol-ro/in; echo bound > /vol/out; \
+                 (echo no > /etc/vol-ro/no) 2>/dev/null || echo ro",
+            ),
         )
         .await
         .unwrap();
     let (out, code) = finish(exec).await;
-    assert_eq!((out.as_str(), code), ("srv's own file\npodhost\n", 0));
+    let want = "srv's own file\npodhost\nvolume\nvolume\nro\n";
+    assert_eq!((out.as_str(), code), (want, 0));
     assert_eq!(
         std::fs::read_to_string(srv_root.join("written")).unwrap(),
         "from-guest\n"
     );
+    assert_eq!(std::fs::read_to_string(vol.join("out")).unwrap(), "bound\n");
+    assert!(!vol.join("no").exists());
+    let r = vm
+        .add_container_with("bad", &cli_root, &[bind(&vol, "vol", false)])
+        .await;
+    let e = format!("{:#}", anyhow::Error::from(r.unwrap_err()));
+    assert!(e.contains("Invalid bind destination \"vol\""), "{e}");
+    let file = vol.join("in");
+    let r = vm
+        .add_container_with("bad", &cli_root, &[bind(&file, "/f", false)])
+        .await;
+    assert!(matches!(r, Err(PodError::BindNotDir(..))), "{r:?}");
 
     // 4. Removing them: srv's process ends, nothing of either is left in the guest.
     vm.remove_container("srv").await.expect("remove srv");

@@ -3,12 +3,17 @@
 //! privileged. What fcvm cannot honour is refused here, before anything starts, with one line
 //! naming the field (docs/containerd.md lists both). A CRI pod's containers ([`Role`]) have
 //! rules of their own: the pod's namespaces are the VM's, the CRI's per-pod files are the
-//! VM's own, and a later container cannot resize the VM its sandbox sized.
+//! VM's own, and a later container cannot resize the VM its sandbox sized; a later
+//! container's binds of host directories reach it as maps ([`binds`]), as a lone
+//! container's do.
 
 use fcvm_proto::ProcessSpec;
 use oci_spec::runtime::{Capability, LinuxNamespaceType, Process, Spec};
 
 use crate::pod::Role;
+use fcvm::bundle::pod::HostBind;
+
+mod binds;
 
 /// VM size when the spec sets no limits (as `fcvm podman run`'s defaults).
 pub const DEFAULT_CPUS: u32 = 1;
@@ -49,6 +54,10 @@ pub struct Plan {
     pub mem_mib: u32,
     pub hostname: String,
     pub privileged: bool,
+    /// The container's binds of host directories, in the spec's order: a pod member's are
+    /// added to its sandbox's VM, a lone container's VM is launched with them (never a
+    /// sandbox's: the pause container has no use for one).
+    pub binds: Vec<HostBind>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -94,6 +103,7 @@ pub fn plan(spec: &Spec, stdin: bool, role: &Role) -> Result<Plan, Refused> {
             "the container's root is always writable (an overlay in the VM)",
         ));
     }
+    let mut host_binds = vec![];
     for m in spec.mounts().iter().flatten() {
         let dest = m.destination().to_string_lossy();
         let typ = m.typ().clone().unwrap_or_default();
@@ -101,17 +111,39 @@ pub fn plan(spec: &Spec, stdin: bool, role: &Role) -> Result<Plan, Refused> {
             .iter()
             .any(|(d, types)| *d == dest && types.contains(&typ.as_str()));
         let cri = *role != Role::Alone && typ == "bind" && CRI_MOUNTS.contains(&&*dest);
-        if !standard && !cri {
-            let src = m
-                .source()
-                .as_ref()
-                .map(|s| format!(" from {}", s.display()))
-                .unwrap_or_default();
-            return Err(refuse(
-                format!("mount {dest} ({typ}{src})"),
-                "host paths and extra file systems cannot reach the VM",
-            ));
+        if standard || cri {
+            continue;
         }
+        let src = m
+            .source()
+            .as_ref()
+            .map(|s| format!(" from {}", s.display()))
+            .unwrap_or_default();
+        let field = format!("mount {dest} ({typ}{src})");
+        match role {
+            Role::Sandbox => {
+                return Err(refuse(
+                    field,
+                    "a pod's sandbox container takes no host paths or extra file systems",
+                ))
+            }
+            _ if binds::is_bind(m) => host_binds.push(binds::host_bind(m, &field)?),
+            _ => {
+                return Err(refuse(
+                    field,
+                    "only binds of host directories reach the VM (no other file system)",
+                ))
+            }
+        }
+    }
+    if host_binds.len() >= fcvm_proto::MAX_MAPS {
+        return Err(refuse(
+            "mounts",
+            format!(
+                "at most {} binds of host directories",
+                fcvm_proto::MAX_MAPS - 1
+            ),
+        ));
     }
     let (mut cpus, mut mem_mib) = (DEFAULT_CPUS, DEFAULT_MEM_MIB);
     if let Some(linux) = spec.linux() {
@@ -248,6 +280,7 @@ pub fn plan(spec: &Spec, stdin: bool, role: &Role) -> Result<Plan, Refused> {
         mem_mib,
         hostname: spec.hostname().clone().unwrap_or_default(),
         privileged,
+        binds: host_binds,
     })
 }
 

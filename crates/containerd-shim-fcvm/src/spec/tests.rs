@@ -77,9 +77,15 @@ fn what_fcvm_cannot_honour_is_refused() {
     let cases = [
         (
             serde_json::json!({"mounts": [{"destination": "/data", "type": "bind",
-                "source": "/srv/data", "options": ["rbind"]}]}),
-            "fcvm cannot honour mount /data (bind from /srv/data): \
-             host paths and extra file systems cannot reach the VM",
+                "source": "/srv/no-such-data", "options": ["rbind"]}]}),
+            "fcvm cannot honour mount /data (bind from /srv/no-such-data): \
+             the source does not exist",
+        ),
+        (
+            serde_json::json!({"mounts": [{"destination": "/data", "type": "tmpfs",
+                "source": "tmpfs"}]}),
+            "fcvm cannot honour mount /data (tmpfs from tmpfs): \
+             only binds of host directories reach the VM (no other file system)",
         ),
         (
             serde_json::json!({"linux": {"namespaces": [{"type": "pid"}]}}),
@@ -209,14 +215,34 @@ fn what_a_pod_cannot_have_is_refused() {
              its sandbox sized; one container's limit cannot be applied in it",
         ),
         (
-            member,
+            member.clone(),
             cri_spec(
                 true,
                 serde_json::json!({"mounts": [{"destination": "/data", "type": "bind",
-                    "source": "/srv/data", "options": ["rbind"]}]}),
+                    "source": "/srv/no-such-data", "options": ["rbind"]}]}),
             ),
-            "fcvm cannot honour mount /data (bind from /srv/data): \
-             host paths and extra file systems cannot reach the VM",
+            "fcvm cannot honour mount /data (bind from /srv/no-such-data): \
+             the source does not exist",
+        ),
+        (
+            member.clone(),
+            cri_spec(
+                true,
+                serde_json::json!({"mounts": [{"destination": "/data", "type": "tmpfs",
+                    "source": "tmpfs"}]}),
+            ),
+            "fcvm cannot honour mount /data (tmpfs from tmpfs): \
+             only binds of host directories reach the VM (no other file system)",
+        ),
+        (
+            Role::Sandbox,
+            cri_spec(
+                false,
+                serde_json::json!({"mounts": [{"destination": "/data", "type": "bind",
+                    "source": "/", "options": ["rbind"]}]}),
+            ),
+            "fcvm cannot honour mount /data (bind from /): \
+             a pod's sandbox container takes no host paths or extra file systems",
         ),
     ];
     for (role, spec, want) in cases {
@@ -244,4 +270,97 @@ fn roles_come_from_the_cri_annotations() {
             sandbox: "abc".into()
         }
     );
+}
+
+/// A pod member's binds of host directories become [`HostBind`]s (read-only when asked, in
+/// the spec's order); a file, a bad destination, propagation and unknown options are
+/// refused; a lone container's are planned alike.
+#[test]
+fn a_members_binds_of_host_directories_are_honoured() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, conf) = (dir.path().join("data"), dir.path().join("conf"));
+    std::fs::create_dir(&data).unwrap();
+    std::fs::create_dir(&conf).unwrap();
+    let file = dir.path().join("file");
+    std::fs::write(&file, "x").unwrap();
+    let member = Role::Member {
+        sandbox: "s1".into(),
+    };
+    let with = |mounts: serde_json::Value| {
+        let mut s = cri_spec(true, serde_json::json!({}));
+        let mut all = s.mounts().clone().unwrap();
+        all.extend(serde_json::from_value::<Vec<oci_spec::runtime::Mount>>(mounts).unwrap());
+        s.set_mounts(Some(all));
+        s
+    };
+    let s = with(serde_json::json!([
+        {"destination": "/data", "type": "bind", "source": data,
+         "options": ["rbind", "rprivate", "rw"]},
+        {"destination": "/etc/conf", "source": conf, "options": ["rbind", "ro", "nosuid"]}
+    ]));
+    let p = plan(&s, false, &member).unwrap();
+    let bind = |source: &std::path::Path, destination: &str, read_only| HostBind {
+        source: source.to_path_buf(),
+        destination: destination.into(),
+        read_only,
+    };
+    assert_eq!(
+        p.binds,
+        [bind(&data, "/data", false), bind(&conf, "/etc/conf", true)]
+    );
+    // The CRI's own files are still the VM's, not binds.
+    assert!(plan(&cri_spec(true, serde_json::json!({})), false, &member)
+        .unwrap()
+        .binds
+        .is_empty());
+    let f = file.display();
+    let d = data.display();
+    let cases = [
+        (
+            serde_json::json!([{"destination": "/f", "type": "bind", "source": file,
+                "options": ["rbind"]}]),
+            format!(
+                "mount /f (bind from {f}): only a host directory can be bound into the VM, \
+                 not a file"
+            ),
+        ),
+        (
+            serde_json::json!([{"destination": "/a/../etc", "type": "bind", "source": data}]),
+            format!(
+                "mount /a/../etc (bind from {d}): the destination must be absolute, \
+                 below / and without '..'"
+            ),
+        ),
+        (
+            serde_json::json!([{"destination": "/", "type": "bind", "source": data}]),
+            format!(
+                "mount / (bind from {d}): the destination must be absolute, \
+                 below / and without '..'"
+            ),
+        ),
+        (
+            serde_json::json!([{"destination": "/d", "type": "bind", "source": data,
+                "options": ["rbind", "rshared"]}]),
+            format!(
+                "mount /d (bind from {d}): option rshared: mount propagation cannot cross \
+                 into the VM"
+            ),
+        ),
+        (
+            serde_json::json!([{"destination": "/d", "type": "bind", "source": data,
+                "options": ["noexec"]}]),
+            format!("mount /d (bind from {d}): option noexec (a bind of a host directory takes"),
+        ),
+    ];
+    for (mounts, want) in cases {
+        let e = plan(&with(mounts), false, &member).unwrap_err().to_string();
+        let want = format!("fcvm cannot honour {want}");
+        assert!(e.starts_with(&want), "{e}\n{want}");
+    }
+    let s = ctr_spec(
+        serde_json::json!({"mounts": [{"destination": "/data", "type": "bind",
+        "source": data, "options": ["rbind", "ro"]}]}),
+    );
+    let p = plan(&s, false, &Role::Alone).unwrap();
+    assert_eq!(p.binds, [bind(&data, "/data", true)]);
 }

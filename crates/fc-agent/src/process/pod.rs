@@ -1,6 +1,7 @@
 //! `Start{PodContainer}`: `crun run` of a pod's further container (`crate::pods`), rooted at
-//! its map, in the first container's network, IPC and UTS namespaces; `Started` once crun
-//! has created it, as for the first container.
+//! its map, in the first container's network, IPC and UTS namespaces, with the maps bound
+//! into it (`PodRequest{Binds}`); `Started` once crun has created it, as for the first
+//! container.
 
 use super::command::Command;
 use super::spawn::{spawn, Announce, Spawned, Stdio};
@@ -22,7 +23,8 @@ pub fn run(id: &str, spec: &ProcessSpec, cmd: &Command, target: &Target) -> Resu
         // The workdir need not exist in the image (crun would fail on it).
         let _ = std::fs::create_dir_all(Path::new(&root).join(cmd.cwd.trim_start_matches('/')));
     }
-    let mut cfg = oci::pod_spec(&cmd.process, &root, join)?;
+    let binds = crate::pods::binds_of(id)?;
+    let mut cfg = oci::pod_spec(&cmd.process, &root, join, &binds)?;
     if spec.tty {
         // crun's own pty as the process's terminal, as for the first container.
         if let Some(p) = cfg.process_mut() {

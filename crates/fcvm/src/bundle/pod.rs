@@ -5,20 +5,26 @@
 //!
 //! 1. [`BundleVm::add_container`]: the id checked, the directory opened and put in the VM's
 //!    [`MapTable`] under a fresh map number, `PodRequest{AddMap}` mounts it in the guest;
+//!    [`BundleVm::add_container_with`] does the same for each host directory bound into the
+//!    container ([`HostBind`]: one more map each, read-only if asked) and tells the guest
+//!    where they go (`PodRequest{Binds}`);
 //! 2. [`BundleVm::start_container`] / [`BundleVm::exec_in`]: `Start{PodContainer}` /
 //!    `Start{PodExec}` on a stream of their own, the [`Process`] handed back as for any exec;
 //! 3. [`BundleVm::remove_container`]: `PodRequest{RemoveContainer}` (`crun delete --force`),
-//!    `PodRequest{RemoveMap}` (unmounted in the guest), then the directory is no longer served.
+//!    `PodRequest{RemoveMap}` for its root and its binds (unmounted in the guest), then the
+//!    directories are no longer served.
 //!
 //! Not snapshotted: a pod VM's image-cache snapshot is taken at launch, before any container
 //! is added, and none after (the maps would be missing from a restore).
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use fcvm_proto::{valid_pod_id, Msg, PodOp, ProcessSpec, Target, MAX_POD_CONTAINERS};
+use fcvm_proto::{
+    valid_pod_id, Msg, PodBind, PodOp, ProcessSpec, Target, MAX_MAPS, MAX_POD_CONTAINERS,
+};
 
 use super::BundleVm;
 use crate::map::{host::OpenRootError, MapTable};
@@ -46,13 +52,36 @@ pub enum PodError {
     NoMapServer,
     #[error("Cannot serve the container's root")]
     Root(#[source] OpenRootError),
+    #[error("Too many binds for one container (at most {0})")]
+    TooManyBinds(usize),
+    #[error("Cannot bind {} at {}: not a directory", .0.display(), .1)]
+    BindNotDir(PathBuf, String),
+    #[error("Cannot serve {} for {dest}", .source_dir.display())]
+    Bind {
+        source_dir: PathBuf,
+        dest: String,
+        #[source]
+        source: OpenRootError,
+    },
     #[error("Cannot {0} in the VM")]
     Agent(&'static str, #[source] SessionError),
 }
 
-/// An added container: the map that is its root, and whether its process was started.
+/// A host directory bound into an added container: served as a map of its own (beneath
+/// it, no symlink followed), mounted at `destination` in the container (absolute, no
+/// `..`: the guest checks it), read-only there and in the map server if `read_only`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostBind {
+    pub source: PathBuf,
+    pub destination: String,
+    pub read_only: bool,
+}
+
+/// An added container: the map that is its root, those bound into it, and whether its
+/// process was started.
 struct Added {
     map: u32,
+    bound: Vec<u32>,
     started: bool,
 }
 
@@ -93,8 +122,22 @@ impl BundleVm {
     /// Adds container `id` whose root is host directory `rootfs`, served read-write beneath
     /// it (no symlink followed, nothing outside it reached); no process runs yet.
     pub async fn add_container(&self, id: &str, rootfs: &Path) -> Result<(), PodError> {
+        self.add_container_with(id, rootfs, &[]).await
+    }
+
+    /// As [`BundleVm::add_container`], with `binds`: host directories bound into the
+    /// container when it starts. Nothing is left served or mounted if it fails.
+    pub async fn add_container_with(
+        &self,
+        id: &str,
+        rootfs: &Path,
+        binds: &[HostBind],
+    ) -> Result<(), PodError> {
         let id = checked(id)?;
         let table = self.pod.maps.as_ref().ok_or(PodError::NoMapServer)?;
+        if binds.len() >= MAX_MAPS {
+            return Err(PodError::TooManyBinds(MAX_MAPS - 1));
+        }
         if !self.running() {
             return Err(PodError::Stopped);
         }
@@ -116,10 +159,88 @@ impl BundleVm {
             table.remove(map);
             return Err(PodError::Agent("mount the container's root", e));
         }
-        let started = false;
-        containers.insert(id.into(), Added { map, started });
-        tracing::debug!("pod container {id}: root {} as map {map}", rootfs.display());
+        let mut added = Added {
+            map,
+            bound: vec![],
+            started: false,
+        };
+        if let Err(e) = self.add_binds(id, binds, &mut added).await {
+            self.unmount(&added).await;
+            return Err(e);
+        }
+        tracing::debug!(
+            "pod container {id}: root {} as map {map}, {} binds",
+            rootfs.display(),
+            binds.len()
+        );
+        containers.insert(id.into(), added);
         Ok(())
+    }
+
+    /// Serves and mounts each of `binds` as a map of its own (recorded in `added` as it
+    /// goes, for the caller to undo), then tells the guest where they go.
+    async fn add_binds(
+        &self,
+        id: &str,
+        binds: &[HostBind],
+        added: &mut Added,
+    ) -> Result<(), PodError> {
+        let Some(table) = &self.pod.maps else {
+            return Err(PodError::NoMapServer);
+        };
+        if binds.is_empty() {
+            return Ok(());
+        }
+        let mut wire = Vec::with_capacity(binds.len());
+        for b in binds {
+            // A map serves a directory's tree (the map server would open a file as one).
+            if !std::fs::metadata(&b.source).is_ok_and(|m| m.is_dir()) {
+                let (src, dest) = (b.source.clone(), b.destination.clone());
+                return Err(PodError::BindNotDir(src, dest));
+            }
+            let map = u32::try_from(self.pod.next_map.fetch_add(1, Ordering::Relaxed))
+                .map_err(|_| PodError::TooManyBinds(MAX_MAPS - 1))?;
+            let e = |source| PodError::Bind {
+                source_dir: b.source.clone(),
+                dest: b.destination.clone(),
+                source,
+            };
+            table.add(map, &b.source, b.read_only).map_err(e)?;
+            let op = PodOp::AddMap {
+                map,
+                read_only: b.read_only,
+            };
+            if let Err(e) = self.pod_request(op).await {
+                table.remove(map);
+                return Err(PodError::Agent("mount a bound directory", e));
+            }
+            added.bound.push(map);
+            wire.push(PodBind {
+                map,
+                destination: b.destination.clone(),
+                read_only: b.read_only,
+            });
+        }
+        let op = PodOp::Binds {
+            id: id.into(),
+            binds: wire,
+        };
+        let e = |e| PodError::Agent("bind directories into the container", e);
+        self.pod_request(op).await.map_err(e)
+    }
+
+    /// Undoes a failed [`BundleVm::add_container_with`]: its maps unmounted in the guest
+    /// (best effort: the error is the caller's) and no longer served. (The guest kept no
+    /// binds: `Binds` is the last request, and failed.)
+    async fn unmount(&self, added: &Added) {
+        for &map in added.bound.iter().chain([&added.map]) {
+            if let Err(e) = self.pod_request(PodOp::RemoveMap { map }).await {
+                tracing::debug!("unmounting map {map} after a failed add: {e}");
+            }
+            if let Some(table) = &self.pod.maps {
+                table.remove(map);
+            }
+        }
     }
 
     /// Starts added container `id`'s process (`crun run` in the guest; once per container):
@@ -156,20 +277,23 @@ impl BundleVm {
     pub async fn remove_container(&self, id: &str) -> Result<(), PodError> {
         let id = checked(id)?;
         let mut containers = self.pod.containers.lock().await;
-        let map = (containers.get(id))
-            .ok_or_else(|| PodError::NoSuchContainer(id.into()))?
-            .map;
+        let added = (containers.get(id)).ok_or_else(|| PodError::NoSuchContainer(id.into()))?;
+        let maps: Vec<u32> = [added.map].into_iter().chain(added.bound.clone()).collect();
         if self.running() {
             let op = PodOp::RemoveContainer { id: id.into() };
             let e = |e| PodError::Agent("delete the container", e);
             self.pod_request(op).await.map_err(e)?;
-            let e = |e| PodError::Agent("unmount the container's root", e);
-            self.pod_request(PodOp::RemoveMap { map })
-                .await
-                .map_err(e)?;
+            for &map in &maps {
+                let e = |e| PodError::Agent("unmount the container's root or binds", e);
+                self.pod_request(PodOp::RemoveMap { map })
+                    .await
+                    .map_err(e)?;
+            }
         }
         if let Some(table) = &self.pod.maps {
-            table.remove(map);
+            for &map in &maps {
+                table.remove(map);
+            }
         }
         containers.remove(id);
         Ok(())

@@ -40,6 +40,9 @@ pub struct VmRequest {
     pub privileged: bool,
     /// Never save nor restore snapshots.
     pub no_snapshot: bool,
+    /// Host directories bound into the container, as `--map`s (docs/volumes.md: their guest
+    /// paths and modes are part of the snapshot key). A VM with maps adds no containers.
+    pub maps: Vec<crate::map::Map>,
 }
 
 pub struct BundleVm {
@@ -103,6 +106,7 @@ impl BundleVm {
             prefetch: req.prefetch.clone(),
             shape: Shape {
                 privileged: req.privileged,
+                maps: req.maps.clone(),
                 ..Default::default()
             },
         };
@@ -120,7 +124,8 @@ impl BundleVm {
         .await?;
         let vm = launched.vm.clone();
         let session = Arc::new(launched.session);
-        // Served from the start (the VM has no maps of its own): the pod's containers' roots.
+        // Served from the start when the VM has no maps of its own: the pod's containers'
+        // roots (with maps, the launch serves those and no container can be added).
         let pod = super::pod::PodState::serve(&session, vm.pid());
         let exec = crate::exec::server::serve(
             &vmdir.path.join(crate::exec::server::EXEC_SOCK),
