@@ -27,13 +27,18 @@ use std::sync::Mutex;
 /// Longest bind destination (PATH_MAX).
 const MAX_DESTINATION: usize = 4096;
 
-/// A pod container: the map that is its root, and where that is mounted in the VM; the
-/// maps bound into it, and their mounts.
+/// A pod container: the map that is its root, and the maps bound into it (with where they
+/// go). Their directories in the VM are the fuse module's ([`crate::fuse::added_dir`]):
+/// `RemoveMap` is refused while a container uses a map, so they stay mounted.
 struct Pod {
     map: u32,
-    root: String,
-    bound: Vec<u32>,
-    binds: Vec<Bind>,
+    binds: Vec<PodBind>,
+}
+
+impl Pod {
+    fn uses(&self, map: u32) -> bool {
+        self.map == map || self.binds.iter().any(|b| b.map == map)
+    }
 }
 
 /// The pod containers claimed and not yet removed, by id.
@@ -92,9 +97,9 @@ fn set_binds(id: &str, binds: &[PodBind]) -> Result<()> {
 }
 
 /// Records container `id` with map `map` as its root (mounted by `AddMap`, and no other
-/// container's root) and the binds `PodRequest{Binds}` gave it (each an added map, not a
-/// container's root); returns the root's directory in the VM.
-pub fn claim(id: &str, map: u32) -> Result<String> {
+/// container's root or bind) and the binds `PodRequest{Binds}` gave it (each an added map,
+/// not a container's root).
+pub fn claim(id: &str, map: u32) -> Result<()> {
     let id = checked(id)?;
     let mut pods = pods();
     if pods.contains_key(id) {
@@ -103,56 +108,49 @@ pub fn claim(id: &str, map: u32) -> Result<String> {
     if pods.len() >= MAX_POD_CONTAINERS {
         return Err(Error::TooManyPods(MAX_POD_CONTAINERS));
     }
-    if pods
-        .values()
-        .any(|p| p.map == map || p.bound.contains(&map))
-    {
+    if pods.values().any(|p| p.uses(map)) {
         return Err(Error::MapInUse(map));
     }
-    let root = crate::fuse::added_dir(map).ok_or(Error::NoSuchMap(map))?;
+    dir_of(map)?;
     let mut pending = pending();
-    let asked = pending.get(id).map(Vec::as_slice).unwrap_or_default();
-    let mut binds = Vec::with_capacity(asked.len());
-    for b in asked {
+    let binds = pending.get(id).cloned().unwrap_or_default();
+    for b in &binds {
         if b.map == map || pods.values().any(|p| p.map == b.map) {
             return Err(Error::MapInUse(b.map));
         }
-        let source = crate::fuse::added_dir(b.map).ok_or(Error::NoSuchMap(b.map))?;
-        binds.push(Bind {
-            source,
-            guest: b.destination.clone(),
-            read_only: b.read_only,
-        });
+        dir_of(b.map)?;
     }
-    let bound = asked.iter().map(|b| b.map).collect();
     pending.remove(id);
-    let root_dir = root.clone();
-    let pod = Pod {
-        map,
-        root,
-        bound,
-        binds,
-    };
-    pods.insert(id.into(), pod);
-    Ok(root_dir)
+    pods.insert(id.into(), Pod { map, binds });
+    Ok(())
+}
+
+/// Where added map `map` is mounted in the VM.
+fn dir_of(map: u32) -> Result<String> {
+    crate::fuse::added_dir(map).ok_or(Error::NoSuchMap(map))
 }
 
 /// The binds of claimed container `id`: map directories in the VM and where they go.
 pub fn binds_of(id: &str) -> Result<Vec<Bind>> {
     let id = checked(id)?;
-    pods()
-        .get(id)
-        .map(|p| p.binds.clone())
-        .ok_or_else(|| Error::NoSuchPod(id.into()))
+    let pods = pods();
+    let pod = pods.get(id).ok_or_else(|| Error::NoSuchPod(id.into()))?;
+    (pod.binds.iter())
+        .map(|b| {
+            Ok(Bind {
+                source: dir_of(b.map)?,
+                guest: b.destination.clone(),
+                read_only: b.read_only,
+            })
+        })
+        .collect()
 }
 
 /// The root directory (in the VM) of claimed container `id`.
 pub fn root_of(id: &str) -> Result<String> {
     let id = checked(id)?;
-    pods()
-        .get(id)
-        .map(|p| p.root.clone())
-        .ok_or_else(|| Error::NoSuchPod(id.into()))
+    let map = (pods().get(id).map(|p| p.map)).ok_or_else(|| Error::NoSuchPod(id.into()))?;
+    dir_of(map)
 }
 
 /// The pid (in the VM) of the first container's process, whose namespaces a pod container
@@ -168,10 +166,7 @@ pub fn handle(op: &PodOp) -> Result<()> {
     match op {
         PodOp::AddMap { map, read_only } => crate::fuse::add(*map, *read_only),
         PodOp::RemoveMap { map } => {
-            if pods()
-                .values()
-                .any(|p| p.map == *map || p.bound.contains(map))
-            {
+            if pods().values().any(|p| p.uses(*map)) {
                 return Err(Error::MapInUse(*map));
             }
             crate::fuse::remove(*map)

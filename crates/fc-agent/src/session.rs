@@ -290,7 +290,7 @@ impl Session {
             Target::PodContainer { .. } if !self.container_running() => {
                 Err(Error::ContainerNotRunning)
             }
-            Target::PodContainer { id, root } => crate::pods::claim(id, *root).map(drop),
+            Target::PodContainer { id, root } => crate::pods::claim(id, *root),
             _ => Ok(()),
         };
         if let Err(e) = check {
