@@ -116,7 +116,7 @@ pub fn spec(p: &ProcConfig) -> Result<Spec> {
     .map(|t| LinuxNamespaceBuilder::default().typ(t).build())
     .collect::<Result<Vec<_>, _>>()
     .map_err(e("namespace"))?;
-    build(p, ROOTFS, true, own)
+    build(p, ROOTFS, crate::disks::binds(), &crate::fuse::binds(), own)
 }
 
 /// A pod container's runtime config (`crate::pods`): the first container's defaults, rooted
@@ -148,24 +148,16 @@ pub fn pod_spec(
         .chain(joined)
         .collect::<Result<Vec<_>, _>>()
         .map_err(e("namespace"))?;
-    let mut spec = build(p, root, false, namespaces)?;
-    let mut mounts = spec.mounts().clone().unwrap_or_default();
-    for b in binds {
-        // As the first container's maps: never a set-uid file or device node from the host.
-        let ro: &[&str] = if b.read_only { &["ro"] } else { &[] };
-        let opts = [&["rbind", "rprivate", "nosuid", "nodev"], ro].concat();
-        mounts.push(mnt(&b.guest, "bind", &b.source, &opts)?);
-    }
-    spec.set_mounts(Some(mounts));
-    Ok(spec)
+    build(p, root, &[], binds, namespaces)
 }
 
-/// The config rooted at `root` with `namespaces`; `binds`: the first container's extra disks
-/// and maps bound in.
+/// The config rooted at `root` with `namespaces`, `disks` (source, destination) and `maps`
+/// bound in, the maps last (over anything the defaults put there).
 fn build(
     p: &ProcConfig,
     root: &str,
-    binds: bool,
+    disks: &[(String, String)],
+    maps: &[crate::fuse::Bind],
     namespaces: Vec<oci_spec::runtime::LinuxNamespace>,
 ) -> Result<Spec> {
     // Privileged: /sys and its cgroup tree writable (podman).
@@ -225,15 +217,11 @@ fn build(
             &["rbind", "rprivate"],
         )?);
     }
-    let (disks, maps) = if binds {
-        (crate::disks::binds(), crate::fuse::binds())
-    } else {
-        Default::default()
-    };
     for (src, dest) in disks {
         mounts.push(mnt(dest, "bind", src, &["rbind", "rprivate"])?);
     }
     for b in maps {
+        // Never a set-uid file or device node from the host.
         let ro: &[&str] = if b.read_only { &["ro"] } else { &[] };
         let opts = [&["rbind", "rprivate", "nosuid", "nodev"], ro].concat();
         mounts.push(mnt(&b.guest, "bind", &b.source, &opts)?);
