@@ -92,13 +92,7 @@ impl Container {
         let mounts = req.rootfs.clone();
         let root = tokio::task::spawn_blocking(move || rootfs::prepare(&d2, &mounts)).await??;
         let name = vm_name(namespace, &req.id);
-        let maps: Vec<fcvm::map::Map> = (plan.binds.iter())
-            .map(|b| fcvm::map::Map {
-                host: b.source.clone(),
-                guest: b.destination.clone(),
-                read_only: b.read_only,
-            })
-            .collect();
+        let maps = plan.binds.clone();
         fcvm::map::Map::check_unique(&maps)?;
         let vreq = VmRequest {
             name,

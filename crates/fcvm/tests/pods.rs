@@ -23,7 +23,6 @@ use common::*;
 use std::path::Path;
 use std::time::Duration;
 
-use fcvm::bundle::pod::HostBind;
 use fcvm::bundle::{BundleVm, PodError, VmRequest};
 use fcvm::session::{Process, Session};
 use fcvm_proto::{Msg, ProcessSpec, Target};
@@ -106,9 +105,9 @@ async fn a_pods_containers_share_localhost_and_keep_their_own_roots() {
     let vol = tmp.path().join("vol");
     std::fs::create_dir(&vol).unwrap();
     std::fs::write(vol.join("in"), "volume\n").unwrap();
-    let bind = |source: &Path, destination: &str, read_only| HostBind {
-        source: source.to_path_buf(),
-        destination: destination.into(),
+    let bind = |host: &Path, guest: &str, read_only| fcvm::map::Map {
+        host: host.to_path_buf(),
+        guest: guest.into(),
         read_only,
     };
     let key = layer.trim_start_matches("sha256:").to_string();

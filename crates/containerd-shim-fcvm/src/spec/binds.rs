@@ -1,13 +1,13 @@
 //! A container's bind mounts of host directories (Kubernetes volumes: emptyDir, hostPath,
 //! configMap and secret directories all arrive so; `ctr run --mount`): each becomes one
-//! more map of its VM (`fcvm::bundle::pod::HostBind`: a pod member's added to its sandbox's
+//! more map of its VM (`fcvm::map::Map`: a pod member's added to its sandbox's
 //! VM, a lone container's given at launch), bound at its destination by the guest.
 //! What a map cannot carry is refused: a file or a missing source, mount propagation
 //! to or from the host, options beyond read-only.
 
 use std::path::{Component, Path};
 
-use fcvm::bundle::pod::HostBind;
+use fcvm::map::Map;
 use oci_spec::runtime::Mount;
 
 use super::{refuse, Refused};
@@ -33,7 +33,7 @@ pub(super) fn is_bind(m: &Mount) -> bool {
 }
 
 /// Bind mount `m` (`field` names it in errors) as a host directory for the guest to bind.
-pub(super) fn host_bind(m: &Mount, field: &str) -> Result<HostBind, Refused> {
+pub(super) fn host_bind(m: &Mount, field: &str) -> Result<Map, Refused> {
     let dest = m.destination();
     let normal = dest.components().any(|c| matches!(c, Component::Normal(_)));
     if !dest.is_absolute() || !normal || dest.components().any(|c| c == Component::ParentDir) {
@@ -86,9 +86,9 @@ pub(super) fn host_bind(m: &Mount, field: &str) -> Result<HostBind, Refused> {
         }
         Err(e) => return Err(refuse(field, format!("cannot read the source: {e}"))),
     }
-    Ok(HostBind {
-        source: Path::new(source).to_path_buf(),
-        destination,
+    Ok(Map {
+        host: Path::new(source).to_path_buf(),
+        guest: destination,
         read_only,
     })
 }

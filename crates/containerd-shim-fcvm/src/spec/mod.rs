@@ -11,7 +11,7 @@ use fcvm_proto::ProcessSpec;
 use oci_spec::runtime::{Capability, LinuxNamespaceType, Process, Spec};
 
 use crate::pod::Role;
-use fcvm::bundle::pod::HostBind;
+use fcvm::map::Map;
 
 mod binds;
 
@@ -57,7 +57,7 @@ pub struct Plan {
     /// The container's binds of host directories, in the spec's order: a pod member's are
     /// added to its sandbox's VM, a lone container's VM is launched with them (never a
     /// sandbox's: the pause container has no use for one).
-    pub binds: Vec<HostBind>,
+    pub binds: Vec<Map>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]

@@ -272,7 +272,7 @@ fn roles_come_from_the_cri_annotations() {
     );
 }
 
-/// A pod member's binds of host directories become [`HostBind`]s (read-only when asked, in
+/// A pod member's binds of host directories become [`Map`]s (read-only when asked, in
 /// the spec's order); a file, a bad destination, propagation and unknown options are
 /// refused; a lone container's are planned alike.
 #[test]
@@ -299,9 +299,9 @@ fn a_members_binds_of_host_directories_are_honoured() {
         {"destination": "/etc/conf", "source": conf, "options": ["rbind", "ro", "nosuid"]}
     ]));
     let p = plan(&s, false, &member).unwrap();
-    let bind = |source: &std::path::Path, destination: &str, read_only| HostBind {
-        source: source.to_path_buf(),
-        destination: destination.into(),
+    let bind = |host: &std::path::Path, guest: &str, read_only| Map {
+        host: host.to_path_buf(),
+        guest: guest.into(),
         read_only,
     };
     assert_eq!(

@@ -6,7 +6,7 @@
 //! 1. [`BundleVm::add_container`]: the id checked, the directory opened and put in the VM's
 //!    [`MapTable`] under a fresh map number, `PodRequest{AddMap}` mounts it in the guest;
 //!    [`BundleVm::add_container_with`] does the same for each host directory bound into the
-//!    container ([`HostBind`]: one more map each, read-only if asked) and tells the guest
+//!    container (a [`Map`]: one more map each, read-only if asked) and tells the guest
 //!    where they go (`PodRequest{Binds}`);
 //! 2. [`BundleVm::start_container`] / [`BundleVm::exec_in`]: `Start{PodContainer}` /
 //!    `Start{PodExec}` on a stream of their own, the [`Process`] handed back as for any exec;
@@ -27,7 +27,7 @@ use fcvm_proto::{
 };
 
 use super::BundleVm;
-use crate::map::{host::OpenRootError, MapTable};
+use crate::map::{host::OpenRootError, Map, MapTable};
 use crate::session::{Process, Session, SessionError};
 
 /// How long the guest may take for one pod request (a `crun delete` under TCG on a loaded
@@ -67,14 +67,12 @@ pub enum PodError {
     Agent(&'static str, #[source] SessionError),
 }
 
-/// A host directory bound into an added container: served as a map of its own (beneath
-/// it, no symlink followed), mounted at `destination` in the container (absolute, no
-/// `..`: the guest checks it), read-only there and in the map server if `read_only`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostBind {
-    pub source: PathBuf,
-    pub destination: String,
-    pub read_only: bool,
+/// Why [`BundleVm::add_map`] failed; each caller names what the map was for.
+enum MapError {
+    /// The VM's map numbers ran out.
+    Numbers,
+    Serve(OpenRootError),
+    Mount(SessionError),
 }
 
 /// An added container: the map that is its root, those bound into it, and whether its
@@ -131,7 +129,7 @@ impl BundleVm {
         &self,
         id: &str,
         rootfs: &Path,
-        binds: &[HostBind],
+        binds: &[Map],
     ) -> Result<(), PodError> {
         let id = checked(id)?;
         let table = self.pod.maps.as_ref().ok_or(PodError::NoMapServer)?;
@@ -148,23 +146,20 @@ impl BundleVm {
         if containers.len() >= MAX_POD_CONTAINERS {
             return Err(PodError::TooMany(MAX_POD_CONTAINERS));
         }
-        let map = u32::try_from(self.pod.next_map.fetch_add(1, Ordering::Relaxed))
-            .map_err(|_| PodError::TooMany(MAX_POD_CONTAINERS))?;
-        table.add(map, rootfs, false).map_err(PodError::Root)?;
-        let op = PodOp::AddMap {
-            map,
-            read_only: false,
-        };
-        if let Err(e) = self.pod_request(op).await {
-            table.remove(map);
-            return Err(PodError::Agent("mount the container's root", e));
-        }
+        let map = self
+            .add_map(table, rootfs, false)
+            .await
+            .map_err(|e| match e {
+                MapError::Numbers => PodError::TooMany(MAX_POD_CONTAINERS),
+                MapError::Serve(e) => PodError::Root(e),
+                MapError::Mount(e) => PodError::Agent("mount the container's root", e),
+            })?;
         let mut added = Added {
             map,
             bound: vec![],
             started: false,
         };
-        if let Err(e) = self.add_binds(id, binds, &mut added).await {
+        if let Err(e) = self.add_binds(table, id, binds, &mut added).await {
             self.unmount(&added).await;
             return Err(e);
         }
@@ -181,43 +176,34 @@ impl BundleVm {
     /// goes, for the caller to undo), then tells the guest where they go.
     async fn add_binds(
         &self,
+        table: &MapTable,
         id: &str,
-        binds: &[HostBind],
+        binds: &[Map],
         added: &mut Added,
     ) -> Result<(), PodError> {
-        let Some(table) = &self.pod.maps else {
-            return Err(PodError::NoMapServer);
-        };
         if binds.is_empty() {
             return Ok(());
         }
         let mut wire = Vec::with_capacity(binds.len());
         for b in binds {
             // A map serves a directory's tree (the map server would open a file as one).
-            if !std::fs::metadata(&b.source).is_ok_and(|m| m.is_dir()) {
-                let (src, dest) = (b.source.clone(), b.destination.clone());
+            if !std::fs::metadata(&b.host).is_ok_and(|m| m.is_dir()) {
+                let (src, dest) = (b.host.clone(), b.guest.clone());
                 return Err(PodError::BindNotDir(src, dest));
             }
-            let map = u32::try_from(self.pod.next_map.fetch_add(1, Ordering::Relaxed))
-                .map_err(|_| PodError::TooManyBinds(MAX_MAPS - 1))?;
-            let e = |source| PodError::Bind {
-                source_dir: b.source.clone(),
-                dest: b.destination.clone(),
-                source,
-            };
-            table.add(map, &b.source, b.read_only).map_err(e)?;
-            let op = PodOp::AddMap {
-                map,
-                read_only: b.read_only,
-            };
-            if let Err(e) = self.pod_request(op).await {
-                table.remove(map);
-                return Err(PodError::Agent("mount a bound directory", e));
-            }
+            let map = (self.add_map(table, &b.host, b.read_only).await).map_err(|e| match e {
+                MapError::Numbers => PodError::TooManyBinds(MAX_MAPS - 1),
+                MapError::Serve(source) => PodError::Bind {
+                    source_dir: b.host.clone(),
+                    dest: b.guest.clone(),
+                    source,
+                },
+                MapError::Mount(e) => PodError::Agent("mount a bound directory", e),
+            })?;
             added.bound.push(map);
             wire.push(PodBind {
                 map,
-                destination: b.destination.clone(),
+                destination: b.guest.clone(),
                 read_only: b.read_only,
             });
         }
@@ -227,6 +213,25 @@ impl BundleVm {
         };
         let e = |e| PodError::Agent("bind directories into the container", e);
         self.pod_request(op).await.map_err(e)
+    }
+
+    /// Takes the next map number, serves `dir` under it and has the guest mount it; if the
+    /// guest cannot, `dir` is no longer served.
+    async fn add_map(
+        &self,
+        table: &MapTable,
+        dir: &Path,
+        read_only: bool,
+    ) -> Result<u32, MapError> {
+        let next = self.pod.next_map.fetch_add(1, Ordering::Relaxed);
+        let map = u32::try_from(next).map_err(|_| MapError::Numbers)?;
+        table.add(map, dir, read_only).map_err(MapError::Serve)?;
+        let op = PodOp::AddMap { map, read_only };
+        if let Err(e) = self.pod_request(op).await {
+            table.remove(map);
+            return Err(MapError::Mount(e));
+        }
+        Ok(map)
     }
 
     /// Undoes a failed [`BundleVm::add_container_with`]: its maps unmounted in the guest
