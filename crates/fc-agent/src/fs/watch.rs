@@ -173,6 +173,13 @@ pub fn events(id: u64, wait_ms: u32) -> FsResult<FsReply> {
     })
 }
 
+/// Whether watch `id`'s queue has overflowed, without taking its events: lets a test wait for
+/// the watch's thread (which may lag a busy host's writers) before reading.
+#[cfg(test)]
+fn has_overflowed(id: u64) -> bool {
+    watches().get(&id).is_some_and(|w| w.lock().overflowed)
+}
+
 /// Ends watch `id`.
 pub fn unwatch(id: u64) -> FsResult<FsReply> {
     let w = watches().remove(&id).ok_or_else(|| unknown(id))?;

@@ -111,8 +111,13 @@ fn an_overflowing_watch_ends() {
         // create + write: two events each
         std::fs::write(t.0.join(format!("root/tmp/{name}{i:05}")), b"x").unwrap();
     }
-    let (mut got, mut overflowed) = (0, false);
+    // The watch's thread reads inotify on its own time: on a loaded host it may still be
+    // behind the writes, and reading now would make room it then fills. Let it catch up.
     let t0 = std::time::Instant::now();
+    while !has_overflowed(id) && t0.elapsed().as_secs() < 60 {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let (mut got, mut overflowed) = (0, false);
     while !overflowed && t0.elapsed().as_secs() < 60 {
         match events(id, 500).unwrap() {
             FsReply::Events {
