@@ -400,8 +400,12 @@ fn drive_tty(mut cmd: std::process::Command, container: bool, t: &str) {
     // Resize: the terminal changes, fcvm gets SIGWINCH and tells the guest.
     set_size(&term.master, 40, 120);
     kill(pid, Signal::SIGWINCH).expect("SIGWINCH");
-    std::thread::sleep(Duration::from_millis(300));
-    term.line("stty size", "40 120", wait);
+    // The resize travels beside the typed input, not in it: ask until the guest has it (each
+    // answer is read up to the prompt that follows it).
+    let t0 = Instant::now();
+    while !term.line("stty size", "# ", wait).contains("40 120") {
+        assert!(t0.elapsed() < wait, "{t}: the guest never saw the resize");
+    }
     // Ctrl-C stops the foreground sleep; the shell answers again at once.
     term.send("sleep 1000\r");
     term.expect("sleep 1000", wait);

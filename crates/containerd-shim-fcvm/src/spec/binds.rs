@@ -42,10 +42,15 @@ pub(super) fn host_bind(m: &Mount, field: &str) -> Result<Map, Refused> {
             "the destination must be absolute, below / and without '..'",
         ));
     }
+    // Cleaned (`/a//b/./` is `/a/b`), so that two binds at one place are seen to be.
     let destination = dest
-        .to_str()
-        .ok_or_else(|| refuse(field, "the destination is not UTF-8"))?
-        .to_string();
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(n.to_str().map(|n| format!("/{n}"))),
+            _ => None,
+        })
+        .collect::<Option<String>>()
+        .ok_or_else(|| refuse(field, "the destination is not UTF-8"))?;
     let mut read_only = false;
     for o in m.options().iter().flatten() {
         match o.as_str() {

@@ -127,7 +127,14 @@ pub fn plan(spec: &Spec, stdin: bool, role: &Role) -> Result<Plan, Refused> {
                     "a pod's sandbox container takes no host paths or extra file systems",
                 ))
             }
-            _ if binds::is_bind(m) => host_binds.push(binds::host_bind(m, &field)?),
+            _ if binds::is_bind(m) => {
+                let bind = binds::host_bind(m, &field)?;
+                // crun would mount both, the last hiding the first: say so instead.
+                if host_binds.iter().any(|b: &Map| b.guest == bind.guest) {
+                    return Err(refuse(field, "another bind has this destination"));
+                }
+                host_binds.push(bind);
+            }
             _ => {
                 return Err(refuse(
                     field,

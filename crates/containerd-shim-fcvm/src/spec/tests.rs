@@ -293,10 +293,11 @@ fn a_members_binds_of_host_directories_are_honoured() {
         s.set_mounts(Some(all));
         s
     };
+    // Destinations come out cleaned.
     let s = with(serde_json::json!([
         {"destination": "/data", "type": "bind", "source": data,
          "options": ["rbind", "rprivate", "rw"]},
-        {"destination": "/etc/conf", "source": conf, "options": ["rbind", "ro", "nosuid"]}
+        {"destination": "/etc//conf/", "source": conf, "options": ["rbind", "ro", "nosuid"]}
     ]));
     let p = plan(&s, false, &member).unwrap();
     let bind = |host: &std::path::Path, guest: &str, read_only| Map {
@@ -350,6 +351,11 @@ fn a_members_binds_of_host_directories_are_honoured() {
             serde_json::json!([{"destination": "/d", "type": "bind", "source": data,
                 "options": ["noexec"]}]),
             format!("mount /d (bind from {d}): option noexec (a bind of a host directory takes"),
+        ),
+        (
+            serde_json::json!([{"destination": "/d", "type": "bind", "source": data},
+                {"destination": "//d/./", "type": "bind", "source": data}]),
+            format!("mount //d/./ (bind from {d}): another bind has this destination"),
         ),
     ];
     for (mounts, want) in cases {
