@@ -297,7 +297,9 @@ mod tests {
         let e = get(&format!("http://localhost:{port}/"), Duration::from_secs(5)).unwrap_err();
         assert!(e.wire().contains("not an HTTP response"), "{}", e.report());
 
-        let (port, _t) = serve_once(b"HTTP/1.0 200 OK\r\n\r\n", Duration::from_secs(3));
+        // The answer comes long after the probe's limit (the thread is left to its sleep), so
+        // ending before it shows the limit, however loaded the host.
+        let (port, _t) = serve_once(b"HTTP/1.0 200 OK\r\n\r\n", Duration::from_secs(30));
         let t0 = Instant::now();
         let e = get(
             &format!("http://localhost:{port}/"),
@@ -310,6 +312,6 @@ mod tests {
             "{}",
             e.report()
         );
-        assert!(t0.elapsed() < Duration::from_secs(2));
+        assert!(t0.elapsed() < Duration::from_secs(20));
     }
 }
