@@ -405,7 +405,16 @@ fn faults_give_clear_errors_and_leave_nothing() {
     std::fs::write(&m, serde_json::to_vec(&v).unwrap()).unwrap();
     assert_refused(&nokernel, "kernel");
 
-    for s in [bad, trunc, nokernel] {
+    // The agent in a snapshot's memory speaks the protocol of the build that took it.
+    let (oldagent, dir) = copy_of_warm("oldagent");
+    let m = dir.join("manifest.json");
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&m).unwrap()).unwrap();
+    assert_eq!(v["protocol"], fcvm_proto::PROTOCOL_VERSION, "recorded");
+    v["protocol"] = (fcvm_proto::PROTOCOL_VERSION - 1).into();
+    std::fs::write(&m, serde_json::to_vec(&v).unwrap()).unwrap();
+    assert_refused(&oldagent, "holds an agent speaking protocol");
+
+    for s in [bad, trunc, nokernel, oldagent] {
         let out = run(&["snapshot", "rm", &s], Duration::from_secs(30));
         assert!(out.status.success(), "{}", text(&out.stderr));
     }

@@ -40,6 +40,10 @@ pub struct Assets {
     pub initramfs_id: String,
     /// e.g. `6.1.0-56-amd64`.
     pub kernel_version: String,
+    /// The protocol the initramfs's agent speaks: this build's for assets made here (its
+    /// `HelloAck` is checked at every boot); a snapshot's record for a clone of it (`None`:
+    /// taken before snapshots recorded it).
+    pub protocol: Option<u32>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -150,6 +154,7 @@ fn assets(kernel: kernel::Kernel, initramfs: PathBuf, initramfs_id: String) -> A
         kernel_id: kernel.id,
         initramfs_id,
         kernel_version: kernel.version,
+        protocol: Some(fcvm_proto::PROTOCOL_VERSION),
     }
 }
 

@@ -83,6 +83,7 @@ pub async fn run_clone(dirs: &Dirs, o: CloneOptions) -> Result<i32> {
             kernel_id: m.kernel_id.clone(),
             initramfs_id: m.initramfs_id.clone(),
             kernel_version: String::new(),
+            protocol: m.protocol,
         },
         image: m.image.clone(),
         image_digest: m.image_digest.clone(),

@@ -197,6 +197,7 @@ impl Facts {
             kernel_id: self.assets.kernel_id.clone(),
             initramfs: self.assets.initramfs.clone(),
             initramfs_id: self.assets.initramfs_id.clone(),
+            protocol: self.assets.protocol,
             image: self.image.clone(),
             image_digest: self.image_digest.clone(),
             rootfs: self.rootfs.clone(),

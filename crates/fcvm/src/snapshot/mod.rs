@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use crate::paths::Dirs;
 use crate::vm::names::Name;
 use crate::vmm::{Accel, VmmKind};
+use fcvm_proto::PROTOCOL_VERSION;
 
 pub const MANIFEST_VERSION: u32 = 1;
 pub const MANIFEST: &str = "manifest.json";
@@ -43,6 +44,8 @@ pub enum SnapshotError {
     NotFound(String),
     #[error("Snapshot {0:?} is damaged: {1}")]
     Damaged(String, String),
+    #[error("Snapshot {0:?} holds an agent speaking protocol {1}, this fcvm speaks {PROTOCOL_VERSION}: take the snapshot again")]
+    Protocol(String, u32),
     #[error("Snapshot {0:?} needs {1}, which is gone: take the snapshot again")]
     AssetGone(String, String),
     #[error("Snapshot {0:?} is in use by running VM {1}")]
@@ -131,6 +134,10 @@ pub struct Manifest {
     pub kernel_id: String,
     pub initramfs: PathBuf,
     pub initramfs_id: String,
+    /// The protocol its agent speaks (the agent runs on in the snapshot's memory, whatever
+    /// fcvm restores it); absent in snapshots taken before it was recorded.
+    #[serde(default)]
+    pub protocol: Option<u32>,
     pub image: String,
     pub image_digest: String,
     pub rootfs: PathBuf,
@@ -241,6 +248,11 @@ pub fn load(dirs: &Dirs, name: &Name) -> Result<(PathBuf, Manifest), SnapshotErr
         serde_json::from_slice(&data).map_err(|e| damaged(format!("manifest: {e}")))?;
     if m.version != MANIFEST_VERSION {
         return Err(damaged(format!("manifest version {}", m.version)));
+    }
+    // The agent in the snapshot's memory is the one that took it, not this build's: one that
+    // speaks another protocol would be misunderstood mid-stream, not refused at its hello.
+    if let Some(p) = m.protocol.filter(|&p| p != PROTOCOL_VERSION) {
+        return Err(SnapshotError::Protocol(name.into(), p));
     }
     for f in &m.files {
         let p = d.join(&f.name);

@@ -31,6 +31,7 @@ fn manifest(name: &str) -> Manifest {
         kernel_id: "k".into(),
         initramfs: "/i".into(),
         initramfs_id: "i".into(),
+        protocol: Some(fcvm_proto::PROTOCOL_VERSION),
         image: "img".into(),
         image_digest: "d".into(),
         rootfs: "/r".into(),
