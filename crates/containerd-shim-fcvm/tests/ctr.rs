@@ -288,7 +288,7 @@ fn a_killed_shim_leaves_nothing() {
     .unwrap();
     wait_for(
         "fcvm ls to stop showing t-k alive",
-        Duration::from_secs(10),
+        Duration::from_secs(60),
         || listed().iter().all(|s| !s.observed().is_alive()),
     );
     // containerd sees the shim go, publishes the exit and runs the shim's `delete`.
