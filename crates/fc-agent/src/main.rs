@@ -76,7 +76,8 @@ fn serve() -> ! {
     if let Err(e) = channel::start_writer(&port, rx, queued) {
         error!("channel writer: {}", e.report());
     }
-    // The host waits for this exact text on the console.
+    // For people reading the console log: the host waits for the agent's hello on the
+    // channel, never for console text.
     console::console_raw(&format!(
         "fc-agent: ready uptime_ms={}",
         console::uptime_ms()
