@@ -170,10 +170,12 @@ fn copy_range(
 
 /// Makes a helper process owned by this one: it gets SIGKILL when fcvm dies (even by
 /// SIGKILL, through `PR_SET_PDEATHSIG`), and its own process group, so a terminal's Ctrl-C
-/// reaches fcvm, which tears everything down in order, and not the helper directly.
+/// reaches fcvm, which tears everything down in order, and not the helper directly. It
+/// inherits nothing but its stdio and what a later `pre_exec` places ([`cloexec_from`]).
 pub fn owned_by_us(cmd: &mut Command) -> &mut Command {
     use std::os::unix::process::CommandExt;
-    // SAFETY: only async-signal-safe calls (prctl, setpgid) between fork and exec.
+    // SAFETY: only async-signal-safe calls (prctl, setpgid, close_range/fcntl) between fork
+    // and exec.
     unsafe {
         cmd.pre_exec(|| {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
@@ -182,8 +184,45 @@ pub fn owned_by_us(cmd: &mut Command) -> &mut Command {
             if libc::setpgid(0, 0) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
+            cloexec_from(3);
             Ok(())
         })
+    }
+}
+
+/// Marks every descriptor from `first` up close-on-exec, between fork and exec: what fcvm
+/// was handed without that flag (a caller's open files and pipes) must not live on in QEMU,
+/// which parses what a guest sends, or in a detached owner, which outlives its caller (a pipe
+/// it held would keep the caller's reader waiting). Async-signal-safe.
+pub fn cloexec_from(first: libc::c_int) {
+    // SAFETY: with CLOSE_RANGE_CLOEXEC nothing is closed; only the flag is set.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first as libc::c_uint,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if r == 0 {
+        return;
+    }
+    // Kernels before 5.11: each descriptor the limit allows (capped: a huge limit would cost
+    // seconds here).
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct given; fcntl on a closed fd only fails (EBADF).
+    unsafe {
+        let max = if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur.min(1 << 16) as libc::c_int
+        } else {
+            1024
+        };
+        for fd in first..max {
+            libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+        }
     }
 }
 

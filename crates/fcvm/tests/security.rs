@@ -7,7 +7,8 @@
 //! disk, logs and sockets; the snapshot; the image) grants nothing to group or others, and an
 //! unprivileged user (uid 65534) can open, list or connect to nothing under the data
 //! directory. The probe is this test binary itself, re-run as that user on a list of paths.
-//! Also: a detached run's log is capped whatever its container prints.
+//! Also: a detached run's log is capped whatever its container prints, and neither a detached
+//! owner nor a QEMU keeps a descriptor fcvm was handed open.
 
 #![allow(
     clippy::print_stdout,
@@ -97,18 +98,48 @@ fn unique_layout(dir: &Path, tag: &str) -> (String, String) {
     (format!("oci:{}:latest", dir.display()), config_hex)
 }
 
-/// fcvm under umask 000.
-fn fcvm_open_umask(args: &[&str]) -> std::process::Output {
+/// Where fcvm is handed a file open (see [`spawn_handing`]).
+const INHERITED_FD: i32 = 50;
+
+/// The file a test hands fcvm open (one per test: they run at once).
+fn inherited_file(tag: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("fcvm-inherited-{}-{tag}", std::process::id()))
+}
+
+/// fcvm under umask 000, holding `file` at [`INHERITED_FD`] without close-on-exec, as a
+/// caller's open files arrive.
+fn spawn_handing(args: &[&str], file: &Path) -> std::process::Child {
+    let held = std::fs::File::create(file).unwrap();
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&held);
     let mut c = fcvm();
     c.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
-    // SAFETY: umask is async-signal-safe.
+    // SAFETY: umask and dup2 are async-signal-safe.
     unsafe {
-        c.pre_exec(|| {
+        c.pre_exec(move || {
             libc::umask(0);
+            if libc::dup2(raw, INHERITED_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
             Ok(())
         });
     }
-    wait_output(c.spawn().unwrap(), BOOT, args)
+    c.spawn().unwrap()
+}
+
+/// fcvm under umask 000, handed [`inherited_file`]`("umask")`.
+fn fcvm_open_umask(args: &[&str]) -> std::process::Output {
+    wait_output(spawn_handing(args, &inherited_file("umask")), BOOT, args)
+}
+
+/// The descriptors of process `pid` that lead to `file`.
+fn holds(pid: u32, file: &Path) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| std::fs::read_link(e.path()).is_ok_and(|l| l == file))
+        .map(|e| format!("{pid}: fd {}", e.file_name().to_string_lossy()))
+        .collect()
 }
 
 /// The paths (of `list`) that uid 65534 can open, list or connect to.
@@ -188,6 +219,17 @@ fn nothing_under_the_data_dir_is_reachable_by_another_user() {
     let data = data_dir();
     let vm_dir = data.join("vms").join(&id);
     assert!(vm_dir.join("ram").exists() && vm_dir.join("agent.sock").exists());
+    // Neither the detached owner nor its QEMU keeps a descriptor fcvm was handed.
+    let owner = common::vm(&vm).expect("listed")["pid"]
+        .as_u64()
+        .expect("pid") as u32;
+    let qemu = process_with_arg(&vm_dir.display().to_string()).expect("QEMU runs");
+    let held: Vec<String> = [owner, qemu]
+        .iter()
+        .flat_map(|&p| holds(p, &inherited_file("umask")))
+        .collect();
+    assert!(held.is_empty(), "inherited descriptors kept: {held:?}");
+    let _ = std::fs::remove_file(inherited_file("umask"));
     // What this run made, whole; the shared top-level directories themselves.
     let made = [
         vm_dir,
@@ -230,6 +272,35 @@ fn nothing_under_the_data_dir_is_reachable_by_another_user() {
     assert!(out.status.success(), "{}", text_of(&out));
     let out = run(&["snapshot", "rm", &snap], Duration::from_secs(60));
     assert!(out.status.success(), "{}", text_of(&out));
+}
+
+/// A foreground run's QEMU keeps no descriptor its fcvm was handed (QEMU parses what the
+/// guest sends: it holds only what it needs).
+#[test]
+fn qemu_keeps_no_descriptor_fcvm_was_handed() {
+    let n = name("fds");
+    let file = inherited_file("fds");
+    let args = [
+        "podman",
+        "run",
+        "--name",
+        &n,
+        "--network",
+        "none",
+        "builtin:busybox",
+        "sleep",
+        "600",
+    ];
+    let mut child = spawn_handing(&args, &file);
+    let v = wait_running(&mut child, &n);
+    let dir = data_dir().join("vms").join(v["id"].as_str().expect("id"));
+    let qemu = process_with_arg(&dir.display().to_string()).expect("QEMU runs");
+    let held = holds(qemu, &file);
+    let out = run(&["rm", "--force", &n], Duration::from_secs(60));
+    assert!(out.status.success(), "{}", text_of(&out));
+    let _ = child.wait();
+    let _ = std::fs::remove_file(&file);
+    assert!(held.is_empty(), "QEMU kept: {held:?}");
 }
 
 /// A detached run's `container.log` is capped (docs/run.md): a container that prints 20 MB

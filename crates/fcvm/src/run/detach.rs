@@ -65,6 +65,8 @@ pub fn spawn() -> anyhow::Result<i32> {
             if libc::setsid() < 0 || moved < 0 {
                 return Err(std::io::Error::last_os_error());
             }
+            // The owner outlives this command: it keeps none of the caller's descriptors.
+            crate::util::cloexec_from(READY_FD + 1);
             Ok(())
         });
     }
