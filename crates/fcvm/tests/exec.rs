@@ -165,7 +165,38 @@ fn exec_end_to_end() {
     fifty_concurrent_execs(&vm);
     bad_frames_leave_the_session_working(&vm);
     vm_has_its_own_tools(&vm);
+    podmans_spelling(&vm);
     missing_and_dead_vms(&mut vm);
+}
+
+/// What a podman user types: `podman exec [FLAGS] CONTAINER CMD…` and `podman ps`.
+fn podmans_spelling(vm: &Fixture) {
+    let out = run(
+        &[
+            "podman",
+            "exec",
+            "-e",
+            "K=v",
+            &vm.name,
+            "sh",
+            "-c",
+            "echo $K-$((6*7)); exit 3",
+        ],
+        LIMIT,
+    );
+    assert_eq!(code(&out), 3, "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "v-42\n");
+    let out = run(&["podman", "exec", "no-such-vm", "true"], LIMIT);
+    assert_eq!(code(&out), 125, "{}", text(&out.stderr));
+    let out = run(&["podman", "ps", "-a", "--format", "json"], LIMIT);
+    let all: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("json");
+    assert!(all.iter().any(|v| v["name"] == vm.name.as_str()), "{all:?}");
+    let out = run(&["podman", "ps"], LIMIT);
+    assert!(
+        text(&out.stdout).contains(&vm.name),
+        "{}",
+        text(&out.stdout)
+    );
 }
 
 /// The README's `fcvm exec --name web --vm -- cat /proc/cpuinfo`, as written: no PATH given,

@@ -91,7 +91,10 @@ fn main() {
     // directly, keeping their lines in order with what they print.
     let long_lived = matches!(
         cli.command,
-        Command::Podman { .. } | Command::Snapshot { .. } | Command::Serve(_)
+        Command::Podman {
+            command: commands::podman::PodmanCommand::Run(_)
+        } | Command::Snapshot { .. }
+            | Command::Serve(_)
     );
     let (writer, log_guard) = if long_lived {
         let (w, g) = tracing_appender::non_blocking::NonBlockingBuilder::default()

@@ -11,9 +11,22 @@ pub struct LsArgs {
     /// Print JSON (an array of VM records with the observed status).
     #[arg(long)]
     json: bool,
+    /// `json` is `--json` (podman's `ps --format json`); `table` the default.
+    #[arg(long, value_enum, value_name = "json|table")]
+    format: Option<Format>,
+    /// Accepted for podman's `ps -a`: every VM is always listed (one ends with its
+    /// container, so none is stopped and hidden).
+    #[arg(short = 'a', long)]
+    all: bool,
     /// Only VMs with this label: label=KEY or label=KEY=VALUE (repeatable; all must match).
     #[arg(short = 'f', long = "filter", value_name = "label=KEY[=VALUE]", value_parser = parse_filter)]
     filter: Vec<LabelFilter>,
+}
+
+#[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
+enum Format {
+    Json,
+    Table,
 }
 
 /// One `--filter label=KEY[=VALUE]`.
@@ -52,7 +65,8 @@ pub fn run(dirs: &Dirs, a: LsArgs) -> Result<i32> {
             .iter()
             .all(|f| st.has_label(&f.key, f.value.as_deref()))
     });
-    if a.json {
+    let _ = a.all;
+    if a.json || a.format == Some(Format::Json) {
         let rows: Vec<serde_json::Value> = vms
             .iter()
             .map(|(_, st)| {

@@ -1,4 +1,6 @@
-//! `fcvm podman run`: podman's flags, mapped onto [`fcvm::run::RunOptions`].
+//! `fcvm podman run`: podman's flags, mapped onto [`fcvm::run::RunOptions`]; and podman's
+//! spelling of the other verbs a podman user types (`exec`, `ps`, `logs`, `rm`), each the fcvm
+//! command of that name.
 
 use std::time::Duration;
 
@@ -11,6 +13,15 @@ use fcvm::vmm::VmmKind;
 pub enum PodmanCommand {
     /// Run a container image in a new microVM.
     Run(RunArgs),
+    /// Run a command in a running container: `podman exec [FLAGS] CONTAINER CMD…`.
+    Exec(super::exec::PodmanExecArgs),
+    /// List the containers' VMs (`fcvm ls`).
+    #[command(alias = "ls")]
+    Ps(super::ls::LsArgs),
+    /// Print the output of a detached run (`fcvm logs`).
+    Logs(super::logs::LogsArgs),
+    /// Remove containers' VMs (`fcvm rm`).
+    Rm(super::rm::RmArgs),
 }
 
 #[derive(Args)]
@@ -142,7 +153,16 @@ pub struct HealthArgs {
 }
 
 pub async fn run(dirs: &Dirs, cmd: PodmanCommand) -> Result<i32> {
-    let PodmanCommand::Run(a) = cmd;
+    match cmd {
+        PodmanCommand::Run(a) => run_container(dirs, a).await,
+        PodmanCommand::Exec(a) => super::exec::run_podman(dirs, a).await,
+        PodmanCommand::Ps(a) => super::ls::run(dirs, a),
+        PodmanCommand::Logs(a) => super::logs::run(dirs, a),
+        PodmanCommand::Rm(a) => super::rm::run(dirs, a),
+    }
+}
+
+async fn run_container(dirs: &Dirs, a: RunArgs) -> Result<i32> {
     // -d: this process only waits for the detached owner (the same command, run again).
     let detached = fcvm::run::detach::claim_ready_fd();
     if a.detach && detached.is_none() {
