@@ -197,6 +197,11 @@ fn podmans_spelling(vm: &Fixture) {
         "{}",
         text(&out.stdout)
     );
+    // podman rm's exit codes: 1 for no such container, 2 for a running one without -f
+    // (which goes on running).
+    assert_eq!(code(&run(&["podman", "rm", "no-such-vm"], LIMIT)), 1);
+    assert_eq!(code(&run(&["podman", "rm", &vm.name], LIMIT)), 2);
+    assert_eq!(vm.sh(&[], "echo still"), "still\n");
 }
 
 /// The README's `fcvm exec --name web --vm -- cat /proc/cpuinfo`, as written: no PATH given,

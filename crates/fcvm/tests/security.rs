@@ -131,15 +131,26 @@ fn fcvm_open_umask(args: &[&str]) -> std::process::Output {
     wait_output(spawn_handing(args, &inherited_file("umask")), BOOT, args)
 }
 
-/// The descriptors of process `pid` that lead to `file`.
+/// The descriptors of process `pid` open on `file` (the same device and inode).
 fn holds(pid: u32, file: &Path) -> Vec<String> {
+    let want = std::fs::metadata(file).expect("the handed file");
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .into_iter()
         .flatten()
         .flatten()
-        .filter(|e| std::fs::read_link(e.path()).is_ok_and(|l| l == file))
+        .filter(|e| {
+            std::fs::metadata(e.path())
+                .is_ok_and(|m| m.dev() == want.dev() && m.ino() == want.ino())
+        })
         .map(|e| format!("{pid}: fd {}", e.file_name().to_string_lossy()))
         .collect()
+}
+
+/// The VM's owner and QEMU, from its record.
+fn owner_and_vmm(name: &str) -> [u32; 2] {
+    let v = common::vm(name).expect("listed");
+    let pid = |k: &str| v[k].as_u64().unwrap_or_else(|| panic!("{k} in {v}")) as u32;
+    [pid("pid"), pid("vmm_pid")]
 }
 
 /// The paths (of `list`) that uid 65534 can open, list or connect to.
@@ -220,11 +231,7 @@ fn nothing_under_the_data_dir_is_reachable_by_another_user() {
     let vm_dir = data.join("vms").join(&id);
     assert!(vm_dir.join("ram").exists() && vm_dir.join("agent.sock").exists());
     // Neither the detached owner nor its QEMU keeps a descriptor fcvm was handed.
-    let owner = common::vm(&vm).expect("listed")["pid"]
-        .as_u64()
-        .expect("pid") as u32;
-    let qemu = process_with_arg(&vm_dir.display().to_string()).expect("QEMU runs");
-    let held: Vec<String> = [owner, qemu]
+    let held: Vec<String> = owner_and_vmm(&vm)
         .iter()
         .flat_map(|&p| holds(p, &inherited_file("umask")))
         .collect();
@@ -292,9 +299,15 @@ fn qemu_keeps_no_descriptor_fcvm_was_handed() {
         "600",
     ];
     let mut child = spawn_handing(&args, &file);
-    let v = wait_running(&mut child, &n);
-    let dir = data_dir().join("vms").join(v["id"].as_str().expect("id"));
-    let qemu = process_with_arg(&dir.display().to_string()).expect("QEMU runs");
+    wait_running(&mut child, &n);
+    let [owner, qemu] = owner_and_vmm(&n);
+    // The foreground fcvm is the owner and keeps what it was handed: the look finds it there.
+    assert_eq!(owner, child.id());
+    assert_eq!(
+        holds(owner, &file).len(),
+        1,
+        "the handed file not seen in fcvm"
+    );
     let held = holds(qemu, &file);
     let out = run(&["rm", "--force", &n], Duration::from_secs(60));
     assert!(out.status.success(), "{}", text_of(&out));

@@ -394,6 +394,18 @@ pub fn assert_nothing_left(c: &Containerd, ids: &[&str]) {
             .iter()
             .all(|(_, cmd)| !cmd.contains(&sock))
     });
+    // A killed shim's socket is removed by its `delete`, which containerd runs on its own
+    // time once it sees the shim gone (`task ls` may show the task stopped before); that
+    // `delete` removes the VM's record and directory first, so wait for it before looking.
+    for id in ids {
+        let addr = containerd_shim::socket_address(&sock, c.ns, id);
+        let path = addr.trim_start_matches("unix://").to_string();
+        wait_for(
+            &format!("shim socket {path} of {id} to go"),
+            Duration::from_secs(60),
+            || !std::path::Path::new(&path).exists(),
+        );
+    }
     let dirs = fcvm::paths::Dirs::new(data_dir());
     for id in ids {
         let image = format!("containerd:{}/{id}", c.ns);
@@ -416,17 +428,6 @@ pub fn assert_nothing_left(c: &Containerd, ids: &[&str]) {
     }
     let o = c.ctr(&["task", "ls", "-q"]);
     assert_eq!(text(&o.stdout).trim(), "", "tasks left");
-    // A killed shim's socket is removed by its `delete`, which containerd runs on its own
-    // time once it sees the shim gone (`task ls` may show the task stopped before).
-    for id in ids {
-        let addr = containerd_shim::socket_address(&sock, c.ns, id);
-        let path = addr.trim_start_matches("unix://").to_string();
-        wait_for(
-            &format!("shim socket {path} of {id} to go"),
-            Duration::from_secs(60),
-            || !std::path::Path::new(&path).exists(),
-        );
-    }
 }
 
 /// The VM ids the shim logged for container `id`.

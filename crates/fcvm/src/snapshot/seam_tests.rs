@@ -269,3 +269,26 @@ async fn extra_disks_are_copied_into_the_snapshot_and_attached_with_their_serial
         ]
     );
 }
+
+/// A manifest's recorded protocol: another one is refused before anything else is read; none
+/// (a snapshot from before the record) or this build's goes on to the next checks (here: the
+/// kernel "/k" is gone).
+#[test]
+fn a_snapshot_of_another_protocol_is_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let dirs = Dirs::new(t.path().join("data"));
+    let n = nm("old");
+    let d = super::dir(&dirs, &n);
+    std::fs::create_dir_all(&d).unwrap();
+    let ours = fcvm_proto::PROTOCOL_VERSION;
+    for (protocol, refused) in [(Some(ours - 1), true), (None, false), (Some(ours), false)] {
+        let mut m = manifest("old");
+        m.protocol = protocol;
+        std::fs::write(d.join(super::MANIFEST), serde_json::to_vec(&m).unwrap()).unwrap();
+        match super::load(&dirs, &n) {
+            Err(SnapshotError::Protocol(_, p)) => assert!(refused && Some(p) == protocol),
+            Err(SnapshotError::AssetGone(..)) => assert!(!refused, "{protocol:?} not refused"),
+            other => panic!("{protocol:?}: {other:?}"),
+        }
+    }
+}

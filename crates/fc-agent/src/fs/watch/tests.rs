@@ -118,6 +118,7 @@ fn an_overflowing_watch_ends() {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     let (mut got, mut overflowed) = (0, false);
+    let t0 = std::time::Instant::now();
     while !overflowed && t0.elapsed().as_secs() < 60 {
         match events(id, 500).unwrap() {
             FsReply::Events {

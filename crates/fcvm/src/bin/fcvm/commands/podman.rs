@@ -20,7 +20,7 @@ pub enum PodmanCommand {
     Ps(super::ls::LsArgs),
     /// Print the output of a detached run (`fcvm logs`).
     Logs(super::logs::LogsArgs),
-    /// Remove containers' VMs (`fcvm rm`).
+    /// Remove containers' VMs (`fcvm rm`, with podman's exit codes: 1 no such, 2 running).
     Rm(super::rm::RmArgs),
 }
 
@@ -158,7 +158,7 @@ pub async fn run(dirs: &Dirs, cmd: PodmanCommand) -> Result<i32> {
         PodmanCommand::Exec(a) => super::exec::run_podman(dirs, a).await,
         PodmanCommand::Ps(a) => super::ls::run(dirs, a),
         PodmanCommand::Logs(a) => super::logs::run(dirs, a),
-        PodmanCommand::Rm(a) => super::rm::run(dirs, a),
+        PodmanCommand::Rm(a) => super::rm::run_podman(dirs, a),
     }
 }
 
