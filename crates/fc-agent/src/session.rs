@@ -259,6 +259,7 @@ impl Session {
                         ),
                     }
                     crate::warm::prefetch(&plan.prefetch, &plan.path);
+                    crate::fuse::pin_buffer();
                 }
                 self.plan = Some(plan);
                 self.reply(CONTROL, Msg::Prepared);

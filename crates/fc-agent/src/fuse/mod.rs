@@ -130,8 +130,17 @@ fn mount(
     Ok((dir, bg))
 }
 
+/// Makes the pinned buffer now, before the image-cache snapshot: a restored VM that mounts
+/// its first map later (a pod's further container, rooted at one) then finds it made instead
+/// of locking 4 MiB and reading their addresses on freshly translated code (~25 ms under
+/// TCG). A VM that never mounts a map holds the pages only in guest memory: a restore maps
+/// them from the snapshot as they are touched.
+pub fn pin_buffer() {
+    let _ = pages();
+}
+
 /// The one pinned buffer every map's reads land in (docs/volumes.md), made with the first
-/// mount; None where it cannot be pinned (reads then go through the channel).
+/// mount or [`pin_buffer`]; None where it cannot be pinned (reads then go through the channel).
 fn pages() -> Option<Arc<pages::Pages>> {
     static PAGES: OnceLock<Option<Arc<pages::Pages>>> = OnceLock::new();
     PAGES
