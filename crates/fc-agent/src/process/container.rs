@@ -112,36 +112,24 @@ pub fn announce_when_created(s: Arc<Stream>, size: Option<(u16, u16)>) {
 /// emulated guest every 2 ms for as long as crun worked (~0.1–0.2 s after a restore).
 /// `done` is looked at every 100 ms and after each event; without inotify, every 2 ms.
 fn wait_for_file(file: &Path, done: impl Fn() -> bool) {
+    use nix::poll::{poll, PollFd, PollFlags};
+    use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+    use std::os::fd::AsFd;
     let watch = file.parent().and_then(|dir| {
-        use std::os::fd::{FromRawFd, OwnedFd};
-        // SAFETY: inotify_init1 makes a new fd, owned here once checked.
-        let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC) };
-        if fd < 0 {
-            return None;
-        }
-        // SAFETY: `fd` is a valid fd nobody else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let dir = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).ok()?;
-        let mask = libc::IN_CREATE | libc::IN_MOVED_TO;
-        // SAFETY: a valid inotify fd and a NUL-terminated path.
-        let wd = unsafe { libc::inotify_add_watch(fd.as_raw_fd(), dir.as_ptr(), mask) };
-        (wd >= 0).then_some(fd)
+        let inotify = Inotify::init(InitFlags::IN_CLOEXEC).ok()?;
+        let mask = AddWatchFlags::IN_CREATE | AddWatchFlags::IN_MOVED_TO;
+        inotify.add_watch(dir, mask).ok()?;
+        Some(inotify)
     });
-    let mut events = [0u8; 4096];
     while !done() && !file.exists() {
-        let Some(fd) = &watch else {
+        let Some(inotify) = &watch else {
             std::thread::sleep(std::time::Duration::from_millis(2));
             continue;
         };
-        let mut p = libc::pollfd {
-            fd: fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: poll of one valid pollfd.
-        if unsafe { libc::poll(&mut p, 1, 100) } > 0 {
-            // SAFETY: reading into our buffer from the inotify fd (readable: no wait).
-            unsafe { libc::read(p.fd, events.as_mut_ptr().cast(), events.len()) };
+        let mut p = [PollFd::new(inotify.as_fd(), PollFlags::POLLIN)];
+        if poll(&mut p, 100u16).is_ok_and(|n| n > 0) {
+            // Readable, so no wait: the events only say to look again.
+            let _ = inotify.read_events();
         }
     }
 }
