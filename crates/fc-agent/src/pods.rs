@@ -19,9 +19,8 @@
 use crate::error::{Error, Result};
 use crate::fuse::Bind;
 use crate::paths::{crun_state_of, pod_crun_id, pod_dir, CONTAINER_PIDFILE, CRUN};
-use fcvm_proto::{valid_pod_id, PodBind, PodOp, MAX_MAPS, MAX_POD_CONTAINERS};
+use fcvm_proto::{clean_guest_path, valid_pod_id, PodBind, PodOp, MAX_MAPS, MAX_POD_CONTAINERS};
 use std::collections::BTreeMap;
-use std::path::{Component, Path};
 use std::sync::Mutex;
 
 /// Longest bind destination (PATH_MAX).
@@ -63,14 +62,10 @@ fn checked(id: &str) -> Result<&str> {
 }
 
 /// Whether `dest` may be where a bind goes in a container: absolute, not `/`, no `..`, no
-/// NUL, at most [`MAX_DESTINATION`] bytes (it comes from the host's clients).
+/// NUL ([`clean_guest_path`]), at most [`MAX_DESTINATION`] bytes (it comes from the host's
+/// clients).
 fn valid_destination(dest: &str) -> bool {
-    let path = Path::new(dest);
-    dest.len() <= MAX_DESTINATION
-        && !dest.contains('\0')
-        && path.is_absolute()
-        && path.components().any(|c| matches!(c, Component::Normal(_)))
-        && !path.components().any(|c| c == Component::ParentDir)
+    dest.len() <= MAX_DESTINATION && clean_guest_path(dest).is_some()
 }
 
 /// Keeps `binds` for container `id`, not started yet, until its [`claim`] (replacing what

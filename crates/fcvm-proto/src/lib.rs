@@ -449,6 +449,28 @@ pub fn valid_pod_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
+/// `p` as an absolute, lexically clean path other than `/` (`//a/./b/` is `/a/b`); `None` if
+/// it is relative, holds `..` or a NUL, or names `/` itself. Where a map or a bind goes in a
+/// container: the host cleans what its users give (`--map`, a pod's binds) and the agent
+/// checks what the host sends.
+pub fn clean_guest_path(p: &str) -> Option<String> {
+    if !p.starts_with('/') || p.contains('\0') {
+        return None;
+    }
+    let mut out = Vec::new();
+    for c in std::path::Path::new(p).components() {
+        match c {
+            std::path::Component::RootDir | std::path::Component::CurDir => {}
+            std::path::Component::Normal(n) => out.push(n.to_str()?),
+            _ => return None,
+        }
+    }
+    if out.is_empty() {
+        return None;
+    }
+    Some(format!("/{}", out.join("/")))
+}
+
 /// What a `PodRequest` asks of the agent (protocol 7; docs/design.md §21).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PodOp {

@@ -5,7 +5,7 @@
 //! What a map cannot carry is refused: a file or a missing source, mount propagation
 //! to or from the host, options beyond read-only.
 
-use std::path::{Component, Path};
+use std::path::Path;
 
 use fcvm::map::Map;
 use oci_spec::runtime::Mount;
@@ -34,23 +34,15 @@ pub(super) fn is_bind(m: &Mount) -> bool {
 
 /// Bind mount `m` (`field` names it in errors) as a host directory for the guest to bind.
 pub(super) fn host_bind(m: &Mount, field: &str) -> Result<Map, Refused> {
-    let dest = m.destination();
-    let normal = dest.components().any(|c| matches!(c, Component::Normal(_)));
-    if !dest.is_absolute() || !normal || dest.components().any(|c| c == Component::ParentDir) {
-        return Err(refuse(
+    let dest =
+        (m.destination().to_str()).ok_or_else(|| refuse(field, "the destination is not UTF-8"))?;
+    // Cleaned (`/a//b/./` is `/a/b`), so that two binds at one place are seen to be.
+    let destination = fcvm_proto::clean_guest_path(dest).ok_or_else(|| {
+        refuse(
             field,
             "the destination must be absolute, below / and without '..'",
-        ));
-    }
-    // Cleaned (`/a//b/./` is `/a/b`), so that two binds at one place are seen to be.
-    let destination = dest
-        .components()
-        .filter_map(|c| match c {
-            Component::Normal(n) => Some(n.to_str().map(|n| format!("/{n}"))),
-            _ => None,
-        })
-        .collect::<Option<String>>()
-        .ok_or_else(|| refuse(field, "the destination is not UTF-8"))?;
+        )
+    })?;
     let mut read_only = false;
     for o in m.options().iter().flatten() {
         match o.as_str() {

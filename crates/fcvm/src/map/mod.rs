@@ -19,7 +19,7 @@ pub mod guest;
 pub mod host;
 
 use std::collections::HashMap;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use fcvm_proto::map::{MapOp, MapReply, MAP_IN_FLIGHT};
@@ -93,7 +93,8 @@ impl Map {
         if !host.starts_with('/') {
             return Err(MapError::RelativeHost(spec.into()));
         }
-        let guest = clean_guest(guest).ok_or_else(|| MapError::BadGuest(spec.into()))?;
+        let guest =
+            fcvm_proto::clean_guest_path(guest).ok_or_else(|| MapError::BadGuest(spec.into()))?;
         let host = PathBuf::from(host);
         let meta =
             std::fs::metadata(&host).map_err(|e| MapError::Host(spec.into(), show(&host), e))?;
@@ -167,26 +168,6 @@ impl Map {
 
 fn show(p: &Path) -> String {
     p.display().to_string()
-}
-
-/// `p` as an absolute, lexically clean path other than `/`; `None` if it is not one.
-fn clean_guest(p: &str) -> Option<String> {
-    if !p.starts_with('/') || p.contains('\0') {
-        return None;
-    }
-    let mut out = Vec::new();
-    for c in Path::new(p).components() {
-        match c {
-            Component::RootDir | Component::CurDir => {}
-            Component::ParentDir => return None,
-            Component::Normal(n) => out.push(n.to_str()?),
-            Component::Prefix(_) => return None,
-        }
-    }
-    if out.is_empty() {
-        return None;
-    }
-    Some(format!("/{}", out.join("/")))
 }
 
 /// The maps a session serves, by the guest's number: each host directory held open.
