@@ -92,8 +92,6 @@ impl Container {
         let mounts = req.rootfs.clone();
         let root = tokio::task::spawn_blocking(move || rootfs::prepare(&d2, &mounts)).await??;
         let name = vm_name(namespace, &req.id);
-        let maps = plan.binds.clone();
-        fcvm::map::Map::check_unique(&maps)?;
         let vreq = VmRequest {
             name,
             hostname: if plan.hostname.is_empty() {
@@ -110,7 +108,8 @@ impl Container {
             prefetch: plan.process.args.first().cloned().into_iter().collect(),
             privileged: plan.privileged,
             no_snapshot: root.one_off.is_some(),
-            maps,
+            // One bind per destination: `spec::plan` refused any other.
+            maps: plan.binds.clone(),
         };
         let vm = match BundleVm::launch(dirs, &vreq).await {
             Ok(vm) => vm,
